@@ -1,0 +1,462 @@
+"""The event catalog: the one source of truth for every QMP event we know.
+
+Each event is a msgspec Struct (a *tagged union* on the ``event`` key), so a
+whole line decodes to the right typed class in one C-speed pass.  The models
+are *tolerant*: they hold every field either profile defines, unknown fields
+are ignored, and an event name the catalog does not know decodes to
+:class:`UnknownEvent` (a newer QEMU must never break a reader).
+
+Two *profiles* say which of those fields a given emitter puts on the wire:
+
+* ``seed`` -- exactly the spec document (``qmp-events.txt``);
+* ``qemu-7.2`` -- what QEMU 7.2 emits (RESUME, POWERDOWN, reasons, node names...).
+
+:data:`PROFILE_FIELDS` is that table.  From it and the models the module
+derives the strict per-profile validators, the shaping of outgoing event data
+(:func:`shape_data`) and the documentation table (:func:`catalog_markdown`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, Literal, Union, get_args
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType, field
+
+from qmpevents.errors import EventValidationError
+
+Profile = Literal["seed", "qemu-7.2"]
+PROFILES: Final[tuple[Profile, ...]] = ("seed", "qemu-7.2")
+DEFAULT_PROFILE: Final[Profile] = "seed"
+
+
+class Timestamp(Struct, frozen=True, gc=False):
+    """QMP's event timestamp: host wall-clock seconds and microseconds."""
+
+    seconds: int
+    microseconds: int
+
+    @property
+    def as_float(self) -> float:
+        return self.seconds + self.microseconds / 1_000_000
+
+    @classmethod
+    def from_float(cls, when: float) -> Timestamp:
+        micros = round(when * 1_000_000)
+        return cls(micros // 1_000_000, micros % 1_000_000)
+
+
+# --- event data -------------------------------------------------------------
+
+class EventData(Struct, frozen=True, omit_defaults=True, gc=False):
+    """Base of the typed ``data`` members; fields absent on the wire are None."""
+
+
+class BlockIoErrorData(EventData, frozen=True):
+    """BLOCK_IO_ERROR: a guest disk I/O failed and the error policy acted."""
+
+    device: str
+    operation: str
+    action: str
+    node_name: str | None = field(default=None, name="node-name")
+    reason: str | None = None
+    nospace: bool | None = None
+
+
+class GuestCauseData(EventData, frozen=True):
+    """RESET and SHUTDOWN in qemu-7.2: who caused it and why."""
+
+    guest: bool
+    reason: str
+
+
+class RtcChangeData(EventData, frozen=True):
+    """RTC_CHANGE: the guest RTC's offset from host UTC, in seconds."""
+
+    offset: int
+    qom_path: str | None = field(default=None, name="qom-path")
+
+
+class VncServerInfo(EventData, frozen=True):
+    """The VNC listener an event's client is connected to."""
+
+    host: str
+    service: str
+    family: str
+    auth: str | None = None
+    websocket: bool | None = None
+
+
+class VncClientInfo(EventData, frozen=True):
+    """The VNC client; the x509/SASL identity exists once authenticated."""
+
+    host: str
+    service: str
+    family: str
+    websocket: bool | None = None
+    x509_dname: str | None = None
+    sasl_username: str | None = None
+
+
+class VncEventData(EventData, frozen=True):
+    """VNC_CONNECTED, VNC_INITIALIZED and VNC_DISCONNECTED."""
+
+    server: VncServerInfo
+    client: VncClientInfo
+
+
+# --- events -----------------------------------------------------------------
+
+class Event(Struct, tag_field="event", kw_only=True, dict=True):
+    """A QMP event.  ``name``, ``timestamp`` (float seconds), ``data``.
+
+    ``stamp`` keeps QMP's exact seconds/microseconds; :attr:`raw` is the exact
+    line it was decoded from (None for an event built locally).
+    """
+
+    stamp: Timestamp = field(name="timestamp")
+    data: Any = None
+
+    @property
+    def name(self) -> str:
+        return str(self.__struct_config__.tag)
+
+    @property
+    def timestamp(self) -> float:
+        return self.stamp.seconds + self.stamp.microseconds / 1_000_000
+
+    @property
+    def raw(self) -> bytes | None:
+        """The exact JSON text received (without the line terminator)."""
+        raw: bytes | None = self.__dict__.get("_raw")
+        return raw
+
+    def to_wire(self) -> dict[str, Any]:
+        """The event as plain JSON values, ready for :func:`codec.encode_message`."""
+        wire: dict[str, Any] = msgspec.to_builtins(self)
+        return wire
+
+
+class BlockIoError(Event, tag="BLOCK_IO_ERROR"):
+    """Emitted when a disk I/O error occurs (a STOP follows when action is stop)."""
+
+    data: BlockIoErrorData
+
+
+class Reset(Event, tag="RESET"):
+    """Emitted when the virtual machine is reset."""
+
+    data: GuestCauseData | None = None
+
+
+class RtcChange(Event, tag="RTC_CHANGE"):
+    """Emitted when the guest changes its RTC time."""
+
+    data: RtcChangeData
+
+
+class Shutdown(Event, tag="SHUTDOWN"):
+    """Emitted when the virtual machine is powered down (STOP follows under -no-shutdown)."""
+
+    data: GuestCauseData | None = None
+
+
+class Stop(Event, tag="STOP"):
+    """Emitted when the virtual machine is stopped."""
+
+    data: None = None
+
+
+class Resume(Event, tag="RESUME"):
+    """Emitted when the virtual machine resumes execution (qemu-7.2)."""
+
+    data: None = None
+
+
+class Powerdown(Event, tag="POWERDOWN"):
+    """Emitted when the guest is asked to power down by ACPI (qemu-7.2)."""
+
+    data: None = None
+
+
+class VncConnected(Event, tag="VNC_CONNECTED"):
+    """Emitted when a VNC client connects, before any authentication."""
+
+    data: VncEventData
+
+
+class VncInitialized(Event, tag="VNC_INITIALIZED"):
+    """Emitted when a VNC session is active, after authentication if any."""
+
+    data: VncEventData
+
+
+class VncDisconnected(Event, tag="VNC_DISCONNECTED"):
+    """Emitted when a VNC connection is closed."""
+
+    data: VncEventData
+
+
+class UnknownEvent(Struct, kw_only=True, dict=True):
+    """An event the catalog does not know (or that does not fit it): raw data kept."""
+
+    event: str
+    stamp: Timestamp = field(name="timestamp")
+    data: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.event
+
+    @property
+    def timestamp(self) -> float:
+        return self.stamp.seconds + self.stamp.microseconds / 1_000_000
+
+    @property
+    def raw(self) -> bytes | None:
+        raw: bytes | None = self.__dict__.get("_raw")
+        return raw
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = msgspec.to_builtins(self)
+        return wire
+
+
+AnyEvent = Union[  # noqa: UP007 - msgspec needs a real Union object here
+    BlockIoError, Reset, RtcChange, Shutdown, Stop, Resume, Powerdown,
+    VncConnected, VncInitialized, VncDisconnected,
+]
+EVENT_TYPES: Final[dict[str, type[Event]]] = {
+    str(cls.__struct_config__.tag): cls for cls in get_args(AnyEvent)
+}
+SPEC_EVENTS: Final[tuple[str, ...]] = (
+    "BLOCK_IO_ERROR", "RESET", "RTC_CHANGE", "SHUTDOWN", "STOP",
+    "VNC_CONNECTED", "VNC_DISCONNECTED", "VNC_INITIALIZED",
+)
+
+# --- profiles ---------------------------------------------------------------
+# For each profile and event: None = no "data" key on the wire; otherwise the
+# data members by JSON name, True when required, False when optional, or a
+# nested table for an object member.
+
+FieldTable = dict[str, "bool | FieldTable"]
+
+_SEED_VNC_SERVER: FieldTable = {"host": True, "service": True, "family": True, "auth": False}
+_SEED_VNC_CLIENT: FieldTable = {"host": True, "service": True, "family": True}
+_SEED_VNC_CLIENT_AUTH: FieldTable = {**_SEED_VNC_CLIENT, "x509_dname": False,
+                                     "sasl_username": False}
+_Q72_VNC_SERVER: FieldTable = {**_SEED_VNC_SERVER, "websocket": True}
+_Q72_VNC_CLIENT: FieldTable = {**_SEED_VNC_CLIENT, "websocket": True}
+_Q72_VNC_CLIENT_AUTH: FieldTable = {**_SEED_VNC_CLIENT_AUTH, "websocket": True}
+_GUEST_CAUSE: FieldTable = {"guest": True, "reason": True}
+
+PROFILE_FIELDS: Final[dict[Profile, dict[str, FieldTable | None]]] = {
+    "seed": {
+        "BLOCK_IO_ERROR": {"device": True, "operation": True, "action": True},
+        "RESET": None,
+        "RTC_CHANGE": {"offset": True},
+        "SHUTDOWN": None,
+        "STOP": None,
+        "VNC_CONNECTED": {"server": _SEED_VNC_SERVER, "client": _SEED_VNC_CLIENT},
+        "VNC_DISCONNECTED": {"server": _SEED_VNC_SERVER, "client": _SEED_VNC_CLIENT_AUTH},
+        "VNC_INITIALIZED": {"server": _SEED_VNC_SERVER, "client": _SEED_VNC_CLIENT_AUTH},
+    },
+    "qemu-7.2": {
+        "BLOCK_IO_ERROR": {"device": True, "node-name": True, "operation": True,
+                           "action": True, "nospace": False, "reason": True},
+        "RESET": _GUEST_CAUSE,
+        "RTC_CHANGE": {"offset": True, "qom-path": True},
+        "SHUTDOWN": _GUEST_CAUSE,
+        "STOP": None,
+        "RESUME": None,
+        "POWERDOWN": None,
+        "VNC_CONNECTED": {"server": _Q72_VNC_SERVER, "client": _Q72_VNC_CLIENT},
+        "VNC_DISCONNECTED": {"server": _Q72_VNC_SERVER, "client": _Q72_VNC_CLIENT_AUTH},
+        "VNC_INITIALIZED": {"server": _Q72_VNC_SERVER, "client": _Q72_VNC_CLIENT_AUTH},
+    },
+}
+
+#: Values a string member may take (the spec's enumerations).
+ENUMS: Final[dict[str, tuple[str, ...]]] = {
+    "operation": ("read", "write"),
+    "action": ("ignore", "report", "stop"),
+    "family": ("ipv4", "ipv6", "unix", "vsock", "unknown"),
+}
+
+
+def shape_data(name: str, data: Mapping[str, Any] | None, profile: Profile) -> Any:
+    """Keep only what *profile* puts on the wire for event *name*.
+
+    Emitters build the richest data they know; the profile decides what is
+    sent.  Returns None when the event carries no ``data`` key at all.
+    Optional members whose value is None are left out, as QEMU omits them.
+    """
+    table = PROFILE_FIELDS[profile].get(name, "unknown")
+    if table == "unknown":
+        raise KeyError(f"event {name} is not in the {profile} profile")
+    if table is None or data is None:
+        return None
+    assert isinstance(table, dict)
+    return _shape(data, table)
+
+
+def _shape(data: Mapping[str, Any], table: FieldTable) -> dict[str, Any]:
+    shaped: dict[str, Any] = {}
+    for key, rule in table.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        shaped[key] = _shape(value, rule) if isinstance(rule, dict) else value
+    return shaped
+
+
+def events_of(profile: Profile) -> tuple[str, ...]:
+    """The event names *profile* can emit."""
+    return tuple(PROFILE_FIELDS[profile])
+
+
+# --- strict validation ------------------------------------------------------
+
+def _strict_struct(name: str, table: FieldTable, model: type[Struct]) -> type[Struct]:
+    """A Struct accepting exactly *table*'s members with *model*'s types."""
+    types = {info.encode_name: info.type for info in msgspec.structs.fields(model)}
+    members: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for key, rule in table.items():
+        member_type = _non_optional(types[key])
+        if isinstance(rule, dict):
+            member_type = _strict_struct(f"{name}_{key}", rule, member_type)
+        elif key in ENUMS:
+            member_type = Literal[ENUMS[key]]
+        attr = key.replace("-", "_")
+        if rule is False:
+            members.append((attr, member_type | UnsetType, field(default=UNSET, name=key)))
+        else:
+            members.append((attr, member_type, field(name=key)))
+    return msgspec.defstruct(name, members, forbid_unknown_fields=True, kw_only=True)
+
+
+def _non_optional(tp: Any) -> Any:
+    args = [arg for arg in getattr(tp, "__args__", (tp,)) if arg is not type(None)]
+    return args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007
+
+
+def _strict_decoder(profile: Profile) -> msgspec.json.Decoder[Any]:
+    classes: list[type[Struct]] = []
+    for event_name, table in PROFILE_FIELDS[profile].items():
+        members: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+            ("timestamp", _strict_struct("Timestamp", {"seconds": True, "microseconds": True},
+                                         Timestamp)),
+        ]
+        if table is not None:
+            model = msgspec.structs.fields(EVENT_TYPES[event_name])
+            data_type = next(info.type for info in model if info.encode_name == "data")
+            members.append(("data", _strict_struct(f"{event_name}_data", table,
+                                                   _non_optional(data_type))))
+        classes.append(msgspec.defstruct(
+            f"{event_name}_{profile}", members, tag_field="event", tag=event_name,
+            forbid_unknown_fields=True, kw_only=True))
+    return msgspec.json.Decoder(Union[tuple(classes)])  # noqa: UP007
+
+
+_STRICT: Final[dict[Profile, msgspec.json.Decoder[Any]]] = {
+    profile: _strict_decoder(profile) for profile in PROFILES
+}
+
+
+def validate(message: bytes | Event | UnknownEvent, profile: Profile = DEFAULT_PROFILE) -> None:
+    """Check an event against *profile* exactly; raise :class:`EventValidationError`.
+
+    The error names the event and says precisely what is wrong (missing,
+    unknown or mistyped member, with its JSON path), in msgspec's words.
+    """
+    if isinstance(message, Event | UnknownEvent):
+        text = message.raw
+        if text is None:
+            from qmpevents.codec.encoder import encode_json
+            text = encode_json(message.to_wire()).encode()
+        name = message.name
+    else:
+        text = message
+        try:
+            name = str(msgspec.json.decode(message).get("event", "?"))
+        except (msgspec.DecodeError, AttributeError):
+            raise EventValidationError("?", "not a JSON object") from None
+    try:
+        _STRICT[profile].decode(text)
+    except msgspec.ValidationError as exc:
+        problem = str(exc)
+        if "`$.event`" in problem:
+            problem = f"not an event of the {profile} profile"
+        raise EventValidationError(name, problem) from None
+
+
+# --- decoding ---------------------------------------------------------------
+
+_TYPED = msgspec.json.Decoder(AnyEvent)
+_UNKNOWN = msgspec.json.Decoder(UnknownEvent)
+
+
+def decode_event(line: bytes) -> Event | UnknownEvent:
+    """One event line to its typed model; never fails on unknown names or members.
+
+    Raises ``msgspec.DecodeError`` only when *line* is not an event object at all.
+    """
+    try:
+        event: Event | UnknownEvent = _TYPED.decode(line)
+    except msgspec.ValidationError:
+        event = _UNKNOWN.decode(line)
+    event.__dict__["_raw"] = line
+    return event
+
+
+def event_from_value(value: Mapping[str, Any], raw: bytes | None = None) -> Event | UnknownEvent:
+    """The typed model of an event already parsed into plain values."""
+    event: Event | UnknownEvent
+    try:
+        event = msgspec.convert(value, AnyEvent)
+    except msgspec.ValidationError:
+        event = msgspec.convert(value, UnknownEvent)
+    if raw is not None:
+        event.__dict__["_raw"] = raw
+    return event
+
+
+def build_event(name: str, data: Mapping[str, Any] | None, stamp: Timestamp,
+                profile: Profile) -> dict[str, Any]:
+    """The wire form of an event as *profile* emits it (plain JSON values)."""
+    wire: dict[str, Any] = {"event": name, "timestamp": {"seconds": stamp.seconds,
+                                                         "microseconds": stamp.microseconds}}
+    shaped = shape_data(name, data, profile)
+    if shaped is not None:
+        wire["data"] = shaped
+    return wire
+
+
+# --- documentation ----------------------------------------------------------
+
+def catalog_markdown() -> str:
+    """The event table of the README, generated so it cannot drift from the code."""
+    lines = ["| event | seed data | qemu-7.2 data |", "|---|---|---|"]
+    names = list(PROFILE_FIELDS["qemu-7.2"])
+    for name in sorted(names, key=lambda n: (n not in SPEC_EVENTS, n)):
+        cells = []
+        for profile in PROFILES:
+            if name not in PROFILE_FIELDS[profile]:
+                cells.append("(not emitted)")
+                continue
+            table = PROFILE_FIELDS[profile][name]
+            cells.append("no `data`" if table is None else _describe(table))
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def _describe(table: FieldTable) -> str:
+    parts = []
+    for key, rule in table.items():
+        if isinstance(rule, dict):
+            parts.append(f"`{key}`: {{{_describe(rule)}}}")
+        else:
+            parts.append(f"`{key}`" + ("" if rule else "?"))
+    return ", ".join(parts)
+

@@ -1,0 +1,116 @@
+"""Output exactly as QEMU writes it (``qobject/qjson.c``, compact mode).
+
+Byte-exact output matters because users diff our simulator's lines against
+real QEMU's.  Three QEMU habits are reproduced:
+
+* dictionary keys come out in QDict's hash-bucket order, not insertion order
+  (that is why QEMU writes ``{"timestamp": ..., "event": ...}``);
+* output is pure ASCII: everything outside 0x20-0x7E is a ``\\uXXXX`` escape
+  with upper-case hex, astral characters as surrogate pairs;
+* doubles are printed with ``%.17g``, so ``1.0`` becomes ``1``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+QDICT_BUCKETS = 512
+
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\\x7f-\U0010ffff]')
+_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n",
+                  "\r": "\\r", "\t": "\\t"}
+
+
+@lru_cache(maxsize=4096)
+def qdict_bucket(key: str) -> int:
+    """QDict's bucket for *key*: QEMU's ``tdb_hash`` modulo 512."""
+    data = key.encode("utf-8", "surrogatepass")
+    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
+    for i, byte in enumerate(data):
+        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
+    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
+
+
+def qdict_order(keys: Sequence[str]) -> list[str]:
+    """Keys in the order QEMU iterates a QDict built by inserting *keys* in turn.
+
+    Buckets ascend; inside a bucket the newest entry comes first
+    (``QLIST_INSERT_HEAD``).
+    """
+    position = {key: index for index, key in enumerate(keys)}
+    return sorted(keys, key=lambda key: (qdict_bucket(key), -position[key]))
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04X}\\u{0xDC00 + (code & 0x3FF):04X}"
+    if 0xD800 <= code <= 0xDFFF:  # a lone surrogate is not a character
+        return "\\uFFFD"
+    return f"\\u{code:04X}"
+
+
+def encode_string(text: str) -> str:
+    """A JSON string literal as QEMU writes it."""
+    return '"' + _NEEDS_ESCAPE.sub(_escape_char, text) + '"'
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(encode_string(value))
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif value is None:
+        out.append("null")
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, float):
+        out.append(format(value, ".17g"))
+    elif isinstance(value, Mapping):
+        if not value:
+            out.append("{}")
+            return
+        out.append("{")
+        first = True
+        for key in qdict_order(list(value)):
+            if not first:
+                out.append(", ")
+            first = False
+            out.append(encode_string(key))
+            out.append(": ")
+            _encode(value[key], out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        if not value:
+            out.append("[]")
+            return
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(", ")
+            _encode(item, out)
+        out.append("]")
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
+
+
+def encode_json(value: Any) -> str:
+    """*value* (plain JSON types) as QEMU's compact JSON text."""
+    out: list[str] = []
+    _encode(value, out)
+    return "".join(out)
+
+
+def encode_message(value: Any) -> bytes:
+    """One QMP wire line: QEMU's JSON text terminated by CRLF, as ASCII bytes."""
+    return (encode_json(value) + "\r\n").encode("ascii")

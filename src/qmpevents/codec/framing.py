@@ -1,0 +1,181 @@
+"""Input framing: bytes in, one decoded item per message out.
+
+Two paths give the same result (a property the tests check on random input):
+
+* the fast path hands every complete line (and a trailing unterminated
+  ``{...}``) to a C-speed msgspec decoder, so newline-terminated traffic never
+  costs a Python loop per byte;
+* anything the fast path cannot decode with certainty (a syntax error, two
+  messages on one line, a message spread over lines, single quotes, or what
+  QEMU's parser treats differently from msgspec) goes through the exact port
+  of QEMU's lexer and streamer, from the start of that line until the stream is
+  back at a clean message boundary.
+
+The buffered partial line is bounded by the message size limit: beyond it the
+bytes go to the exact path, which reports QEMU's "token size limit" error and
+resynchronises instead of growing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from qmpevents.codec.lexer import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_NESTING,
+    MAX_TOKEN_COUNT,
+    Streamer,
+    Tok,
+)
+from qmpevents.codec.parser import JSONParseError, parse_tokens
+
+T = TypeVar("T")
+
+# Integers of 19+ digits may lie outside int64/uint64, where QEMU switches to
+# doubles; msgspec would keep them exact.  Such lines take the exact path.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+@dataclass(frozen=True, slots=True)
+class ParseError:
+    """A message that could not be parsed; ``desc`` is QEMU's text for it."""
+
+    desc: str
+
+
+class Framer(Generic[T]):
+    """Turns a byte stream into decoded messages (``T``) and :class:`ParseError`.
+
+    *decode_line* decodes the bytes of one complete JSON text (raising
+    ``msgspec.DecodeError`` when it is not valid JSON); *from_value* builds the
+    same result from a plain value parsed by the exact path.  With
+    *qemu_exact* set, inputs on which msgspec and QEMU's parser could disagree
+    (non-ASCII, ``\\u`` escapes, very long digit runs) always take the exact
+    path, so a server built on this answers as QEMU does.
+    """
+
+    def __init__(self, decode_line: Callable[[bytes], T], from_value: Callable[[Any], T], *,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, qemu_exact: bool = False,
+                 max_nesting: int = MAX_NESTING, max_tokens: int = MAX_TOKEN_COUNT) -> None:
+        self._decode_line = decode_line
+        self._from_value = from_value
+        self._max_size = max_message_size
+        self._max_nesting = max_nesting
+        self._max_fast_line = min(max_message_size, max_tokens)
+        self._qemu_exact = qemu_exact
+        self._partial = b""
+        self._out: list[T | ParseError] = []
+        self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
+                                  max_nesting=max_nesting, max_tokens=max_tokens)
+        self._slow = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held while waiting for the rest of a message."""
+        return len(self._partial)
+
+    def feed(self, data: bytes) -> list[T | ParseError]:
+        """Consume *data*; return every message completed by it, in order."""
+        out = self._out = []
+        buf = self._partial + data if self._partial else data
+        self._partial = b""
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            if self._slow:
+                pos = self._run_slow(buf, pos)
+                continue
+            newline = buf.find(b"\n", pos)
+            if newline < 0:
+                pos = self._tail(buf, pos)
+                break
+            if self._try_fast(buf[pos:newline]):
+                pos = newline + 1
+            else:
+                self._slow = True
+        if self._slow and self._streamer.idle:
+            # The next chunk starts afresh on the fast path.
+            self._slow = False
+        return out
+
+    def _try_fast(self, line: bytes) -> bool:
+        """Decode one line on the fast path; False hands it to the exact path."""
+        stripped = line.strip()
+        if not stripped:
+            return True
+        if len(stripped) > self._max_fast_line or (
+                stripped.count(b"{") + stripped.count(b"[") > self._max_nesting):
+            return False
+        if self._qemu_exact and (not stripped.isascii() or b"\\u" in stripped
+                                 or _LONG_DIGITS.search(stripped)):
+            return False
+        try:
+            self._out.append(self._decode_line(stripped))
+        except (msgspec.DecodeError, RecursionError):
+            return False
+        return True
+
+    def _tail(self, buf: bytes, pos: int) -> int:
+        """An unterminated last line: QEMU does not need the newline."""
+        rest = buf[pos:]
+        stripped = rest.strip()
+        if not stripped:
+            return len(buf)
+        if stripped[:1] not in (b"{", b"["):
+            # Garbage or a bare scalar: QEMU reacts byte by byte, so do we.
+            self._slow = True
+            return self._run_slow(buf, pos)
+        if stripped[-1:] in (b"}", b"]") and self._try_fast(stripped):
+            return len(buf)
+        if len(rest) > self._max_size:
+            self._slow = True
+            return self._run_slow(buf, pos)
+        self._partial = rest
+        return len(buf)
+
+    def _run_slow(self, buf: bytes, pos: int) -> int:
+        """Feed the exact path up to a newline at a message boundary.
+
+        Staying on it to the end of the line keeps a long line of garbage
+        linear: the fast path is not retried at every token.
+        """
+        streamer = self._streamer
+        feed = streamer.feed_byte
+        end = len(buf)
+        while pos < end:
+            byte = buf[pos]
+            feed(byte)
+            pos += 1
+            if byte == 0x0A and streamer.idle:
+                self._slow = False
+                break
+        return pos
+
+    def _emit_tokens(self, tokens: list[tuple[Tok, bytes]] | None, error: str | None) -> None:
+        if error is not None:
+            self._out.append(ParseError(error))
+            return
+        assert tokens is not None
+        try:
+            value = parse_tokens(tokens)
+        except JSONParseError as exc:
+            self._out.append(ParseError(exc.desc))
+            return
+        self._out.append(self._from_value(value))
+
+
+def value_framer(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 qemu_exact: bool = True) -> Framer[Any]:
+    """A framer yielding plain JSON values, as QEMU's monitor sees its input."""
+    decoder = msgspec.json.Decoder()
+    return Framer(decoder.decode, _identity, max_message_size=max_message_size,
+                  qemu_exact=qemu_exact)
+
+
+def _identity(value: Any) -> Any:
+    return value

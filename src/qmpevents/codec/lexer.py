@@ -1,0 +1,253 @@
+"""QEMU's JSON lexer and message streamer, byte for byte.
+
+This is the exact (slow) path of input framing.  It reproduces
+``qobject/json-lexer.c`` and ``json-streamer.c`` of QEMU 7.2: which bytes
+end a token, which bytes are an error, how the lexer recovers after one, and
+when a run of tokens becomes a message (brackets balanced, or a scalar at top
+level).  The limits and their error texts are QEMU's too.
+
+It costs a Python loop per byte, so :mod:`qmpevents.codec.framing` only sends
+it what the C-speed fast path cannot decode on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import IntEnum
+
+MAX_NESTING = 1024
+MAX_TOKEN_COUNT = 2 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+
+class Tok(IntEnum):
+    """Token types, as QEMU's ``JSONTokenType``."""
+
+    ERROR = 0
+    LCURLY = 1
+    RCURLY = 2
+    LSQUARE = 3
+    RSQUARE = 4
+    COLON = 5
+    COMMA = 6
+    INTEGER = 7
+    FLOAT = 8
+    KEYWORD = 9
+    STRING = 10
+    OVERSIZED = 11  # a token cut off by the size limit
+
+
+class _S(IntEnum):
+    """Lexer states."""
+
+    START = 0
+    RECOVERY = 1
+    DQ_STRING = 2
+    DQ_ESCAPE = 3
+    SQ_STRING = 4
+    SQ_ESCAPE = 5
+    ZERO = 6
+    DIGITS = 7
+    SIGN = 8
+    MANTISSA = 9
+    MANTISSA_DIGITS = 10
+    EXP_E = 11
+    EXP_SIGN = 12
+    EXP_DIGITS = 13
+    KEYWORD = 14
+
+
+_STRUCTURAL = {ord("{"): Tok.LCURLY, ord("}"): Tok.RCURLY, ord("["): Tok.LSQUARE,
+               ord("]"): Tok.RSQUARE, ord(":"): Tok.COLON, ord(","): Tok.COMMA}
+_WHITESPACE = frozenset(b" \t\r\n")
+_DIGITS = frozenset(b"0123456789")
+_LOWER = frozenset(b"abcdefghijklmnopqrstuvwxyz")
+# Bytes that end error recovery (and are then lexed again from START).
+_RESYNC = frozenset([*range(0x20), 0xFE, 0xFF, *b"[]{}:,"]) - {ord("\t")}
+
+#: Callback receiving one message: (tokens, None) or (None, error text).
+Emit = Callable[[list[tuple[Tok, bytes]] | None, str | None], None]
+
+
+class Streamer:
+    """Bytes in, complete token runs (or QEMU error texts) out, via *emit*."""
+
+    def __init__(self, emit: Emit, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 max_nesting: int = MAX_NESTING, max_tokens: int = MAX_TOKEN_COUNT) -> None:
+        self._emit = emit
+        self._max_size = max_message_size
+        self._max_nesting = max_nesting
+        self._max_tokens = max_tokens
+        self._state = _S.START
+        self._token = bytearray()
+        self._tokens: list[tuple[Tok, bytes]] = []
+        self._token_size = 0
+        self._braces = 0
+        self._brackets = 0
+
+    @property
+    def idle(self) -> bool:
+        """No partial token and no partial message: a clean message boundary."""
+        return self._state is _S.START and not self._tokens
+
+    def feed_byte(self, byte: int) -> None:
+        """Lex one byte (QEMU's ``json_lexer_feed_char``)."""
+        while True:
+            state = self._state
+            if state is _S.START:
+                if byte in _WHITESPACE:
+                    return
+                tok = _STRUCTURAL.get(byte)
+                if tok is not None:
+                    self._token.append(byte)
+                    self._finish(tok)
+                    return
+                nxt = self._start_state(byte)
+                self._token.append(byte)
+                if nxt is None:
+                    self._error()
+                else:
+                    self._state = nxt
+                break
+            if state is _S.RECOVERY:
+                if byte in _RESYNC:
+                    self._state = _S.START
+                    continue  # look-ahead: lex this byte again from START
+                return
+            if state is _S.DQ_STRING or state is _S.SQ_STRING:
+                self._token.append(byte)
+                quote = 0x22 if state is _S.DQ_STRING else 0x27
+                if byte == quote:
+                    self._finish(Tok.STRING)
+                elif byte == 0x5C:
+                    self._state = _S.DQ_ESCAPE if state is _S.DQ_STRING else _S.SQ_ESCAPE
+                elif not 0x20 <= byte <= 0xFD:
+                    self._error()
+                break
+            if state is _S.DQ_ESCAPE or state is _S.SQ_ESCAPE:
+                self._token.append(byte)
+                if 0x20 <= byte <= 0xFD:
+                    self._state = _S.DQ_STRING if state is _S.DQ_ESCAPE else _S.SQ_STRING
+                else:
+                    self._error()
+                break
+            nxt, terminal = self._number_or_keyword(state, byte)
+            if nxt is not None:
+                self._token.append(byte)
+                self._state = nxt
+                break
+            if terminal is not None:
+                self._finish(terminal)
+                continue  # look-ahead: the byte starts the next token
+            self._token.append(byte)
+            self._error()
+            break
+        if len(self._token) > self._max_size:
+            # QEMU hands the oversized token to the streamer, which rejects it.
+            self._process(Tok.OVERSIZED, bytes(self._token))
+            self._token.clear()
+            self._state = _S.START
+
+    def _start_state(self, byte: int) -> _S | None:
+        if byte == 0x22:
+            return _S.DQ_STRING
+        if byte == 0x27:
+            return _S.SQ_STRING
+        if byte == 0x30:
+            return _S.ZERO
+        if byte in _DIGITS:
+            return _S.DIGITS
+        if byte == 0x2D:
+            return _S.SIGN
+        if byte in _LOWER:
+            return _S.KEYWORD
+        return None
+
+    @staticmethod
+    def _number_or_keyword(state: _S, byte: int) -> tuple[_S | None, Tok | None]:
+        """(next state, None) to go on, (None, token) to end a token, (None, None): error."""
+        digit = byte in _DIGITS
+        if state is _S.ZERO:
+            if byte == 0x2E:
+                return _S.MANTISSA, None
+            return None, (None if digit else Tok.INTEGER)
+        if state is _S.DIGITS:
+            if digit:
+                return _S.DIGITS, None
+            if byte in b"eE":
+                return _S.EXP_E, None
+            if byte == 0x2E:
+                return _S.MANTISSA, None
+            return None, Tok.INTEGER
+        if state is _S.SIGN:
+            if byte == 0x30:
+                return _S.ZERO, None
+            return (_S.DIGITS, None) if digit else (None, None)
+        if state is _S.MANTISSA:
+            return (_S.MANTISSA_DIGITS, None) if digit else (None, None)
+        if state is _S.MANTISSA_DIGITS:
+            if digit:
+                return _S.MANTISSA_DIGITS, None
+            if byte in b"eE":
+                return _S.EXP_E, None
+            return None, Tok.FLOAT
+        if state is _S.EXP_E:
+            if byte in b"+-":
+                return _S.EXP_SIGN, None
+            return (_S.EXP_DIGITS, None) if digit else (None, None)
+        if state is _S.EXP_SIGN:
+            return (_S.EXP_DIGITS, None) if digit else (None, None)
+        if state is _S.EXP_DIGITS:
+            return (_S.EXP_DIGITS, None) if digit else (None, Tok.FLOAT)
+        # KEYWORD
+        return (_S.KEYWORD, None) if byte in _LOWER else (None, Tok.KEYWORD)
+
+    def _finish(self, tok: Tok) -> None:
+        text = bytes(self._token)
+        self._token.clear()
+        self._state = _S.START
+        self._process(tok, text)
+
+    def _error(self) -> None:
+        text = bytes(self._token)
+        self._token.clear()
+        self._state = _S.RECOVERY
+        self._process(Tok.ERROR, text)
+
+    def _process(self, tok: Tok, text: bytes) -> None:
+        """QEMU's ``json_message_process_token``."""
+        if tok is Tok.LCURLY:
+            self._braces += 1
+        elif tok is Tok.RCURLY:
+            self._braces -= 1
+        elif tok is Tok.LSQUARE:
+            self._brackets += 1
+        elif tok is Tok.RSQUARE:
+            self._brackets -= 1
+        elif tok is Tok.ERROR:
+            # QEMU formats the token with %s: a NUL byte ends it.
+            stray = text.split(b"\0", 1)[0].decode("utf-8", "replace")
+            self._deliver(None, f"JSON parse error, stray '{stray}'")
+            return
+        if self._token_size + len(text) + 1 > self._max_size:
+            self._deliver(None, "JSON token size limit exceeded")
+            return
+        if len(self._tokens) + 1 > self._max_tokens:
+            self._deliver(None, "JSON token count limit exceeded")
+            return
+        if self._braces + self._brackets > self._max_nesting:
+            self._deliver(None, "JSON nesting depth limit exceeded")
+            return
+        self._tokens.append((tok, text))
+        self._token_size += len(text)
+        if (self._braces > 0 or self._brackets > 0) and self._braces >= 0 \
+                and self._brackets >= 0:
+            return
+        self._deliver(self._tokens, None)
+
+    def _deliver(self, tokens: list[tuple[Tok, bytes]] | None, error: str | None) -> None:
+        self._tokens = []
+        self._token_size = 0
+        self._braces = 0
+        self._brackets = 0
+        self._emit(tokens, error)

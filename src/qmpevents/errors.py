@@ -1,0 +1,75 @@
+"""Exception classes.
+
+Every error says whose fault it is (as h11 does): a *local* error is a misuse
+of this library, a *remote* error is something the peer sent.  Errors that
+travel on the wire carry QMP's error class and description verbatim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class QMPEventsError(Exception):
+    """Base class of every exception raised by qmpevents."""
+
+
+class QMPError(QMPEventsError):
+    """A command got an error reply: carries QMP's ``class`` and ``desc``."""
+
+    def __init__(self, error_class: str, desc: str, *, command: str | None = None,
+                 id: Any = None) -> None:
+        where = f"{command}: " if command else ""
+        super().__init__(f"{where}{error_class}: {desc}")
+        self.error_class = error_class
+        self.desc = desc
+        self.command = command
+        self.id = id
+
+
+class ProtocolError(QMPEventsError):
+    """The conversation broke QMP's rules."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something QMP does not allow (bad greeting, unmatched reply...)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried something QMP does not allow in the current state."""
+
+
+class MessageTooLarge(RemoteProtocolError):
+    """The peer sent a message over the configured size limit.
+
+    Raised rather than silently dropping the connection: a reader that dies
+    quietly (as qemu.qmp's does on an 11 MiB line) is worse than a loud one.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of at least {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class ConnectionLost(QMPEventsError):
+    """The connection ended: pending commands and event iterators end with this."""
+
+
+class EventValidationError(QMPEventsError):
+    """An event does not match the catalog of the chosen profile (strict mode)."""
+
+    def __init__(self, event: str, problem: str) -> None:
+        super().__init__(f"{event}: {problem}")
+        self.event = event
+        self.problem = problem
+
+
+class ExpectationFailed(QMPEventsError):
+    """An expected sequence of events did not arrive in time."""
+
+    def __init__(self, expected: list[str], received: list[str]) -> None:
+        got = ", ".join(received) if received else "no events"
+        super().__init__(f"expected {' -> '.join(expected)}; received {got}")
+        self.expected = expected
+        self.received = received

@@ -1,0 +1,110 @@
+"""What a QMP server sends, as typed messages for the client side.
+
+One line decodes in one msgspec pass: event lines straight to the catalog's
+typed event classes, everything else to :class:`Envelope`, then to
+:class:`Greeting`, :class:`Return` or :class:`ErrorReply`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import Struct, field
+
+from qmpevents.catalog import Event, UnknownEvent, decode_event, event_from_value
+
+
+class Greeting(Struct, frozen=True):
+    """``{"QMP": {"version": ..., "capabilities": [...]}}``."""
+
+    version: dict[str, Any]
+    capabilities: list[str]
+
+
+class Return(Struct, frozen=True):
+    """A command's success reply."""
+
+    value: Any
+    id: Any = None
+
+
+class ErrorReply(Struct, frozen=True):
+    """A command's error reply: QMP's error class and description."""
+
+    error_class: str
+    desc: str
+    id: Any = None
+
+
+class _ErrorBody(Struct, frozen=True):
+    error_class: str = field(name="class")
+    desc: str = ""
+
+
+_UNSET: Any = msgspec.UNSET
+
+
+class Envelope(Struct, frozen=True):
+    """Every top-level member a server message may have."""
+
+    QMP: Greeting | None = None
+    return_: Any = field(default=_UNSET, name="return")
+    error: _ErrorBody | None = None
+    id: Any = None
+
+
+_ENVELOPE = msgspec.json.Decoder(Envelope)
+_PLAIN = msgspec.json.Decoder()
+
+
+class Unrecognized(Struct, frozen=True):
+    """Valid JSON that is none of greeting, reply or event: a peer's protocol error."""
+
+    value: Any
+
+
+ServerMessage = Greeting | Return | ErrorReply | Event | UnknownEvent | Unrecognized
+
+
+def _from_envelope(envelope: Envelope, value: Any) -> ServerMessage:
+    if envelope.QMP is not None:
+        return envelope.QMP
+    if envelope.error is not None:
+        return ErrorReply(envelope.error.error_class, envelope.error.desc, envelope.id)
+    if envelope.return_ is not _UNSET:
+        return Return(envelope.return_, envelope.id)
+    return Unrecognized(value)
+
+
+def decode_line(line: bytes) -> ServerMessage:
+    """One complete JSON text from the server to its message.
+
+    Raises ``msgspec.DecodeError`` only for invalid JSON (the framer then takes
+    the exact path); valid JSON of no known shape is :class:`Unrecognized`.
+    """
+    if b'"event"' in line:
+        try:
+            return decode_event(line)
+        except msgspec.ValidationError:
+            pass  # e.g. a reply whose value mentions "event"
+    try:
+        message = _from_envelope(_ENVELOPE.decode(line), None)
+    except msgspec.ValidationError:
+        message = Unrecognized(None)
+    if isinstance(message, Unrecognized):
+        return Unrecognized(_PLAIN.decode(line))
+    return message
+
+
+def from_value(value: Any) -> ServerMessage:
+    """The same as :func:`decode_line` for a value parsed by the exact path."""
+    if isinstance(value, dict) and "event" in value:
+        try:
+            return event_from_value(value)
+        except msgspec.ValidationError:
+            pass
+    try:
+        return _from_envelope(msgspec.convert(value, Envelope), value)
+    except msgspec.ValidationError:
+        return Unrecognized(value)
