@@ -1,0 +1,5 @@
+"""The ``qmpevents`` command line."""
+
+from qmpevents.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,78 @@
+"""``qmpevents``: entry point and sub-command registry.
+
+Each sub-command lives in its own module exposing ``register(subparsers)``,
+which adds its parser and sets ``handler`` (a function taking the parsed
+arguments and returning the exit status).  Usage errors exit 2 with one line;
+no traceback reaches the user unless ``-v`` asks for debugging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from qmpevents import __version__
+
+_DESCRIPTION = """\
+QMP events from both ends: serve a simulated VM that emits them, watch,
+record and replay them from real QEMU or the simulator, run commands.
+
+examples:
+  qmpevents demo
+  qmpevents serve --qmp unix:/tmp/vm.sock --drive ide0-hd1,werror=stop
+  qmpevents watch /tmp/vm.sock --event 'VNC_*' --count 3
+  qmpevents exec /tmp/vm.sock query-status
+"""
+
+#: Sub-command modules, in the order ``--help`` lists them.
+COMMANDS = ("demo", "serve", "watch", "exec", "record", "replay")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qmpevents", description=_DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"qmpevents {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log to stderr (-v info, -vv debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"qmpevents.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"qmpevents.cli.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(
+        level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        status: int = args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
