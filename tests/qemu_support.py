@@ -69,9 +69,11 @@ class ProbeTimeoutError(TimeoutError):
 
 
 def _is_probe_reply(line: bytes) -> bool:
+    if PROBE_ID.encode() not in line:
+        return False
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return (
         isinstance(obj, dict) and obj.get("id") == PROBE_ID and ("return" in obj or "error" in obj)
