@@ -273,12 +273,16 @@ class RfbClient:
         await self.writer.drain()
 
     async def closed_by_server(self) -> bool:
-        """True once the server has closed: EOF (or reset) after any pending bytes."""
+        """True once the server has closed (EOF or reset after any pending bytes).
+
+        Closes our end too, as a viewer would.
+        """
         try:
             while await self.reader.read(65536):
                 pass
         except ConnectionError:
             pass
+        await self.close()
         return True
 
     async def close(self) -> None:

@@ -316,8 +316,9 @@ class VncListener:
         """Bind and start accepting; raises OSError if the address is unavailable."""
         if self._server is not None or self._closing:
             raise RuntimeError("VncListener can be started only once")
+        # A deep backlog so a burst of connections costs other clients no SYN retries.
         self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, reuse_address=True
+            self._accept, self._host, self._port, reuse_address=True, backlog=1024
         )
         sock = self._server.sockets[0]
         self._sock_host, self._port = sock.getsockname()[:2]
