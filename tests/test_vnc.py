@@ -1,4 +1,4 @@
-"""Tests of the simulator's VNC server against the RFB client in ``rfb_client``.
+"""Tests of the simulator's VNC server against the RFB client in ``qmpevents.vnc_client``.
 
 Synchronisation is by awaiting the recorded ``on_event`` calls (an asyncio queue) or
 protocol replies, never by sleeping; every wait has a deadline so a bug fails fast.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from rfb_client import (
+from qmpevents.vnc_client import (
     BGR233,
     BGRX_BE,
     RGB565,

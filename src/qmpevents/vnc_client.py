@@ -1,7 +1,9 @@
-"""A minimal asyncio RFB (RFC 6143) client for testing the simulator's VNC server.
+"""A minimal asyncio RFB (RFC 6143) client: a VNC session from Python.
 
-Every handshake step is its own method so a test can stop after any of them, and
-each step records what the server sent so tests can assert on the exact bytes.
+The demo uses it for its VNC session, the tests to drive every handshake path,
+and users to exercise a VM's VNC events from their own tests.  Every handshake
+step is its own method so a caller can stop after any of them, and each step
+records what the server sent so tests can assert on the exact bytes.
 Deliberately independent of ``qmpevents.sim.vnc``: it shares no code with the server,
 so a misreading of the RFC on one side is not mirrored on the other.
 """
