@@ -1,0 +1,157 @@
+"""``qmpevents serve``: run a simulated VM with a QMP server (and optionally VNC).
+
+The option names are a contract other tools depend on; they follow QEMU's
+(``-qmp``, ``-vnc``, ``-drive``, ``-no-shutdown``, ``-S``).  The process ends
+as QEMU does: exit 0 after ``quit`` or a guest shutdown without
+``--no-shutdown``, and after SIGTERM/SIGINT (which first send
+SHUTDOWN(host-signal) to the monitors).  Socket files are removed on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from qmpevents.catalog import DEFAULT_PROFILE, PROFILES
+from qmpevents.server import DEFAULT_MAX_OUTBOUND, Address, AddressError, parse_address
+from qmpevents.sim.block import DriveConfig, parse_drive
+from qmpevents.sim.vm import SimulatedVM, parse_vnc
+
+DEFAULT_QMP = "unix:./qmp.sock"
+
+
+def _address(text: str) -> Address:
+    try:
+        return parse_address(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _drive(text: str) -> DriveConfig:
+    try:
+        return parse_drive(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _vnc(text: str) -> str:
+    try:
+        parse_vnc(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds >= 0")
+    return value
+
+
+def _mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an octal mode like 0600") from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return int(text)
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve", help="run a simulated VM that emits QMP events",
+        description="Run a simulated VM serving QMP (and VNC) with QEMU's semantics. "
+                    "Simulation controls: x-sim-io-error, x-sim-rtc-change, "
+                    "x-sim-guest-reset, x-sim-guest-shutdown.")
+    parser.add_argument("--qmp", action="append", type=_address, metavar="unix:PATH|tcp:HOST:PORT",
+                        help=f"QMP listener, repeatable (default {DEFAULT_QMP})")
+    parser.add_argument("--vnc", type=_vnc, metavar="HOST:DISPLAY",
+                        help="VNC listener on port 5900+DISPLAY")
+    parser.add_argument("--vnc-password-file", type=Path, metavar="FILE",
+                        help="enable VNC authentication with the password in FILE "
+                             "(an empty file: every login fails until change-vnc-password)")
+    parser.add_argument("--drive", action="append", type=_drive, default=[],
+                        metavar="ID[,werror=A][,rerror=A]",
+                        help="a drive; actions ignore|report|stop|enospc "
+                             "(default werror=enospc, rerror=report)")
+    parser.add_argument("--no-shutdown", action="store_true",
+                        help="a guest shutdown stops the VM instead of exiting")
+    parser.add_argument("-S", dest="start_paused", action="store_true",
+                        help="start in prelaunch (paused) state")
+    parser.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                        help="events as the spec says (seed) or as QEMU 7.2 emits them")
+    parser.add_argument("--name", default="qmpevents-sim", help="the VM's name")
+    parser.add_argument("--powerdown-delay", type=_seconds, default=1.0, metavar="SECONDS",
+                        help="how long the guest takes to shut down after system_powerdown")
+    parser.add_argument("--ignore-acpi", action="store_true",
+                        help="the guest ignores system_powerdown (no guest OS)")
+    parser.add_argument("--single-client", action="store_true",
+                        help="one client per QMP socket at a time, as QEMU's chardev")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow TCP listeners on non-loopback addresses (no authentication!)")
+    parser.add_argument("--socket-mode", type=_mode, default=0o600, metavar="OCTAL",
+                        help="mode of created unix sockets (default 0600)")
+    parser.add_argument("--max-outbound", type=_positive, default=DEFAULT_MAX_OUTBOUND,
+                        metavar="BYTES",
+                        help="unsent output after which a monitor that does not read is "
+                             f"disconnected (default {DEFAULT_MAX_OUTBOUND})")
+    parser.set_defaults(handler=run)
+
+
+def _fail(message: str, status: int) -> int:
+    sys.stderr.write(f"qmpevents serve: error: {message}\n")
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    password: str | None = None
+    if args.vnc_password_file is not None:
+        if args.vnc is None:
+            return _fail("--vnc-password-file needs --vnc", 2)
+        try:
+            password = args.vnc_password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            return _fail(f"--vnc-password-file: {exc.strerror}: {args.vnc_password_file}", 2)
+    try:
+        vm = SimulatedVM(
+            qmp=args.qmp or [parse_address(DEFAULT_QMP)], drives=args.drive,
+            no_shutdown=args.no_shutdown, start_paused=args.start_paused, profile=args.profile,
+            vnc=args.vnc, vnc_password=password, name=args.name,
+            powerdown_delay=args.powerdown_delay, ignore_acpi=args.ignore_acpi,
+            single_client=args.single_client, allow_remote=args.allow_remote,
+            socket_mode=args.socket_mode, max_outbound=args.max_outbound)
+    except ValueError as exc:  # AddressError (non-loopback), duplicate drive id
+        return _fail(str(exc), 2)
+    try:
+        return asyncio.run(_serve(vm))
+    except OSError as exc:
+        return _fail(str(exc), 1)
+
+
+async def _serve(vm: SimulatedVM) -> int:
+    loop = asyncio.get_running_loop()
+    await vm.start()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, vm.shutdown_by_signal)
+    try:
+        for address in vm.addresses:
+            sys.stderr.write(f"qmpevents serve: QMP listening on {address}\n")
+        if vm.vnc_port is not None:
+            sys.stderr.write(f"qmpevents serve: VNC listening on port {vm.vnc_port}\n")
+        sys.stderr.flush()
+        status = await vm.wait_closed()
+    finally:
+        await vm.close()
+    return status if status is not None else 0

@@ -1,0 +1,41 @@
+"""An asyncio QMP server on the sans-IO protocol core.
+
+* :class:`QMPServer` -- listeners (``unix:PATH``, ``tcp:HOST:PORT``), one
+  monitor per connection, events encoded once and broadcast to negotiated
+  monitors, bounded output per monitor (see :mod:`qmpevents.server.monitor`);
+* :class:`CommandTable` / :class:`CommandSpec` / :class:`Param` -- commands
+  with QAPI-style argument checking and QEMU's error texts.
+"""
+
+from qmpevents.server.addresses import (
+    Address,
+    AddressError,
+    TcpAddress,
+    UnixAddress,
+    check_allowed,
+    parse_address,
+)
+from qmpevents.server.arguments import Param, check_arguments
+from qmpevents.server.broadcaster import Broadcaster
+from qmpevents.server.dispatch import CommandSpec, CommandTable
+from qmpevents.server.monitor import QUEUE_DEPTH, Monitor
+from qmpevents.server.server import DEFAULT_MAX_OUTBOUND, QMPServer, ServerOptions
+
+__all__ = [
+    "DEFAULT_MAX_OUTBOUND",
+    "QUEUE_DEPTH",
+    "Address",
+    "AddressError",
+    "Broadcaster",
+    "CommandSpec",
+    "CommandTable",
+    "Monitor",
+    "Param",
+    "QMPServer",
+    "ServerOptions",
+    "TcpAddress",
+    "UnixAddress",
+    "check_allowed",
+    "check_arguments",
+    "parse_address",
+]

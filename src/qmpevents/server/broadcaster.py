@@ -1,0 +1,55 @@
+"""Fan-out of events: encoded once, the same bytes to every negotiated monitor.
+
+QEMU builds an event's JSON text once and hands the same string to each QMP
+monitor that has completed negotiation (``monitor_qapi_event_emit``).  This
+does the same: one :func:`~qmpevents.codec.encode_message` per event whatever
+the number of monitors, and one ordered set of recipients, so every monitor
+sees identical bytes in the same order.  A monitor joins when it negotiates
+and leaves when it goes away; nothing is kept for monitors that are not in
+the set (events are never queued for later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from qmpevents.codec import encode_message
+
+
+class Recipient(Protocol):
+    """What the broadcaster needs of a monitor: take one line of output."""
+
+    def send(self, data: bytes) -> None: ...
+
+
+class Broadcaster:
+    """The negotiated monitors, and the counters the benchmark checks."""
+
+    def __init__(self) -> None:
+        # A dict rather than a set: insertion-ordered, O(1) removal, fast iteration.
+        self._recipients: dict[Recipient, None] = {}
+        self.events_encoded = 0
+        self.deliveries = 0
+
+    def __len__(self) -> int:
+        return len(self._recipients)
+
+    def add(self, recipient: Recipient) -> None:
+        self._recipients[recipient] = None
+
+    def discard(self, recipient: Recipient) -> None:
+        self._recipients.pop(recipient, None)
+
+    def publish(self, message: Mapping[str, Any]) -> bytes:
+        """Encode *message* once and queue it on every negotiated monitor; returns the line.
+
+        Recipients must not leave the set synchronously from ``send`` (a monitor
+        that overflows aborts its transport, and leaves on ``connection_lost``).
+        """
+        line = encode_message(message)
+        self.events_encoded += 1
+        self.deliveries += len(self._recipients)
+        for recipient in self._recipients:
+            recipient.send(line)
+        return line

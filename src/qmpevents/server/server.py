@@ -1,0 +1,116 @@
+"""The QMP server: listeners, monitors, the broadcast, and an orderly close.
+
+It knows nothing about virtual machines: it serves a command table
+(:class:`~qmpevents.server.monitor.Executor`) and publishes whatever events
+it is given.  The simulator (:mod:`qmpevents.sim`) is one user of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qmpevents.server.addresses import Address, check_allowed
+from qmpevents.server.broadcaster import Broadcaster
+from qmpevents.server.listeners import Listener
+from qmpevents.server.monitor import QUEUE_DEPTH, Executor, FlushQueue, Monitor
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MAX_OUTBOUND = 1 << 20
+"""Default bound on one monitor's unsent output (bytes); see :mod:`.monitor`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Policy knobs; the defaults are QEMU's behaviour made safe."""
+
+    single_client: bool = False
+    socket_mode: int = 0o600
+    allow_remote: bool = False
+    max_outbound: int = DEFAULT_MAX_OUTBOUND
+    queue_depth: int = QUEUE_DEPTH
+
+
+class QMPServer:
+    """Serves *executor* on every address; :meth:`publish` sends an event to all."""
+
+    def __init__(self, addresses: Sequence[Address], executor: Executor, *,
+                 version: Mapping[str, Any], options: ServerOptions = ServerOptions()) -> None:
+        for address in addresses:
+            check_allowed(address, allow_remote=options.allow_remote)
+        self._executor = executor
+        self._version = dict(version)
+        self._options = options
+        self.listeners = [Listener(address, single_client=options.single_client,
+                                   socket_mode=options.socket_mode) for address in addresses]
+        self.broadcaster = Broadcaster()
+        self._monitors: set[Monitor] = set()
+        self._flusher: FlushQueue | None = None
+        self._all_closed = asyncio.Event()
+        self._closing = False
+
+    @property
+    def addresses(self) -> list[Address]:
+        """The bound addresses (a ``tcp:...:0`` shows its real port once started)."""
+        return [listener.address for listener in self.listeners]
+
+    @property
+    def monitors(self) -> int:
+        return len(self._monitors)
+
+    async def start(self) -> None:
+        """Bind every listener; on failure the ones already bound are closed."""
+        self._flusher = FlushQueue(asyncio.get_running_loop())
+        try:
+            for listener in self.listeners:
+                await listener.start(self._make_monitor)
+                _log.info("QMP listening on %s", listener.address)
+        except BaseException:
+            await self.close()
+            raise
+
+    def publish(self, message: Mapping[str, Any]) -> bytes:
+        """Send one event (plain JSON values) to every negotiated monitor, encoded once."""
+        return self.broadcaster.publish(message)
+
+    def _make_monitor(self, listener: Listener) -> Monitor:
+        assert self._flusher is not None
+
+        def on_open(monitor: Monitor) -> bool:
+            if self._closing:
+                return False
+            self._monitors.add(monitor)
+            self._all_closed.clear()
+            return listener.admit(monitor)
+
+        def on_close(monitor: Monitor) -> None:
+            self._monitors.discard(monitor)
+            listener.release(monitor)
+            if not self._monitors:
+                self._all_closed.set()
+
+        monitor = Monitor(executor=self._executor, broadcaster=self.broadcaster,
+                          flusher=self._flusher, version=self._version,
+                          max_outbound=self._options.max_outbound,
+                          on_open=on_open, on_close=on_close,
+                          queue_depth=self._options.queue_depth)
+        return monitor
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop listening, flush and close every monitor, remove the socket files."""
+        self._closing = True
+        for listener in self.listeners:
+            await listener.close()
+        for monitor in list(self._monitors):
+            monitor.close()
+        if self._monitors:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                _log.warning("%d QMP monitors did not close in %.1fs", len(self._monitors),
+                             timeout)
