@@ -135,6 +135,8 @@ class Event(Struct, tag_field="event", kw_only=True, dict=True):
     def to_wire(self) -> dict[str, Any]:
         """The event as plain JSON values, ready for :func:`codec.encode_message`."""
         wire: dict[str, Any] = msgspec.to_builtins(self)
+        if wire.get("data", 0) is None:
+            del wire["data"]  # QEMU omits "data" rather than send null
         return wire
 
 
@@ -220,6 +222,8 @@ class UnknownEvent(Struct, kw_only=True, dict=True):
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = msgspec.to_builtins(self)
+        if wire.get("data", 0) is None:
+            del wire["data"]
         return wire
 
 

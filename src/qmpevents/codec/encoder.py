@@ -63,45 +63,54 @@ def encode_string(text: str) -> str:
     return '"' + _NEEDS_ESCAPE.sub(_escape_char, text) + '"'
 
 
+class _Text(str):
+    """Output text queued on the encoder's work stack (not a value to encode)."""
+
+    __slots__ = ()
+
+
 def _encode(value: Any, out: list[str]) -> None:
-    if isinstance(value, str):
-        out.append(encode_string(value))
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif value is None:
-        out.append("null")
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, float):
-        out.append(format(value, ".17g"))
-    elif isinstance(value, Mapping):
-        if not value:
-            out.append("{}")
-            return
-        out.append("{")
-        first = True
-        for key in qdict_order(list(value)):
-            if not first:
-                out.append(", ")
-            first = False
-            out.append(encode_string(key))
-            out.append(": ")
-            _encode(value[key], out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        if not value:
-            out.append("[]")
-            return
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(", ")
-            _encode(item, out)
-        out.append("]")
-    else:
-        raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
+    # Iterative: QEMU echoes values nested 1023 deep, past Python's recursion limit.
+    todo: list[Any] = [value]
+    pop = todo.pop
+    push = todo.append
+    emit = out.append
+    while todo:
+        value = pop()
+        if type(value) is _Text:
+            emit(value)
+        elif isinstance(value, str):
+            emit(encode_string(value))
+        elif value is True:
+            emit("true")
+        elif value is False:
+            emit("false")
+        elif value is None:
+            emit("null")
+        elif isinstance(value, int):
+            emit(str(value))
+        elif isinstance(value, float):
+            emit(format(value, ".17g"))
+        elif isinstance(value, Mapping):
+            if not value:
+                emit("{}")
+                continue
+            keys = qdict_order(list(value))
+            push(_Text("}"))
+            for index in range(len(keys) - 1, -1, -1):
+                key = keys[index]
+                push(value[key])
+                push(_Text(("{" if index == 0 else ", ") + encode_string(key) + ": "))
+        elif isinstance(value, list | tuple):
+            if not value:
+                emit("[]")
+                continue
+            push(_Text("]"))
+            for index in range(len(value) - 1, -1, -1):
+                push(value[index])
+                push(_Text("[" if index == 0 else ", "))
+        else:
+            raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
 
 
 def encode_json(value: Any) -> str:

@@ -4,7 +4,9 @@ Two paths give the same result (a property the tests check on random input):
 
 * the fast path hands every complete line (and a trailing unterminated
   ``{...}``) to a C-speed msgspec decoder, so newline-terminated traffic never
-  costs a Python loop per byte;
+  costs a Python loop per byte; with a *decode_block* function, all the
+  complete lines of a chunk are first tried in one call (no Python loop per
+  line either), falling back to line by line when that call refuses them;
 * anything the fast path cannot decode with certainty (a syntax error, two
   messages on one line, a message spread over lines, single quotes, or what
   QEMU's parser treats differently from msgspec) goes through the exact port
@@ -39,6 +41,8 @@ T = TypeVar("T")
 # Integers of 19+ digits may lie outside int64/uint64, where QEMU switches to
 # doubles; msgspec would keep them exact.  Such lines take the exact path.
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# QEMU's whitespace; bytes.strip() would also drop \x0b and \x0c, stray bytes to QEMU.
+_WS = b" \t\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,11 @@ class Framer(Generic[T]):
 
     *decode_line* decodes the bytes of one complete JSON text (raising
     ``msgspec.DecodeError`` when it is not valid JSON); *from_value* builds the
-    same result from a plain value parsed by the exact path.  With
+    same result from a plain value parsed by the exact path.  *decode_block*,
+    if given, decodes a run of whole lines at once and raises
+    ``msgspec.DecodeError`` for anything it does not take with certainty (it is
+    tried only while no message is half-read and the run fits the size limit,
+    so it must give exactly what the line-by-line path would).  With
     *qemu_exact* set, inputs on which msgspec and QEMU's parser could disagree
     (non-ASCII, ``\\u`` escapes, very long digit runs) always take the exact
     path, so a server built on this answers as QEMU does.
@@ -61,8 +69,10 @@ class Framer(Generic[T]):
 
     def __init__(self, decode_line: Callable[[bytes], T], from_value: Callable[[Any], T], *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, qemu_exact: bool = False,
-                 max_nesting: int = MAX_NESTING, max_tokens: int = MAX_TOKEN_COUNT) -> None:
+                 max_nesting: int = MAX_NESTING, max_tokens: int = MAX_TOKEN_COUNT,
+                 decode_block: Callable[[bytes], list[T]] | None = None) -> None:
         self._decode_line = decode_line
+        self._decode_block = decode_block
         self._from_value = from_value
         self._max_size = max_message_size
         self._max_nesting = max_nesting
@@ -73,6 +83,9 @@ class Framer(Generic[T]):
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
         self._slow = False
+        # The block decoder relies on msgspec's own depth limit (< 1024) and
+        # does none of the qemu_exact checks.
+        self._block_ok = not qemu_exact and max_nesting >= MAX_NESTING
 
     @property
     def buffered(self) -> int:
@@ -85,6 +98,8 @@ class Framer(Generic[T]):
         buf = self._partial + data if self._partial else data
         self._partial = b""
         pos = 0
+        if self._decode_block is not None and not self._slow and self._block_ok:
+            pos = self._try_block(buf)
         end = len(buf)
         while pos < end:
             if self._slow:
@@ -103,36 +118,66 @@ class Framer(Generic[T]):
             self._slow = False
         return out
 
+    def _try_block(self, buf: bytes) -> int:
+        """Decode all complete lines of *buf* in one call; where they end, or 0 if refused."""
+        assert self._decode_block is not None
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0 or cut > self._max_fast_line:
+            return 0
+        try:
+            self._out.extend(self._decode_block(buf if cut == len(buf) else buf[:cut]))
+        except (msgspec.DecodeError, RecursionError):
+            return 0
+        return cut
+
     def _try_fast(self, line: bytes) -> bool:
         """Decode one line on the fast path; False hands it to the exact path."""
-        stripped = line.strip()
+        stripped = line.strip(_WS)
         if not stripped:
             return True
-        if len(stripped) > self._max_fast_line or (
+        # QEMU counts every token's bytes plus one against the limit: a message
+        # of exactly the limit's size is already too big.
+        if len(stripped) >= self._max_fast_line or (
                 stripped.count(b"{") + stripped.count(b"[") > self._max_nesting):
             return False
         if self._qemu_exact and (not stripped.isascii() or b"\\u" in stripped
                                  or _LONG_DIGITS.search(stripped)):
             return False
         try:
-            self._out.append(self._decode_line(stripped))
+            item = self._decode_line(stripped)
         except (msgspec.DecodeError, RecursionError):
             return False
+        if self._qemu_exact and isinstance(item, dict | list) and (
+                _key_count(item) != stripped.count(b":")):
+            # msgspec keeps the last of duplicate keys where QEMU reports an
+            # error (or a ':' inside a string): let the exact path decide.
+            return False
+        self._out.append(item)
         return True
 
     def _tail(self, buf: bytes, pos: int) -> int:
         """An unterminated last line: QEMU does not need the newline."""
         rest = buf[pos:]
-        stripped = rest.strip()
+        stripped = rest.strip(_WS)
         if not stripped:
             return len(buf)
         if stripped[:1] not in (b"{", b"["):
             # Garbage or a bare scalar: QEMU reacts byte by byte, so do we.
             self._slow = True
             return self._run_slow(buf, pos)
-        if stripped[-1:] in (b"}", b"]") and self._try_fast(stripped):
-            return len(buf)
-        if len(rest) > self._max_size:
+        if stripped[-1:] in (b"}", b"]"):
+            if self._try_fast(stripped):
+                return len(buf)
+            if len(rest) < self._max_fast_line and _truncated(stripped):
+                # A valid beginning of a JSON text (the read ended on a '}'
+                # inside it): QEMU has nothing to say yet either.
+                self._partial = rest
+                return len(buf)
+            # Several messages without a newline, an error, or input the fast
+            # path may not take: QEMU would answer now, not at the next newline.
+            self._slow = True
+            return self._run_slow(buf, pos)
+        if len(rest) >= self._max_fast_line:
             self._slow = True
             return self._run_slow(buf, pos)
         self._partial = rest
@@ -167,6 +212,34 @@ class Framer(Generic[T]):
             self._out.append(ParseError(exc.desc))
             return
         self._out.append(self._from_value(value))
+
+
+_JSON = msgspec.json.Decoder()
+
+
+def _truncated(text: bytes) -> bool:
+    """Whether *text* is valid JSON cut short (msgspec's error says so)."""
+    try:
+        _JSON.decode(text)
+    except msgspec.DecodeError as exc:
+        return "truncated" in str(exc)
+    except RecursionError:
+        return False
+    return False
+
+
+def _key_count(value: dict[str, Any] | list[Any]) -> int:
+    """Members of every object inside *value* (iterative: values nest 1024 deep)."""
+    count = 0
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 def value_framer(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,

@@ -172,9 +172,14 @@ class ServerConnection:
             self._negotiate(arguments, request_id)
             return None
         if name == "qmp_capabilities":
-            self._error("CommandNotFound",
-                        "Capabilities negotiation is already complete, command ignored",
-                        request_id)
+            # QEMU checks the arguments before its handler says it is too late.
+            problem = self._capabilities_problem(arguments)
+            if problem is not None:
+                self._error("GenericError", problem, request_id)
+            else:
+                self._error("CommandNotFound",
+                            "Capabilities negotiation is already complete, command ignored",
+                            request_id)
             return None
         return Command(name, arguments, request_id, oob)
 
@@ -200,27 +205,27 @@ class ServerConnection:
             return "QMP input lacks member 'execute'"
         return None
 
-    def _negotiate(self, arguments: dict[str, Any], request_id: Any) -> None:
+    def _capabilities_problem(self, arguments: dict[str, Any]) -> str | None:
+        """QEMU's argument check of ``qmp_capabilities``: its error text, or None."""
         for key in arguments:
             if key != "enable":
-                self._error("GenericError", f"Parameter '{key}' is unexpected", request_id)
-                return
+                return f"Parameter '{key}' is unexpected"
         enable = arguments.get("enable", [])
         if not isinstance(enable, list):
-            self._error("GenericError",
-                        "Invalid parameter type for 'enable', expected: array", request_id)
-            return
+            return "Invalid parameter type for 'enable', expected: array"
         for item in enable:
             if not isinstance(item, str):
-                self._error("GenericError",
-                            "Invalid parameter type for 'enable[0]', expected: string",
-                            request_id)
-                return
+                return "Invalid parameter type for 'enable[0]', expected: string"
             if item not in _CAPABILITY_VALUES or item not in self._capabilities:
-                self._error("GenericError",
-                            f"Parameter 'null' does not accept value '{item}'", request_id)
-                return
-        self.oob_enabled = "oob" in enable
+                return f"Parameter 'null' does not accept value '{item}'"
+        return None
+
+    def _negotiate(self, arguments: dict[str, Any], request_id: Any) -> None:
+        problem = self._capabilities_problem(arguments)
+        if problem is not None:
+            self._error("GenericError", problem, request_id)
+            return
+        self.oob_enabled = "oob" in arguments.get("enable", [])
         self.state = ServerState.COMMAND
         self._reply({"return": {}}, request_id)
 

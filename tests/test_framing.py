@@ -1,0 +1,492 @@
+"""Input framing: QEMU's framing rules, limits and error texts; fast path == exact path.
+
+The key property of the codec is at the bottom: whatever the bytes and however
+they are split, the fast+exact :class:`Framer` yields exactly what feeding
+every byte through the exact path alone (QEMU's lexer + streamer + parser,
+:func:`reference`) yields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, MAX_NESTING, Framer, ParseError, value_framer
+from qmpevents.codec.lexer import Streamer, Tok
+from qmpevents.codec.parser import JSONParseError, parse_tokens
+from qmpevents.protocol import messages
+
+# --- the reference: every byte through the exact path ---------------------------------
+
+
+class Reference:
+    """QEMU's lexer + streamer + parser alone, fed byte by byte."""
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 max_nesting: int = MAX_NESTING) -> None:
+        self.out: list[Any] = []
+        self._streamer = Streamer(self._emit, max_message_size=max_message_size,
+                                  max_nesting=max_nesting)
+
+    def _emit(self, tokens: list[tuple[Tok, bytes]] | None, error: str | None) -> None:
+        if error is not None:
+            self.out.append(ParseError(error))
+            return
+        assert tokens is not None
+        try:
+            self.out.append(parse_tokens(tokens))
+        except JSONParseError as exc:
+            self.out.append(ParseError(exc.desc))
+
+    def feed(self, data: bytes) -> None:
+        for byte in data:
+            self._streamer.feed_byte(byte)
+
+
+def reference(data: bytes, **limits: int) -> list[Any]:
+    ref = Reference(**limits)
+    ref.feed(data)
+    return ref.out
+
+
+def canon(value: Any) -> Any:
+    """A form where 1, 1.0, True, -0.0 and 0.0 all differ (``==`` would merge them)."""
+    if isinstance(value, ParseError):
+        return ("error", value.desc)
+    if isinstance(value, bool) or value is None:
+        return ("const", repr(value))
+    if isinstance(value, int):
+        return ("int", value)
+    if isinstance(value, float):
+        return ("float", "nan" if math.isnan(value) else repr(value))
+    if isinstance(value, str):
+        return ("str", value)
+    if isinstance(value, list):
+        return ("list", [canon(item) for item in value])
+    assert isinstance(value, dict), value
+    return ("dict", [(key, canon(item)) for key, item in value.items()])
+
+
+def feed_all(framer: Framer[Any], chunks: list[bytes]) -> list[Any]:
+    out: list[Any] = []
+    for chunk in chunks:
+        out.extend(framer.feed(chunk))
+    return out
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({cut % (len(data) + 1) for cut in cuts})
+    chunks, start = [], 0
+    for point in points:
+        chunks.append(data[start:point])
+        start = point
+    chunks.append(data[start:])
+    return chunks
+
+
+def errors(items: list[Any]) -> list[str]:
+    return [item.desc for item in items if isinstance(item, ParseError)]
+
+
+# --- QEMU's framing rules -------------------------------------------------------------
+
+
+def test_several_messages_in_one_read() -> None:
+    framer = value_framer()
+    data = b'{"execute": "a"}\r\n{"execute": "b", "id": 1}\n{"execute": "c"}'
+    assert framer.feed(data) == [{"execute": "a"}, {"execute": "b", "id": 1},
+                                 {"execute": "c"}]
+
+
+def test_several_messages_on_one_line_without_newline() -> None:
+    framer = value_framer()
+    assert framer.feed(b'{"execute": "a"}{"execute": "b"}') == [{"execute": "a"},
+                                                                {"execute": "b"}]
+    assert framer.buffered == 0
+
+
+def test_one_message_split_over_many_reads() -> None:
+    framer = value_framer()
+    message = b'{"execute": "query-status", "id": "x"}\r\n'
+    out: list[Any] = []
+    for byte in message:
+        out.extend(framer.feed(bytes([byte])))
+    assert out == [{"execute": "query-status", "id": "x"}]
+    assert framer.buffered == 0
+
+
+def test_no_trailing_newline_needed() -> None:
+    framer = value_framer()
+    assert framer.feed(b'{"execute": "stop"}') == [{"execute": "stop"}]
+    assert framer.feed(b"[1, 2]") == [[1, 2]]
+
+
+def test_partial_message_is_buffered_until_complete() -> None:
+    framer = value_framer()
+    assert framer.feed(b'{"execute": ') == []
+    assert framer.buffered > 0
+    assert framer.feed(b'"cont"}') == [{"execute": "cont"}]
+    assert framer.buffered == 0
+
+
+def test_read_ending_on_a_brace_inside_a_message_stays_buffered() -> None:
+    # The fast path keeps waiting (no per-byte exact path for the rest of a big
+    # message) when the read ends with '}' but the JSON is merely cut short.
+    framer = value_framer()
+    assert framer.feed(b'{"execute": "x", "id": {"a": "}') == []
+    assert framer.buffered > 0
+    assert not framer._slow
+    assert framer.feed(b'"}}\n') == [{"execute": "x", "id": {"a": "}"}}]
+
+
+def test_complete_message_of_the_exact_path_without_newline_is_answered_at_once() -> None:
+    framer = value_framer()
+    assert framer.feed('{"execute": "\u00e9"}'.encode()) == [{"execute": "\u00e9"}]
+    assert framer.feed(b'{"a": 1, "a": 2}') == [ParseError("JSON parse error, duplicate key")]
+
+
+def test_leading_whitespace_and_crlf_are_skipped() -> None:
+    framer = value_framer()
+    assert framer.feed(b'\r\n\r\n  \t{"execute": "a"}\r\n\r\n') == [{"execute": "a"}]
+    assert framer.feed(b"   \r\n") == []
+
+
+def test_single_quoted_strings() -> None:
+    framer = value_framer()
+    assert framer.feed(b"{'execute': 'query-status', 'id': 'sq'}\n") == [
+        {"execute": "query-status", "id": "sq"}]
+    assert framer.feed(b"{'a': 'it\\'s \"x\"'}\n") == [{"a": "it's \"x\""}]
+
+
+def test_bare_scalar_needs_a_delimiter() -> None:
+    framer = value_framer()
+    assert framer.feed(b"42") == []
+    assert framer.feed(b" ") == [42]
+    assert framer.feed(b'"x"') == ["x"]
+    assert framer.feed(b"null\n") == [None]
+
+
+def test_huge_integers_become_floats() -> None:
+    framer = value_framer()
+    out = framer.feed(b'{"id": 18446744073709551616, "a": 18446744073709551615, '
+                      b'"b": -9223372036854775808, "c": -9223372036854775809}\n')
+    assert out == [{"id": 1.8446744073709552e19, "a": 18446744073709551615,
+                    "b": -9223372036854775808, "c": -9.223372036854776e18}]
+    value = out[0]
+    assert isinstance(value["id"], float) and isinstance(value["a"], int)
+    assert isinstance(value["b"], int) and isinstance(value["c"], float)
+
+
+def test_unicode_escapes_and_slash() -> None:
+    framer = value_framer()
+    out = framer.feed(b'{"a": "\\u00e9\\u2603\\ud83d\\ude00 \\/ \\t"}\n')
+    assert out == [{"a": "\u00e9\u2603\U0001F600 / \t"}]
+
+
+# --- QEMU's parse errors (the wire doc's table) ---------------------------------------
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b'{"execute": }\n', ["JSON parse error, expecting value"]),
+    (b'{"execute": "a",}\n', ["JSON parse error, expecting value"]),
+    (b"}\n", ["JSON parse error, expecting value"]),
+    (b'{"execute": nope}\n', ["JSON parse error, invalid keyword 'nope'"]),
+    (b'{"execute": "query-status" ]\n', ["JSON parse error, expected separator in dict"]),
+    (b'{"a": 1, "a": 2}\n', ["JSON parse error, duplicate key"]),
+    (b'{"a" 1}\n', ["JSON parse error, missing : in object pair"]),
+    (b"{1: 2}\n", ["JSON parse error, key is not a string in object"]),
+    (b"[1 2]\n", ["JSON parse error, expected separator in list"]),
+    (b'"\\x"\n', ["JSON parse error, invalid escape sequence in string"]),
+    (b'"\\ud800"\n', ["JSON parse error, \\ud800 is not a valid Unicode character"]),
+])
+def test_parse_error_texts(data: bytes, expected: list[str]) -> None:
+    framer = value_framer()
+    assert errors(framer.feed(data)) == expected
+    assert framer.feed(b'{"execute": "ok"}\n') == [{"execute": "ok"}]
+
+
+def test_raw_tab_in_string_is_a_stray_error_then_relexed() -> None:
+    framer = value_framer()
+    out = framer.feed(b'{"execute": "a\tb"}\n')
+    assert errors(out)[0] == "JSON parse error, stray '\"a\t'"
+    assert all(isinstance(item, ParseError) for item in out)
+    assert len(out) > 1  # the rest is re-lexed as more garbage, as QEMU does
+    assert framer.feed(b'{"execute": "ok"}\n') == [{"execute": "ok"}]
+
+
+def test_invalid_utf8_in_string_is_an_error() -> None:
+    framer = value_framer()
+    out = framer.feed(b'{"execute": "a\xffb"}\n')
+    assert out and errors(out)[0].startswith("JSON parse error, stray ")
+    assert framer.feed(b'{"execute": "ok"}\n') == [{"execute": "ok"}]
+
+
+def test_duplicate_key_is_caught_on_the_fast_path_too() -> None:
+    # A complete line msgspec would accept (last key wins) but QEMU refuses.
+    framer = value_framer()
+    assert framer.feed(b'{"execute": "a", "execute": "b"}\n') == [
+        ParseError("JSON parse error, duplicate key")]
+
+
+def test_form_feed_is_not_whitespace_to_qemu() -> None:
+    # bytes.strip() would drop \x0b and \x0c; QEMU's lexer calls them stray.
+    framer = value_framer()
+    for junk in (b"\x0c", b"\x0b"):
+        data = junk + b'{"execute": "a"}' + junk + b"\n"
+        assert [canon(v) for v in framer.feed(data)] == [canon(v) for v in reference(data)]
+        assert errors(reference(data))
+
+
+# --- limits ---------------------------------------------------------------------------
+
+def nested(depth: int) -> bytes:
+    """A message whose total nesting (outer object included) is *depth*."""
+    return b'{"id": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_nesting_1024_is_accepted() -> None:
+    framer = value_framer()
+    out = framer.feed(nested(MAX_NESTING) + b"\n")
+    assert len(out) == 1 and isinstance(out[0], dict)
+    depth, value = 2, out[0]["id"]  # the outer object is level 1
+    while value:
+        depth, value = depth + 1, value[0]
+    assert depth == MAX_NESTING
+
+
+def test_nesting_1025_is_an_error_and_the_stream_recovers() -> None:
+    framer = value_framer()
+    out = framer.feed(nested(MAX_NESTING + 1) + b"\n")
+    assert errors(out)[0] == "JSON nesting depth limit exceeded"
+    assert all(isinstance(item, ParseError) for item in out)
+    assert len(out) > 1000  # the rest is re-lexed as garbage: ~1 error per token, as QEMU
+    assert framer.feed(b'{"execute": "query-status", "id": 1}\n') == [
+        {"execute": "query-status", "id": 1}]
+
+
+def test_nesting_error_matches_the_exact_path() -> None:
+    data = nested(MAX_NESTING + 1) + b'\n{"execute": "x"}\n'
+    assert [canon(v) for v in value_framer().feed(data)] == [canon(v) for v in reference(data)]
+
+
+def test_message_size_limit_then_resync() -> None:
+    framer = value_framer(max_message_size=64)
+    big = b'{"execute": "x", "id": "' + b"a" * 200 + b'"}\n'
+    out = framer.feed(big)
+    assert errors(out)[0] == "JSON token size limit exceeded"
+    assert framer.buffered <= 64
+    assert framer.feed(b'{"execute": "ok"}\n') == [{"execute": "ok"}]
+
+
+def test_message_size_limit_in_small_reads() -> None:
+    framer = value_framer(max_message_size=64)
+    out: list[Any] = []
+    for i in range(0, 300, 7):
+        out.extend(framer.feed((b'{"id": "' + b"b" * 300)[i:i + 7]))
+        assert framer.buffered <= 64
+    assert "JSON token size limit exceeded" in errors(out)
+    out = framer.feed(b'"}\n{"execute": "ok"}\n')
+    assert out[-1] == {"execute": "ok"}
+
+
+def test_message_just_under_the_limit() -> None:
+    # QEMU counts token bytes plus one: a 10-byte compact message needs a limit of 11.
+    data = b'{"a":1234}'
+    assert reference(data, max_message_size=10)[0] == ParseError(
+        "JSON token size limit exceeded")
+    assert value_framer(max_message_size=10).feed(data + b"\n")[0] == ParseError(
+        "JSON token size limit exceeded")
+    assert value_framer(max_message_size=11).feed(data + b"\n") == [{"a": 1234}]
+
+
+def test_buffer_never_grows_past_the_limit_on_garbage() -> None:
+    framer = value_framer(max_message_size=1000)
+    for _ in range(100):
+        framer.feed(b"{" + b"x" * 499)
+        assert framer.buffered <= 1000
+    for _ in range(100):
+        framer.feed(b'{"a": "' + b"y" * 499)
+        assert framer.buffered <= 1000
+
+
+# --- the client's typed framer --------------------------------------------------------
+
+def client_framer(**kwargs: Any) -> Framer[Any]:
+    return Framer(messages.decode_line, messages.from_value,
+                  decode_block=messages.decode_event_block, **kwargs)
+
+
+EVENT = (b'{"timestamp": {"seconds": 1267041730, "microseconds": 281295}, '
+         b'"event": "STOP"}')
+
+
+def test_typed_framer_keeps_raw_lines() -> None:
+    framer = client_framer()
+    out = framer.feed(EVENT + b"\r\n" + b'{"return": {}, "id": "a"}\r\n' + EVENT + b"\r\n")
+    assert [type(item).__name__ for item in out] == ["Stop", "Return", "Stop"]
+    assert out[0].raw == EVENT and out[2].raw == EVENT
+    assert out[1] == messages.Return({}, "a")
+
+
+def test_typed_framer_block_and_line_paths_agree() -> None:
+    lines = [EVENT, b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "NEW_ONE", '
+             b'"data": {"x": [1]}}', b'{"return": {"status": "running"}, "id": 7}', EVENT]
+    stream = b"\r\n".join(lines) + b"\r\n"
+    whole = client_framer().feed(stream)
+    single = [item for line in lines for item in client_framer().feed(line + b"\n")]
+    assert whole == single
+    assert [getattr(item, "raw", None) for item in whole] == [
+        getattr(item, "raw", None) for item in single]
+
+
+# --- hypothesis: chunking, exactness, garbage -----------------------------------------
+
+def _qemu_char(char: str) -> bool:
+    """QEMU refuses surrogates and noncharacters (U+FDD0..U+FDEF, U+xFFFE/F)."""
+    code = ord(char)
+    return not (0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE)
+
+
+texts = st.text(st.characters(blacklist_categories=("Cs",)).filter(_qemu_char), max_size=8)
+ascii_texts = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8)
+
+
+def json_values(text: st.SearchStrategy[str], big: int) -> st.SearchStrategy[Any]:
+    scalars = (st.none() | st.booleans() | st.integers(-big, big)
+               | st.floats(allow_nan=False, allow_infinity=False) | text)
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+        max_leaves=12,
+    )
+
+
+@st.composite
+def message_text(draw: st.DrawFn, ascii_only: bool = False) -> bytes:
+    """One valid QMP-ish message in one of several spellings."""
+    text = ascii_texts if ascii_only else texts
+    # In ASCII-only mode, no integer of 19+ digits either (the non-exact
+    # typed framer keeps those exact where QEMU turns them into doubles).
+    big = 10**18 - 1 if ascii_only else 2**70
+    value = {"execute": draw(text.filter(bool)), "id": draw(json_values(text, big))}
+    styles = ["compact", "spaced", "pretty"] if ascii_only else [
+        "compact", "spaced", "ascii", "pretty"]
+    style = draw(st.sampled_from(styles))
+    if style == "compact":
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    if style == "spaced":
+        return json.dumps(value, ensure_ascii=False).encode()
+    if style == "ascii":
+        return json.dumps(value).encode()
+    return json.dumps(value, indent=2).replace("\n", "\r\n").encode()
+
+
+@st.composite
+def valid_streams(draw: st.DrawFn) -> bytes:
+    parts = []
+    for text in draw(st.lists(message_text(), min_size=1, max_size=6)):
+        parts.append(draw(st.sampled_from([b"", b" ", b"\r\n", b"\n\n"])))
+        parts.append(text)
+        parts.append(draw(st.sampled_from([b"\r\n", b"\n", b" \r\n", b""])))
+    return b"".join(parts) + b"\n"
+
+
+_fragments = st.sampled_from([
+    b"{", b"}", b"[", b"]", b":", b",", b'"', b"'", b"\\", b"\\u", b"\\ud83d", b"\\u00e9",
+    b"\n", b"\r\n", b" ", b"\t", b"\x0c", b"\x0b", b"\x00", b"\xff", b"\xfe", b"\xc3\xa9",
+    b"\xc0\x80", b"true", b"nope", b"null", b"-", b"0", b"1.5e3", b"12345678901234567890",
+    b'"a"', b'"a":1', b'{"a":1,"a":2}', b"{}", b"[]", b'{"execute": "x"}',
+    b"\x7f", b"1e999", b"-0", b"-0.0",
+])
+garbage_streams = st.lists(
+    st.one_of(_fragments, message_text(), st.binary(max_size=12)), max_size=20,
+).map(b"".join)
+
+
+def check_exact(data: bytes, cuts: list[int], framer: Framer[Any], ref: Reference) -> None:
+    """The fast+exact framer == the exact path alone, after every chunk.
+
+    After each chunk the framer has produced a prefix of what the exact path
+    produced for the same bytes (the fast path may hold an unterminated line
+    starting with ``{``/``[`` a little longer, never get it wrong); whenever the
+    bytes so far end with a newline, and at the end, exactly the same.
+    """
+    got: list[Any] = []
+    fed = b""
+    for chunk in [*split_at(data, cuts), b"\n"]:
+        got.extend(canon(item) for item in framer.feed(chunk))
+        ref.feed(chunk)
+        fed += chunk
+        want = [canon(item) for item in ref.out]
+        if fed.endswith(b"\n"):
+            assert got == want, (fed, got, want)
+        else:
+            assert got == want[:len(got)], (fed, got, want)
+        assert framer.buffered <= framer._max_size
+
+
+# QMPEVENTS_FUZZ_EXAMPLES raises the count for a long fuzz run.
+EXACT = settings(max_examples=int(os.environ.get("QMPEVENTS_FUZZ_EXAMPLES", "300")), deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow])
+
+
+@EXACT
+@given(valid_streams(), st.lists(st.integers(min_value=0), max_size=12))
+def test_any_split_of_a_valid_stream_decodes_the_same(data: bytes, cuts: list[int]) -> None:
+    whole = [canon(v) for v in value_framer().feed(data)]
+    assert not any(kind == "error" for kind, _ in whole)
+    assert [canon(v) for v in feed_all(value_framer(), split_at(data, cuts))] == whole
+    assert whole == [canon(v) for v in reference(data)]
+
+
+@EXACT
+@given(st.binary(max_size=200), st.lists(st.integers(min_value=0), max_size=10))
+def test_fast_path_equals_exact_path_on_arbitrary_bytes(data: bytes, cuts: list[int]) -> None:
+    check_exact(data, cuts, value_framer(), Reference())
+
+
+@EXACT
+@given(garbage_streams, st.lists(st.integers(min_value=0), max_size=10))
+def test_fast_path_equals_exact_path_on_mixed_streams(data: bytes, cuts: list[int]) -> None:
+    check_exact(data, cuts, value_framer(), Reference())
+
+
+@EXACT
+@given(garbage_streams, st.lists(st.integers(min_value=0), max_size=10),
+       st.integers(min_value=4, max_value=80), st.integers(min_value=1, max_value=5))
+def test_fast_path_equals_exact_path_with_small_limits(
+        data: bytes, cuts: list[int], size: int, depth: int) -> None:
+    decoder = msgspec.json.Decoder()
+    framer: Framer[Any] = Framer(decoder.decode, lambda value: value, qemu_exact=True,
+                                 max_message_size=size, max_nesting=depth)
+    check_exact(data, cuts, framer, Reference(max_message_size=size, max_nesting=depth))
+
+
+@EXACT
+@given(st.lists(st.binary(max_size=300), max_size=12), st.integers(min_value=8, max_value=512))
+def test_garbage_never_raises_and_buffer_stays_bounded(chunks: list[bytes], limit: int) -> None:
+    for framer in (value_framer(max_message_size=limit),
+                   client_framer(max_message_size=limit)):
+        for chunk in chunks:
+            for item in framer.feed(chunk):
+                assert isinstance(item, ParseError | messages.Unrecognized | messages.Greeting
+                                  | messages.Return | messages.ErrorReply | dict | list | str
+                                  | int | float | type(None)) or hasattr(item, "raw"), item
+            assert framer.buffered <= limit
+
+
+@EXACT
+@given(st.lists(message_text(ascii_only=True), min_size=1, max_size=5),
+       st.lists(st.integers(min_value=0), max_size=8))
+def test_typed_framer_equals_exact_path_on_valid_streams(texts: list[bytes],
+                                                         cuts: list[int]) -> None:
+    data = b"\r\n".join(texts) + b"\r\n"
+    got = feed_all(client_framer(), split_at(data, cuts))
+    want = [messages.from_value(value) for value in reference(data)]
+    assert got == want
