@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from qmpevents.sim.vnc import VncEndpoint, VncListener
 from qmpevents.vnc_client import (
     BGR233,
     BGRX_BE,
@@ -27,8 +29,6 @@ from qmpevents.vnc_client import (
     RfbClient,
     handshake,
 )
-
-from qmpevents.sim.vnc import VncEndpoint, VncListener
 
 pytestmark = pytest.mark.asyncio
 

@@ -2,7 +2,8 @@
 
 * :mod:`qmpevents.catalog` -- typed models of every event, two wire profiles;
 * :mod:`qmpevents.codec` -- bytes <-> messages exactly as QEMU does it;
-* :mod:`qmpevents.protocol` -- sans-IO server and client state machines.
+* :mod:`qmpevents.protocol` -- sans-IO server and client state machines;
+* :mod:`qmpevents.client` -- the asyncio and blocking QMP clients.
 """
 
 from qmpevents.catalog import (
@@ -12,6 +13,13 @@ from qmpevents.catalog import (
     UnknownEvent,
     decode_event,
     validate,
+)
+from qmpevents.client import (
+    QMPClient,
+    Subscription,
+    SyncQMPClient,
+    connect,
+    connect_sync,
 )
 from qmpevents.errors import (
     ConnectionLost,
@@ -36,12 +44,17 @@ __all__ = [
     "LocalProtocolError",
     "MessageTooLarge",
     "ProtocolError",
+    "QMPClient",
     "QMPError",
     "QMPEventsError",
     "RemoteProtocolError",
+    "Subscription",
+    "SyncQMPClient",
     "Timestamp",
     "UnknownEvent",
     "__version__",
+    "connect",
+    "connect_sync",
     "decode_event",
     "validate",
 ]

@@ -71,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last line of defence: one line, no traceback
+        if args.verbose >= 2:
+            raise
+        sys.stderr.write(f"qmpevents {args.command}: error: {exc or type(exc).__name__}\n")
+        return 1
     return status
 
 

@@ -11,7 +11,7 @@ the set (events are never queued for later).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from qmpevents.codec import encode_message
@@ -29,14 +29,21 @@ class Broadcaster:
     def __init__(self) -> None:
         # A dict rather than a set: insertion-ordered, O(1) removal, fast iteration.
         self._recipients: dict[Recipient, None] = {}
+        self._on_join: list[Callable[[], None]] = []
         self.events_encoded = 0
         self.deliveries = 0
+
+    def on_join(self, callback: Callable[[], None]) -> None:
+        """Call *callback* whenever a monitor negotiates (a replay waits for its audience)."""
+        self._on_join.append(callback)
 
     def __len__(self) -> int:
         return len(self._recipients)
 
     def add(self, recipient: Recipient) -> None:
         self._recipients[recipient] = None
+        for callback in self._on_join:
+            callback()
 
     def discard(self, recipient: Recipient) -> None:
         self._recipients.pop(recipient, None)
@@ -49,7 +56,11 @@ class Broadcaster:
         """
         line = encode_message(message)
         self.events_encoded += 1
+        self.publish_line(line)
+        return line
+
+    def publish_line(self, line: bytes) -> None:
+        """Send an already encoded event line (a replay sends recorded bytes as they were)."""
         self.deliveries += len(self._recipients)
         for recipient in self._recipients:
             recipient.send(line)
-        return line

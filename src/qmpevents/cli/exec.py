@@ -1,0 +1,95 @@
+"""``qmpevents exec TARGET COMMAND [KEY=VALUE...]``: run one command, print the reply."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+import msgspec
+
+import qmpevents
+from qmpevents.cli.targets import TargetError, expand
+from qmpevents.errors import QMPError, QMPEventsError
+
+EXAMPLES = """\
+examples:
+  qmpevents exec /tmp/vm.sock query-status
+  qmpevents exec unix:/tmp/vm.sock x-sim-io-error device=ide0-hd1 operation=write
+  qmpevents exec tcp:127.0.0.1:4444 x-sim-rtc-change --args '{"offset": 78}'
+
+VALUE is read as JSON when it parses (78, true, null, [..]) and as a string otherwise.
+exit status: 0 success, 1 QMP error reply, 2 usage error, 3 target unreachable
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "exec", help="run one QMP command and print its reply", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="unix:PATH, tcp:HOST:PORT or a socket path")
+    parser.add_argument("qmp_command", metavar="COMMAND")
+    parser.add_argument("arguments", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--args", dest="json_args", metavar="JSON",
+                        help="the arguments as one JSON object")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                        help="give up after S seconds (default 10)")
+    parser.set_defaults(handler=run)
+
+
+def parse_arguments(pairs: list[str], json_args: str | None) -> dict[str, Any]:
+    """KEY=VALUE pairs and/or a JSON object to the command's arguments."""
+    arguments: dict[str, Any] = {}
+    if json_args is not None:
+        try:
+            loaded = msgspec.json.decode(json_args)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"--args is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError("--args must be a JSON object")
+        arguments.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad argument {pair!r}: expected KEY=VALUE")
+        try:
+            arguments[key] = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            arguments[key] = raw
+    return arguments
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        targets = expand(args.target)
+        arguments = parse_arguments(args.arguments, args.json_args)
+    except (TargetError, ValueError) as exc:
+        print(f"qmpevents exec: error: {exc}", file=sys.stderr)
+        return 2
+    if len(targets) != 1:
+        print(f"qmpevents exec: error: {args.target!r} must name exactly one VM",
+              file=sys.stderr)
+        return 2
+    return asyncio.run(_exec(targets[0].address, args.qmp_command, arguments, args.timeout))
+
+
+async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: float) -> int:
+    try:
+        async with asyncio.timeout(timeout):
+            async with qmpevents.connect(address) as qmp:
+                try:
+                    reply = await qmp.execute(command, arguments or None)
+                except QMPError as exc:
+                    print(f"qmpevents exec: {exc.error_class}: {exc.desc}", file=sys.stderr)
+                    return 1
+    except (OSError, TimeoutError, QMPEventsError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
+        print(f"qmpevents exec: cannot reach {address}: {reason}", file=sys.stderr)
+        return 3
+    if sys.stdout.isatty():
+        print(json.dumps(reply, indent=2, ensure_ascii=False))
+    else:
+        print(msgspec.json.encode(reply).decode())
+    return 0

@@ -1,0 +1,78 @@
+"""How events look on a terminal and in a pipe.
+
+On a terminal: one coloured line per event (time, VM, event, key data).
+Piped: the same line without colour, or with ``--json`` one JSON object per
+line with the source VM added, so ``jq`` can take it from there.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from qmpevents.catalog import Event, UnknownEvent
+
+_COLOURS = {
+    "BLOCK_IO_ERROR": "31", "SHUTDOWN": "31", "STOP": "33", "RESUME": "32",
+    "RESET": "35", "RTC_CHANGE": "36", "POWERDOWN": "33",
+}
+_VNC_COLOUR = "34"
+_DIM = "2"
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _paint(text: str, code: str, colour: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        items: list[tuple[str, Any]] = []
+        for key, inner in value.items():
+            items.extend(_flatten(inner, f"{prefix}{key}."))
+        return items
+    return [(prefix[:-1], value)]
+
+
+def data_dict(event: Event | UnknownEvent) -> dict[str, Any]:
+    """The event's data as plain JSON values ({} when there is none)."""
+    data = msgspec.to_builtins(event.data) if event.data is not None else {}
+    return data if isinstance(data, dict) else {"value": data}
+
+
+def summary(event: Event | UnknownEvent) -> str:
+    """Key data as ``key=value`` pairs; VNC events shortened to the client."""
+    data = data_dict(event)
+    if event.name.startswith("VNC_") and "client" in data:
+        client = data["client"]
+        server = data.get("server", {})
+        parts = [f"client={client.get('host')}:{client.get('service')}",
+                 f"server={server.get('host')}:{server.get('service')}"]
+        if server.get("auth"):
+            parts.append(f"auth={server['auth']}")
+        return " ".join(parts)
+    return " ".join(f"{key}={_encode(value).decode() if not isinstance(value, str) else value}"
+                    for key, value in _flatten(data))
+
+
+def text_line(vm: str, event: Event | UnknownEvent, *, colour: bool) -> str:
+    """``12:00:01.250 vm1 STOP key=value...``."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.timestamp))
+    millis = event.stamp.microseconds // 1000
+    name = event.name
+    code = _VNC_COLOUR if name.startswith("VNC_") else _COLOURS.get(name, "1")
+    line = (f"{_paint(f'{stamp}.{millis:03d}', _DIM, colour)} {_paint(vm, '1', colour)} "
+            f"{_paint(name, code, colour)}")
+    details = summary(event)
+    return f"{line} {details}" if details else line
+
+
+def json_line(vm: str, event: Event | UnknownEvent) -> str:
+    """The event's exact JSON with ``"vm"`` added first."""
+    raw = event.raw
+    body = raw.decode() if raw is not None else _encode(event.to_wire()).decode()
+    inner = body.strip()[1:]
+    return '{"vm": ' + _encode(vm).decode() + (", " + inner if inner.strip() != "}" else "}")

@@ -1,0 +1,123 @@
+"""``qmpevents replay FILE``: a recorded incident, served again over QMP or printed.
+
+Serving turns a recording into a QMP server: once the first client has
+negotiated, the recorded event lines are sent byte for byte, with the
+original gaps between them scaled by ``--speed`` (or none at all), so
+management software can be tested against what really happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from qmpevents.catalog import decode_event
+from qmpevents.cli.render import json_line, text_line
+from qmpevents.recording import ReadReport, Record, read_recording
+from qmpevents.server import CommandSpec, CommandTable, QMPServer, parse_address
+from qmpevents.server.addresses import AddressError
+
+EXAMPLES = """\
+examples:
+  qmpevents replay incident.jsonl --print
+  qmpevents replay incident.jsonl --serve unix:/tmp/replay.sock --speed 10
+  qmpevents replay incident.jsonl --serve unix:/tmp/replay.sock --as-fast-as-possible
+
+Serving waits for a client to negotiate, replays, then closes and exits 0.
+The replay server answers query-status and query-version; other commands get
+CommandNotFound.
+"""
+
+REPLAY_VERSION = {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "qmpevents replay"}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "replay", help="replay a recording as a QMP server, or print it",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", metavar="FILE", help="a recording made by qmpevents record")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--serve", metavar="ADDRESS", help="unix:PATH or tcp:HOST:PORT")
+    mode.add_argument("--print", action="store_true", help="print the recorded events")
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, metavar="X",
+                      help="play X times faster than recorded (default 1)")
+    pace.add_argument("--as-fast-as-possible", action="store_true",
+                      help="no gaps between events")
+    parser.add_argument("--vm", action="append", default=[], metavar="NAME",
+                        help="only events of this VM (repeatable)")
+    parser.add_argument("--json", action="store_true", help="with --print: JSON lines")
+    parser.set_defaults(handler=run)
+
+
+def _load(args: argparse.Namespace) -> list[Record]:
+    report = ReadReport()
+    records = [r for r in read_recording(args.file, report)
+               if r.direction == "event" and (not args.vm or r.vm in args.vm)]
+    if report.torn_tail:
+        print("qmpevents replay: the last line was torn (a crash while recording); skipped",
+              file=sys.stderr)
+    if report.bad_lines:
+        print(f"qmpevents replay: {report.bad_lines} malformed lines skipped", file=sys.stderr)
+    return records
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.speed <= 0:
+        print("qmpevents replay: error: --speed must be positive", file=sys.stderr)
+        return 2
+    try:
+        records = _load(args)
+    except OSError as exc:
+        print(f"qmpevents replay: error: {exc}", file=sys.stderr)
+        return 2
+    if args.print:
+        colour = sys.stdout.isatty()
+        for record in records:
+            event = decode_event(record.message_bytes())
+            line = json_line(record.vm, event) if args.json else text_line(
+                record.vm, event, colour=colour)
+            print(line)
+        return 0
+    try:
+        address = parse_address(args.serve)
+    except AddressError as exc:
+        print(f"qmpevents replay: error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(address, records, 0.0 if args.as_fast_as_possible
+                              else 1.0 / args.speed))
+
+
+def _commands() -> CommandTable:
+    def query_status(_: dict[str, Any]) -> Any:
+        return {"status": "running", "singlestep": False, "running": True}
+
+    def query_version(_: dict[str, Any]) -> Any:
+        return REPLAY_VERSION
+
+    return CommandTable([CommandSpec("query-status", query_status),
+                         CommandSpec("query-version", query_version)])
+
+
+async def _serve(address: Any, records: list[Record], scale: float) -> int:
+    server = QMPServer([address], _commands(), version=REPLAY_VERSION)
+    audience = asyncio.Event()
+    server.broadcaster.on_join(audience.set)
+    await server.start()
+    print(f"qmpevents replay: {len(records)} events; waiting for a client on {address}",
+          file=sys.stderr)
+    try:
+        await audience.wait()
+        previous = records[0].received if records else 0.0
+        for record in records:
+            delay = (record.received - previous) * scale
+            previous = record.received
+            if delay > 0:
+                await asyncio.sleep(delay)
+            server.broadcaster.publish_line(record.message_bytes() + b"\r\n")
+        print("qmpevents replay: done", file=sys.stderr)
+    finally:
+        await server.close()
+    return 0

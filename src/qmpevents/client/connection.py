@@ -1,0 +1,519 @@
+"""The asyncio QMP client: one socket, many subscribers, replies matched by id.
+
+Bytes go through the sans-IO :class:`~qmpevents.protocol.ClientConnection`
+in whole socket reads (:data:`READ_SIZE` at a time): each read is decoded in one batch
+and handed to every subscriber as one list, so the per-event cost is little
+more than msgspec's decode.  The reader is an :class:`asyncio.Protocol`, not
+a task: no extra wake-up per read, and backpressure is
+``transport.pause_reading()``.
+
+Within a read, messages are processed in arrival order: events that came
+before a command's reply are in the subscribers' queues before ``execute``
+returns, which is what makes "subscribe, act, then wait" race-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Coroutine, Generator, Mapping
+from types import TracebackType
+from typing import Any, Final, Self
+
+from qmpevents.catalog import EVENT_TYPES, UnknownEvent
+from qmpevents.client.addresses import AddressLike, TcpAddress, UnixAddress, parse_address
+from qmpevents.client.expect import Expectation, FirstMatch
+from qmpevents.client.filters import EventFilter, Predicate, QMPEvent
+from qmpevents.client.subscriptions import (
+    DEFAULT_MAXSIZE,
+    ConnectionResumed,
+    Overflow,
+    Sink,
+    Subscription,
+)
+from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
+from qmpevents.errors import ConnectionLost, MessageTooLarge, QMPError
+from qmpevents.protocol import ClientConnection, Greeting, ProtocolViolation, Reply
+
+logger = logging.getLogger("qmpevents.client")
+
+_EVENT_CLASSES: Final = frozenset([*EVENT_TYPES.values(), UnknownEvent])
+_HELD_LIMIT: Final = 4096  # events held back while the resync status is pending
+READ_SIZE: Final = 64 * 1024
+"""Bytes per socket read.  Large enough that per-read costs vanish (about 350
+events a read), small enough that a read's decoded events are still in the
+CPU cache when the consumer takes them: measured faster than 256 KiB reads."""
+
+
+class _Link(asyncio.Protocol):
+    """One connection's lifetime: the sans-IO state, pending commands, negotiation.
+
+    A reconnect makes a new link, so callbacks of a dead one cannot touch the
+    next connection's state.
+    """
+
+    def __init__(self, client: QMPClient, *, resync: bool) -> None:
+        self.client = client
+        self.proto = ClientConnection(max_message_size=client.max_message_size)
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[str, asyncio.Future[Reply]] = {}
+        loop = asyncio.get_running_loop()
+        #: Resolved once negotiated (and, with *resync*, once the status is known).
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.ready.add_done_callback(_retrieve)
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.negotiated = False
+        self.paused = False
+        self._resync = resync
+        self._status_id: str | None = None
+        self._held: list[QMPEvent] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if hasattr(transport, "max_size"):  # the selector transports' recv() size
+            transport.max_size = READ_SIZE
+
+    def data_received(self, data: bytes) -> None:
+        proto = self.proto
+        try:
+            proto.receive_data(data)
+        except MessageTooLarge as exc:
+            self.client._fatal(self, exc)
+            return
+        items = proto.next_events()
+        if not items:
+            return
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: %d bytes, %d messages", self.client.address, len(data), len(items))
+        if self._held is None and set(map(type, items)) <= _EVENT_CLASSES:
+            self.client._dispatch(items)  # type: ignore[arg-type]  # all events: checked
+        else:
+            self._process(items)
+        if self.client._blocked and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proto.connection_closed()
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.client._link_lost(self, exc)
+
+    # -- messages -----------------------------------------------------------
+
+    def _process(self, items: list[Any]) -> None:
+        """A read with more than events: keep the order, answer replies in place."""
+        run: list[QMPEvent] = []
+        for item in items:
+            if type(item) in _EVENT_CLASSES:
+                run.append(item)
+                continue
+            if run:
+                self._events(run)
+                run = []
+            if isinstance(item, Reply):
+                self._reply(item)
+            elif isinstance(item, Greeting):
+                self._greeted()
+            else:
+                assert isinstance(item, ProtocolViolation)
+                logger.warning("%s: protocol violation: %s", self.client.address, item.problem)
+        if run:
+            self._events(run)
+
+    def _events(self, events: list[QMPEvent]) -> None:
+        held = self._held
+        if held is None:
+            self.client._dispatch(events)
+            return
+        held.extend(events)
+        if len(held) >= _HELD_LIMIT:
+            logger.warning("%s: no query-status reply after %d events; resuming without it",
+                           self.client.address, len(held))
+            self._release(None)
+
+    def _greeted(self) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: greeting %r", self.client.address, self.proto.greeting)
+        self._send("qmp_capabilities")
+
+    def _reply(self, reply: Reply) -> None:
+        if reply.command == "qmp_capabilities":
+            if reply.error is not None:
+                self._fail_ready(QMPError(reply.error.error_class, reply.error.desc,
+                                          command=reply.command, id=reply.id))
+            elif self._resync:
+                # Sent at once, from here, so nothing can slip in before the status.
+                self._held = []
+                self._status_id = self._send("query-status")
+            else:
+                self._set_ready()
+            return
+        if reply.id == self._status_id:
+            self._release(reply.value if reply.error is None else None)
+            return
+        future = self.pending.pop(reply.id, None)
+        if future is None:
+            logger.debug("%s: reply to %s (%s) nobody waits for any more",
+                         self.client.address, reply.command, reply.id)
+        elif not future.done():
+            future.set_result(reply)
+
+    def _release(self, status: Any) -> None:
+        """The resync status is known: marker first, then the events held meanwhile."""
+        held, self._held = self._held or [], None
+        self._status_id = None
+        self.client._resynced(status)
+        if held:
+            self.client._dispatch(held)
+        self._set_ready()
+
+    def _set_ready(self) -> None:
+        self.negotiated = True
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _fail_ready(self, error: BaseException) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _send(self, command: str, arguments: Mapping[str, Any] | None = None) -> str:
+        request_id, data = self.proto.send_command(command, dict(arguments) if arguments else None)
+        assert self.transport is not None
+        self.transport.write(data)
+        return request_id
+
+    # -- commands -------------------------------------------------------------
+
+    async def execute(self, command: str, arguments: Mapping[str, Any] | None,
+                      timeout: float | None) -> Any:
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        request_id = self._send(command, arguments)
+        self.pending[request_id] = future
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await future
+        finally:
+            self.pending.pop(request_id, None)
+        if reply.error is not None:
+            raise QMPError(reply.error.error_class, reply.error.desc, command=command,
+                           id=request_id)
+        return reply.value
+
+    def fail_pending(self, error: BaseException) -> None:
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # a caller that gave up must not trigger a warning
+        self._fail_ready(error)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class QMPClient:
+    """An asyncio QMP client for event consumers.  Create with :func:`connect`.
+
+    ``async with connect(address) as qmp:`` connects, negotiates and closes on
+    exit; ``qmp = await connect(address)`` does the same without the block
+    (then call :meth:`close`).
+
+    Options:
+
+    * *reconnect* -- when the connection drops, reconnect (with backoff from
+      *reconnect_delay* up to *reconnect_max_delay* seconds) instead of
+      ending the subscribers.  After each reconnect every subscriber receives a
+      :class:`~qmpevents.client.subscriptions.ConnectionResumed` marker
+      (name ``QMPEVENTS_RECONNECTED``) saying events may have been missed,
+      whose ``data["status"]`` is a fresh ``query-status`` result, also kept
+      in :attr:`last_status`.  Commands issued while disconnected raise
+      :class:`~qmpevents.errors.ConnectionLost`.
+    * *max_message_size* -- a bigger message from the server raises
+      :class:`~qmpevents.errors.MessageTooLarge` in every pending ``execute``
+      and every event iterator, is logged, and closes the connection (no
+      reconnect: it would recur).
+    * *connect_timeout* -- seconds for the greeting and negotiation.
+    """
+
+    def __init__(self, address: AddressLike, *, reconnect: bool = False,
+                 reconnect_delay: float = 0.1, reconnect_max_delay: float = 2.0,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 connect_timeout: float = 10.0) -> None:
+        self.address = parse_address(address)
+        self.reconnect = reconnect
+        self.reconnect_delay = reconnect_delay
+        self.reconnect_max_delay = reconnect_max_delay
+        self.max_message_size = max_message_size
+        self.connect_timeout = connect_timeout
+        #: The latest ``query-status`` result from a (re)connect with *reconnect* on.
+        self.last_status: Any = None
+        #: How many times the connection has been re-established.
+        self.reconnects = 0
+        self._link: _Link | None = None
+        self._sinks: dict[int, weakref.ref[Sink]] = {}
+        self._blocked: set[int] = set()
+        self._closing = False
+        self._ended: BaseException | None = None  # why subscribers were ended for good
+        self._fatal_error: BaseException | None = None
+        self._reconnector: asyncio.Task[None] | None = None
+        self._lost_at = 0.0
+
+    # -- life cycle -----------------------------------------------------------
+
+    @property
+    def greeting(self) -> Greeting | None:
+        """The server's greeting (version and capabilities) on the current connection."""
+        return None if self._link is None else self._link.proto.greeting
+
+    @property
+    def connected(self) -> bool:
+        """True while a negotiated connection is up."""
+        link = self._link
+        return link is not None and link.negotiated and not link.lost.done()
+
+    async def connect(self) -> Self:
+        """Connect and negotiate; raise OSError, TimeoutError or QMPError if that fails."""
+        if self._link is not None:
+            raise RuntimeError("already connected")
+        self._closing = False
+        self._ended = None
+        await self._open()
+        return self
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        link = _Link(self, resync=self.reconnect)
+        address = self.address
+        async with asyncio.timeout(self.connect_timeout):
+            if isinstance(address, UnixAddress):
+                await loop.create_unix_connection(lambda: link, address.path)
+            else:
+                assert isinstance(address, TcpAddress)
+                await loop.create_connection(lambda: link, address.host, address.port)
+            self._link = link
+            try:
+                await asyncio.shield(link.ready)
+            except BaseException:
+                self._link = None
+                if link.transport is not None:
+                    link.transport.abort()
+                raise
+        logger.info("%s: connected", address)
+
+    async def close(self) -> None:
+        """Close the connection; pending commands fail, iterators end.  Idempotent."""
+        self._closing = True
+        if self._reconnector is not None:
+            self._reconnector.cancel()
+            self._reconnector = None
+        link = self._link
+        if link is not None and link.transport is not None:
+            link.transport.close()
+            await link.lost
+        self._end_all(ConnectionLost("the connection was closed"))
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        return self.connect().__await__()
+
+    # -- commands -------------------------------------------------------------
+
+    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None, *,
+                      timeout: float | None = None) -> Any:
+        """Run *command* and return its ``return`` value.
+
+        Raises :class:`~qmpevents.errors.QMPError` on an error reply,
+        :class:`TimeoutError` after *timeout* seconds (a late reply is then
+        ignored), :class:`~qmpevents.errors.ConnectionLost` if the connection
+        is down or drops before the reply, or the fatal error that ended it.
+        """
+        link = self._link
+        if self._fatal_error is not None:
+            raise self._fatal_error
+        if link is None or not self.connected:
+            raise ConnectionLost(f"not connected to {self.address}")
+        return await link.execute(command, arguments, timeout)
+
+    # -- events ---------------------------------------------------------------
+
+    def listen(self, *names: str, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> Subscription:
+        """Subscribe now to events by name (globs allowed), data *match* and *predicate*.
+
+        Use as ``async with qmp.listen("STOP") as events:``, then act, then
+        ``await events.get(timeout=5)``: events are queued from this call on.
+        """
+        subscription = Subscription(self, EventFilter(names, match, predicate),
+                                    maxsize=maxsize, overflow=overflow)
+        self._subscribe(subscription)
+        return subscription
+
+    def events(self, *names: str, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> Subscription:
+        """Every event (or those passing the filters), for ``async for``.
+
+        The iteration ends normally when the connection ends (after the queued
+        events); a fatal error such as MessageTooLarge is raised instead.
+        """
+        return self.listen(*names, match=match, predicate=predicate, maxsize=maxsize,
+                           overflow=overflow)
+
+    def wait_for(self, *names: str, timeout: float | None = None,
+                 match: Mapping[str, Any] | None = None,
+                 predicate: Predicate | None = None) -> Coroutine[Any, Any, QMPEvent]:
+        """The next event passing the filters: ``ev = await qmp.wait_for("RESET")``.
+
+        Listening starts when this is called, not when it is awaited, so
+        ``w = qmp.wait_for(...)``, then a command, then ``await w`` cannot
+        miss the event.  Raises TimeoutError or ConnectionLost.
+        """
+        waiter = FirstMatch(EventFilter(names, match, predicate))
+        self._subscribe(waiter)
+        return self._first_match(waiter, timeout)
+
+    async def _first_match(self, waiter: FirstMatch, timeout: float | None) -> QMPEvent:
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter.result
+        finally:
+            self._unsubscribe(waiter)
+
+    def expect(self, *names: str, timeout: float | None = 10.0) -> Expectation:
+        """``async with qmp.expect("A", "B", timeout=5): ...`` -- see :class:`Expectation`."""
+        return Expectation(self, names, timeout)
+
+    # -- the hub: subscribers and flow control --------------------------------
+
+    def _subscribe(self, sink: Sink) -> None:
+        key = id(sink)
+        self._sinks[key] = weakref.ref(sink, lambda _ref: self._forget(key))
+        if self._ended is not None:
+            sink.end(self._ended)
+
+    def _unsubscribe(self, sink: Sink) -> None:
+        self._sinks.pop(id(sink), None)
+
+    def _forget(self, key: int) -> None:
+        self._sinks.pop(key, None)
+        self._unblock_key(key)
+
+    def _block(self, sink: Sink) -> None:
+        self._blocked.add(id(sink))
+
+    def _unblock(self, sink: Sink) -> None:
+        self._unblock_key(id(sink))
+
+    def _unblock_key(self, key: int) -> None:
+        blocked = self._blocked
+        if key not in blocked:
+            return
+        blocked.discard(key)
+        link = self._link
+        if not blocked and link is not None and link.paused:
+            link.paused = False
+            if link.transport is not None:
+                link.transport.resume_reading()
+
+    def _live_sinks(self) -> list[Sink]:
+        sinks = [ref() for ref in self._sinks.values()]
+        return [sink for sink in sinks if sink is not None]
+
+    def _dispatch(self, events: list[QMPEvent]) -> None:
+        for ref in tuple(self._sinks.values()):
+            sink = ref()
+            if sink is not None:
+                sink.deliver(events)
+
+    def _resynced(self, status: Any) -> None:
+        self.last_status = status
+        if self._lost_at == 0.0:
+            return  # the first connection: nothing was missed
+        downtime = time.monotonic() - self._lost_at
+        self._lost_at = 0.0
+        self.reconnects += 1
+        logger.info("%s: reconnected after %.3f s; events may have been missed",
+                    self.address, downtime)
+        marker = ConnectionResumed.make(time.time(), status, self.reconnects, downtime)
+        for sink in self._live_sinks():
+            sink.resumed(marker)
+
+    def _end_all(self, error: BaseException) -> None:
+        self._ended = error
+        for sink in self._live_sinks():
+            sink.end(error)
+
+    # -- failures -------------------------------------------------------------
+
+    def _fatal(self, link: _Link, error: BaseException) -> None:
+        logger.error("%s: %s; closing the connection", self.address, error)
+        self._fatal_error = error
+        self._closing = True
+        link.fail_pending(error)
+        self._end_all(error)
+        if link.transport is not None:
+            link.transport.abort()
+
+    def _link_lost(self, link: _Link, exc: Exception | None) -> None:
+        if link is not self._link:
+            return
+        self._link = None
+        self._blocked.clear()
+        if exc is not None:
+            logger.warning("%s: connection lost: %s", self.address, exc)
+        else:
+            logger.info("%s: connection closed", self.address)
+        lost = ConnectionLost(f"connection to {self.address} lost")
+        lost.__cause__ = exc
+        link.fail_pending(lost)
+        if not link.negotiated:
+            return  # a failed (re)connect attempt: _open raises it to its caller
+        if self._closing or not self.reconnect:
+            if self._fatal_error is None:
+                self._end_all(lost)
+            return
+        self._lost_at = time.monotonic()
+        self._reconnector = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = self.reconnect_delay
+        while not self._closing:
+            await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
+            try:
+                await self._open()
+            except (OSError, TimeoutError, ConnectionLost, QMPError) as exc:
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("%s: reconnect failed: %s", self.address, exc)
+                delay = min(delay * 2, self.reconnect_max_delay)
+                continue
+            break
+        self._reconnector = None
+
+
+def connect(address: AddressLike, **options: Any) -> QMPClient:
+    """A client for *address* (``unix:PATH``, ``tcp:HOST:PORT`` or a path).
+
+    Use it as ``async with connect(...) as qmp:`` or ``qmp = await connect(...)``;
+    *options* are :class:`QMPClient`'s.
+    """
+    return QMPClient(address, **options)

@@ -1,0 +1,314 @@
+"""Bounded per-subscriber event queues with an explicit overflow policy.
+
+The connection's reader hands every subscriber each batch of events it
+decodes (one batch per socket read).  A subscriber never makes the reader
+buffer without bound:
+
+* ``overflow="block"`` (the default): the queue holds *maxsize* events; what
+  does not fit is parked on the subscription (at most the rest of one read)
+  and the reader stops reading the socket until the consumer catches up.
+  Nothing is lost; the server is slowed down by TCP/unix flow control.  A
+  consumer that stops reading therefore also delays command replies that come
+  after the events -- pair it with ``execute(timeout=...)`` or use
+  ``drop-oldest``.
+* ``overflow="drop-oldest"``: the queue keeps the newest *maxsize* events and
+  counts what it discarded in :attr:`Subscription.dropped`.  The reader never
+  waits.
+
+When the connection ends the queued events can still be read; then iteration
+ends normally and :meth:`Subscription.get` raises
+:class:`~qmpevents.errors.ConnectionLost`.  A fatal error (such as
+:class:`~qmpevents.errors.MessageTooLarge`) is raised by both instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Final, Literal, Protocol, Self
+
+from qmpevents.catalog import Timestamp, UnknownEvent
+from qmpevents.client.filters import EventFilter, QMPEvent
+from qmpevents.errors import ConnectionLost, LocalProtocolError
+
+Overflow = Literal["block", "drop-oldest"]
+OVERFLOW_POLICIES: Final[tuple[Overflow, ...]] = ("block", "drop-oldest")
+DEFAULT_MAXSIZE: Final = 4096
+
+RECONNECTED: Final = "QMPEVENTS_RECONNECTED"
+"""Name of the marker event delivered to every subscriber after a reconnect."""
+
+
+class ConnectionResumed(UnknownEvent, kw_only=True, dict=True):
+    """Marker delivered to every subscription after a reconnect: events may be missing.
+
+    Its name is :data:`RECONNECTED`; it is not a QMP event and has no ``raw``.
+    ``data`` holds ``status`` (the fresh ``query-status`` result, or None if
+    that failed), ``reconnects`` (how many reconnects so far) and ``downtime``
+    (seconds without a connection).  Subscribers get it whatever their filters.
+    """
+
+    @classmethod
+    def make(cls, now: float, status: Any, reconnects: int, downtime: float) -> ConnectionResumed:
+        return cls(event=RECONNECTED, stamp=Timestamp.from_float(now),
+                   data={"status": status, "reconnects": reconnects, "downtime": downtime})
+
+
+class Hub(Protocol):
+    """What a subscriber needs from the connection that feeds it."""
+
+    def _subscribe(self, sink: Sink) -> None: ...
+    def _unsubscribe(self, sink: Sink) -> None: ...
+    def _block(self, sink: Sink) -> None: ...
+    def _unblock(self, sink: Sink) -> None: ...
+
+
+class Sink(Protocol):
+    """Anything the reader delivers events to (subscriptions, expectations, waits)."""
+
+    def deliver(self, events: list[QMPEvent]) -> None:
+        """Take one batch, in arrival order; call ``hub._block`` to pause the reader."""
+
+    def resumed(self, marker: ConnectionResumed) -> None:
+        """The connection was re-established; events may have been missed."""
+
+    def end(self, error: BaseException) -> None:
+        """No more events: *error* says why (ConnectionLost or a fatal error)."""
+
+
+class _Open:
+    pass
+
+
+_OPEN: Final = _Open()
+
+
+class _ClosedLocally(Exception):
+    """Marks a subscription closed by its owner (never raised as is)."""
+
+
+class Subscription:
+    """A bounded queue of the events that pass a filter; read it with ``get`` or ``async for``.
+
+    Made by ``QMPClient.listen()`` / ``QMPClient.events()``; it receives events
+    from the moment it is created, so subscribe first and act second.  Use it
+    as an async context manager (or call :meth:`close`) to unsubscribe; one
+    that is simply dropped is unsubscribed when it is garbage-collected.
+    """
+
+    def __init__(self, hub: Hub, event_filter: EventFilter, *, maxsize: int = DEFAULT_MAXSIZE,
+                 overflow: Overflow = "block") -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {overflow!r}")
+        self._hub = hub
+        self.filter = event_filter
+        self.maxsize = maxsize
+        self.overflow: Overflow = overflow
+        self._drop = overflow == "drop-oldest"
+        self._queue: deque[QMPEvent] = deque(maxlen=maxsize if self._drop else None)
+        self._excess: list[QMPEvent] = []  # block policy: the part of a read that did not fit
+        self._low_water = maxsize // 2
+        self._waiters: list[asyncio.Future[None]] = []
+        self._end: BaseException | _Open = _OPEN
+        self._iter_raises = False
+        #: Events discarded by the ``drop-oldest`` policy so far.
+        self.dropped = 0
+
+    # -- reader side ----------------------------------------------------------
+
+    def deliver(self, events: list[QMPEvent]) -> None:
+        if self._end is not _OPEN:
+            return
+        events = self.filter.select(events)
+        if not events:
+            return
+        queue = self._queue
+        if self._drop:
+            over = len(queue) + len(events) - self.maxsize
+            if over > 0:
+                self.dropped += over
+            queue.extend(events)
+        elif self._excess:
+            self._excess.extend(events)
+            self._hub._block(self)
+        else:
+            room = self.maxsize - len(queue)
+            if len(events) <= room:
+                queue.extend(events)
+            else:
+                queue.extend(events[:room])
+                self._excess = events[room:]
+                self._hub._block(self)
+        if self._waiters:
+            self._wake()
+
+    def resumed(self, marker: ConnectionResumed) -> None:
+        if self._end is not _OPEN:
+            return
+        if self._drop:
+            if len(self._queue) == self.maxsize:
+                self.dropped += 1
+            self._queue.append(marker)
+        elif self._excess or len(self._queue) >= self.maxsize:
+            # One marker beyond the bound rather than blocking the reconnect.
+            self._excess.append(marker)
+            self._hub._block(self)
+        else:
+            self._queue.append(marker)
+        self._wake()
+
+    def end(self, error: BaseException) -> None:
+        if self._end is _OPEN:
+            self._end = error
+            self._iter_raises = not isinstance(error, ConnectionLost | _ClosedLocally)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- consumer side --------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once no more events will be added (disconnect or :meth:`close`)."""
+        return self._end is not _OPEN
+
+    def qsize(self) -> int:
+        """Events ready to be read now (including any the reader parked)."""
+        return len(self._queue) + len(self._excess)
+
+    def get_nowait(self) -> QMPEvent:
+        """The next queued event; IndexError if none is queued right now."""
+        event = self._queue.popleft()
+        if self._excess:
+            self._refill()
+        return event
+
+    async def get(self, timeout: float | None = None) -> QMPEvent:
+        """The next event.
+
+        Raises :class:`TimeoutError` if none arrives within *timeout* seconds,
+        :class:`~qmpevents.errors.ConnectionLost` once the connection has
+        ended and the queue is empty, or the fatal error that ended it.
+        """
+        if self._queue:
+            return self.get_nowait()
+        event = await self._next(timeout)
+        if event is None:
+            raise self._end_error()
+        return event
+
+    def __aiter__(self) -> AsyncIterator[QMPEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[QMPEvent]:
+        """What ``async for`` runs: an async generator costs less per event than
+        an ``__anext__`` coroutine.  Ends (or raises) as :meth:`__anext__` does."""
+        queue = self._queue
+        while True:
+            while queue:
+                event = queue.popleft()
+                if self._excess:
+                    self._refill()
+                yield event
+            try:
+                event = await self.__anext__()
+            except StopAsyncIteration:
+                return
+            yield event
+
+    async def __anext__(self) -> QMPEvent:
+        """Iteration ends normally at disconnect; a fatal error is raised."""
+        queue = self._queue
+        if queue:
+            event = queue.popleft()
+            if self._excess:
+                self._refill()
+            return event
+        waited = await self._next(None)
+        if waited is None:
+            self._detach()
+            if self._iter_raises:
+                raise self._end_error()
+            raise StopAsyncIteration
+        return waited
+
+    async def _next(self, timeout: float | None) -> QMPEvent | None:
+        """Wait for an event; None when the subscription has ended."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self._queue:
+            if self._end is not _OPEN:
+                return None
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                if deadline is None:
+                    await waiter
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self.get_nowait()
+
+    def _end_error(self) -> BaseException:
+        """A fresh exception per raise, so concurrent readers do not share a traceback."""
+        end = self._end
+        if isinstance(end, _ClosedLocally):
+            return LocalProtocolError("the subscription is closed")
+        if isinstance(end, ConnectionLost):
+            error = ConnectionLost(*end.args)
+            error.__cause__ = end.__cause__
+            return error
+        assert isinstance(end, BaseException)
+        return end
+
+    def _refill(self) -> None:
+        """Move parked events into the queue once it is half empty; unpause the reader."""
+        queue = self._queue
+        if len(queue) > self._low_water:
+            return
+        room = self.maxsize - len(queue)
+        excess = self._excess
+        queue.extend(excess[:room])
+        del excess[:room]
+        if not excess:
+            self._hub._unblock(self)
+
+    def close(self) -> None:
+        """Unsubscribe and discard what is queued; reading afterwards raises or ends."""
+        if self._end is _OPEN:
+            self._end = _ClosedLocally()
+        self._detach()
+        self._queue.clear()
+        self._excess.clear()
+        self._wake()
+
+    def _detach(self) -> None:
+        self._hub._unsubscribe(self)
+        self._hub._unblock(self)
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`, for ``contextlib.aclosing`` and async generator habits."""
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        names = ",".join(self.filter.names) or "*"
+        return (f"<Subscription {names} {len(self._queue)}/{self.maxsize} {self.overflow}"
+                f" dropped={self.dropped}{' closed' if self.closed else ''}>")

@@ -1,0 +1,213 @@
+"""The blocking facade: the same client for scripts and non-async code.
+
+An event loop runs in a daemon thread owned by the facade; every call is
+submitted to it and waited for.  Timeouts are enforced inside the loop, so a
+blocking call raises the same TimeoutError, ConnectionLost or QMPError as its
+async twin and never hangs on a dead connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Coroutine, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from qmpevents.client.addresses import AddressLike
+from qmpevents.client.connection import QMPClient
+from qmpevents.client.expect import Expectation
+from qmpevents.client.filters import Predicate, QMPEvent
+from qmpevents.client.subscriptions import DEFAULT_MAXSIZE, Overflow, Subscription
+from qmpevents.protocol import Greeting
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, for running coroutines from blocking code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="qmpevents-sync",
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+class SyncSubscription:
+    """Blocking view of a :class:`~qmpevents.client.subscriptions.Subscription`.
+
+    ``for ev in sub`` ends when the connection ends; ``get(timeout)`` raises
+    TimeoutError or ConnectionLost, exactly as the async methods do.
+    """
+
+    def __init__(self, runner: _LoopThread, subscription: Subscription) -> None:
+        self._runner = runner
+        self.subscription = subscription
+
+    @property
+    def dropped(self) -> int:
+        return self.subscription.dropped
+
+    def get(self, timeout: float | None = None) -> QMPEvent:
+        return self._runner.run(self.subscription.get(timeout))
+
+    def __iter__(self) -> Iterator[QMPEvent]:
+        return self
+
+    def __next__(self) -> QMPEvent:
+        try:
+            return self._runner.run(_await(self.subscription.__anext__()))
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._runner.loop.call_soon_threadsafe(self.subscription.close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class SyncExpectation:
+    """Blocking ``with qmp.expect("A", "B", timeout=5):`` -- see :class:`Expectation`."""
+
+    def __init__(self, runner: _LoopThread, expectation: Expectation) -> None:
+        self._runner = runner
+        self.expectation = expectation
+
+    @property
+    def events(self) -> list[QMPEvent]:
+        return self.expectation.events
+
+    def __enter__(self) -> Self:
+        self._runner.run(self.expectation.__aenter__())
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._runner.run(self.expectation.__aexit__(exc_type, exc, tb))
+
+
+class SyncQMPClient:
+    """Blocking twin of :class:`~qmpevents.client.connection.QMPClient`.
+
+    ``with connect_sync(address) as qmp:`` connects on entry and closes (and
+    stops its loop thread) on exit.
+    """
+
+    def __init__(self, address: AddressLike, **options: Any) -> None:
+        self._options = options
+        self._address = address
+        self._runner: _LoopThread | None = None
+        self._client: QMPClient | None = None
+
+    @property
+    def client(self) -> QMPClient:
+        """The async client underneath (use only from its loop)."""
+        if self._client is None:
+            raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
+        return self._client
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._runner is None:
+            coro.close()
+            raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
+        return self._runner.run(coro)
+
+    def connect(self) -> Self:
+        runner = self._runner = _LoopThread()
+        self._client = runner.run(self._make_client())
+        try:
+            runner.run(self._client.connect())
+        except BaseException:
+            runner.stop()
+            self._runner = None
+            raise
+        return self
+
+    async def _make_client(self) -> QMPClient:
+        return QMPClient(self._address, **self._options)
+
+    def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        try:
+            runner.run(self.client.close())
+        finally:
+            runner.stop()
+
+    def __enter__(self) -> Self:
+        return self.connect()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def greeting(self) -> Greeting | None:
+        return self.client.greeting
+
+    @property
+    def last_status(self) -> Any:
+        return self.client.last_status
+
+    def execute(self, command: str, arguments: Mapping[str, Any] | None = None, *,
+                timeout: float | None = None) -> Any:
+        return self._run(self.client.execute(command, arguments, timeout=timeout))
+
+    def listen(self, *names: str, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> SyncSubscription:
+        async def subscribe() -> Subscription:
+            return self.client.listen(*names, match=match, predicate=predicate,
+                                      maxsize=maxsize, overflow=overflow)
+        subscription = self._run(subscribe())
+        assert self._runner is not None
+        return SyncSubscription(self._runner, subscription)
+
+    def events(self, *names: str, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> SyncSubscription:
+        return self.listen(*names, match=match, predicate=predicate, maxsize=maxsize,
+                           overflow=overflow)
+
+    def wait_for(self, *names: str, timeout: float | None = None,
+                 match: Mapping[str, Any] | None = None,
+                 predicate: Predicate | None = None) -> QMPEvent:
+        async def wait() -> QMPEvent:
+            return await self.client.wait_for(*names, timeout=timeout, match=match,
+                                              predicate=predicate)
+        return self._run(wait())
+
+    def expect(self, *names: str, timeout: float | None = 10.0) -> SyncExpectation:
+        assert self._runner is not None
+        return SyncExpectation(self._runner, self.client.expect(*names, timeout=timeout))
+
+
+def connect_sync(address: AddressLike, **options: Any) -> SyncQMPClient:
+    """A blocking client for *address*; use ``with connect_sync(...) as qmp:``."""
+    return SyncQMPClient(address, **options)

@@ -1,0 +1,200 @@
+"""An in-test QMP server for the client tests: QEMU's protocol, a tiny command table.
+
+Built on :class:`qmpevents.protocol.ServerConnection`, so greeting,
+negotiation and request errors are QEMU's; the commands below only exist to
+drive the client's features (emit events on demand, hang, hang up, send an
+oversized reply).  Events go out with ``codec.encode_message(catalog.build_event(...))``
+in the ``qemu-7.2`` profile, before the reply of the command that caused them,
+as QEMU does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from qmpevents.catalog import Timestamp, build_event
+from qmpevents.codec import encode_message
+from qmpevents.protocol import NEED_DATA, Command, ServerConnection
+
+VERSION = {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "fake"}
+STATUS = {"status": "running", "singlestep": False, "running": True}
+
+VNC_SERVER = {"auth": "none", "family": "ipv4", "service": "5910", "host": "127.0.0.1",
+              "websocket": False}
+VNC_CLIENT = {"family": "ipv4", "service": "44302", "host": "127.0.0.1", "websocket": False}
+
+
+def event_line(name: str, data: dict[str, Any] | None = None) -> bytes:
+    """One event as QEMU 7.2 writes it; unknown names go out as given."""
+    stamp = Timestamp.from_float(time.time())
+    try:
+        wire = build_event(name, data, stamp, "qemu-7.2")
+    except KeyError:
+        wire = {"event": name, "timestamp": {"seconds": stamp.seconds,
+                                             "microseconds": stamp.microseconds}}
+        if data is not None:
+            wire["data"] = data
+    return encode_message(wire)
+
+
+class _Session:
+    def __init__(self, server: FakeQMP, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.conn = ServerConnection(version=VERSION)
+
+    async def run(self) -> None:
+        writer = self.writer
+        writer.write(self.conn.greeting())
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    return
+                self.conn.receive_data(data)
+                while True:
+                    negotiating = not self.conn.accepts_events
+                    command = self.conn.next_event()  # answers negotiation and bad input
+                    if negotiating and self.conn.accepts_events and self.server.event_before_reply:
+                        writer.write(event_line("RESUME"))
+                    writer.write(self.conn.data_to_send())
+                    if command is NEED_DATA:
+                        break
+                    assert isinstance(command, Command)
+                    if not await self.run_command(command):
+                        return
+                    writer.write(self.conn.data_to_send())
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return
+        finally:
+            writer.close()
+
+    async def run_command(self, command: Command) -> bool:
+        """Run one command; False to hang up instead of answering."""
+        args = command.arguments
+        writer = self.writer
+        name = command.name
+        if name == "query-status":
+            self.conn.send_return(command, self.server.status)
+        elif name == "emit":
+            for item in args.get("events", []):
+                writer.write(event_line(item["name"], item.get("data")))
+            self.conn.send_return(command, {})
+        elif name == "x-sim-io-error":
+            writer.write(event_line("BLOCK_IO_ERROR", {
+                "device": args["device"], "node-name": "#block290", "operation": args["operation"],
+                "action": "stop", "nospace": False, "reason": "Input/output error"}))
+            writer.write(event_line("STOP"))
+            self.conn.send_return(command, {})
+        elif name == "blast":
+            # RTC_CHANGE with offset = sequence number, so the test can see gaps.
+            lines = [event_line("RTC_CHANGE", {"offset": i, "qom-path": "/machine/rtc"})
+                     for i in range(args["count"])]
+            for start in range(0, len(lines), 512):
+                writer.write(b"".join(lines[start:start + 512]))
+                await writer.drain()
+            self.conn.send_return(command, {})
+        elif name == "big":
+            self.conn.send_return(command, "x" * args["size"])
+        elif name == "hang":
+            self.server.hung.set()
+            await asyncio.Event().wait()  # until the connection is torn down
+        elif name == "hangup":
+            return False
+        elif name == "fail":
+            self.conn.send_error(command, "GenericError", "it failed")
+        else:
+            self.conn.send_error(command, "CommandNotFound",
+                                 f"The command {name} has not been found")
+        return True
+
+
+class FakeQMP:
+    """``async with FakeQMP() as server:`` -- a QMP server on a unix socket (or TCP).
+
+    :meth:`emit` sends an event to every negotiated client; :meth:`drop` hangs
+    up on every client (the server keeps listening, for reconnect tests).
+    """
+
+    def __init__(self, *, tcp: bool = False, event_before_reply: bool = False) -> None:
+        self.tcp = tcp
+        self.event_before_reply = event_before_reply
+        self.status: dict[str, Any] = dict(STATUS)
+        self.sessions: list[_Session] = []
+        self.connected = asyncio.Event()
+        self.hung = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix="qmpev-fake-"))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_connect: Callable[[_Session], None] | None = None
+
+    @property
+    def path(self) -> str:
+        return os.fspath(self._dir / "qmp.sock")
+
+    @property
+    def address(self) -> str:
+        if self.tcp:
+            assert self._server is not None
+            host, port = self._server.sockets[0].getsockname()[:2]
+            return f"tcp:{host}:{port}"
+        return f"unix:{self.path}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = _Session(self, reader, writer)
+        self.sessions.append(session)
+        self.connected.set()
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await session.run()
+        finally:
+            self._tasks.discard(task)
+            self.sessions.remove(session)
+
+    async def emit(self, name: str, data: dict[str, Any] | None = None) -> None:
+        for session in self.sessions:
+            if session.conn.accepts_events:
+                session.writer.write(event_line(name, data))
+                await session.writer.drain()
+
+    def drop(self) -> None:
+        """Hang up on every client now."""
+        self.connected.clear()
+        for session in self.sessions:
+            session.writer.transport.abort()
+
+    async def __aenter__(self) -> Self:
+        if self.tcp:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        else:
+            self._server = await asyncio.start_unix_server(self._handle, self.path)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.drop()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.wait_closed()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            self._dir.rmdir()

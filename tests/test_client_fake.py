@@ -1,0 +1,327 @@
+"""The client against an in-test QMP server: every feature, no sleeps.
+
+Synchronisation is by QMP itself: a command's reply comes after the events it
+caused, so once ``execute`` returns those events are queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from client_fake_qmp import VNC_CLIENT, VNC_SERVER, FakeQMP
+
+import qmpevents
+from qmpevents.catalog import BlockIoError, Reset, RtcChange, Stop, UnknownEvent, VncConnected
+from qmpevents.client import RECONNECTED, ConnectionResumed, QMPClient
+from qmpevents.errors import ConnectionLost, ExpectationFailed, MessageTooLarge, QMPError
+
+
+def ev(name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "data": data}
+
+
+async def emit(qmp: QMPClient, *events: dict[str, Any]) -> None:
+    await qmp.execute("emit", {"events": list(events)}, timeout=5)
+
+
+@pytest.fixture
+async def server() -> Any:
+    async with FakeQMP() as fake:
+        yield fake
+
+
+async def test_connect_greeting_execute(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        assert qmp.greeting is not None
+        assert qmp.greeting.version["qemu"]["major"] == 7
+        assert await qmp.execute("query-status") == {"status": "running", "singlestep": False,
+                                                      "running": True}
+        with pytest.raises(QMPError) as info:
+            await qmp.execute("fail")
+        assert info.value.error_class == "GenericError"
+        assert info.value.desc == "it failed"
+        assert info.value.command == "fail"
+
+
+async def test_await_connect_and_plain_path(server: FakeQMP) -> None:
+    qmp = await qmpevents.connect(server.path)
+    try:
+        assert qmp.connected
+        assert (await qmp.execute("query-status"))["running"] is True
+    finally:
+        await qmp.close()
+    assert not qmp.connected
+    with pytest.raises(ConnectionLost):
+        await qmp.execute("query-status")
+
+
+async def test_tcp_address() -> None:
+    async with FakeQMP(tcp=True) as fake, qmpevents.connect(fake.address) as qmp:
+        assert fake.address.startswith("tcp:127.0.0.1:")
+        assert (await qmp.execute("query-status"))["status"] == "running"
+
+
+async def test_subscribe_before_act_is_race_free(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        async with qmp.listen("BLOCK_IO_ERROR", "STOP") as events:
+            await qmp.execute("x-sim-io-error", {"device": "ide0-hd1", "operation": "write"})
+            # Both events preceded the reply, so they are already queued.
+            assert events.qsize() == 2
+            first = await events.get(timeout=5)
+            second = events.get_nowait()
+        assert isinstance(first, BlockIoError)
+        assert first.name == "BLOCK_IO_ERROR"
+        assert first.data.device == "ide0-hd1"
+        assert first.data.action == "stop"
+        assert first.data.node_name == "#block290"
+        assert first.raw is not None and first.raw.startswith(b'{"timestamp": {"seconds": ')
+        assert not first.raw.endswith(b"\r\n")
+        assert first.stamp.seconds == int(first.timestamp)
+        assert isinstance(second, Stop) and second.data is None
+
+
+async def test_get_timeout(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp, qmp.listen("STOP") as events:
+        await emit(qmp, ev("RESUME"))
+        with pytest.raises(TimeoutError):
+            await events.get(timeout=0.05)
+
+
+async def test_name_filters_and_globs(server: FakeQMP) -> None:
+    vnc = {"server": VNC_SERVER, "client": VNC_CLIENT}
+    async with qmpevents.connect(server.address) as qmp:
+        stops = qmp.listen("STOP", "RESET")
+        vncs = qmp.listen("VNC_*")
+        everything = qmp.events()
+        await emit(qmp, ev("STOP"), ev("VNC_CONNECTED", vnc), ev("RESUME"),
+                   ev("RESET", {"guest": True, "reason": "guest-reset"}),
+                   ev("VNC_DISCONNECTED", vnc), ev("X_NEW_EVENT", {"a": 1}))
+        assert [e.name for e in drain(stops)] == ["STOP", "RESET"]
+        assert [e.name for e in drain(vncs)] == ["VNC_CONNECTED", "VNC_DISCONNECTED"]
+        names = [e.name for e in drain(everything)]
+        assert names == ["STOP", "VNC_CONNECTED", "RESUME", "RESET", "VNC_DISCONNECTED",
+                         "X_NEW_EVENT"]
+
+
+def drain(subscription: qmpevents.client.Subscription) -> list[Any]:
+    out = []
+    while subscription.qsize():
+        out.append(subscription.get_nowait())
+    return out
+
+
+async def test_match_and_predicate(server: FakeQMP) -> None:
+    local = {"server": VNC_SERVER, "client": VNC_CLIENT}
+    remote = {"server": {**VNC_SERVER, "host": "10.0.0.1"}, "client": VNC_CLIENT}
+    async with qmpevents.connect(server.address) as qmp:
+        guest = qmp.listen("RESET", match={"guest": True})
+        nested = qmp.listen("VNC_CONNECTED", match={"server.host": "10.0.0.1"})
+        by_attr = qmp.listen(match={"node_name": "#block290"})
+        unknown = qmp.listen("X_*", match={"a.b": 2})
+        big = qmp.listen(predicate=lambda e: isinstance(e, RtcChange) and e.data.offset > 10)
+        await emit(qmp, ev("RESET", {"guest": False, "reason": "host-qmp-system-reset"}),
+                   ev("RESET", {"guest": True, "reason": "guest-reset"}),
+                   ev("VNC_CONNECTED", local), ev("VNC_CONNECTED", remote),
+                   ev("X_ONE", {"a": {"b": 1}}), ev("X_TWO", {"a": {"b": 2}}),
+                   ev("RTC_CHANGE", {"offset": 5, "qom-path": "/r"}),
+                   ev("RTC_CHANGE", {"offset": 50, "qom-path": "/r"}))
+        await qmp.execute("x-sim-io-error", {"device": "d0", "operation": "read"})
+        [reset] = drain(guest)
+        assert isinstance(reset, Reset) and reset.data.reason == "guest-reset"
+        [vnc] = drain(nested)
+        assert isinstance(vnc, VncConnected) and vnc.data.server.host == "10.0.0.1"
+        [io_error] = drain(by_attr)
+        assert io_error.name == "BLOCK_IO_ERROR"
+        [x_two] = drain(unknown)
+        assert isinstance(x_two, UnknownEvent) and x_two.data == {"a": {"b": 2}}
+        [rtc] = drain(big)
+        assert rtc.data.offset == 50
+
+
+async def test_wait_for_with_match(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        waiter = qmp.wait_for("RESET", timeout=5, match={"guest": True})  # subscribed now
+        await emit(qmp, ev("RESET", {"guest": False, "reason": "host-qmp-system-reset"}),
+                   ev("RESET", {"guest": True, "reason": "guest-reset"}))
+        found = await waiter
+        assert found.data.guest is True
+        with pytest.raises(TimeoutError):
+            await qmp.wait_for("SHUTDOWN", timeout=0.05)
+
+
+async def test_expect_success(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        async with qmp.expect("BLOCK_IO_ERROR", "STOP", timeout=5) as expectation:
+            await qmp.execute("x-sim-io-error", {"device": "ide0-hd1", "operation": "write"})
+        assert [e.name for e in expectation.events] == ["BLOCK_IO_ERROR", "STOP"]
+        async with qmp.expect("VNC_*", "RESET", timeout=5):  # later arrival also counts
+            await emit(qmp, ev("STOP"), ev("VNC_CONNECTED", {"server": VNC_SERVER,
+                                                             "client": VNC_CLIENT}))
+            await emit(qmp, ev("RESET", {"guest": True, "reason": "guest-reset"}))
+
+
+async def test_expect_failure_lists_what_arrived(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        with pytest.raises(ExpectationFailed) as info:
+            async with qmp.expect("STOP", "BLOCK_IO_ERROR", timeout=0.1):
+                await qmp.execute("x-sim-io-error", {"device": "d", "operation": "write"})
+        assert info.value.expected == ["STOP", "BLOCK_IO_ERROR"]
+        assert info.value.received == ["BLOCK_IO_ERROR", "STOP"]
+        assert str(info.value) == ("expected STOP -> BLOCK_IO_ERROR; "
+                                   "received BLOCK_IO_ERROR, STOP")
+
+
+async def test_expect_body_error_propagates(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        with pytest.raises(QMPError):
+            async with qmp.expect("STOP", timeout=5):
+                await qmp.execute("fail")
+
+
+async def test_drop_oldest_counts(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        async with qmp.listen("RTC_CHANGE", maxsize=10, overflow="drop-oldest") as events:
+            await qmp.execute("blast", {"count": 100})
+            assert events.dropped == 90
+            offsets = [e.data.offset for e in drain(events)]
+        assert offsets == list(range(90, 100))
+
+
+async def test_block_backpressure_pauses_reader_and_loses_nothing(server: FakeQMP) -> None:
+    count, maxsize = 20_000, 5
+    async with qmpevents.connect(server.address) as qmp:
+        async with qmp.listen("RTC_CHANGE", maxsize=maxsize) as events:
+            blast = asyncio.ensure_future(qmp.execute("blast", {"count": count}, timeout=20))
+            offsets = []
+            paused_seen = False
+            largest_backlog = 0
+            for _ in range(count):
+                event = await events.get(timeout=5)
+                offsets.append(event.data.offset)
+                link = qmp._link
+                paused_seen |= link is not None and link.paused
+                largest_backlog = max(largest_backlog, events.qsize())
+            assert await blast == {}
+        assert offsets == list(range(count))
+        assert paused_seen
+        # Never more than the queue plus the rest of one 256 KiB read.
+        assert largest_backlog <= maxsize + 256 * 1024 // 80
+
+
+async def test_events_iterator_ends_at_disconnect(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        stream = qmp.events()
+        await emit(qmp, ev("STOP"), ev("RESUME"), ev("POWERDOWN"))
+        hangup = asyncio.ensure_future(qmp.execute("hangup"))
+        names = [e.name async for e in stream]
+        assert names == ["STOP", "RESUME", "POWERDOWN"]
+        with pytest.raises(ConnectionLost):
+            await hangup
+        with pytest.raises(ConnectionLost):
+            await stream.get(timeout=5)
+        later = qmp.events()  # subscribing after the end: ends at once, never hangs
+        assert [e async for e in later] == []
+        with pytest.raises(ConnectionLost):
+            await qmp.wait_for("STOP", timeout=5)
+
+
+async def test_pending_execute_fails_with_connection_lost(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        pending = asyncio.ensure_future(qmp.execute("hang"))
+        await server.hung.wait()
+        server.drop()
+        with pytest.raises(ConnectionLost):
+            await asyncio.wait_for(pending, 5)
+
+
+async def test_execute_timeout(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        with pytest.raises(TimeoutError):
+            await qmp.execute("hang", timeout=0.05)
+
+
+async def test_message_too_large_is_loud(server: FakeQMP, caplog: pytest.LogCaptureFixture,
+                                         ) -> None:
+    async with qmpevents.connect(server.address, max_message_size=4096) as qmp:
+        stream = qmp.events()
+        await emit(qmp, ev("STOP"))
+        with caplog.at_level(logging.ERROR, logger="qmpevents.client"), \
+                pytest.raises(MessageTooLarge):
+            await qmp.execute("big", {"size": 100_000}, timeout=5)
+        assert any("exceeds the limit" in r.getMessage() for r in caplog.records)
+        assert (await stream.get(timeout=5)).name == "STOP"  # queued events still come
+        with pytest.raises(MessageTooLarge):
+            await stream.__anext__()
+        with pytest.raises(MessageTooLarge):
+            await qmp.execute("query-status")
+
+
+async def test_event_before_capabilities_reply() -> None:
+    async with FakeQMP(event_before_reply=True) as fake:
+        qmp = qmpevents.connect(fake.address)
+        early = qmp.listen()  # may subscribe before connecting
+        async with qmp:
+            assert (await early.get(timeout=5)).name == "RESUME"
+            assert (await qmp.execute("query-status"))["running"] is True
+
+
+async def test_reconnect_marker_and_status(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address, reconnect=True, reconnect_delay=0.01) as qmp:
+        assert qmp.last_status == server.status
+        stream = qmp.events()
+        resets = qmp.listen("RESET")
+        server.drop()
+        marker = await stream.get(timeout=5)
+        assert isinstance(marker, ConnectionResumed)
+        assert marker.name == RECONNECTED
+        assert marker.data["status"] == server.status
+        assert marker.data["reconnects"] == 1
+        assert marker.raw is None
+        assert qmp.last_status == server.status
+        assert qmp.reconnects == 1
+        # Filters do not hide the marker; events flow again afterwards.
+        assert isinstance(await resets.get(timeout=5), ConnectionResumed)
+        await emit(qmp, ev("STOP"))
+        assert (await stream.get(timeout=5)).name == "STOP"
+
+
+async def test_abandoned_iterator_is_released(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        stream = qmp.events(maxsize=1)
+        await emit(qmp, ev("STOP"), ev("STOP"))  # the second one blocks the reader
+        async for event in stream:
+            assert event.name == "STOP"
+            break
+        del stream  # dropped without close(): unsubscribed, the reader resumes
+        await emit(qmp, ev("STOP"), ev("STOP"), ev("STOP"))
+        assert qmp._sinks == {}
+
+
+async def test_sync_facade_blocking_calls(server: FakeQMP) -> None:
+    def script() -> list[str]:
+        with qmpevents.connect_sync(server.address) as qmp:
+            assert qmp.greeting is not None
+            assert qmp.execute("query-status")["status"] == "running"
+            with qmp.listen("BLOCK_IO_ERROR", "STOP") as events:
+                qmp.execute("x-sim-io-error", {"device": "ide0-hd1", "operation": "write"})
+                first = events.get(timeout=5)
+                assert isinstance(first, BlockIoError)
+                assert events.get(timeout=5).name == "STOP"
+                with pytest.raises(TimeoutError):
+                    events.get(timeout=0.05)
+            with qmp.expect("RESET", timeout=5) as expectation:
+                qmp.execute("emit", {"events": [ev("RESET", {"guest": True,
+                                                             "reason": "guest-reset"})]})
+            assert expectation.events[0].name == "RESET"
+            with pytest.raises(QMPError):
+                qmp.execute("fail")
+            stream = qmp.events()
+            qmp.execute("emit", {"events": [ev("STOP"), ev("RESUME")]})
+            with pytest.raises(ConnectionLost):
+                qmp.execute("hangup", timeout=5)
+            return [e.name for e in stream]  # ends at the disconnect
+
+    assert await asyncio.to_thread(script) == ["STOP", "RESUME"]

@@ -1,0 +1,118 @@
+"""The client against real QEMU 7.2: typed run-state and VNC events, expect, end of stream.
+
+QEMU starts paused (-S) and device-less; every wait is on a QMP event or
+reply with a timeout, never a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+
+import pytest
+from qemu_support import QemuProcess, requires_qemu
+
+import qmpevents
+from qmpevents.catalog import (
+    Reset,
+    Resume,
+    Shutdown,
+    Stop,
+    VncConnected,
+    VncDisconnected,
+    VncInitialized,
+)
+
+pytestmark = [requires_qemu, pytest.mark.qemu]
+
+
+def free_vnc_display() -> int:
+    """A display number N whose port 5900+N is free right now."""
+    for display in range(40, 100):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", 5900 + display))
+            except OSError:
+                continue
+            return display
+    raise RuntimeError("no free VNC display")
+
+
+async def rfb_session(port: int) -> None:
+    """RFB 3.8 handshake with security None and ClientInit, then hang up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        assert (await reader.readexactly(12)).startswith(b"RFB 003.")
+        writer.write(b"RFB 003.008\n")
+        count = (await reader.readexactly(1))[0]
+        types = await reader.readexactly(count)
+        assert 1 in types, types
+        writer.write(b"\x01")
+        assert struct.unpack(">I", await reader.readexactly(4))[0] == 0
+        writer.write(b"\x01")  # ClientInit, shared
+        header = await reader.readexactly(24)
+        await reader.readexactly(struct.unpack(">I", header[20:24])[0])
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_run_state_events_typed() -> None:
+    async with QemuProcess() as vm, qmpevents.connect(vm.socket_path) as qmp:
+        assert qmp.greeting is not None
+        assert qmp.greeting.version["qemu"]["major"] == 7
+        assert (await qmp.execute("query-status"))["status"] == "prelaunch"
+        async with qmp.listen("RESUME", "STOP", "RESET") as events:
+            await qmp.execute("cont")
+            resume = await events.get(timeout=10)
+            assert isinstance(resume, Resume) and resume.data is None
+            await qmp.execute("stop")
+            stop = await events.get(timeout=10)
+            assert isinstance(stop, Stop)
+            assert stop.raw is not None and stop.raw.endswith(b'"event": "STOP"}')
+            await qmp.execute("system_reset")
+            reset = await events.get(timeout=10)
+        assert isinstance(reset, Reset)
+        assert reset.data is not None
+        assert reset.data.guest is False and reset.data.reason == "host-qmp-system-reset"
+        assert reset.timestamp > 1e9
+
+
+async def test_expect_and_shutdown_ends_iteration() -> None:
+    async with QemuProcess() as vm, qmpevents.connect(vm.socket_path) as qmp:
+        async with qmp.expect("RESUME", "STOP", timeout=10) as expectation:
+            await qmp.execute("cont")
+            await qmp.execute("stop")
+        assert [type(e) for e in expectation.events] == [Resume, Stop]
+        stream = qmp.events()
+        with contextlib.suppress(qmpevents.ConnectionLost):
+            await qmp.execute("quit", timeout=10)
+        names = []
+        async with asyncio.timeout(10):
+            async for event in stream:  # ends at QEMU's exit
+                names.append(event)
+        assert [e.name for e in names] == ["SHUTDOWN"]
+        shutdown = names[0]
+        assert isinstance(shutdown, Shutdown)
+        assert shutdown.data is not None and shutdown.data.reason == "host-qmp-quit"
+
+
+async def test_vnc_events_typed() -> None:
+    display = free_vnc_display()
+    async with QemuProcess("-vnc", f"127.0.0.1:{display}") as vm, \
+            qmpevents.connect(vm.socket_path) as qmp:
+        async with qmp.expect("VNC_CONNECTED", "VNC_INITIALIZED", "VNC_DISCONNECTED",
+                              timeout=10) as expectation:
+            await rfb_session(5900 + display)
+        connected, initialized, disconnected = expectation.events
+        assert isinstance(connected, VncConnected)
+        assert isinstance(initialized, VncInitialized)
+        assert isinstance(disconnected, VncDisconnected)
+        assert connected.data.server.service == str(5900 + display)
+        assert connected.data.server.auth == "none"
+        assert connected.data.client.host == "127.0.0.1"
+        assert connected.data.client.websocket is False
+        assert disconnected.data.client.service == connected.data.client.service
