@@ -13,11 +13,11 @@ import asyncio
 import sys
 from typing import Any
 
+from qmpevents.addresses import AddressError
 from qmpevents.catalog import decode_event
 from qmpevents.cli.render import json_line, text_line
 from qmpevents.recording import ReadReport, Record, read_recording
 from qmpevents.server import CommandSpec, CommandTable, QMPServer, parse_address
-from qmpevents.server.addresses import AddressError
 
 EXAMPLES = """\
 examples:

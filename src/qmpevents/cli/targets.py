@@ -14,6 +14,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from qmpevents.addresses import AddressError, TcpAddress, parse_address
+
 
 class TargetError(ValueError):
     """A target that cannot be understood (a usage error)."""
@@ -48,16 +50,14 @@ def is_pattern(spec: str) -> bool:
 
 def expand(spec: str) -> list[Target]:
     """The VMs *spec* names right now."""
-    if spec.startswith("tcp:"):
-        host, sep, port = spec[4:].rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise TargetError(f"bad target {spec!r}: expected tcp:HOST:PORT")
-        return [Target(spec, f"{host.strip('[]')}:{port}")]
-    if spec.startswith("unix:"):
-        path = spec[5:]
-        if not path:
-            raise TargetError(f"bad target {spec!r}: expected unix:PATH")
-        return [Target(spec, _vm_name(path))]
+    if spec.startswith(("tcp:", "unix:")):
+        try:
+            address = parse_address(spec)
+        except AddressError as exc:
+            raise TargetError(str(exc)) from None
+        if isinstance(address, TcpAddress):
+            return [Target(spec, f"{address.host}:{address.port}")]
+        return [Target(spec, _vm_name(address.path))]
     if os.path.isdir(spec):
         paths = sorted(os.path.join(spec, entry) for entry in os.listdir(spec))
         return [Target(f"unix:{p}", _vm_name(p)) for p in paths if _is_socket(p)]

@@ -6,7 +6,7 @@
 * :class:`ConnectionResumed` (name :data:`RECONNECTED`) -- the reconnect marker.
 """
 
-from qmpevents.client.addresses import TcpAddress, UnixAddress, parse_address
+from qmpevents.addresses import TcpAddress, UnixAddress, parse_address
 from qmpevents.client.connection import QMPClient, connect
 from qmpevents.client.expect import Expectation
 from qmpevents.client.filters import EventFilter, QMPEvent

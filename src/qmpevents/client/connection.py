@@ -22,8 +22,8 @@ from collections.abc import Coroutine, Generator, Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
+from qmpevents.addresses import AddressLike, TcpAddress, UnixAddress, parse_address
 from qmpevents.catalog import EVENT_TYPES, UnknownEvent
-from qmpevents.client.addresses import AddressLike, TcpAddress, UnixAddress, parse_address
 from qmpevents.client.expect import Expectation, FirstMatch
 from qmpevents.client.filters import EventFilter, Predicate, QMPEvent
 from qmpevents.client.subscriptions import (

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Coroutine, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from qmpevents.client.addresses import AddressLike
+from qmpevents.addresses import AddressLike
 from qmpevents.client.connection import QMPClient
 from qmpevents.client.expect import Expectation
 from qmpevents.client.filters import Predicate, QMPEvent

@@ -7,7 +7,7 @@
   with QAPI-style argument checking and QEMU's error texts.
 """
 
-from qmpevents.server.addresses import (
+from qmpevents.addresses import (
     Address,
     AddressError,
     TcpAddress,

@@ -22,7 +22,7 @@ import stat
 from collections import deque
 from collections.abc import Callable
 
-from qmpevents.server.addresses import Address, TcpAddress, UnixAddress
+from qmpevents.addresses import Address, TcpAddress, UnixAddress
 from qmpevents.server.monitor import Monitor
 
 MonitorFactory = Callable[["Listener"], Monitor]

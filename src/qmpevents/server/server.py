@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qmpevents.server.addresses import Address, check_allowed
+from qmpevents.addresses import Address, check_allowed
 from qmpevents.server.broadcaster import Broadcaster
 from qmpevents.server.listeners import Listener
 from qmpevents.server.monitor import QUEUE_DEPTH, Executor, FlushQueue, Monitor
