@@ -3,7 +3,9 @@
 ::
 
     async def test_stop(simulated_vm):
-        client = QMPClient(); await client.connect(simulated_vm.socket_path) ...
+        async with qmpevents.connect(simulated_vm.socket_path) as qmp:
+            async with qmp.expect("STOP"):
+                await qmp.execute("stop")
 
     @pytest.mark.simulated_vm(profile="qemu-7.2", drives=["disk0,werror=stop"])
     async def test_disk(simulated_vm): ...
