@@ -108,22 +108,18 @@ class VncEventData(EventData, frozen=True):
 
 # --- events -----------------------------------------------------------------
 
-class Event(Struct, tag_field="event", kw_only=True, dict=True):
-    """A QMP event.  ``name``, ``timestamp`` (float seconds), ``data``.
+class _Received(Struct, kw_only=True, dict=True):
+    """What every event has, known to the catalog or not.
 
     ``stamp`` keeps QMP's exact seconds/microseconds; :attr:`raw` is the exact
     line it was decoded from (None for an event built locally).
     """
 
     stamp: Timestamp = field(name="timestamp")
-    data: Any = None
-
-    @property
-    def name(self) -> str:
-        return str(self.__struct_config__.tag)
 
     @property
     def timestamp(self) -> float:
+        """Seconds since the epoch, as a float."""
         return self.stamp.seconds + self.stamp.microseconds / 1_000_000
 
     @property
@@ -138,6 +134,16 @@ class Event(Struct, tag_field="event", kw_only=True, dict=True):
         if wire.get("data", 0) is None:
             del wire["data"]  # QEMU omits "data" rather than send null
         return wire
+
+
+class Event(_Received, tag_field="event", kw_only=True, dict=True):
+    """A catalog event: ``name``, ``timestamp`` (float seconds), typed ``data``."""
+
+    data: Any = None
+
+    @property
+    def name(self) -> str:
+        return str(self.__struct_config__.tag)
 
 
 class BlockIoError(Event, tag="BLOCK_IO_ERROR"):
@@ -200,31 +206,15 @@ class VncDisconnected(Event, tag="VNC_DISCONNECTED"):
     data: VncEventData
 
 
-class UnknownEvent(Struct, kw_only=True, dict=True):
+class UnknownEvent(_Received, kw_only=True, dict=True):
     """An event the catalog does not know (or that does not fit it): raw data kept."""
 
     event: str
-    stamp: Timestamp = field(name="timestamp")
     data: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
         return self.event
-
-    @property
-    def timestamp(self) -> float:
-        return self.stamp.seconds + self.stamp.microseconds / 1_000_000
-
-    @property
-    def raw(self) -> bytes | None:
-        raw: bytes | None = self.__dict__.get("_raw")
-        return raw
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = msgspec.to_builtins(self)
-        if wire.get("data", 0) is None:
-            del wire["data"]
-        return wire
 
 
 AnyEvent = Union[  # noqa: UP007 - msgspec needs a real Union object here
