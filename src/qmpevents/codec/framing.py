@@ -76,9 +76,13 @@ class Framer(Generic[T]):
         self._from_value = from_value
         self._max_size = max_message_size
         self._max_nesting = max_nesting
-        self._max_fast_line = min(max_message_size, max_tokens)
+        self._max_fast_line = max_message_size
+        self._max_tokens = max_tokens
         self._qemu_exact = qemu_exact
-        self._partial = b""
+        # The unterminated last line, as received: joined only when it may be
+        # complete, so a big message arriving in many reads costs O(n), not O(n^2).
+        self._parts: list[bytes] = []
+        self._held = 0
         self._out: list[T | ParseError] = []
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
@@ -90,13 +94,22 @@ class Framer(Generic[T]):
     @property
     def buffered(self) -> int:
         """Bytes held while waiting for the rest of a message."""
-        return len(self._partial)
+        return self._held
 
     def feed(self, data: bytes) -> list[T | ParseError]:
         """Consume *data*; return every message completed by it, in order."""
         out = self._out = []
-        buf = self._partial + data if self._partial else data
-        self._partial = b""
+        if self._parts:
+            if (b"\n" not in data and data.rstrip(_WS)[-1:] not in (b"}", b"]")
+                    and self._held + len(data) < self._max_fast_line):
+                self._parts.append(data)  # still inside the same line
+                self._held += len(data)
+                return out
+            buf = b"".join([*self._parts, data])
+            self._parts = []
+            self._held = 0
+        else:
+            buf = data
         pos = 0
         if self._decode_block is not None and not self._slow and self._block_ok:
             pos = self._try_block(buf)
@@ -140,6 +153,8 @@ class Framer(Generic[T]):
         if len(stripped) >= self._max_fast_line or (
                 stripped.count(b"{") + stripped.count(b"[") > self._max_nesting):
             return False
+        if len(stripped) >= self._max_tokens and _token_bound(stripped) >= self._max_tokens:
+            return False
         if self._qemu_exact and (not stripped.isascii() or b"\\u" in stripped
                                  or _LONG_DIGITS.search(stripped)):
             return False
@@ -171,7 +186,7 @@ class Framer(Generic[T]):
             if len(rest) < self._max_fast_line and _truncated(stripped):
                 # A valid beginning of a JSON text (the read ended on a '}'
                 # inside it): QEMU has nothing to say yet either.
-                self._partial = rest
+                self._hold(rest)
                 return len(buf)
             # Several messages without a newline, an error, or input the fast
             # path may not take: QEMU would answer now, not at the next newline.
@@ -180,8 +195,12 @@ class Framer(Generic[T]):
         if len(rest) >= self._max_fast_line:
             self._slow = True
             return self._run_slow(buf, pos)
-        self._partial = rest
+        self._hold(rest)
         return len(buf)
+
+    def _hold(self, rest: bytes) -> None:
+        self._parts = [rest]
+        self._held = len(rest)
 
     def _run_slow(self, buf: bytes, pos: int) -> int:
         """Feed the exact path up to a newline at a message boundary.
@@ -226,6 +245,12 @@ def _truncated(text: bytes) -> bool:
     except RecursionError:
         return False
     return False
+
+
+def _token_bound(text: bytes) -> int:
+    """At most how many tokens *text* holds: scalars sit between structural bytes."""
+    structural = sum(text.count(byte) for byte in (b"{", b"}", b"[", b"]", b",", b":"))
+    return 2 * structural + 1
 
 
 def _key_count(value: dict[str, Any] | list[Any]) -> int:
