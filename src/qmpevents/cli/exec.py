@@ -10,8 +10,9 @@ from typing import Any
 
 import msgspec
 
-import qmpevents
-from qmpevents.cli.targets import TargetError, expand
+from qmpevents.cli.targets import TargetError, describe_error, expand
+from qmpevents.cli.watch import positive_float
+from qmpevents.client import QMPClient
 from qmpevents.errors import QMPError, QMPEventsError
 
 EXAMPLES = """\
@@ -21,20 +22,23 @@ examples:
   qmpevents exec tcp:127.0.0.1:4444 x-sim-rtc-change --args '{"offset": 78}'
 
 VALUE is read as JSON when it parses (78, true, null, [..]) and as a string otherwise.
-exit status: 0 success, 1 QMP error reply, 2 usage error, 3 target unreachable
+exit status: 0 success, 1 QMP error reply (class and description on stderr)
+or no reply, 2 usage error, 3 target unreachable
 """
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "exec", help="run one QMP command and print its reply", epilog=EXAMPLES,
+        description="Run one QMP command and print its reply: indented JSON on a "
+                    "terminal, one JSON line when piped.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="unix:PATH, tcp:HOST:PORT or a socket path")
     parser.add_argument("qmp_command", metavar="COMMAND")
     parser.add_argument("arguments", nargs="*", metavar="KEY=VALUE")
     parser.add_argument("--args", dest="json_args", metavar="JSON",
                         help="the arguments as one JSON object")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
+    parser.add_argument("--timeout", type=positive_float, default=10.0, metavar="S",
                         help="give up after S seconds (default 10)")
     parser.set_defaults(handler=run)
 
@@ -76,18 +80,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: float) -> int:
+    client = QMPClient(address, connect_timeout=timeout)
     try:
-        async with asyncio.timeout(timeout):
-            async with qmpevents.connect(address) as qmp:
-                try:
-                    reply = await qmp.execute(command, arguments or None)
-                except QMPError as exc:
-                    print(f"qmpevents exec: {exc.error_class}: {exc.desc}", file=sys.stderr)
-                    return 1
+        await client.connect()
     except (OSError, TimeoutError, QMPEventsError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
-        print(f"qmpevents exec: cannot reach {address}: {reason}", file=sys.stderr)
+        print(f"qmpevents exec: cannot reach {address}: {describe_error(exc)}", file=sys.stderr)
         return 3
+    try:
+        reply = await client.execute(command, arguments or None, timeout=timeout)
+    except QMPError as exc:
+        print(f"qmpevents exec: {exc.error_class}: {exc.desc}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError, QMPEventsError) as exc:
+        print(f"qmpevents exec: {command}: no reply: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
     if sys.stdout.isatty():
         print(json.dumps(reply, indent=2, ensure_ascii=False))
     else:

@@ -1,23 +1,53 @@
-"""Which events the user asked to see: names (globs) and data matches."""
+"""``--event`` and ``--match`` as the client's :class:`~qmpevents.client.EventFilter`.
+
+The command line only parses: names are upper-cased globs, ``--match
+KEY=VALUE`` becomes an entry of the filter's *match* mapping (``data.`` prefix
+optional, dotted paths into nested members).  VALUE is JSON when it parses
+(``offset=78``, ``guest=false``) and a string otherwise (``action=stop``); a
+JSON-looking VALUE also matches the same text as a string, so ``device=123``
+finds a drive whose id is ``"123"``.
+"""
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
-from qmpevents.catalog import Event, UnknownEvent
-from qmpevents.cli.render import data_dict
+from qmpevents.client import EventFilter
 
 
 class FilterError(ValueError):
     """A filter the user wrote wrongly (a usage error)."""
 
 
-def parse_match(spec: str) -> tuple[list[str], Any]:
-    """``data.action=stop`` -> (["action"], "stop"); values are JSON when they parse."""
+class Loose:
+    """A match value equal to its JSON value and to its text as written.
+
+    The client's filter compares ``field == value``; Python falls back to this
+    class's ``__eq__`` for str, int, bool and None fields, which is the whole
+    string-comparison fallback.
+    """
+
+    __slots__ = ("text", "value")
+
+    def __init__(self, value: Any, text: str) -> None:
+        self.value = value
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return bool(other == self.value) or (isinstance(other, str) and other == self.text)
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def parse_match(spec: str) -> tuple[str, Any]:
+    """``data.action=stop`` -> ("action", "stop"); ``data.offset=78`` -> ("offset", 78~"78")."""
     key, sep, raw = spec.partition("=")
     if not sep or not key:
         raise FilterError(f"bad --match {spec!r}: expected KEY=VALUE")
@@ -29,28 +59,16 @@ def parse_match(spec: str) -> tuple[list[str], Any]:
     try:
         value: Any = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        value = raw
-    return path, value
+        return ".".join(path), raw
+    return ".".join(path), value if isinstance(value, str) else Loose(value, raw)
 
 
-class EventFilter:
-    """All conditions must hold: name matches one glob, every match holds."""
-
-    def __init__(self, names: Sequence[str], matches: Sequence[str]) -> None:
-        self._names = [name.upper() for name in names]
-        self._matches = [parse_match(spec) for spec in matches]
-
-    def __call__(self, event: Event | UnknownEvent) -> bool:
-        if self._names and not any(fnmatch.fnmatchcase(event.name, pattern)
-                                   for pattern in self._names):
-            return False
-        if not self._matches:
-            return True
-        data = data_dict(event)
-        for path, expected in self._matches:
-            value: Any = data
-            for part in path:
-                value = value.get(part) if isinstance(value, dict) else None
-            if value != expected and str(value) != str(expected):
-                return False
-        return True
+def build_filter(names: Sequence[str], matches: Sequence[str]) -> EventFilter:
+    """The client's filter for ``--event NAME...`` and ``--match KEY=VALUE...``."""
+    match: dict[str, Any] = {}
+    for spec in matches:
+        key, value = parse_match(spec)
+        if key in match:
+            raise FilterError(f"--match {key} given twice")
+        match[key] = value
+    return EventFilter([name.upper() for name in names], match)

@@ -3,7 +3,8 @@
 Each sub-command lives in its own module exposing ``register(subparsers)``,
 which adds its parser and sets ``handler`` (a function taking the parsed
 arguments and returning the exit status).  Usage errors exit 2 with one line;
-no traceback reaches the user unless ``-v`` asks for debugging.
+no traceback reaches the user unless ``-vv`` asks for debugging.  A closed
+stdout (``| head``) ends a command quietly with status 141, as SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"qmpevents {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log to stderr (-v info, -vv debug)")
+                        help="log to stderr (-v info, -vv debug and tracebacks)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
                                        parser_class=_Parser)
     for name in COMMANDS:
@@ -55,11 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    for command in subparsers.choices.values():  # also after the command: watch -v
+        if "-v" in command._option_string_actions:
+            continue
+        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                             help="log to stderr (-v info, -vv debug and tracebacks)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports every command: Ctrl-C may land here
+    except KeyboardInterrupt:
+        return 130
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -71,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # stdout closed early (| head): stop quietly, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit cannot fail again
+        return 128 + signal.SIGPIPE
     except Exception as exc:  # the last line of defence: one line, no traceback
         if args.verbose >= 2:
             raise

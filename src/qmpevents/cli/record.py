@@ -1,84 +1,195 @@
-"""``qmpevents record TARGET... -o FILE``: durable recording of every event."""
+"""``qmpevents record TARGET... -o FILE``: durable recording of every event.
+
+With ``--all-messages`` every message of every connection is recorded, both
+ways and in wire order: the greeting and replies as ``in``, commands as
+``out``, events as ``event`` (so a replay finds them either way).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
-from qmpevents.catalog import Event, UnknownEvent
-from qmpevents.cli.targets import TargetError, expand
-from qmpevents.cli.watch import Attachments, add_target_arguments
+import msgspec
+
+from qmpevents.cli.targets import Target, TargetError
+from qmpevents.cli.watch import (
+    Attachments,
+    Trace,
+    add_target_arguments,
+    check_targets,
+    make_note,
+    positive_float,
+    positive_int,
+    run_session,
+)
+from qmpevents.client import QMPEvent
 from qmpevents.codec import encode_json
-from qmpevents.recording import RecordingWriter
+from qmpevents.recording import Direction, RecordingWriter
 
 EXAMPLES = """\
 examples:
   qmpevents record /tmp/vm.sock -o incident.jsonl
   qmpevents record /run/qemu-server/ -o host.jsonl --fsync always
+  qmpevents record /tmp/vm.sock -o session.jsonl --all-messages --timeout 60
   qmpevents replay incident.jsonl --print
 
-Each line: {"vm": NAME, "received": EPOCH, "direction": "event", "message": {...}}.
+Each line: {"vm": NAME, "received": EPOCH, "direction": "event", "message": {...}};
+with --all-messages also "in" (greeting, replies) and "out" (commands).
 --fsync always: a crash loses nothing written; interval (default): at most the
 last --fsync-interval seconds; never: whatever the OS had not written.
 A torn last line left by a crash is skipped when the file is read.
+Ctrl-C or SIGTERM stops the recording: the file is flushed and closed, exit 0.
+
+exit status: 0 stopped (--count, --timeout, signal), 1 write error,
+2 usage error, 3 a target cannot be reached at start
 """
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "record", help="record every event of one or many VMs to a JSON-lines file",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description="Record every event of one or many VMs as JSON lines, with the "
+                    "source VM and the time received; --all-messages records the "
+                    "whole conversation both ways.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_arguments(parser)
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="append records to FILE")
-    parser.add_argument("--fsync", choices=("always", "interval", "never"), default="interval")
-    parser.add_argument("--fsync-interval", type=float, default=1.0, metavar="S")
-    parser.add_argument("--count", type=int, metavar="N", help="stop after N events")
-    parser.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--all-messages", action="store_true",
+                        help="record every message both ways, not only events")
+    parser.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
+                        help="when to force records to disk (default interval)")
+    parser.add_argument("--fsync-interval", type=positive_float, default=1.0, metavar="S",
+                        help="with --fsync interval: at most S seconds between fsyncs")
+    parser.add_argument("--count", type=positive_int, metavar="N",
+                        help="stop after N events")
+    parser.add_argument("--timeout", type=positive_float, metavar="S",
+                        help="stop after S seconds")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        for spec in args.targets:
-            expand(spec)
-        writer = RecordingWriter(args.output, fsync=args.fsync, interval=args.fsync_interval)
-    except (TargetError, OSError) as exc:
+        check_targets(args.targets)
+    except TargetError as exc:
         print(f"qmpevents record: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_record(args, writer))
+        writer = RecordingWriter(args.output, fsync=args.fsync, interval=args.fsync_interval)
+    except OSError as exc:
+        print(f"qmpevents record: error: {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    recorder = Recorder(writer)
+    try:
+        return asyncio.run(_record(args, recorder))
     finally:
         writer.close()
-        print(f"qmpevents record: {writer.records} events written to {args.output}",
-              file=sys.stderr)
+        print(f"qmpevents record: {recorder.events} events ({writer.records} records) "
+              f"written to {args.output}", file=sys.stderr)
 
 
-async def _record(args: argparse.Namespace, writer: RecordingWriter) -> int:
-    done = asyncio.get_running_loop().create_future()
+class Recorder:
+    """Writes events, or with a tracer every message, and counts the events."""
 
-    def note(message: str) -> None:
-        sys.stderr.write(f"qmpevents record: {message}\n")
+    def __init__(self, writer: RecordingWriter) -> None:
+        self.writer = writer
+        self.events = 0
+        #: Set once the recording is to end: later messages are not written.
+        self.stopped = False
+        #: Called after each event written (the stop conditions).
+        self.on_written: Callable[[], None] = lambda: None
+        #: Called with a write error (it ends the recording).
+        self.on_error: Callable[[OSError], None] = lambda exc: None
 
-    async def on_event(vm: str, event: Event | UnknownEvent) -> None:
+    def write(self, vm: str, message: bytes, direction: Direction,
+              received: float | None = None) -> None:
+        if self.stopped:
+            return
+        try:
+            self.writer.write(vm, message, direction=direction, received=received)
+        except OSError as exc:
+            self.on_error(exc)
+            return
+        if direction == "event":
+            self.events += 1
+            self.on_written()
+
+    async def on_event(self, vm: str, event: QMPEvent) -> None:
         raw = event.raw if event.raw is not None else encode_json(event.to_wire()).encode()
-        writer.write(vm, raw)
-        if args.count is not None and writer.records >= args.count and not done.done():
+        self.write(vm, raw, "event")
+
+    def tracer(self, target: Target) -> Trace:
+        """One connection's traffic observer: splits the byte stream into messages.
+
+        QMP puts one message per line; a read may end inside one, so the
+        unfinished rest waits for the next read.
+        """
+        pending = bytearray()
+
+        def trace(direction: str, data: bytes) -> None:
+            received = time.time()
+            if direction == "out":
+                self.write(target.name, data, "out", received)
+                return
+            pending.extend(data)
+            end = pending.rfind(b"\n")
+            if end < 0:
+                return
+            lines = bytes(pending[:end]).split(b"\n")
+            del pending[:end + 1]
+            for line in lines:
+                if line.strip():
+                    self.write(target.name, line, _kind(line), received)
+
+        return trace
+
+
+class _Probe(msgspec.Struct):
+    event: Any = None
+
+
+_probe = msgspec.json.Decoder(_Probe).decode
+
+
+def _kind(line: bytes) -> Direction:
+    """``event`` for an event line, ``in`` for any other server message."""
+    try:
+        return "event" if _probe(line).event is not None else "in"
+    except msgspec.DecodeError:
+        return "in"
+
+
+async def _record(args: argparse.Namespace, recorder: Recorder) -> int:
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    note = make_note("record")
+
+    def written() -> None:
+        if args.count is not None and recorder.events >= args.count and not done.done():
+            recorder.stopped = True
             done.set_result(0)
 
-    attachments = Attachments(args.targets, args.rescan, on_event, note)
-    if await attachments.start():
-        await attachments.stop()
-        return 3
-    rescan = asyncio.create_task(attachments.rescan_forever())
+    def failed(exc: OSError) -> None:
+        if not done.done():
+            done.set_exception(exc)
+
+    recorder.on_written = written
+    recorder.on_error = failed
+
+    async def ignore(vm: str, event: QMPEvent) -> None:
+        return None  # --all-messages: the tracer has written the event already
+
+    attachments = Attachments(args.targets, args.rescan,
+                              ignore if args.all_messages else recorder.on_event, note,
+                              trace=recorder.tracer if args.all_messages else None)
     try:
-        async with asyncio.timeout(args.timeout):
-            status: int = await done
-    except TimeoutError:
-        status = 0
-    finally:
-        rescan.cancel()
-        await attachments.stop()
-    return status
+        return await run_session(
+            attachments, done, args.timeout, on_timeout=lambda: 0, on_signal=lambda _: 0,
+            started=lambda: note(f"recording to {args.output} (Ctrl-C to stop)"))
+    except OSError as exc:
+        note(f"error: {args.output}: {exc.strerror or exc}")
+        return 1

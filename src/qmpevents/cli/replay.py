@@ -16,6 +16,7 @@ from typing import Any
 from qmpevents.addresses import AddressError
 from qmpevents.catalog import decode_event
 from qmpevents.cli.render import json_line, text_line
+from qmpevents.cli.watch import positive_float
 from qmpevents.recording import ReadReport, Record, read_recording
 from qmpevents.server import CommandSpec, CommandTable, QMPServer, parse_address
 
@@ -27,7 +28,10 @@ examples:
 
 Serving waits for a client to negotiate, replays, then closes and exits 0.
 The replay server answers query-status and query-version; other commands get
-CommandNotFound.
+CommandNotFound.  A torn last line (a crash while recording) is reported
+on stderr and skipped.
+
+exit status: 0 done, 2 usage error or unreadable FILE
 """
 
 REPLAY_VERSION = {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "qmpevents replay"}
@@ -36,13 +40,15 @@ REPLAY_VERSION = {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "qmp
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "replay", help="replay a recording as a QMP server, or print it",
+        description="Replay a recording as a QMP server (the recorded event lines "
+                    "byte for byte, with the original timing scaled), or print it.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", metavar="FILE", help="a recording made by qmpevents record")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--serve", metavar="ADDRESS", help="unix:PATH or tcp:HOST:PORT")
     mode.add_argument("--print", action="store_true", help="print the recorded events")
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, metavar="X",
+    pace.add_argument("--speed", type=positive_float, default=1.0, metavar="X",
                       help="play X times faster than recorded (default 1)")
     pace.add_argument("--as-fast-as-possible", action="store_true",
                       help="no gaps between events")
@@ -65,13 +71,10 @@ def _load(args: argparse.Namespace) -> list[Record]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.speed <= 0:
-        print("qmpevents replay: error: --speed must be positive", file=sys.stderr)
-        return 2
     try:
         records = _load(args)
     except OSError as exc:
-        print(f"qmpevents replay: error: {exc}", file=sys.stderr)
+        print(f"qmpevents replay: error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     if args.print:
         colour = sys.stdout.isatty()

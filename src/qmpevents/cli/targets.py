@@ -65,3 +65,12 @@ def expand(spec: str) -> list[Target]:
         return [Target(f"unix:{p}", _vm_name(p)) for p in sorted(glob.glob(spec))
                 if _is_socket(p)]
     return [Target(f"unix:{spec}", _vm_name(spec))]
+
+
+def describe_error(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (``No such file or directory``)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

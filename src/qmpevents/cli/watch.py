@@ -1,47 +1,77 @@
 """``qmpevents watch TARGET...``: a live event tail from one or many VMs.
 
-Each VM has its own task; a VM that goes away is reported on stderr and
-retried, and directories/globs are re-scanned so new VMs are attached.  All
-tasks feed one bounded queue, so a flood from one VM slows its reader
-instead of growing memory.
+Each VM has its own task and its own connection; a VM that goes away is
+reported on stderr and retried, and directories/globs are re-scanned so VMs
+that appear later are attached.  ``qmpevents record`` follows VMs the same way
+(:class:`Attachments`, :func:`run_session`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
+import signal
 import sys
+from collections.abc import Awaitable, Callable
+from fnmatch import fnmatchcase
 from typing import Any
 
-from qmpevents.catalog import Event, UnknownEvent
-from qmpevents.cli.filters import EventFilter, FilterError
+from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.render import json_line, text_line
-from qmpevents.cli.targets import Target, TargetError, expand, is_pattern
-from qmpevents.client import QMPClient, Subscription
+from qmpevents.cli.targets import Target, TargetError, describe_error, expand, is_pattern
+from qmpevents.client import EventFilter, QMPClient, QMPEvent, Subscription
 from qmpevents.errors import QMPEventsError
-
-log = logging.getLogger(__name__)
 
 EXAMPLES = """\
 examples:
   qmpevents watch /tmp/vm.sock
   qmpevents watch /run/qemu-server/ --event SHUTDOWN --json | jq .vm
-  qmpevents watch 'unix:/tmp/a.sock' tcp:127.0.0.1:4444 --event 'VNC_*' --count 3
-  qmpevents watch /tmp/vm.sock --match data.action=stop --until STOP --timeout 30
+  qmpevents watch unix:/tmp/a.sock tcp:127.0.0.1:4444 --event 'VNC_*' --count 3
+  qmpevents watch /tmp/vm.sock --match data.action=stop --until SHUTDOWN --timeout 30
+  qmpevents watch '/tmp/vms/*.sock' --rescan 0.2
 
-exit status: 0 condition met (--count/--until) or interrupted without one,
-1 --timeout expired first, 2 usage error, 3 a target cannot be reached
+Filters: --event (a glob, repeatable) and --match (repeatable) must all hold;
+--match VALUE is JSON when it parses (offset=78) and text otherwise
+(action=stop).  --until ends on that event (a glob) whatever the filters say.
+VMs that are lost, come back, appear or go away are reported on stderr.
+
+exit status: 0 condition met (--count/--until), or stopped by Ctrl-C/SIGTERM
+when none was given; 1 --timeout expired first; 2 usage error; 3 a target
+cannot be reached at start; 128+N stopped by signal N before the condition
 """
 
 RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 5.0
 
+Note = Callable[[str], None]
+OnEvent = Callable[[str, QMPEvent], Awaitable[None]]
+Trace = Callable[[str, bytes], None]
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return int(text)
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "watch", help="live event tail from one or many VMs", epilog=EXAMPLES,
+        description="A live event tail from one or many VMs: one line per event "
+                    "(coloured on a terminal), or JSON lines with the source VM.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_arguments(parser)
     parser.add_argument("--json", action="store_true",
@@ -50,31 +80,46 @@ def register(subparsers: Any) -> None:
                         help="only events whose name matches (glob, repeatable)")
     parser.add_argument("--match", action="append", default=[], metavar="KEY=VALUE",
                         help="only events whose data field matches (data.action=stop)")
-    parser.add_argument("--count", type=int, metavar="N", help="exit 0 after N events")
+    parser.add_argument("--count", type=positive_int, metavar="N",
+                        help="exit 0 after N events")
     parser.add_argument("--until", metavar="EVENT", help="exit 0 after this event")
-    parser.add_argument("--timeout", type=float, metavar="S",
+    parser.add_argument("--timeout", type=positive_float, metavar="S",
                         help="exit 1 if the condition is not met within S seconds")
-    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                        help="colour the text output (auto: on a terminal without NO_COLOR)")
     parser.set_defaults(handler=run)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("targets", nargs="+", metavar="TARGET",
                         help="unix:PATH, tcp:HOST:PORT, a socket path, a directory or a glob")
-    parser.add_argument("--rescan", type=float, default=1.0, metavar="S",
+    parser.add_argument("--rescan", type=positive_float, default=1.0, metavar="S",
                         help="re-scan directories and globs every S seconds (default 1)")
 
 
-class Attachments:
-    """One task per VM, started from fixed targets and re-scanned patterns."""
+def check_targets(specs: list[str]) -> None:
+    """Raise TargetError for a target that cannot be understood."""
+    for spec in specs:
+        expand(spec)
 
-    def __init__(self, specs: list[str], rescan: float, on_event: Any,
-                 note: Any) -> None:
+
+class Attachments:
+    """One task per VM, started from fixed targets and re-scanned patterns.
+
+    *note* reports a VM's life on stderr: ``attached`` (found by a scan),
+    ``lost``, ``back``, ``gone`` (its socket was removed).  *trace*, when
+    given, makes the traffic observer of each new connection.
+    """
+
+    def __init__(self, specs: list[str], rescan: float, on_event: OnEvent, note: Note,
+                 trace: Callable[[Target], Trace] | None = None) -> None:
         self._specs = specs
         self._rescan = rescan
         self._on_event = on_event
         self._note = note
+        self._trace = trace
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lost: set[str] = set()  # addresses reported lost and not back yet
 
     async def start(self) -> list[Target]:
         """Connect every fixed target once; returns those that could not be reached.
@@ -90,7 +135,7 @@ class Attachments:
                 if not isinstance(result, OSError | QMPEventsError | TimeoutError):
                     raise result
                 self._note(f"{target.name}: cannot connect to {target.address}: "
-                           f"{result or type(result).__name__}")
+                           f"{describe_error(result)}")
                 unreachable.append(target)
         opened = [r for r in results if not isinstance(r, BaseException)]
         if unreachable:
@@ -102,10 +147,10 @@ class Attachments:
         self._scan()
         return []
 
-    @staticmethod
-    async def _open(target: Target) -> tuple[QMPClient, Subscription]:
+    async def _open(self, target: Target) -> tuple[QMPClient, Subscription]:
         """Subscribe, then connect: no event after negotiation can slip by."""
-        client = QMPClient(target.address)
+        trace = self._trace(target) if self._trace is not None else None
+        client = QMPClient(target.address, trace=trace)
         events = client.events()
         await client.connect()
         return client, events
@@ -119,7 +164,7 @@ class Attachments:
 
     async def rescan_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._rescan)
+            await asyncio.sleep(self._rescan)  # polling the file system, not synchronisation
             self._scan()
 
     def _attach(self, target: Target, *, pattern: bool,
@@ -132,33 +177,42 @@ class Attachments:
                       opened: tuple[QMPClient, Subscription] | None) -> None:
         """Stream one VM's events; report losses and returns; retry."""
         delay = RETRY_DELAY
-        lost = False
+        failing = False  # a failure has been reported and nothing has worked since
         while True:
             try:
                 if opened is None:
                     opened = await self._open(target)
                 client, events = opened
                 try:
-                    if lost:
+                    if target.address in self._lost:
+                        self._lost.discard(target.address)
                         self._note(f"{target.name}: back")
-                    lost = False
+                    elif pattern:
+                        self._note(f"{target.name}: attached ({target.address})")
+                    failing = False
                     delay = RETRY_DELAY
                     async for event in events:
                         await self._on_event(target.name, event)
                 finally:
                     await client.close()
                 reason = "disconnected"
+                connected = True
             except (OSError, QMPEventsError, TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
+                reason = describe_error(exc)
+                connected = opened is not None
             opened = None
-            if not lost:
+            if connected:
+                self._lost.add(target.address)
                 self._note(f"{target.name}: lost ({reason}); retrying")
-                lost = True
+                failing = True
+            elif not failing:
+                self._note(f"{target.name}: cannot connect ({reason}); retrying")
+                failing = True
             path = target.address[5:] if target.address.startswith("unix:") else None
             if pattern and path is not None and not os.path.exists(path):
                 self._note(f"{target.name}: gone (socket removed)")
                 return
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # retry backoff
             delay = min(delay * 2, MAX_RETRY_DELAY)
 
     async def stop(self) -> None:
@@ -167,16 +221,62 @@ class Attachments:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
+
+def make_note(command: str) -> Note:
+    def note(message: str) -> None:
+        sys.stderr.write(f"qmpevents {command}: {message}\n")
+        sys.stderr.flush()
+    return note
+
+
+async def run_session(attachments: Attachments, done: asyncio.Future[int],
+                      timeout: float | None, *, on_timeout: Callable[[], int],
+                      on_signal: Callable[[int], int],
+                      started: Callable[[], None] | None = None) -> int:
+    """Follow the VMs until *done* resolves, *timeout* expires or SIGINT/SIGTERM.
+
+    Returns 3 when a fixed target cannot be reached at start, else *done*'s
+    result, ``on_timeout()`` or ``on_signal(signum)``.  *started* is called
+    once every fixed target is connected.  An exception set on
+    *done* (stdout closed, disk full) is raised.
+    """
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def interrupted(signum: int) -> None:
+        if not done.done():
+            done.set_result(on_signal(signum))
+
+    for signum in signals:
+        loop.add_signal_handler(signum, interrupted, signum)
+    rescan: asyncio.Task[None] | None = None
+    try:
+        if await attachments.start():
+            return 3
+        if started is not None:
+            started()
+        rescan = asyncio.create_task(attachments.rescan_forever())
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(done)
+        except TimeoutError:
+            if done.done():  # resolved at the deadline: the condition wins
+                return done.result()
+            return on_timeout()
+    finally:
+        if rescan is not None:
+            rescan.cancel()
+        await attachments.stop()
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        for spec in args.targets:
-            expand(spec)
-        event_filter = EventFilter(args.event, args.match)
+        check_targets(args.targets)
+        event_filter = build_filter(args.event, args.match)
     except (TargetError, FilterError) as exc:
         print(f"qmpevents watch: error: {exc}", file=sys.stderr)
-        return 2
-    if args.count is not None and args.count < 1:
-        print("qmpevents watch: error: --count must be at least 1", file=sys.stderr)
         return 2
     colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
                                         and "NO_COLOR" not in os.environ)
@@ -184,38 +284,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bool) -> int:
-    done = asyncio.get_running_loop().create_future()
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     seen = 0
     until = args.until.upper() if args.until else None
+    has_condition = args.count is not None or until is not None
+    note = make_note("watch")
 
-    def note(message: str) -> None:
-        sys.stderr.write(f"qmpevents watch: {message}\n")
-        sys.stderr.flush()
-
-    async def on_event(vm: str, event: Event | UnknownEvent) -> None:
+    async def on_event(vm: str, event: QMPEvent) -> None:
         nonlocal seen
-        if done.done() or not event_filter(event):
+        if done.done():
+            return
+        final = until is not None and fnmatchcase(event.name, until)
+        shown = event_filter(event)
+        if not (shown or final):
             return
         line = json_line(vm, event) if args.json else text_line(vm, event, colour=colour)
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-        seen += 1
-        if (args.count is not None and seen >= args.count) or event.name == until:
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except OSError as exc:  # a closed pipe (| head) ends the watch, not the VM
+            done.set_exception(exc)
+            return
+        seen += shown
+        if final or (args.count is not None and seen >= args.count):
             done.set_result(0)
 
-    attachments = Attachments(args.targets, args.rescan, on_event, note)
-    unreachable = await attachments.start()
-    if unreachable:
-        await attachments.stop()
-        return 3
-    rescan = asyncio.create_task(attachments.rescan_forever())
-    try:
-        async with asyncio.timeout(args.timeout):
-            status: int = await done
-    except TimeoutError:
+    def on_timeout() -> int:
         note(f"timed out after {args.timeout:g} s ({seen} events)")
-        status = 1
-    finally:
-        rescan.cancel()
-        await attachments.stop()
-    return status
+        return 1
+
+    def on_signal(signum: int) -> int:
+        return 128 + signum if has_condition else 0
+
+    attachments = Attachments(args.targets, args.rescan, on_event, note)
+    return await run_session(attachments, done, args.timeout, on_timeout=on_timeout,
+                             on_signal=on_signal)

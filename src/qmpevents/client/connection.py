@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as _ssl
 import time
 import weakref
-from collections.abc import Coroutine, Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -79,6 +80,8 @@ class _Link(asyncio.Protocol):
             transport.max_size = READ_SIZE
 
     def data_received(self, data: bytes) -> None:
+        if self.client.trace is not None:
+            self.client.trace("in", data)
         proto = self.proto
         try:
             proto.receive_data(data)
@@ -191,6 +194,8 @@ class _Link(asyncio.Protocol):
         request_id, data = self.proto.send_command(command, dict(arguments) if arguments else None)
         assert self.transport is not None
         self.transport.write(data)
+        if self.client.trace is not None:
+            self.client.trace("out", data)
         return request_id
 
     # -- commands -------------------------------------------------------------
@@ -245,14 +250,32 @@ class QMPClient:
       :class:`~qmpevents.errors.MessageTooLarge` in every pending ``execute``
       and every event iterator, is logged, and closes the connection (no
       reconnect: it would recur).
-    * *connect_timeout* -- seconds for the greeting and negotiation.
+    * *connect_timeout* -- seconds for the greeting and negotiation (and the
+      TLS handshake).
+    * *ssl* -- an :class:`ssl.SSLContext` to talk TLS to a ``tcp:`` server
+      (QEMU's ``tls-creds-x509``); :func:`qmpevents.server.tls.client_context`
+      builds one from QEMU's credentials directory.  *server_hostname* is the
+      name the server's certificate must carry (default: the address's host).
+    * *trace* -- called as ``trace("in", data)`` with every chunk of bytes
+      received and ``trace("out", data)`` with every message sent, in wire
+      order (``qmpevents record --all-messages``).  Chunks are socket reads:
+      a message may span two, and one may hold several.
     """
 
     def __init__(self, address: AddressLike, *, reconnect: bool = False,
                  reconnect_delay: float = 0.1, reconnect_max_delay: float = 2.0,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0,
+                 trace: Callable[[str, bytes], None] | None = None,
+                 ssl: _ssl.SSLContext | None = None,
+                 server_hostname: str | None = None) -> None:
         self.address = parse_address(address)
+        if ssl is not None and not isinstance(self.address, TcpAddress):
+            raise ValueError(f"{self.address}: TLS is for tcp: addresses")
+        self.ssl = ssl
+        self.server_hostname = server_hostname
+        #: Observer of the raw traffic (see *trace* above), or None.
+        self.trace = trace
         self.reconnect = reconnect
         self.reconnect_delay = reconnect_delay
         self.reconnect_max_delay = reconnect_max_delay
@@ -302,7 +325,12 @@ class QMPClient:
                 await loop.create_unix_connection(lambda: link, address.path)
             else:
                 assert isinstance(address, TcpAddress)
-                await loop.create_connection(lambda: link, address.host, address.port)
+                if self.ssl is None:
+                    await loop.create_connection(lambda: link, address.host, address.port)
+                else:
+                    await loop.create_connection(
+                        lambda: link, address.host, address.port, ssl=self.ssl,
+                        server_hostname=self.server_hostname or address.host)
             self._link = link
             try:
                 await asyncio.shield(link.ready)

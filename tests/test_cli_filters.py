@@ -1,0 +1,67 @@
+"""``--event`` / ``--match`` parsed into the client's EventFilter (in-process: fast)."""
+
+from __future__ import annotations
+
+import pytest
+
+from qmpevents.catalog import decode_event
+from qmpevents.cli.filters import FilterError, build_filter
+from qmpevents.client import EventFilter, QMPEvent
+
+
+def event(text: str) -> QMPEvent:
+    return decode_event(('{"timestamp": {"seconds": 1, "microseconds": 0}, ' + text[1:]).encode())
+
+
+STOP = event('{"event": "STOP"}')
+IO_STOP = event('{"event": "BLOCK_IO_ERROR", "data": {"device": "123", "node-name": "#b1",'
+                ' "operation": "write", "action": "stop"}}')
+RTC = event('{"event": "RTC_CHANGE", "data": {"offset": 78}}')
+VNC = event('{"event": "VNC_CONNECTED", "data": {"server": {"host": "127.0.0.1", "service":'
+            ' "5900", "family": "ipv4", "websocket": false, "auth": "none"}, "client": {"host":'
+            ' "127.0.0.1", "service": "4000", "family": "ipv4", "websocket": false}}}')
+ALL = [STOP, IO_STOP, RTC, VNC]
+
+
+def passing(names: list[str], matches: list[str]) -> list[str]:
+    chosen = build_filter(names, matches)
+    assert isinstance(chosen, EventFilter)  # the client's filter, not a copy of it
+    return [e.name for e in ALL if chosen(e)]
+
+
+def test_names_are_case_insensitive_globs() -> None:
+    assert passing([], []) == ["STOP", "BLOCK_IO_ERROR", "RTC_CHANGE", "VNC_CONNECTED"]
+    assert passing(["vnc_*", "stop"], []) == ["STOP", "VNC_CONNECTED"]
+
+
+@pytest.mark.parametrize(("match", "expected"), [
+    ("data.action=stop", ["BLOCK_IO_ERROR"]),
+    ("action=stop", ["BLOCK_IO_ERROR"]),
+    ("offset=78", ["RTC_CHANGE"]),            # JSON number
+    ('offset="78"', []),                      # a JSON string is only a string
+    ("device=123", ["BLOCK_IO_ERROR"]),       # JSON-looking text matches the string too
+    ("node-name=#b1", ["BLOCK_IO_ERROR"]),
+    ("node_name=#b1", ["BLOCK_IO_ERROR"]),
+    ("data.server.host=127.0.0.1", ["VNC_CONNECTED"]),
+    ("server.websocket=false", ["VNC_CONNECTED"]),
+    ("server.websocket=False", []),
+    ("missing=null", []),                     # a missing field never matches
+])
+def test_match(match: str, expected: list[str]) -> None:
+    assert passing([], [match]) == expected
+
+
+def test_all_conditions_must_hold() -> None:
+    assert passing(["BLOCK_*"], ["action=stop", "operation=write"]) == ["BLOCK_IO_ERROR"]
+    assert passing(["RTC_*"], ["action=stop"]) == []
+
+
+@pytest.mark.parametrize("spec", ["action", "=stop", "data.=x", "data=x", "a..b=1"])
+def test_bad_match_is_a_usage_error(spec: str) -> None:
+    with pytest.raises(FilterError):
+        build_filter([], [spec])
+
+
+def test_same_key_twice_is_a_usage_error() -> None:
+    with pytest.raises(FilterError):
+        build_filter([], ["action=stop", "data.action=report"])

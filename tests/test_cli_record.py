@@ -1,0 +1,221 @@
+"""``qmpevents record`` and ``replay`` as processes: durable files, torn tails, signals,
+the whole conversation with --all-messages, and replays byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from cli_process import one_line_error, run, running, short_dir
+from qmp_raw import RawQMP
+
+from qmpevents.recording import ReadReport, Record, RecordingWriter, read_recording
+from qmpevents.sim import SimulatedVM
+
+
+@pytest.fixture
+async def vm() -> AsyncIterator[SimulatedVM]:
+    async with SimulatedVM(drives=["disk0,werror=report"], name="rec") as machine:
+        yield machine
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    with short_dir("rec") as directory:
+        yield directory
+
+
+def records(path: Path) -> tuple[list[Record], ReadReport]:
+    report = ReadReport()
+    return list(read_recording(str(path), report)), report
+
+
+async def until_recorded(path: Path, count: int, timeout: float = 10.0) -> list[Record]:
+    """Poll the file (the recorder reports nothing per event) until *count* records."""
+    async with asyncio.timeout(timeout):
+        while len(found := records(path)[0]) < count:
+            await asyncio.sleep(0.02)
+    return found
+
+
+async def test_every_event_with_fsync_always_survives_a_kill(vm: SimulatedVM,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "rec.jsonl"
+    async with running("record", vm.socket_path, "-o", str(out), "--fsync", "always") as cli:
+        await cli.wait_line("recording to", "err")
+        before = time.time()
+        vm.machine.rtc_change(5)
+        vm.machine.io_error("disk0", "write")
+        vm.machine.stop()
+        await until_recorded(out, 3)
+        cli.proc.kill()  # a crash: nothing written may be lost
+        await cli.wait()
+    found, report = records(out)
+    assert report == ReadReport()
+    assert [(r.vm, r.direction) for r in found] == [("qmp", "event")] * 3
+    assert [r.message_value()["event"] for r in found] == ["RTC_CHANGE", "BLOCK_IO_ERROR",
+                                                         "STOP"]
+    assert all(before - 1 <= r.received <= time.time() for r in found)
+    assert found[0].message_value()["data"] == {"offset": 5}
+
+
+async def test_count_stops_and_sigterm_closes_cleanly(vm: SimulatedVM, tmp_path: Path) -> None:
+    out = tmp_path / "rec.jsonl"
+    async with running("record", vm.socket_path, "-o", str(out), "--count", "2") as cli:
+        await cli.wait_line("recording to", "err")
+        for offset in range(4):
+            vm.machine.rtc_change(offset)
+        assert await cli.wait() == 0
+    assert [r.message_value()["data"]["offset"] for r in records(out)[0]] == [0, 1]
+    assert "2 events" in cli.err[-1]
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        async with running("record", vm.socket_path, "-o", str(out), "--fsync", "never") as cli:
+            await cli.wait_line("recording to", "err")
+            vm.machine.rtc_change(10 + signum)
+            cli.proc.send_signal(signum)
+            assert await cli.wait() == 0
+        assert "Traceback" not in "".join(cli.err)
+        assert out.read_bytes().endswith(b"\n")
+    found, report = records(out)
+    assert report == ReadReport()
+    # --fsync never still closes (and so flushes) the file on a signal.
+    assert [r.message_value()["data"]["offset"] for r in found] == [
+        0, 1, 10 + signal.SIGTERM, 10 + signal.SIGINT]
+
+
+async def test_all_messages_both_ways_in_wire_order(vm: SimulatedVM, tmp_path: Path) -> None:
+    out = tmp_path / "all.jsonl"
+    async with running("record", vm.socket_path, "-o", str(out), "--all-messages",
+                       "--count", "2") as cli:
+        await cli.wait_line("recording to", "err")
+        vm.machine.rtc_change(1)
+        vm.machine.stop()
+        assert await cli.wait() == 0
+    found, _ = records(out)
+    directions = [r.direction for r in found]
+    assert directions == ["in", "out", "in", "event", "event"]
+    greeting, capabilities, reply, *events = (r.message_value() for r in found)
+    assert "QMP" in greeting
+    assert capabilities["execute"] == "qmp_capabilities"
+    assert reply["return"] == {}
+    assert [e["event"] for e in events] == ["RTC_CHANGE", "STOP"]
+
+
+async def test_torn_last_line_is_skipped_on_read(vm: SimulatedVM, tmp_path: Path) -> None:
+    out = tmp_path / "torn.jsonl"
+    async with running("record", vm.socket_path, "-o", str(out), "--count", "2") as cli:
+        await cli.wait_line("recording to", "err")
+        vm.machine.rtc_change(1)
+        vm.machine.rtc_change(2)
+        assert await cli.wait() == 0
+    with out.open("ab") as file:  # what a crash in the middle of a write leaves
+        file.write(b'{"vm": "qmp", "received": 1.0, "direction": "event", "message": {"eve')
+    found, report = records(out)
+    assert len(found) == 2 and report.torn_tail and report.bad_lines == 0
+    status, printed, err = await run("replay", str(out), "--print", "--json")
+    assert status == 0
+    assert [json.loads(line)["data"]["offset"] for line in printed.splitlines()] == [1, 2]
+    assert "torn" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [
+    ("record", "x.sock"),                                  # no -o
+    ("record", "x.sock", "-o", "/nonexistent-dir/f.jsonl"),
+    ("record", "x.sock", "-o", "f.jsonl", "--fsync", "sometimes"),
+    ("record", "x.sock", "-o", "f.jsonl", "--fsync-interval", "0"),
+    ("replay", "f.jsonl"),                                 # neither --print nor --serve
+    ("replay", "/nonexistent.jsonl", "--print"),
+    ("replay", "f.jsonl", "--serve", "unix:/tmp/x", "--speed", "0"),
+    ("replay", "f.jsonl", "--serve", "unix:/tmp/x", "--speed", "2", "--as-fast-as-possible"),
+])
+async def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    status, out, err = await run(*args)
+    assert (status, out) == (2, "")
+    one_line_error(err)
+
+
+async def test_record_unreachable_exits_3(tmp_path: Path) -> None:
+    status, _, err = await run("record", "/tmp/qmpev-nothing.sock", "-o",
+                               str(tmp_path / "r.jsonl"))
+    assert status == 3
+    assert "cannot connect" in err and "Traceback" not in err
+
+
+# -- replay --------------------------------------------------------------------
+
+LINES = [  # spacing and key order as a recording keeps them: replayed byte for byte
+    b'{"timestamp": {"seconds": 1700000000, "microseconds": 1}, "event": "STOP"}',
+    b'{"event":"RTC_CHANGE","data":{"offset":78},'
+    b'"timestamp":{"seconds":1700000001,"microseconds":2}}',
+    b'{"timestamp": {"seconds": 1700000002, "microseconds": 3}, "event": "X_NEW",'
+    b' "data": {"a": [1, 2]}}',
+]
+
+
+def write_recording(path: Path, gap: float) -> None:
+    writer = RecordingWriter(str(path), fsync="never")
+    for number, line in enumerate(LINES):
+        writer.write("vm1", line, received=1000.0 + number * gap)
+    writer.write("vm1", b'{"execute": "query-status"}', direction="out", received=1000.5)
+    writer.close()
+
+
+async def _replayed(path: Path, sock: str, *pace: str) -> tuple[list[bytes], list[float]]:
+    """Serve *path*, connect, negotiate: the event lines and when each arrived."""
+    async with running("replay", str(path), "--serve", f"unix:{sock}", *pace) as cli:
+        await cli.wait_line("waiting for a client", "err")
+        client = await RawQMP.unix(sock)
+        greeting = await client.greeting()
+        assert greeting["QMP"]["version"]["qemu"]["major"] == 7
+        await client.send(b'{"execute": "qmp_capabilities"}\r\n')
+        assert await client.line() == b'{"return": {}}\r\n'
+        lines, times = [], []
+        for _ in LINES:
+            lines.append(await client.line())
+            times.append(time.monotonic())
+        assert await client.eof() == b""
+        assert await cli.wait() == 0
+    assert "Traceback" not in "".join(cli.err)
+    return lines, times
+
+
+async def test_replay_serves_the_recorded_lines_byte_for_byte(tmp_path: Path,
+                                                              sock_dir: str) -> None:
+    recording = tmp_path / "r.jsonl"
+    write_recording(recording, gap=30.0)  # 30 s gaps: only --as-fast-as-possible is quick
+    lines, _ = await _replayed(recording, os.path.join(sock_dir, "r.sock"),
+                               "--as-fast-as-possible")
+    assert lines == [line + b"\r\n" for line in LINES]
+
+
+async def test_replay_speed_scales_the_gaps(tmp_path: Path, sock_dir: str) -> None:
+    recording = tmp_path / "r.jsonl"
+    write_recording(recording, gap=2.0)
+    lines, times = await _replayed(recording, os.path.join(sock_dir, "r.sock"), "--speed", "10")
+    assert lines == [line + b"\r\n" for line in LINES]
+    assert times[2] - times[0] >= 0.35  # 2 x 2 s / 10, less scheduling slack
+    assert times[2] - times[0] < 3.0
+
+
+async def test_replay_print_text_and_torn_tail_with_serve(tmp_path: Path,
+                                                         sock_dir: str) -> None:
+    recording = tmp_path / "r.jsonl"
+    write_recording(recording, gap=0.0)
+    status, out, err = await run("replay", str(recording), "--print")
+    assert (status, err) == (0, "")
+    assert [line.split()[1:3] for line in out.splitlines()] == [
+        ["vm1", "STOP"], ["vm1", "RTC_CHANGE"], ["vm1", "X_NEW"]]
+    with recording.open("ab") as file:
+        file.write(b'{"vm": "vm1", "rec')
+    sock = os.path.join(sock_dir, "t.sock")
+    async with running("replay", str(recording), "--serve", f"unix:{sock}",
+                       "--as-fast-as-possible") as cli:
+        await cli.wait_line("torn", "err")
+        await cli.wait_line("waiting for a client", "err")
