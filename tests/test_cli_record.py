@@ -76,9 +76,11 @@ async def test_count_stops_and_sigterm_closes_cleanly(vm: SimulatedVM, tmp_path:
     assert "2 events" in cli.err[-1]
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        async with running("record", vm.socket_path, "-o", str(out), "--fsync", "never") as cli:
+        async with running("record", "-vv", vm.socket_path, "-o", str(out),
+                           "--fsync", "never") as cli:
             await cli.wait_line("recording to", "err")
             vm.machine.rtc_change(10 + signum)
+            await cli.wait_line("recorded event message", "err")  # received, not yet flushed
             cli.proc.send_signal(signum)
             assert await cli.wait() == 0
         assert "Traceback" not in "".join(cli.err)

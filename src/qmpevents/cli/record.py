@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from qmpevents.cli.watch import (
 from qmpevents.client import QMPEvent
 from qmpevents.codec import encode_json
 from qmpevents.recording import Direction, RecordingWriter
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """\
 examples:
@@ -115,6 +118,7 @@ class Recorder:
         except OSError as exc:
             self.on_error(exc)
             return
+        log.debug("%s: recorded %s message (%d bytes)", vm, direction, len(message))
         if direction == "event":
             self.events += 1
             self.on_written()

@@ -5,6 +5,11 @@ The option names are a contract other tools depend on; they follow QEMU's
 as QEMU does: exit 0 after ``quit`` or a guest shutdown without
 ``--no-shutdown``, and after SIGTERM/SIGINT (which first send
 SHUTDOWN(host-signal) to the monitors).  Socket files are removed on the way out.
+
+``--tls-creds DIR`` serves QMP over TLS on every ``tcp:`` listener from a
+directory laid out as QEMU's ``tls-creds-x509`` (``ca-cert.pem``,
+``server-cert.pem``, ``server-key.pem``); ``--tls-verify-peer`` then requires
+a client certificate signed by ``ca-cert.pem``, as QEMU's ``verify-peer=on``.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
 from qmpevents.catalog import DEFAULT_PROFILE, PROFILES
 from qmpevents.server import DEFAULT_MAX_OUTBOUND, Address, AddressError, parse_address
+from qmpevents.server.tls import server_context
 from qmpevents.sim.block import DriveConfig, parse_drive
 from qmpevents.sim.vm import SimulatedVM, parse_vnc
 
@@ -107,6 +114,13 @@ def register(subparsers: Any) -> None:
                         metavar="BYTES",
                         help="unsent output after which a monitor that does not read is "
                              f"disconnected (default {DEFAULT_MAX_OUTBOUND})")
+    parser.add_argument("--tls-creds", type=Path, metavar="DIR",
+                        help="serve QMP over TLS on tcp: listeners with the certificates in DIR "
+                             "(QEMU's tls-creds-x509 names: ca-cert.pem, server-cert.pem, "
+                             "server-key.pem)")
+    parser.add_argument("--tls-verify-peer", action="store_true",
+                        help="with --tls-creds: require a client certificate signed by "
+                             "DIR/ca-cert.pem (QEMU's verify-peer=on)")
     parser.set_defaults(handler=run)
 
 
@@ -124,6 +138,14 @@ def run(args: argparse.Namespace) -> int:
             password = args.vnc_password_file.read_text().rstrip("\r\n")
         except OSError as exc:
             return _fail(f"--vnc-password-file: {exc.strerror}: {args.vnc_password_file}", 2)
+    tls: ssl.SSLContext | None = None
+    if args.tls_verify_peer and args.tls_creds is None:
+        return _fail("--tls-verify-peer needs --tls-creds", 2)
+    if args.tls_creds is not None:
+        try:
+            tls = server_context(args.tls_creds, verify_peer=args.tls_verify_peer)
+        except (OSError, ValueError) as exc:  # TLSCredsError, ssl.SSLError
+            return _fail(f"--tls-creds: {exc}", 2)
     try:
         vm = SimulatedVM(
             qmp=args.qmp or [parse_address(DEFAULT_QMP)], drives=args.drive,
@@ -131,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             vnc=args.vnc, vnc_password=password, name=args.name,
             powerdown_delay=args.powerdown_delay, ignore_acpi=args.ignore_acpi,
             single_client=args.single_client, allow_remote=args.allow_remote,
-            socket_mode=args.socket_mode, max_outbound=args.max_outbound)
+            socket_mode=args.socket_mode, max_outbound=args.max_outbound, tls=tls)
     except ValueError as exc:  # AddressError (non-loopback), duplicate drive id
         return _fail(str(exc), 2)
     try:

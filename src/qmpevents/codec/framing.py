@@ -41,6 +41,9 @@ T = TypeVar("T")
 # Integers of 19+ digits may lie outside int64/uint64, where QEMU switches to
 # doubles; msgspec would keep them exact.  Such lines take the exact path.
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# QEMU's lexer ends a number at "0" followed by an exponent ("0e5", "-0E1"):
+# the "e" is then a stray byte; msgspec accepts it.  Such lines take the exact path.
+_ZERO_EXPONENT = re.compile(rb"(?<![0-9A-Za-z_.])0[eE]")
 # QEMU's whitespace; bytes.strip() would also drop \x0b and \x0c, stray bytes to QEMU.
 _WS = b" \t\r\n"
 
@@ -139,7 +142,7 @@ class Framer(Generic[T]):
             return 0
         try:
             self._out.extend(self._decode_block(buf if cut == len(buf) else buf[:cut]))
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             return 0
         return cut
 
@@ -156,11 +159,12 @@ class Framer(Generic[T]):
         if len(stripped) >= self._max_tokens and _token_bound(stripped) >= self._max_tokens:
             return False
         if self._qemu_exact and (not stripped.isascii() or b"\\u" in stripped
-                                 or _LONG_DIGITS.search(stripped)):
+                                 or _LONG_DIGITS.search(stripped)
+                                 or _ZERO_EXPONENT.search(stripped)):
             return False
         try:
             item = self._decode_line(stripped)
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             return False
         if self._qemu_exact and isinstance(item, dict | list) and (
                 _key_count(item) != stripped.count(b":")):
@@ -242,7 +246,7 @@ def _truncated(text: bytes) -> bool:
         _JSON.decode(text)
     except msgspec.DecodeError as exc:
         return "truncated" in str(exc)
-    except RecursionError:
+    except (RecursionError, UnicodeDecodeError):  # msgspec: invalid UTF-8 in a string
         return False
     return False
 

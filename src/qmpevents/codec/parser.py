@@ -105,7 +105,9 @@ def _modified_utf8(chunk: bytes) -> str:
 
 
 def _number(tok: Tok, text: bytes) -> int | float:
-    if tok is Tok.INTEGER:
+    # More than 20 digits is beyond uint64 anyway; int() would also refuse
+    # very long digit strings (Python's 4300-digit limit) with ValueError.
+    if tok is Tok.INTEGER and len(text) <= 21:
         value = int(text)
         if _INT64_MIN <= value <= _UINT64_MAX:
             return value

@@ -4,7 +4,9 @@
   monitor per connection, events encoded once and broadcast to negotiated
   monitors, bounded output per monitor (see :mod:`qmpevents.server.monitor`);
 * :class:`CommandTable` / :class:`CommandSpec` / :class:`Param` -- commands
-  with QAPI-style argument checking and QEMU's error texts.
+  with QAPI-style argument checking and QEMU's error texts;
+* :func:`server_context` / :func:`client_context` -- TLS contexts from a
+  directory laid out as QEMU's ``tls-creds-x509``.
 """
 
 from qmpevents.addresses import (
@@ -20,6 +22,7 @@ from qmpevents.server.broadcaster import Broadcaster
 from qmpevents.server.dispatch import CommandSpec, CommandTable
 from qmpevents.server.monitor import QUEUE_DEPTH, Monitor
 from qmpevents.server.server import DEFAULT_MAX_OUTBOUND, QMPServer, ServerOptions
+from qmpevents.server.tls import TLSCredsError, client_context, server_context
 
 __all__ = [
     "DEFAULT_MAX_OUTBOUND",
@@ -33,9 +36,12 @@ __all__ = [
     "Param",
     "QMPServer",
     "ServerOptions",
+    "TLSCredsError",
     "TcpAddress",
     "UnixAddress",
     "check_allowed",
     "check_arguments",
+    "client_context",
     "parse_address",
+    "server_context",
 ]

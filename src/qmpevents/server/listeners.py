@@ -10,6 +10,10 @@ is still the one this listener created.
 ``single_client`` mimics a QEMU chardev socket: the kernel accepts further
 connections, but they get no greeting and are not read until the monitor
 before them has gone.
+
+``tls`` wraps TCP listeners (only) in TLS, as QEMU's ``tls-creds`` does for a
+socket chardev; a peer that does not complete the handshake in
+``tls_handshake_timeout`` seconds is dropped and never becomes a monitor.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import stat
 from collections import deque
 from collections.abc import Callable
@@ -32,8 +37,11 @@ class Listener:
     """One listening address and the monitors accepted on it."""
 
     def __init__(self, address: Address, *, single_client: bool = False,
-                 socket_mode: int = 0o600) -> None:
+                 socket_mode: int = 0o600, tls: ssl.SSLContext | None = None,
+                 tls_handshake_timeout: float = 10.0) -> None:
         self.requested = address
+        self.tls = tls if isinstance(address, TcpAddress) else None
+        self._tls_timeout = tls_handshake_timeout
         self.address: Address = address  # the bound address (real port for tcp:...:0)
         self.single_client = single_client
         self._socket_mode = socket_mode
@@ -50,7 +58,8 @@ class Listener:
         else:
             self._server = await loop.create_server(
                 lambda: factory(self), self.address.host, self.address.port,
-                reuse_address=True)
+                reuse_address=True, ssl=self.tls,
+                ssl_handshake_timeout=self._tls_timeout if self.tls is not None else None)
             bound = self._server.sockets[0].getsockname()
             self.address = TcpAddress(self.address.host, bound[1])
 

@@ -1,11 +1,19 @@
 """One QMP monitor per connection: the asyncio side of :class:`ServerConnection`.
 
-Input.  Bytes go to the sans-IO :class:`~qmpevents.protocol.ServerConnection`;
-requests are run one per event-loop iteration, like QEMU's dispatcher, so one
-monitor flooding commands cannot starve the others.  As in QEMU, at most
-``queue_depth`` (8) parsed requests wait per monitor: when that many are
-queued the monitor stops reading its socket, and reading resumes when the
-queue is drained.  The kernel's socket buffer then pushes back on the client.
+Input.  Bytes go to the sans-IO :class:`~qmpevents.protocol.ServerConnection`
+in slices of at most :data:`INPUT_SLICE` bytes; requests are run one per
+event-loop iteration, like QEMU's dispatcher, so one monitor flooding
+commands cannot starve the others.  As in QEMU, at most ``queue_depth`` (8)
+parsed requests wait per monitor: when that many are queued the rest of the
+read waits (unparsed) and the monitor stops reading its socket; reading
+resumes when the queue and that backlog are drained.  The kernel's socket
+buffer then pushes back on the client.  Slicing bounds what one burst of bad
+input can cost: every malformed message is answered at once (QEMU's error
+reply), and a slice of garbage yields at most a few hundred KiB of them.
+
+Replies are the client's own doing, so they are paced, not punished: while
+the transport holds more than its high-water mark (the client is not reading
+its replies), no request is run and the socket is not read.
 
 Output.  Replies and events go through one per-monitor queue, so an event a
 command causes is always written before that command's reply.  Queued output
@@ -19,6 +27,12 @@ unsent output already exceeds the bound, that monitor is **disconnected**
 ``qmpevents.server.monitor``.  So memory per monitor stays below the bound plus
 one message, and a monitor that stops reading never delays the others; it
 simply loses its connection, as it would lose events anyway.
+
+Departures.  When a connection ends, one INFO line on
+``qmpevents.server.monitor`` says how (EOF, or the socket error) and how many
+bytes of an unfinished request were discarded -- a client killed while
+writing a command leaves exactly that trace, and nothing else changes for the
+other monitors.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
 from qmpevents.protocol import NEED_DATA, CommandFailure, ServerConnection
 from qmpevents.protocol.server import Command
 from qmpevents.server.broadcaster import Broadcaster
@@ -36,6 +51,9 @@ _log = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 8
 """QEMU's ``QMP_REQ_QUEUE_LEN_MAX``: requests parsed but not yet run, per monitor."""
+
+INPUT_SLICE = 8 * 1024
+"""Bytes parsed at a time: bounds the replies one burst of garbage produces at once."""
 
 
 class Executor(Protocol):
@@ -76,7 +94,8 @@ class Monitor(asyncio.Protocol):
     def __init__(self, *, executor: Executor, broadcaster: Broadcaster, flusher: FlushQueue,
                  version: Mapping[str, Any], max_outbound: int,
                  on_open: Callable[[Monitor], bool], on_close: Callable[[Monitor], None],
-                 queue_depth: int = QUEUE_DEPTH) -> None:
+                 queue_depth: int = QUEUE_DEPTH,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self._executor = executor
         self._broadcaster = broadcaster
         self._flusher = flusher
@@ -85,6 +104,7 @@ class Monitor(asyncio.Protocol):
         self._on_open = on_open
         self._on_close = on_close
         self._queue_depth = queue_depth
+        self._max_message_size = max_message_size
         self._transport: asyncio.Transport | None = None
         self._conn: ServerConnection | None = None
         self._out: list[bytes] = []
@@ -92,6 +112,8 @@ class Monitor(asyncio.Protocol):
         self._queued = False
         self._pump_scheduled = False
         self._reading_paused = False
+        self._writing_paused = False
+        self._backlog = b""  # received, not parsed yet (the request queue was full)
         self._negotiated = False
         self.closed = False
         self.peer = "?"
@@ -113,16 +135,24 @@ class Monitor(asyncio.Protocol):
         assert self._transport is not None
         if self.closed or self._conn is not None:
             return
-        self._conn = ServerConnection(version=self._version)
+        self._conn = ServerConnection(version=self._version,
+                                      max_message_size=self._max_message_size)
         self._transport.resume_reading()
-        self.send(self._conn.greeting())
+        self._reply(self._conn.greeting())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed and self._transport is None:
             return
+        if _log.isEnabledFor(logging.INFO):
+            how = "EOF" if exc is None else f"{type(exc).__name__}: {exc}"
+            partial = self._conn.buffered_bytes if self._conn is not None else 0
+            pending = self._conn.pending_requests if self._conn is not None else 0
+            _log.info("QMP monitor %s gone (%s); %d bytes of an unfinished request and "
+                      "%d queued requests discarded", self.peer, how, partial, pending)
         self.closed = True
         self._broadcaster.discard(self)
         self._out.clear()
+        self._backlog = b""
         self._transport = None
         self._on_close(self)
 
@@ -140,10 +170,44 @@ class Monitor(asyncio.Protocol):
         conn = self._conn
         if conn is None or self.closed:
             return
-        conn.receive_data(data)
-        if conn.pending_requests >= self._queue_depth and self._transport is not None:
-            self._transport.pause_reading()
-            self._reading_paused = True
+        if self._backlog:  # bytes may still come after pause_reading (TLS)
+            self._backlog += data
+        else:
+            self._parse(conn, data)
+        self._update_reading()
+        self._schedule_pump()
+
+    def _parse(self, conn: ServerConnection, data: bytes) -> None:
+        """Feed *data* slice by slice until the request queue is full; keep the rest."""
+        pos = 0
+        end = len(data)
+        while pos < end and conn.pending_requests < self._queue_depth:
+            conn.receive_data(data[pos:pos + INPUT_SLICE] if pos or end > INPUT_SLICE else data)
+            pos += INPUT_SLICE
+        self._backlog = data[pos:] if pos < end else b""
+
+    def _update_reading(self) -> None:
+        """Read the socket only while the queue, the backlog and the output allow it."""
+        conn = self._conn
+        if self._transport is None or conn is None or self.closed:
+            return
+        held = self._backlog != b"" or self._writing_paused
+        if not self._reading_paused:
+            if held or conn.pending_requests >= self._queue_depth:
+                self._reading_paused = True
+                self._transport.pause_reading()
+        elif not held and not conn.pending_requests:  # resume once the queue is drained
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        """The client does not read its replies: stop running its requests."""
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
         self._schedule_pump()
 
     def eof_received(self) -> bool:
@@ -158,9 +222,18 @@ class Monitor(asyncio.Protocol):
     def _pump(self) -> None:
         """Run one request (answering malformed ones on the way)."""
         self._pump_scheduled = False
+        try:
+            self._pump_one()
+        except Exception:  # a bug below: drop this client, keep serving the others
+            _log.exception("QMP monitor %s: internal error; disconnecting it", self.peer)
+            self.closed = True
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _pump_one(self) -> None:
         conn = self._conn
-        if conn is None or self.closed:
-            return
+        if conn is None or self.closed or self._writing_paused:
+            return  # resume_writing pumps again
         request = conn.next_event()
         self._drain_protocol(conn)
         if request is not NEED_DATA:
@@ -168,11 +241,11 @@ class Monitor(asyncio.Protocol):
             self._run(conn, request)
         if self.closed:
             return
+        if not conn.pending_requests and self._backlog:
+            self._parse(conn, self._backlog)
         if conn.pending_requests:
             self._schedule_pump()
-        elif self._reading_paused and self._transport is not None:
-            self._reading_paused = False
-            self._transport.resume_reading()
+        self._update_reading()
 
     def _drain_protocol(self, conn: ServerConnection) -> None:
         """Move the protocol's replies out, and join the broadcast once negotiated.
@@ -182,7 +255,7 @@ class Monitor(asyncio.Protocol):
         """
         out = conn.data_to_send()
         if out:
-            self.send(out)
+            self._reply(out)
         if not self._negotiated and conn.accepts_events:
             self._negotiated = True
             self._broadcaster.add(self)
@@ -202,11 +275,17 @@ class Monitor(asyncio.Protocol):
     # -- output --------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue *data* for this monitor; disconnect it if it is over its bound."""
+        """Queue an event for this monitor; disconnect it if it is over its bound."""
         if self.closed:
             return
         if self._unsent > self._max_outbound:
             self._overflow()
+            return
+        self._reply(data)
+
+    def _reply(self, data: bytes) -> None:
+        """Queue output the client asked for (paced by :meth:`pause_writing`)."""
+        if self.closed:
             return
         self._out.append(data)
         self._unsent += len(data)

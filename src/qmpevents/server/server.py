@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from qmpevents.addresses import Address, check_allowed
+from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
 from qmpevents.server.broadcaster import Broadcaster
 from qmpevents.server.listeners import Listener
 from qmpevents.server.monitor import QUEUE_DEPTH, Executor, FlushQueue, Monitor
@@ -26,13 +28,32 @@ DEFAULT_MAX_OUTBOUND = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
-    """Policy knobs; the defaults are QEMU's behaviour made safe."""
+    """Policy knobs; the defaults are QEMU's behaviour made safe.
+
+    * *single_client* -- one monitor per listener at a time, as QEMU's chardev;
+    * *socket_mode* -- mode of created Unix sockets (0600: the owner only);
+    * *allow_remote* -- permit TCP listeners on non-loopback addresses;
+    * *max_outbound* -- unsent bytes after which a monitor that does not read
+      is disconnected (see :mod:`.monitor`);
+    * *queue_depth* -- parsed requests queued per monitor before reading stops;
+    * *max_message_size* -- QEMU's JSON token size limit (64 MiB), lower it to
+      bound what one message may cost;
+    * *tls* -- a server :class:`ssl.SSLContext` for every TCP listener (Unix
+      sockets stay plain: file permissions guard them), as QEMU's
+      ``tls-creds-x509``; :func:`qmpevents.server.tls.server_context` builds
+      one from QEMU's credentials directory;
+    * *tls_handshake_timeout* -- seconds a TCP peer has to finish the TLS
+      handshake before it is dropped.
+    """
 
     single_client: bool = False
     socket_mode: int = 0o600
     allow_remote: bool = False
     max_outbound: int = DEFAULT_MAX_OUTBOUND
     queue_depth: int = QUEUE_DEPTH
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    tls: ssl.SSLContext | None = None
+    tls_handshake_timeout: float = 10.0
 
 
 class QMPServer:
@@ -46,7 +67,9 @@ class QMPServer:
         self._version = dict(version)
         self._options = options
         self.listeners = [Listener(address, single_client=options.single_client,
-                                   socket_mode=options.socket_mode) for address in addresses]
+                                   socket_mode=options.socket_mode, tls=options.tls,
+                                   tls_handshake_timeout=options.tls_handshake_timeout)
+                          for address in addresses]
         self.broadcaster = Broadcaster()
         self._monitors: set[Monitor] = set()
         self._flusher: FlushQueue | None = None
@@ -68,7 +91,8 @@ class QMPServer:
         try:
             for listener in self.listeners:
                 await listener.start(self._make_monitor)
-                _log.info("QMP listening on %s", listener.address)
+                _log.info("QMP listening on %s%s", listener.address,
+                          " (TLS)" if listener.tls is not None else "")
         except BaseException:
             await self.close()
             raise
@@ -97,7 +121,8 @@ class QMPServer:
                           flusher=self._flusher, version=self._version,
                           max_outbound=self._options.max_outbound,
                           on_open=on_open, on_close=on_close,
-                          queue_depth=self._options.queue_depth)
+                          queue_depth=self._options.queue_depth,
+                          max_message_size=self._options.max_message_size)
         return monitor
 
     async def close(self, timeout: float = 5.0) -> None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
+import ssl
 import tempfile
 from collections.abc import Sequence
 from types import TracebackType
@@ -62,7 +64,7 @@ class SimulatedVM:
                  powerdown_delay: float = 1.0, ignore_acpi: bool = False,
                  single_client: bool = False, allow_remote: bool = False,
                  socket_mode: int = 0o600, max_outbound: int = DEFAULT_MAX_OUTBOUND,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, tls: ssl.SSLContext | None = None) -> None:
         self._tempdir: str | None = None
         addresses = [parse_address(a) if isinstance(a, str) else a for a in qmp]
         if not addresses:
@@ -76,9 +78,15 @@ class SimulatedVM:
         self.server = QMPServer(
             addresses, build_command_table(self.machine), version=self.machine.version,
             options=ServerOptions(single_client=single_client, socket_mode=socket_mode,
-                                  allow_remote=allow_remote, max_outbound=max_outbound))
+                                  allow_remote=allow_remote, max_outbound=max_outbound,
+                                  tls=tls))
         self.machine.subscribe(self.server.publish)
         self._vnc_spec = parse_vnc(vnc) if vnc is not None else None
+        if self._vnc_spec is not None and not allow_remote:
+            vnc_host = self._vnc_spec[0] or "0.0.0.0"
+            if not ipaddress.ip_address(vnc_host).is_loopback:
+                raise ValueError(f"VNC: refusing to listen on non-loopback address {vnc_host} "
+                                 "(pass --allow-remote to do it anyway)")
         self._vnc_password = vnc_password
         self._vnc_port = vnc_port
         self._closed = asyncio.Event()

@@ -29,6 +29,9 @@ What the server does, and why it does no more:
 * Robustness: each connection is served by its own task; the whole handshake has a
   deadline (``handshake_timeout``); ClientCutText is capped (``max_cut_text``);
   writes apply back-pressure so a client that stops reading only stalls itself.
+* Exposure: the listener binds what it is given; the loopback-only policy is
+  :class:`~qmpevents.sim.vm.SimulatedVM`'s (``allow_remote``), as QMP's is the
+  server's.  The password is never logged, nor is anything derived from it.
 
 Everything runs on the event loop that called ``start()``; the methods are not
 thread-safe.

@@ -1,0 +1,271 @@
+"""Security defaults: socket modes, loopback only, TLS (as QEMU's tls-creds-x509),
+VNC passwords never logged, and a simulator whose commands run no program and
+open no path.
+
+Certificates are made per session with the ``openssl`` command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import os
+import shutil
+import ssl
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qmp_raw import RawQMP
+
+import qmpevents
+from qmpevents.addresses import AddressError, TcpAddress
+from qmpevents.server import client_context, server_context
+from qmpevents.sim.commands import build_command_table
+from qmpevents.sim.vm import SimulatedVM
+from qmpevents.vnc_client import RfbClient
+
+QMPEVENTS = (sys.executable, "-c", "import sys; from qmpevents.cli import main; sys.exit(main())")
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _issue(directory: Path, name: str, subject: str, ext: str) -> None:
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr",
+             "-subj", subject, cwd=directory)
+    (directory / f"{name}.ext").write_text(ext)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
+             "-CAcreateserial", "-out", f"{name}-cert.pem", "-days", "2",
+             "-extfile", f"{name}.ext", cwd=directory)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """QEMU-layout directories: ``server`` (with the CA), ``client`` (CA + client cert),
+    ``anonymous`` (CA only), ``stranger`` (a client cert from another CA)."""
+    root = tmp_path_factory.mktemp("pki")
+    dirs = {name: root / name for name in ("ca", "other", "server", "client", "anonymous",
+                                           "stranger")}
+    for path in dirs.values():
+        path.mkdir()
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    for ca, subject in (("ca", "/CN=qmpevents test CA"), ("other", "/CN=another CA")):
+        _openssl("req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca-cert.pem",
+                 "-days", "2", "-subj", subject, cwd=dirs[ca])
+    _issue(dirs["ca"], "server", "/CN=localhost",
+           "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _issue(dirs["ca"], "client", "/CN=manager",
+           "extendedKeyUsage=clientAuth\n")
+    _issue(dirs["other"], "client", "/CN=intruder", "extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client", "anonymous", "stranger"):
+        shutil.copy(dirs["ca"] / "ca-cert.pem", dirs[name])
+    for file in ("server-cert.pem", "server-key.pem"):
+        shutil.copy(dirs["ca"] / file, dirs["server"])
+    for file in ("client-cert.pem", "client-key.pem"):
+        shutil.copy(dirs["ca"] / file, dirs["client"])
+        shutil.copy(dirs["other"] / file, dirs["stranger"])
+    return dirs
+
+
+async def _tls_vm(pki: dict[str, Path], verify_peer: bool) -> SimulatedVM:
+    vm = SimulatedVM(qmp=["tcp:127.0.0.1:0"],
+                     tls=server_context(pki["server"], verify_peer=verify_peer))
+    await vm.start()
+    return vm
+
+
+def _port(vm: SimulatedVM) -> int:
+    address = vm.addresses[0]
+    assert isinstance(address, TcpAddress)
+    return address.port
+
+
+async def test_tls_server_certificate_and_events(pki: dict[str, Path]) -> None:
+    vm = await _tls_vm(pki, verify_peer=False)
+    try:
+        port = _port(vm)
+        async with qmpevents.connect(f"tcp:127.0.0.1:{port}", ssl=client_context(pki["anonymous"]),
+                                     server_hostname="localhost") as qmp:
+            async with qmp.expect("STOP"):
+                await qmp.execute("stop")
+            assert (await qmp.execute("query-status"))["status"] == "paused"
+        # The IP address is in the certificate too: no server_hostname needed.
+        async with qmpevents.connect(f"tcp:127.0.0.1:{port}",
+                                     ssl=client_context(pki["anonymous"])) as qmp:
+            await qmp.execute("query-status")
+        # A client that trusts another CA refuses the server.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await qmpevents.connect(f"tcp:127.0.0.1:{port}", ssl=client_context(pki["other"]))
+        # A plain-text client gets no greeting: nothing readable comes back.
+        plain = await RawQMP.tcp("127.0.0.1", port)
+        await plain.send(b'{"execute": "qmp_capabilities"}\n')
+        data = await asyncio.wait_for(plain.reader.read(), 5)
+        assert b"QMP" not in data
+        await plain.close()
+    finally:
+        await vm.close()
+
+
+async def test_tls_verify_peer_requires_a_client_certificate(pki: dict[str, Path]) -> None:
+    vm = await _tls_vm(pki, verify_peer=True)
+    try:
+        port = _port(vm)
+        async with qmpevents.connect(f"tcp:127.0.0.1:{port}",
+                                     ssl=client_context(pki["client"])) as qmp:
+            await qmp.execute("query-status")
+        for who in ("anonymous", "stranger"):
+            with pytest.raises((ssl.SSLError, ConnectionError, qmpevents.ConnectionLost,
+                                TimeoutError)):
+                qmp = await qmpevents.connect(f"tcp:127.0.0.1:{port}", connect_timeout=5,
+                                              ssl=client_context(pki[who]))
+                await qmp.execute("query-status")  # TLS 1.3: refused after the handshake
+        assert vm.server.monitors == 0
+    finally:
+        await vm.close()
+
+
+def test_tls_only_on_tcp_and_needs_qemus_file_names(tmp_path: Path,
+                                                    pki: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="TLS is for tcp"):
+        qmpevents.QMPClient("unix:/tmp/x.sock", ssl=client_context(pki["client"]))
+    with pytest.raises(ValueError, match=r"server-cert\.pem"):
+        server_context(tmp_path)
+    for file in ("server-cert.pem", "server-key.pem"):
+        shutil.copy(pki["server"] / file, tmp_path)
+    server_context(tmp_path)  # enough without verify-peer
+    with pytest.raises(ValueError, match=r"ca-cert\.pem"):
+        server_context(tmp_path, verify_peer=True)
+
+
+async def test_cli_serve_tls_creds_and_verify_peer(pki: dict[str, Path]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *QMPEVENTS, "serve", "--qmp", "tcp:127.0.0.1:0", "--tls-creds", str(pki["server"]),
+        "--tls-verify-peer", stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    try:
+        line = await asyncio.wait_for(proc.stderr.readline(), 10)
+        assert b"QMP listening on tcp:127.0.0.1:" in line, line
+        port = int(line.rsplit(b":", 1)[1])
+        async with qmpevents.connect(f"tcp:127.0.0.1:{port}",
+                                     ssl=client_context(pki["client"])) as qmp:
+            assert (await qmp.execute("query-status"))["running"] is True
+    finally:
+        proc.kill()
+        await proc.wait()
+    bad = await asyncio.create_subprocess_exec(
+        *QMPEVENTS, "serve", "--tls-creds", "/nonexistent", stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(bad.communicate(), 10)
+    assert bad.returncode == 2 and b"--tls-creds" in err
+
+
+# -- sockets and addresses ---------------------------------------------------
+
+async def test_unix_socket_is_0600_even_with_umask_0_and_configurable() -> None:
+    old = os.umask(0)
+    try:
+        async with SimulatedVM() as vm:
+            assert stat.S_IMODE(os.stat(vm.socket_path).st_mode) == 0o600
+        async with SimulatedVM(socket_mode=0o660) as vm:
+            assert stat.S_IMODE(os.stat(vm.socket_path).st_mode) == 0o660
+    finally:
+        os.umask(old)
+
+
+async def test_non_loopback_listeners_are_refused_unless_allowed() -> None:
+    for address in ("tcp:0.0.0.0:0", "tcp:[::]:0", "tcp:192.0.2.1:4444"):
+        with pytest.raises(AddressError, match="non-loopback"):
+            SimulatedVM(qmp=[address])
+    with pytest.raises(ValueError, match="non-loopback"):
+        SimulatedVM(vnc="0.0.0.0:0", vnc_port=0)
+    async with SimulatedVM(qmp=["tcp:0.0.0.0:0"], vnc="0.0.0.0:0", vnc_port=0,
+                           allow_remote=True) as vm:
+        assert vm.vnc_port
+    proc = await asyncio.create_subprocess_exec(
+        *QMPEVENTS, "serve", "--qmp", "tcp:0.0.0.0:0", stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 2 and b"non-loopback" in err
+
+
+# -- secrets -------------------------------------------------------------------
+
+SECRET = "Zq9!vnc"
+NEW_SECRET = "Xw7?vnc"
+
+
+async def test_vnc_passwords_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with SimulatedVM(vnc="127.0.0.1:0", vnc_port=0, vnc_password=SECRET) as vm:
+        assert vm.vnc_port is not None
+        async with qmpevents.connect(vm.socket_path) as qmp:
+            for password in (SECRET, "wrong", ""):
+                client = await RfbClient.connect("127.0.0.1", vm.vnc_port)
+                try:
+                    await client.read_version()
+                    await client.send_version(8)
+                    await client.security(password)
+                    await client.client_init()
+                except Exception:
+                    pass  # the wrong passwords are refused
+                finally:
+                    await client.close()
+            await qmp.execute("change-vnc-password", {"password": NEW_SECRET})
+            with pytest.raises(qmpevents.QMPError):
+                await qmp.execute("change-vnc-password", {"password": 12345678})
+    assert caplog.records, "nothing was logged at all"
+    for secret in (SECRET, NEW_SECRET, "12345678"):
+        assert secret not in caplog.text
+
+
+# -- the simulator's commands --------------------------------------------------
+
+async def test_no_simulator_command_takes_a_path_or_runs_a_program(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """By design: list every command and its arguments; then run each one with
+    program execution and file opening forbidden."""
+    from qmpevents.protocol import Command
+    from qmpevents.sim.machine import Machine
+
+    machine = Machine(drives=[])
+    table = build_command_table(machine)
+    arguments = {name: dict(spec.schema) for name, spec in table._specs.items()}
+    names = {param for schema in arguments.values() for param in schema}
+    pathlike = ("path", "file", "dir", "fd", "script", "cmd", "command", "program", "url",
+                "uri", "exec")
+    assert not [n for n in names if any(word in n.lower() for word in pathlike)], names
+    # Free text (strings without an enum) goes only to names and secrets.
+    free_text = {name for schema in arguments.values() for name, param in schema.items()
+                 if param.type == "string" and param.enum is None}
+    assert free_text <= {"device", "password"}, free_text
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a command tried to run or open something: {args!r}")
+
+    for module, name in ((subprocess, "Popen"), (os, "system"), (os, "popen"),
+                         (os, "execv"), (os, "execvp"), (os, "posix_spawn"), (os, "fork"),
+                         (os, "open"), (builtins, "open")):
+        monkeypatch.setattr(module, name, forbidden)
+    samples = {"string": "/etc/passwd", "integer": 5, "boolean": True, "number": 1.5,
+               "object": {"path": "/etc/passwd"}, "array": ["/etc/passwd"]}
+    for name in arguments:
+        if name == "quit":
+            continue
+        args = {param: spec.enum[0] if spec.enum else samples[spec.type]
+                for param, spec in arguments[name].items()}
+        try:
+            table.execute(Command(name, args))
+        except qmpevents.QMPError:
+            pass
+        except Exception as exc:
+            assert type(exc).__name__ == "CommandFailure", exc
+    table.execute(Command("quit", {}))
