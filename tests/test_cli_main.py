@@ -8,10 +8,10 @@ from cli_process import one_line_error, run
 from qmpevents import __version__
 from qmpevents.sim import SimulatedVM
 
-OWN_COMMANDS = ("demo", "watch", "exec", "record", "replay")
+COMMANDS = ("demo", "serve", "watch", "exec", "record", "replay")
 
 
-@pytest.mark.parametrize("command", OWN_COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS)
 async def test_help_has_examples_and_exit_statuses(command: str) -> None:
     status, out, err = await run(command, "--help")
     assert (status, err) == (0, "")
@@ -24,7 +24,7 @@ async def test_help_has_examples_and_exit_statuses(command: str) -> None:
 async def test_top_level_help_version_and_no_command() -> None:
     status, out, _ = await run("--help")
     assert status == 0
-    assert all(command in out for command in (*OWN_COMMANDS, "serve"))
+    assert all(command in out for command in COMMANDS)
     assert await run("--version") == (0, f"qmpevents {__version__}\n", "")
     status, out, err = await run()
     assert status == 2 and out == "" and "usage: qmpevents" in err

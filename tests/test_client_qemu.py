@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
 
 import pytest
@@ -24,20 +23,10 @@ from qmpevents.catalog import (
     VncDisconnected,
     VncInitialized,
 )
+from qmpevents.sim.vnc import free_display
 
 pytestmark = [requires_qemu, pytest.mark.qemu]
 
-
-def free_vnc_display() -> int:
-    """A display number N whose port 5900+N is free right now."""
-    for display in range(40, 100):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", 5900 + display))
-            except OSError:
-                continue
-            return display
-    raise RuntimeError("no free VNC display")
 
 
 async def rfb_session(port: int) -> None:
@@ -101,7 +90,7 @@ async def test_expect_and_shutdown_ends_iteration() -> None:
 
 
 async def test_vnc_events_typed() -> None:
-    display = free_vnc_display()
+    display = free_display(first=40)
     async with QemuProcess("-vnc", f"127.0.0.1:{display}") as vm, \
             qmpevents.connect(vm.socket_path) as qmp:
         async with qmp.expect("VNC_CONNECTED", "VNC_INITIALIZED", "VNC_DISCONNECTED",

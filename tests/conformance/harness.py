@@ -27,7 +27,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Literal
 from qemu_support import QemuProcess
 
 from qmpevents.sim import SimulatedVM
+from qmpevents.sim.vnc import free_display
 from qmpevents.vnc_client import AuthFailed, RfbClient
 
 Who = Literal["qemu", "sim"]
@@ -242,17 +242,6 @@ class Endpoints:
     vnc_port: int | None
 
 
-def free_vnc_display() -> int:
-    """A display number N whose port 5900+N is free right now."""
-    for display in range(50, 100):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", 5900 + display))
-            except OSError:
-                continue
-            return display
-    raise RuntimeError("no free VNC display")
-
 
 #: A 64 KiB x86 "firmware" whose reset vector is ``cli; 1: hlt; jmp 1b``: the vCPU
 #: halts at once.  SeaBIOS, QEMU's default, resets the machine by itself (two
@@ -279,7 +268,7 @@ def qemu_argv(setup: Setup, display: int | None, firmware: str | None = None) ->
 
 @contextlib.asynccontextmanager
 async def run_qemu(setup: Setup) -> AsyncIterator[Endpoints]:
-    display = free_vnc_display() if setup.vnc else None
+    display = free_display() if setup.vnc else None
     with tempfile.TemporaryDirectory(prefix="qmpev-fw-") as tmp:
         firmware = None
         if setup.halt_firmware:

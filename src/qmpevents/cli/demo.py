@@ -13,7 +13,6 @@ import asyncio
 import collections
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from qmpevents.catalog import SPEC_EVENTS, Event, UnknownEvent
 from qmpevents.cli.render import text_line
 from qmpevents.client import QMPClient
 from qmpevents.sim import SimulatedVM
+from qmpevents.sim.vnc import free_display
 from qmpevents.vnc_client import handshake
 
 _DESCRIPTION = """\
@@ -54,17 +54,6 @@ def run(args: argparse.Namespace) -> int:
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     return asyncio.run(_demo(args, colour))
 
-
-def _free_vnc_display() -> int:
-    """A display whose port (5900 + display) is free right now."""
-    for display in range(50, 400):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", 5900 + display))
-            except OSError:
-                continue
-            return display
-    raise RuntimeError("no free VNC display between :50 and :399")
 
 
 class Watcher:
@@ -160,7 +149,7 @@ async def _watch_in_background(watcher: Watcher, address: str) -> asyncio.Task[N
 
 
 async def _run_demo(args: argparse.Namespace, colour: bool) -> int:
-    display = _free_vnc_display()
+    display = free_display()
     started = time.monotonic()
     async with SimulatedVM(drives=DRIVES, no_shutdown=True, profile=args.profile,
                            vnc=f"127.0.0.1:{display}", name="demo-vm") as vm:

@@ -76,12 +76,26 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+EXAMPLES = """\
+examples:
+  qmpevents serve --qmp unix:/tmp/vm.sock
+  qmpevents serve --qmp unix:/tmp/vm.sock --qmp tcp:127.0.0.1:4444 --profile qemu-7.2
+  qmpevents serve --drive ide0-hd0,werror=stop --drive ide0-hd1,rerror=ignore --no-shutdown -S
+  qmpevents serve --vnc 127.0.0.1:1 --vnc-password-file pw.txt
+  qmpevents exec /tmp/vm.sock x-sim-io-error device=ide0-hd0 operation=write
+
+exit status: 0 after quit, a guest shutdown (without --no-shutdown) or
+SIGTERM/SIGINT; 1 when an address cannot be bound; 2 on usage errors
+"""
+
+
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="run a simulated VM that emits QMP events",
         description="Run a simulated VM serving QMP (and VNC) with QEMU's semantics. "
                     "Simulation controls: x-sim-io-error, x-sim-rtc-change, "
-                    "x-sim-guest-reset, x-sim-guest-shutdown.")
+                    "x-sim-guest-reset, x-sim-guest-shutdown.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--qmp", action="append", type=_address, metavar="unix:PATH|tcp:HOST:PORT",
                         help=f"QMP listener, repeatable (default {DEFAULT_QMP})")
     parser.add_argument("--vnc", type=_vnc, metavar="HOST:DISPLAY",

@@ -101,6 +101,23 @@ _FONT_5X7 = bytes.fromhex(
 )
 
 
+def free_display(host: str = "127.0.0.1", first: int = 50, last: int = 400) -> int:
+    """A display number N whose port 5900+N is free on *host* right now.
+
+    For demos and tests that want QEMU's ``HOST:DISPLAY`` spelling without a
+    fixed port; the port may still be taken before it is bound, as with any probe.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for display in range(first, last):
+        with socket.socket(family) as probe:
+            try:
+                probe.bind((host, 5900 + display))
+            except OSError:
+                continue
+            return display
+    raise RuntimeError(f"no free VNC display between :{first} and :{last - 1} on {host}")
+
+
 @dataclass(frozen=True)
 class VncEndpoint:
     """One end of a VNC connection, shaped like QEMU's VncServerInfo/VncClientInfo."""
