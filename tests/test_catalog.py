@@ -38,8 +38,10 @@ from qmpevents.catalog import (
 from qmpevents.codec import encode_message
 from qmpevents.errors import EventValidationError
 
-SPEC = Path("/work/shared/spec/qmp-events.txt")
-WIRE = Path("/work/shared/spec/qemu-7.2-wire.md")
+# The spec documents live in shared/spec beside the repository (as in CI).
+SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec"
+SPEC = SPEC_DIR / "qmp-events.txt"
+WIRE = SPEC_DIR / "qemu-7.2-wire.md"
 
 
 def spec_examples() -> dict[str, bytes]:
@@ -64,8 +66,8 @@ def wire_lines() -> list[bytes]:
     return [line.encode() for line in lines]
 
 
-EXAMPLES = spec_examples() if SPEC.exists() else {}
-WIRE_LINES = wire_lines() if WIRE.exists() else []
+EXAMPLES = spec_examples()
+WIRE_LINES = wire_lines()
 
 
 def test_spec_has_the_eight_events() -> None:
