@@ -120,7 +120,7 @@ class _Received(Struct, kw_only=True, dict=True):
     @property
     def timestamp(self) -> float:
         """Seconds since the epoch, as a float."""
-        return self.stamp.seconds + self.stamp.microseconds / 1_000_000
+        return self.stamp.as_float
 
     @property
     def raw(self) -> bytes | None:

@@ -39,7 +39,6 @@ class Listener:
     def __init__(self, address: Address, *, single_client: bool = False,
                  socket_mode: int = 0o600, tls: ssl.SSLContext | None = None,
                  tls_handshake_timeout: float = 10.0) -> None:
-        self.requested = address
         self.tls = tls if isinstance(address, TcpAddress) else None
         self._tls_timeout = tls_handshake_timeout
         self.address: Address = address  # the bound address (real port for tcp:...:0)
