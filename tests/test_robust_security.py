@@ -24,9 +24,9 @@ from qmp_raw import RawQMP
 
 import qmpevents
 from qmpevents.addresses import AddressError, TcpAddress
-from qmpevents.server import client_context, server_context
 from qmpevents.sim.commands import build_command_table
 from qmpevents.sim.vm import SimulatedVM
+from qmpevents.tls import client_context, server_context
 from qmpevents.vnc_client import RfbClient
 
 QMPEVENTS = (sys.executable, "-c", "import sys; from qmpevents.cli import main; sys.exit(main())")
@@ -269,3 +269,28 @@ async def test_no_simulator_command_takes_a_path_or_runs_a_program(
         except Exception as exc:
             assert type(exc).__name__ == "CommandFailure", exc
     table.execute(Command("quit", {}))
+
+
+async def test_cli_commands_talk_tls_with_qemus_creds_layout(pki: dict[str, Path]) -> None:
+    """serve --tls-creds --tls-verify-peer; exec and watch --tls-creds reach it, plain does not."""
+    from cli_process import joined, run, running
+
+    vm = await _tls_vm(pki, verify_peer=True)
+    try:
+        target = f"tcp:127.0.0.1:{_port(vm)}"
+        status, out, err = await run("exec", target, "query-status",
+                                     "--tls-creds", str(pki["client"]))
+        assert (status, err) == (0, "") and '"running"' in out
+        async with running("watch", target, "--json", "--count", "1",
+                           "--tls-creds", str(pki["client"]), "--tls-hostname",
+                           "localhost") as watch:
+            await joined(vm)
+            vm.machine.stop()
+            assert await watch.wait() == 0
+        assert '"event": "STOP"' in watch.out[0]
+        status, _, err = await run("exec", target, "query-status", "--timeout", "5")
+        assert status == 3, err  # no TLS: no greeting, unreachable
+        status, _, err = await run("exec", target, "query-status", "--tls-creds", "/nonexistent")
+        assert status == 2 and "ca-cert.pem" in err
+    finally:
+        await vm.close()

@@ -10,7 +10,13 @@ from typing import Any
 
 import msgspec
 
-from qmpevents.cli.targets import TargetError, describe_error, expand
+from qmpevents.cli.targets import (
+    TargetError,
+    add_tls_arguments,
+    client_options,
+    describe_error,
+    expand,
+)
 from qmpevents.cli.watch import positive_float
 from qmpevents.client import QMPClient
 from qmpevents.errors import QMPError, QMPEventsError
@@ -40,6 +46,7 @@ def register(subparsers: Any) -> None:
                         help="the arguments as one JSON object")
     parser.add_argument("--timeout", type=positive_float, default=10.0, metavar="S",
                         help="give up after S seconds (default 10)")
+    add_tls_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         targets = expand(args.target)
         arguments = parse_arguments(args.arguments, args.json_args)
+        options = client_options(args)
     except (TargetError, ValueError) as exc:
         print(f"qmpevents exec: error: {exc}", file=sys.stderr)
         return 2
@@ -76,11 +84,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"qmpevents exec: error: {args.target!r} must name exactly one VM",
               file=sys.stderr)
         return 2
-    return asyncio.run(_exec(targets[0].address, args.qmp_command, arguments, args.timeout))
+    address = targets[0].address
+    return asyncio.run(_exec(address, args.qmp_command, arguments, args.timeout,
+                             options.for_address(address)))
 
 
-async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: float) -> int:
-    client = QMPClient(address, connect_timeout=timeout)
+async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: float,
+                options: dict[str, Any]) -> int:
+    client = QMPClient(address, connect_timeout=timeout, **options)
     try:
         await client.connect()
     except (OSError, TimeoutError, QMPEventsError) as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from qmpevents.cli.targets import Target, TargetError
+from qmpevents.cli.targets import Target, TargetError, client_options
 from qmpevents.cli.watch import (
     Attachments,
     Trace,
@@ -79,6 +79,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         check_targets(args.targets)
+        args.client_options = client_options(args)
     except TargetError as exc:
         print(f"qmpevents record: error: {exc}", file=sys.stderr)
         return 2
@@ -189,7 +190,8 @@ async def _record(args: argparse.Namespace, recorder: Recorder) -> int:
 
     attachments = Attachments(args.targets, args.rescan,
                               ignore if args.all_messages else recorder.on_event, note,
-                              trace=recorder.tracer if args.all_messages else None)
+                              trace=recorder.tracer if args.all_messages else None,
+                              options=args.client_options)
     try:
         return await run_session(
             attachments, done, args.timeout, on_timeout=lambda: 0, on_signal=lambda _: 0,

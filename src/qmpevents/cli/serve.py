@@ -24,9 +24,9 @@ from typing import Any
 
 from qmpevents.catalog import DEFAULT_PROFILE, PROFILES
 from qmpevents.server import DEFAULT_MAX_OUTBOUND, Address, AddressError, parse_address
-from qmpevents.server.tls import server_context
 from qmpevents.sim.block import DriveConfig, parse_drive
 from qmpevents.sim.vm import SimulatedVM, parse_vnc
+from qmpevents.tls import server_context
 
 DEFAULT_QMP = "unix:./qmp.sock"
 

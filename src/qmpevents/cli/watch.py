@@ -19,7 +19,16 @@ from typing import Any
 
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.render import json_line, text_line
-from qmpevents.cli.targets import Target, TargetError, describe_error, expand, is_pattern
+from qmpevents.cli.targets import (
+    ClientOptions,
+    Target,
+    TargetError,
+    add_tls_arguments,
+    client_options,
+    describe_error,
+    expand,
+    is_pattern,
+)
 from qmpevents.client import EventFilter, QMPClient, QMPEvent, Subscription
 from qmpevents.errors import QMPEventsError
 
@@ -95,6 +104,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unix:PATH, tcp:HOST:PORT, a socket path, a directory or a glob")
     parser.add_argument("--rescan", type=positive_float, default=1.0, metavar="S",
                         help="re-scan directories and globs every S seconds (default 1)")
+    add_tls_arguments(parser)
 
 
 def check_targets(specs: list[str]) -> None:
@@ -112,8 +122,10 @@ class Attachments:
     """
 
     def __init__(self, specs: list[str], rescan: float, on_event: OnEvent, note: Note,
-                 trace: Callable[[Target], Trace] | None = None) -> None:
+                 trace: Callable[[Target], Trace] | None = None,
+                 options: ClientOptions | None = None) -> None:
         self._specs = specs
+        self._options = options or ClientOptions()
         self._rescan = rescan
         self._on_event = on_event
         self._note = note
@@ -150,7 +162,8 @@ class Attachments:
     async def _open(self, target: Target) -> tuple[QMPClient, Subscription]:
         """Subscribe, then connect: no event after negotiation can slip by."""
         trace = self._trace(target) if self._trace is not None else None
-        client = QMPClient(target.address, trace=trace)
+        client = QMPClient(target.address, trace=trace,
+                           **self._options.for_address(target.address))
         events = client.events()
         await client.connect()
         return client, events
@@ -274,6 +287,7 @@ async def run_session(attachments: Attachments, done: asyncio.Future[int],
 def run(args: argparse.Namespace) -> int:
     try:
         check_targets(args.targets)
+        args.client_options = client_options(args)
         event_filter = build_filter(args.event, args.match)
     except (TargetError, FilterError) as exc:
         print(f"qmpevents watch: error: {exc}", file=sys.stderr)
@@ -316,6 +330,7 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
     def on_signal(signum: int) -> int:
         return 128 + signum if has_condition else 0
 
-    attachments = Attachments(args.targets, args.rescan, on_event, note)
+    attachments = Attachments(args.targets, args.rescan, on_event, note,
+                              options=args.client_options)
     return await run_session(attachments, done, args.timeout, on_timeout=on_timeout,
                              on_signal=on_signal)

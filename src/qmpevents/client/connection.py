@@ -253,7 +253,7 @@ class QMPClient:
     * *connect_timeout* -- seconds for the greeting and negotiation (and the
       TLS handshake).
     * *ssl* -- an :class:`ssl.SSLContext` to talk TLS to a ``tcp:`` server
-      (QEMU's ``tls-creds-x509``); :func:`qmpevents.server.tls.client_context`
+      (QEMU's ``tls-creds-x509``); :func:`qmpevents.tls.client_context`
       builds one from QEMU's credentials directory.  *server_hostname* is the
       name the server's certificate must carry (default: the address's host).
     * *trace* -- called as ``trace("in", data)`` with every chunk of bytes

@@ -22,7 +22,7 @@ from qmpevents.server.broadcaster import Broadcaster
 from qmpevents.server.dispatch import CommandSpec, CommandTable
 from qmpevents.server.monitor import QUEUE_DEPTH, Monitor
 from qmpevents.server.server import DEFAULT_MAX_OUTBOUND, QMPServer, ServerOptions
-from qmpevents.server.tls import TLSCredsError, client_context, server_context
+from qmpevents.tls import TLSCredsError, client_context, server_context
 
 __all__ = [
     "DEFAULT_MAX_OUTBOUND",

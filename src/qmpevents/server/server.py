@@ -40,7 +40,7 @@ class ServerOptions:
       bound what one message may cost;
     * *tls* -- a server :class:`ssl.SSLContext` for every TCP listener (Unix
       sockets stay plain: file permissions guard them), as QEMU's
-      ``tls-creds-x509``; :func:`qmpevents.server.tls.server_context` builds
+      ``tls-creds-x509``; :func:`qmpevents.tls.server_context` builds
       one from QEMU's credentials directory;
     * *tls_handshake_timeout* -- seconds a TCP peer has to finish the TLS
       handshake before it is dropped.
