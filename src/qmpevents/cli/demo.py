@@ -21,6 +21,7 @@ from typing import Any
 import qmpevents
 from qmpevents.catalog import SPEC_EVENTS, Event, UnknownEvent
 from qmpevents.cli.render import text_line
+from qmpevents.cli.watch import non_negative_float
 from qmpevents.client import QMPClient
 from qmpevents.sim import SimulatedVM
 from qmpevents.sim.vnc import free_display
@@ -45,7 +46,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--profile", choices=("seed", "qemu-7.2"), default="seed",
                         help="wire shape of the events (default: seed, the spec document)")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines")
-    parser.add_argument("--pace", type=float, default=0.4, metavar="S",
+    parser.add_argument("--pace", type=non_negative_float, default=0.4, metavar="S",
                         help="pause between scenario steps, for reading (default 0.4)")
     parser.set_defaults(handler=run)
 
