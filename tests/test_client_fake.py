@@ -325,3 +325,21 @@ async def test_sync_facade_blocking_calls(server: FakeQMP) -> None:
             return [e.name for e in stream]  # ends at the disconnect
 
     assert await asyncio.to_thread(script) == ["STOP", "RESUME"]
+
+
+async def test_a_server_that_does_not_speak_qmp_fails_at_once() -> None:
+    """A VNC port (or anything not QMP) is reported as such, not after connect_timeout."""
+
+    async def rfb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"RFB 003.008\n")
+        await reader.read()  # hold the connection open until the client leaves
+        writer.close()
+
+    server = await asyncio.start_server(rfb, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(qmpevents.RemoteProtocolError, match="is not a QMP server"):
+            await qmpevents.connect(f"tcp:127.0.0.1:{port}", connect_timeout=30)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -35,7 +35,7 @@ from qmpevents.client.subscriptions import (
     Subscription,
 )
 from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
-from qmpevents.errors import ConnectionLost, MessageTooLarge, QMPError
+from qmpevents.errors import ConnectionLost, MessageTooLarge, QMPError, RemoteProtocolError
 from qmpevents.protocol import ClientConnection, Greeting, ProtocolViolation, Reply
 
 logger = logging.getLogger("qmpevents.client")
@@ -129,6 +129,10 @@ class _Link(asyncio.Protocol):
             else:
                 assert isinstance(item, ProtocolViolation)
                 logger.warning("%s: protocol violation: %s", self.client.address, item.problem)
+                if self.proto.greeting is None:  # not a QMP server: say so now, not at timeout
+                    self._fail_ready(RemoteProtocolError(
+                        f"{self.client.address} is not a QMP server: {item.problem}"))
+                    return
         if run:
             self._events(run)
 
