@@ -343,3 +343,18 @@ async def test_a_server_that_does_not_speak_qmp_fails_at_once() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_failing_predicate_ends_its_subscription_only(server: FakeQMP) -> None:
+    def broken(event: Any) -> bool:
+        raise ValueError("bug in the user's predicate")
+
+    qmp = qmpevents.connect(server.address)
+    async with qmp, qmp.listen(predicate=broken) as bad, qmp.listen("STOP") as good:
+        await emit(qmp, ev("STOP"))
+        with pytest.raises(ValueError, match="predicate"):
+            await bad.get(timeout=5)
+        assert isinstance(await good.get(timeout=5), Stop)
+        assert qmp.connected
+        await emit(qmp, ev("STOP"))  # the connection still works
+        assert isinstance(await good.get(timeout=5), Stop)

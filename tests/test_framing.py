@@ -428,7 +428,7 @@ def check_exact(data: bytes, cuts: list[int], framer: Framer[Any], ref: Referenc
             assert got == want, (fed, got, want)
         else:
             assert got == want[:len(got)], (fed, got, want)
-        assert framer.buffered <= framer._max_size
+        assert framer.buffered <= framer._max_fast_line
 
 
 # QMPEVENTS_FUZZ_EXAMPLES raises the count for a long fuzz run.

@@ -6,6 +6,7 @@ an event on the same connection proves what was, or was not, sent before it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -307,3 +308,59 @@ async def test_large_reply_to_a_reading_monitor_is_not_an_overflow() -> None:
         big = "x" * (1 << 20)
         await client.send(json.dumps({"execute": "query-status", "id": big}) + "\r\n")
         assert reply(await client.line())["id"] == big
+
+
+class _SlowTransport(asyncio.Transport):
+    """A transport whose write buffer size the test sets (what the kernel has not taken)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffered = 0
+        self.written = 0
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+        self.buffered += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_outbound_bound_counts_what_the_client_has_read_since() -> None:
+    """A monitor that fell behind and caught up again is not judged by its old backlog."""
+    from qmpevents.server.broadcaster import Broadcaster
+    from qmpevents.server.dispatch import CommandTable
+    from qmpevents.server.monitor import FlushQueue, Monitor
+
+    monitor = Monitor(executor=CommandTable([]), broadcaster=Broadcaster(),
+                      flusher=FlushQueue(asyncio.get_running_loop()), version={},
+                      max_outbound=1000, on_open=lambda _: True, on_close=lambda _: None)
+    transport = _SlowTransport()
+    monitor.connection_made(transport)
+    line = b"x" * 100
+    for _ in range(9):
+        monitor.send(line)
+    monitor.flush()
+    assert transport.buffered > 900 and not transport.aborted
+    transport.buffered = 0  # the client read everything
+    for _ in range(9):
+        monitor.send(line)
+    assert not transport.aborted and not monitor.closed
+    monitor.flush()
+    transport.buffered += 2000  # now it really stops reading
+    for _ in range(3):
+        monitor.send(line)
+    assert transport.aborted and monitor.closed

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, Union, get_args
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
 
+from qmpevents.codec.encoder import encode_json
 from qmpevents.errors import EventValidationError
 
 Profile = Literal["seed", "qemu-7.2"]
@@ -367,7 +368,6 @@ def validate(message: bytes | Event | UnknownEvent, profile: Profile = DEFAULT_P
     if isinstance(message, Event | UnknownEvent):
         text = message.raw
         if text is None:
-            from qmpevents.codec.encoder import encode_json
             text = encode_json(message.to_wire()).encode()
         name = message.name
     else:

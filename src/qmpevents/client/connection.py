@@ -35,7 +35,13 @@ from qmpevents.client.subscriptions import (
     Subscription,
 )
 from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
-from qmpevents.errors import ConnectionLost, MessageTooLarge, QMPError, RemoteProtocolError
+from qmpevents.errors import (
+    ConnectionLost,
+    MessageTooLarge,
+    QMPError,
+    QMPEventsError,
+    RemoteProtocolError,
+)
 from qmpevents.protocol import ClientConnection, Greeting, ProtocolViolation, Reply
 
 logger = logging.getLogger("qmpevents.client")
@@ -317,6 +323,8 @@ class QMPClient:
             raise RuntimeError("already connected")
         self._closing = False
         self._ended = None
+        self._fatal_error = None  # a new connection: an old one's fatal error is history
+        self._lost_at = 0.0
         await self._open()
         return self
 
@@ -474,8 +482,13 @@ class QMPClient:
     def _dispatch(self, events: list[QMPEvent]) -> None:
         for ref in tuple(self._sinks.values()):
             sink = ref()
-            if sink is not None:
+            if sink is None:
+                continue
+            try:
                 sink.deliver(events)
+            except Exception as exc:  # e.g. a user's predicate: end that sink, not the link
+                logger.exception("%s: a subscriber failed; ending it", self.address)
+                sink.end(exc)
 
     def _resynced(self, status: Any) -> None:
         self.last_status = status
@@ -533,13 +546,14 @@ class QMPClient:
             await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
             try:
                 await self._open()
-            except (OSError, TimeoutError, ConnectionLost, QMPError) as exc:
+            except (OSError, TimeoutError, QMPEventsError) as exc:
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("%s: reconnect failed: %s", self.address, exc)
                 delay = min(delay * 2, self.reconnect_max_delay)
                 continue
             break
-        self._reconnector = None
+        if self._reconnector is asyncio.current_task():  # a newer loop may have replaced us
+            self._reconnector = None
 
 
 def connect(address: AddressLike, **options: Any) -> QMPClient:

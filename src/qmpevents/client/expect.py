@@ -72,7 +72,6 @@ class Expectation:
         self._received: deque[str] = deque(maxlen=RECEIVED_KEPT)
         self._received_total = 0
         self._done: asyncio.Future[None] | None = None
-        self._register: tuple[object, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -94,6 +93,7 @@ class Expectation:
 
     def resumed(self, marker: ConnectionResumed) -> None:
         self._received.append(marker.name)
+        self._received_total += 1
 
     def end(self, error: BaseException) -> None:
         self._finish(error)

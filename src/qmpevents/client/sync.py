@@ -81,6 +81,8 @@ class SyncSubscription:
             raise StopIteration from None
 
     def close(self) -> None:
+        if self._runner.loop.is_closed():
+            return  # the client closed first: the subscription has ended with it
         self._runner.loop.call_soon_threadsafe(self.subscription.close)
 
     def __enter__(self) -> Self:
@@ -138,9 +140,11 @@ class SyncQMPClient:
         return self._runner.run(coro)
 
     def connect(self) -> Self:
+        if self._runner is not None:
+            raise RuntimeError("already connected")
         runner = self._runner = _LoopThread()
-        self._client = runner.run(self._make_client())
         try:
+            self._client = runner.run(self._make_client())
             runner.run(self._client.connect())
         except BaseException:
             runner.stop()
@@ -204,7 +208,8 @@ class SyncQMPClient:
         return self._run(wait())
 
     def expect(self, *names: str, timeout: float | None = 10.0) -> SyncExpectation:
-        assert self._runner is not None
+        if self._runner is None:
+            raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
         return SyncExpectation(self._runner, self.client.expect(*names, timeout=timeout))
 
 

@@ -77,7 +77,6 @@ class Framer(Generic[T]):
         self._decode_line = decode_line
         self._decode_block = decode_block
         self._from_value = from_value
-        self._max_size = max_message_size
         self._max_nesting = max_nesting
         self._max_fast_line = max_message_size
         self._max_tokens = max_tokens

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
 
-from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, ParseError, encode_message, value_framer
+from qmpevents.codec import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ParseError,
+    encode_message,
+    qdict_order,
+    value_framer,
+)
 from qmpevents.errors import LocalProtocolError
 
 
@@ -185,7 +191,6 @@ class ServerConnection:
 
     def _shape_problem(self, message: dict[str, Any]) -> str | None:
         """QEMU's ``qmp_dispatch_check_obj``; members checked in QDict order."""
-        from qmpevents.codec import qdict_order
 
         exec_key: str | None = None
         for key in qdict_order(list(message)):
@@ -213,9 +218,9 @@ class ServerConnection:
         enable = arguments.get("enable", [])
         if not isinstance(enable, list):
             return "Invalid parameter type for 'enable', expected: array"
-        for item in enable:
+        for index, item in enumerate(enable):
             if not isinstance(item, str):
-                return "Invalid parameter type for 'enable[0]', expected: string"
+                return f"Invalid parameter type for 'enable[{index}]', expected: string"
             if item not in _CAPABILITY_VALUES or item not in self._capabilities:
                 return f"Parameter 'null' does not accept value '{item}'"
         return None

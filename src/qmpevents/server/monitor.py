@@ -108,7 +108,8 @@ class Monitor(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._conn: ServerConnection | None = None
         self._out: list[bytes] = []
-        self._unsent = 0  # queued here + held by the transport at the last flush
+        self._unsent = 0  # an upper bound: queued here + held by the transport at the last flush
+        self._queued_bytes = 0  # queued here since the last flush
         self._queued = False
         self._pump_scheduled = False
         self._reading_paused = False
@@ -163,6 +164,13 @@ class Monitor(asyncio.Protocol):
         self.flush()
         self.closed = True  # no more output; leaves the broadcast on connection_lost
         self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent output and all (a close that cannot drain)."""
+        self.closed = True
+        self._out.clear()
+        if self._transport is not None:
+            self._transport.abort()
 
     # -- input ---------------------------------------------------------------
 
@@ -279,8 +287,12 @@ class Monitor(asyncio.Protocol):
         if self.closed:
             return
         if self._unsent > self._max_outbound:
-            self._overflow()
-            return
+            # The bound is stale once the transport drains: measure before judging.
+            buffered = self._transport.get_write_buffer_size() if self._transport else 0
+            self._unsent = self._queued_bytes + buffered
+            if self._unsent > self._max_outbound:
+                self._overflow()
+                return
         self._reply(data)
 
     def _reply(self, data: bytes) -> None:
@@ -289,6 +301,7 @@ class Monitor(asyncio.Protocol):
             return
         self._out.append(data)
         self._unsent += len(data)
+        self._queued_bytes += len(data)
         if not self._queued:
             self._queued = True
             self._flusher.add(self)
@@ -299,6 +312,7 @@ class Monitor(asyncio.Protocol):
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
+        self._queued_bytes = 0
         self._transport.write(data)
         self._unsent = self._transport.get_write_buffer_size()
 

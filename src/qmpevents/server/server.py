@@ -137,5 +137,7 @@ class QMPServer:
                 async with asyncio.timeout(timeout):
                     await self._all_closed.wait()
             except TimeoutError:
-                _log.warning("%d QMP monitors did not close in %.1fs", len(self._monitors),
-                             timeout)
+                _log.warning("%d QMP monitors did not close in %.1fs (clients not reading): "
+                             "aborting them", len(self._monitors), timeout)
+                for monitor in list(self._monitors):
+                    monitor.abort()

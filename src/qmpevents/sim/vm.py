@@ -33,6 +33,7 @@ from qmpevents.server import (
     QMPServer,
     ServerOptions,
     UnixAddress,
+    check_allowed,
     parse_address,
 )
 from qmpevents.sim.block import DriveConfig, parse_drive
@@ -65,28 +66,30 @@ class SimulatedVM:
                  single_client: bool = False, allow_remote: bool = False,
                  socket_mode: int = 0o600, max_outbound: int = DEFAULT_MAX_OUTBOUND,
                  clock: Clock | None = None, tls: ssl.SSLContext | None = None) -> None:
-        self._tempdir: str | None = None
+        # Everything that can refuse the options comes before the temporary directory.
         addresses = [parse_address(a) if isinstance(a, str) else a for a in qmp]
+        configs = [parse_drive(d) if isinstance(d, str) else d for d in drives]
+        self._vnc_spec = parse_vnc(vnc) if vnc is not None else None
+        if self._vnc_spec is not None and not allow_remote:
+            vnc_host = self._vnc_spec[0] or "0.0.0.0"
+            if vnc_host != "localhost" and not ipaddress.ip_address(vnc_host).is_loopback:
+                raise ValueError(f"VNC: refusing to listen on non-loopback address {vnc_host} "
+                                 "(pass --allow-remote to do it anyway)")
+        options = ServerOptions(single_client=single_client, socket_mode=socket_mode,
+                                allow_remote=allow_remote, max_outbound=max_outbound, tls=tls)
+        for address in addresses:
+            check_allowed(address, allow_remote=allow_remote)
+        self._tempdir: str | None = None
         if not addresses:
             self._tempdir = tempfile.mkdtemp(prefix="qmpev-")
             addresses = [UnixAddress(os.path.join(self._tempdir, "qmp.sock"))]
-        configs = [parse_drive(d) if isinstance(d, str) else d for d in drives]
         self.machine = Machine(name=name, profile=profile, drives=configs,
                                no_shutdown=no_shutdown, start_paused=start_paused,
                                powerdown_delay=powerdown_delay, ignore_acpi=ignore_acpi,
                                clock=clock)
-        self.server = QMPServer(
-            addresses, build_command_table(self.machine), version=self.machine.version,
-            options=ServerOptions(single_client=single_client, socket_mode=socket_mode,
-                                  allow_remote=allow_remote, max_outbound=max_outbound,
-                                  tls=tls))
+        self.server = QMPServer(addresses, build_command_table(self.machine),
+                                version=self.machine.version, options=options)
         self.machine.subscribe(self.server.publish)
-        self._vnc_spec = parse_vnc(vnc) if vnc is not None else None
-        if self._vnc_spec is not None and not allow_remote:
-            vnc_host = self._vnc_spec[0] or "0.0.0.0"
-            if not ipaddress.ip_address(vnc_host).is_loopback:
-                raise ValueError(f"VNC: refusing to listen on non-loopback address {vnc_host} "
-                                 "(pass --allow-remote to do it anyway)")
         self._vnc_password = vnc_password
         self._vnc_port = vnc_port
         self._closed = asyncio.Event()
