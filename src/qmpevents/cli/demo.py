@@ -20,8 +20,8 @@ from typing import Any
 
 import qmpevents
 from qmpevents.catalog import SPEC_EVENTS, Event, UnknownEvent
+from qmpevents.cli.argtypes import non_negative_float
 from qmpevents.cli.render import text_line
-from qmpevents.cli.watch import non_negative_float
 from qmpevents.client import QMPClient
 from qmpevents.sim import SimulatedVM
 from qmpevents.sim.vnc import free_display

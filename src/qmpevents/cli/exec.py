@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from qmpevents.cli.argtypes import positive_float
 from qmpevents.cli.targets import (
     TargetError,
     add_tls_arguments,
@@ -17,7 +18,6 @@ from qmpevents.cli.targets import (
     describe_error,
     expand,
 )
-from qmpevents.cli.watch import positive_float
 from qmpevents.client import QMPClient
 from qmpevents.errors import QMPError, QMPEventsError
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from qmpevents.cli.argtypes import positive_float, positive_int
 from qmpevents.cli.targets import Target, TargetError, client_options
 from qmpevents.cli.watch import (
     Attachments,
@@ -24,8 +25,6 @@ from qmpevents.cli.watch import (
     add_target_arguments,
     check_targets,
     make_note,
-    positive_float,
-    positive_int,
     run_session,
 )
 from qmpevents.client import QMPEvent

@@ -15,8 +15,8 @@ from typing import Any
 
 from qmpevents.addresses import AddressError
 from qmpevents.catalog import decode_event
+from qmpevents.cli.argtypes import positive_float
 from qmpevents.cli.render import json_line, text_line
-from qmpevents.cli.watch import positive_float
 from qmpevents.recording import ReadReport, Record, read_recording
 from qmpevents.server import CommandSpec, CommandTable, QMPServer, parse_address
 

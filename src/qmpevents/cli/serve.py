@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qmpevents.catalog import DEFAULT_PROFILE, PROFILES
+from qmpevents.cli.argtypes import non_negative_float
 from qmpevents.server import DEFAULT_MAX_OUTBOUND, Address, AddressError, parse_address
 from qmpevents.sim.block import DriveConfig, parse_drive
 from qmpevents.sim.vm import SimulatedVM, parse_vnc
@@ -51,16 +52,6 @@ def _vnc(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds >= 0")
-    return value
 
 
 def _mode(text: str) -> int:
@@ -114,7 +105,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
                         help="events as the spec says (seed) or as QEMU 7.2 emits them")
     parser.add_argument("--name", default="qmpevents-sim", help="the VM's name")
-    parser.add_argument("--powerdown-delay", type=_seconds, default=1.0, metavar="SECONDS",
+    parser.add_argument("--powerdown-delay", type=non_negative_float, default=1.0,
+                        metavar="SECONDS",
                         help="how long the guest takes to shut down after system_powerdown")
     parser.add_argument("--ignore-acpi", action="store_true",
                         help="the guest ignores system_powerdown (no guest OS)")

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
+from qmpevents.cli.argtypes import positive_float, positive_int
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.render import json_line, text_line
 from qmpevents.cli.targets import (
@@ -56,35 +57,6 @@ MAX_RETRY_DELAY = 5.0
 Note = Callable[[str], None]
 OnEvent = Callable[[str, QMPEvent], Awaitable[None]]
 Trace = Callable[[str, bytes], None]
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 0")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return int(text)
 
 
 def register(subparsers: Any) -> None:
