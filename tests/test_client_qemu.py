@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 
 import pytest
 from qemu_support import QemuProcess, requires_qemu
@@ -24,29 +23,10 @@ from qmpevents.catalog import (
     VncInitialized,
 )
 from qmpevents.sim.vnc import free_display
+from qmpevents.vnc_client import handshake
 
 pytestmark = [requires_qemu, pytest.mark.qemu]
 
-
-
-async def rfb_session(port: int) -> None:
-    """RFB 3.8 handshake with security None and ClientInit, then hang up."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        assert (await reader.readexactly(12)).startswith(b"RFB 003.")
-        writer.write(b"RFB 003.008\n")
-        count = (await reader.readexactly(1))[0]
-        types = await reader.readexactly(count)
-        assert 1 in types, types
-        writer.write(b"\x01")
-        assert struct.unpack(">I", await reader.readexactly(4))[0] == 0
-        writer.write(b"\x01")  # ClientInit, shared
-        header = await reader.readexactly(24)
-        await reader.readexactly(struct.unpack(">I", header[20:24])[0])
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 async def test_run_state_events_typed() -> None:
@@ -95,7 +75,8 @@ async def test_vnc_events_typed() -> None:
             qmpevents.connect(vm.socket_path) as qmp:
         async with qmp.expect("VNC_CONNECTED", "VNC_INITIALIZED", "VNC_DISCONNECTED",
                               timeout=10) as expectation:
-            await rfb_session(5900 + display)
+            viewer = await handshake("127.0.0.1", 5900 + display)  # RFB 3.8, security None
+            await viewer.close()
         connected, initialized, disconnected = expectation.events
         assert isinstance(connected, VncConnected)
         assert isinstance(initialized, VncInitialized)
