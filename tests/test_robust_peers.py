@@ -15,8 +15,10 @@ import asyncio
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -161,52 +163,50 @@ class _SilentServer:
             self.received.set()  # read, never answer
 
 
-async def test_silent_server_execute_times_out_and_iterators_end() -> None:
+@pytest.fixture
+async def silent() -> AsyncIterator[tuple[_SilentServer, str]]:
+    """A silent server on a private unix socket: (the fake, ``unix:PATH``)."""
     fake = _SilentServer()
-    path = f"/tmp/qmpev-silent-{os.getpid()}.sock"
+    directory = tempfile.mkdtemp(prefix="qmpev-")
+    path = os.path.join(directory, "silent.sock")
     server = await asyncio.start_unix_server(fake.handle, path)
     try:
-        qmp = await qmpevents.connect(f"unix:{path}", connect_timeout=5)
-        events = qmp.events()
-        with pytest.raises(TimeoutError):
-            await qmp.execute("query-status", timeout=0.2)
-        pending = asyncio.create_task(qmp.execute("query-status"))
-        await asyncio.wait_for(fake.received.wait(), 5)
-
-        async def drain() -> list[Any]:
-            return [event async for event in events]
-
-        iteration = asyncio.create_task(drain())
-        fake.writers[0].transport.abort()  # the silent server finally drops us
-        with pytest.raises(ConnectionLost):
-            await asyncio.wait_for(pending, 5)
-        assert await asyncio.wait_for(iteration, 5) == []
-        assert not qmp.connected
-        await qmp.close()
+        yield fake, f"unix:{path}"
     finally:
         server.close()
         await server.wait_closed()
-        os.unlink(path)
+        shutil.rmtree(directory)
 
 
-async def test_silent_server_iterators_end_on_close() -> None:
-    fake = _SilentServer()
-    path = f"/tmp/qmpev-silent2-{os.getpid()}.sock"
-    server = await asyncio.start_unix_server(fake.handle, path)
-    try:
-        qmp = await qmpevents.connect(f"unix:{path}", connect_timeout=5)
-        events = qmp.events()
-        pending = asyncio.create_task(qmp.execute("stop"))
-        await asyncio.wait_for(fake.received.wait(), 5)
-        iteration = asyncio.create_task(_collect(events))
-        await asyncio.wait_for(qmp.close(), 5)
-        with pytest.raises(ConnectionLost):
-            await asyncio.wait_for(pending, 5)
-        assert await asyncio.wait_for(iteration, 5) == []
-    finally:
-        server.close()
-        await server.wait_closed()
-        os.unlink(path)
+async def test_silent_server_execute_times_out_and_iterators_end(
+        silent: tuple[_SilentServer, str]) -> None:
+    fake, address = silent
+    qmp = await qmpevents.connect(address, connect_timeout=5)
+    events = qmp.events()
+    with pytest.raises(TimeoutError):
+        await qmp.execute("query-status", timeout=0.2)
+    pending = asyncio.create_task(qmp.execute("query-status"))
+    await asyncio.wait_for(fake.received.wait(), 5)
+    iteration = asyncio.create_task(_collect(events))
+    fake.writers[0].transport.abort()  # the silent server finally drops us
+    with pytest.raises(ConnectionLost):
+        await asyncio.wait_for(pending, 5)
+    assert await asyncio.wait_for(iteration, 5) == []
+    assert not qmp.connected
+    await qmp.close()
+
+
+async def test_silent_server_iterators_end_on_close(silent: tuple[_SilentServer, str]) -> None:
+    fake, address = silent
+    qmp = await qmpevents.connect(address, connect_timeout=5)
+    events = qmp.events()
+    pending = asyncio.create_task(qmp.execute("stop"))
+    await asyncio.wait_for(fake.received.wait(), 5)
+    iteration = asyncio.create_task(_collect(events))
+    await asyncio.wait_for(qmp.close(), 5)
+    with pytest.raises(ConnectionLost):
+        await asyncio.wait_for(pending, 5)
+    assert await asyncio.wait_for(iteration, 5) == []
 
 
 async def test_server_that_never_greets_fails_connect_in_time() -> None:
