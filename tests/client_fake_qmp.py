@@ -55,7 +55,8 @@ class _Session:
 
     async def run(self) -> None:
         writer = self.writer
-        writer.write(self.conn.greeting())
+        self.conn.send_greeting()
+        writer.write(self.conn.data_to_send())
         try:
             while True:
                 data = await self.reader.read(65536)

@@ -39,7 +39,7 @@ def check(data: bytes) -> None:
     assert [canon(x) for x in framer.feed(whole)] == [canon(x) for x in reference(whole)]
 
     server = ServerConnection(version=VERSION)
-    server.greeting()
+    server.send_greeting()
     server.receive_data(b'{"execute": "qmp_capabilities"}\n')
     server.next_event()
     server.data_to_send()

@@ -57,7 +57,8 @@ def answer_all(conn: ServerConnection) -> list[bytes]:
 
 def server(negotiated: bool = True, **kwargs: Any) -> ServerConnection:
     conn = ServerConnection(version=VERSION, **kwargs)
-    conn.greeting()
+    conn.send_greeting()
+    conn.data_to_send()
     if negotiated:
         conn.receive_data(NEGOTIATE)
         assert answer_all(conn) == [b'{"return": {}}\r\n']

@@ -13,11 +13,14 @@ from qmpevents.protocol import (
     NEED_DATA,
     ClientConnection,
     ClientState,
+    ConnectionClosed,
     ErrorReply,
     Greeting,
     ProtocolViolation,
     Reply,
+    Resynced,
 )
+from qmpevents.protocol.client import FORGOTTEN_LIMIT, HELD_LIMIT
 
 GREETING = (b'{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, '
             b'"package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}\r\n')
@@ -43,7 +46,7 @@ def greeted() -> ClientConnection:
 
 def ready() -> ClientConnection:
     conn = greeted()
-    request_id, _ = conn.send_command("qmp_capabilities")
+    request_id = conn.send_command("qmp_capabilities")
     conn.receive_data(b'{"return": {}, "id": "' + request_id.encode() + b'"}\r\n')
     drain(conn)
     assert conn.state is ClientState.READY
@@ -82,18 +85,23 @@ def test_commands_need_negotiation_first() -> None:
     conn = ClientConnection()
     with pytest.raises(LocalProtocolError):
         conn.send_command("qmp_capabilities")  # no greeting yet
+    assert conn.state is ClientState.ERROR  # misuse is final, as in h11
     conn = greeted()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalProtocolError, match="send a command in state GREETED"):
         conn.send_command("query-status")
+    conn = greeted()
     conn.send_command("qmp_capabilities")
     assert conn.state is ClientState.NEGOTIATING
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalProtocolError, match="send qmp_capabilities in state NEGOTIATING"):
         conn.send_command("qmp_capabilities")
+    with pytest.raises(LocalProtocolError, match="in state ERROR"):
+        conn.receive_data(GREETING)
 
 
 def test_negotiation_with_an_event_before_the_reply() -> None:
     conn = greeted()
-    request_id, data = conn.send_command("qmp_capabilities")
+    request_id = conn.send_command("qmp_capabilities")
+    data = conn.data_to_send()
     assert json.loads(data) == {"execute": "qmp_capabilities", "id": request_id}
     assert data.endswith(b"\r\n")
     conn.receive_data(STOP + b"\r\n" + b'{"return": {}, "id": "' + request_id.encode()
@@ -110,7 +118,7 @@ def test_negotiation_with_an_event_before_the_reply() -> None:
 
 def test_failed_negotiation_goes_back_to_greeted() -> None:
     conn = greeted()
-    request_id, _ = conn.send_command("qmp_capabilities", {"enable": ["bogus"]})
+    request_id = conn.send_command("qmp_capabilities", {"enable": ["bogus"]})
     conn.receive_data(json.dumps({"id": request_id, "error": {
         "class": "GenericError", "desc": "Parameter 'null' does not accept value 'bogus'"}})
         .encode() + b"\r\n")
@@ -124,19 +132,20 @@ def test_failed_negotiation_goes_back_to_greeted() -> None:
 
 def test_ids_are_unique_and_arguments_sent() -> None:
     conn = ready()
-    sent = [conn.send_command("query-status") for _ in range(50)]
-    ids = [request_id for request_id, _ in sent]
+    ids = [conn.send_command("query-status") for _ in range(50)]
     assert len(set(ids)) == 50
     assert conn.pending == 50
-    request_id, data = conn.send_command("human-monitor-command", {"command-line": "info"})
+    conn.data_to_send()
+    request_id = conn.send_command("human-monitor-command", {"command-line": "info"})
+    data = conn.data_to_send()
     assert json.loads(data) == {"execute": "human-monitor-command", "id": request_id,
                                 "arguments": {"command-line": "info"}}
 
 
 def test_replies_matched_by_id_out_of_order() -> None:
     conn = ready()
-    first, _ = conn.send_command("query-status")
-    second, _ = conn.send_command("stop")
+    first = conn.send_command("query-status")
+    second = conn.send_command("stop")
     conn.receive_data(reply_line(second, {}) + STOP + b"\r\n"
                       + reply_line(first, {"status": "running"}))
     replies = drain(conn)
@@ -148,7 +157,7 @@ def test_replies_matched_by_id_out_of_order() -> None:
 
 def test_error_reply() -> None:
     conn = ready()
-    request_id, _ = conn.send_command("nope")
+    request_id = conn.send_command("nope")
     conn.receive_data(b'{"id": "' + request_id.encode() + b'", "error": {"class": '
                       b'"CommandNotFound", "desc": "The command nope has not been found"}}\r\n')
     (reply,) = drain(conn)
@@ -167,7 +176,7 @@ def test_reply_to_an_unknown_id_is_a_violation() -> None:
 
 def test_a_reply_is_matched_once_only() -> None:
     conn = ready()
-    request_id, _ = conn.send_command("query-status")
+    request_id = conn.send_command("query-status")
     conn.receive_data(reply_line(request_id, 1) + reply_line(request_id, 2))
     first, second = drain(conn)
     assert isinstance(first, Reply) and first.value == 1
@@ -190,7 +199,7 @@ def test_garbage_and_unknown_shapes_are_violations() -> None:
     assert items and all(isinstance(item, ProtocolViolation) for item in items)
     assert "unparsable" in items[0].problem
     assert "not a QMP message: [1, 2]" in items[-1].problem
-    request_id, _ = conn.send_command("query-status")  # still usable afterwards
+    request_id = conn.send_command("query-status")  # still usable afterwards
     conn.receive_data(reply_line(request_id, {}))
     assert drain(conn) == [Reply("query-status", request_id, value={})]
 
@@ -257,7 +266,7 @@ def test_pretty_printed_server_output() -> None:
     conn.receive_data(pretty)
     (greeting,) = drain(conn)
     assert isinstance(greeting, Greeting) and greeting.capabilities == ["oob"]
-    request_id, _ = conn.send_command("qmp_capabilities")
+    request_id = conn.send_command("qmp_capabilities")
     conn.receive_data(b'{\r\n    "return": {\r\n    },\r\n    "id": "' + request_id.encode()
                       + b'"\r\n}\r\n')
     conn.receive_data(b'{\r\n    "timestamp": {\r\n        "seconds": 5,\r\n'
@@ -270,7 +279,68 @@ def test_pretty_printed_server_output() -> None:
 
 def test_connection_closed() -> None:
     conn = ready()
-    conn.connection_closed()
+    conn.close()
     assert conn.state is ClientState.CLOSED
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalProtocolError, match="send a command in state CLOSED"):
         conn.send_command("query-status")
+
+
+# --- rules that live in the core: resync hold, abandoned commands, end of input -----------
+
+def test_resync_holds_events_until_the_status_is_known() -> None:
+    conn = ClientConnection(resync=True)
+    conn.receive_data(GREETING)
+    drain(conn)
+    capabilities = conn.send_command("qmp_capabilities")
+    conn.data_to_send()
+    conn.receive_data(reply_line(capabilities, {}) + STOP + b"\r\n")
+    assert drain(conn) == [Reply("qmp_capabilities", capabilities, value={})]
+    assert conn.state is ClientState.RESYNCING
+    status_request = json.loads(conn.data_to_send())  # sent by the core itself
+    assert status_request["execute"] == "query-status"
+    conn.receive_data(RESET + b"\r\n" + reply_line(status_request["id"], {"status": "paused"}))
+    resynced, stop, reset = drain(conn)
+    assert resynced == Resynced({"status": "paused"})
+    assert isinstance(stop, Stop) and isinstance(reset, Reset)
+    assert conn.state is ClientState.READY
+
+
+def test_resync_hold_is_bounded() -> None:
+    conn = ClientConnection(resync=True)
+    conn.receive_data(GREETING)
+    drain(conn)
+    capabilities = conn.send_command("qmp_capabilities")
+    conn.receive_data(reply_line(capabilities, {}))
+    drain(conn)
+    conn.receive_data((STOP + b"\r\n") * HELD_LIMIT)
+    items = conn.next_events()
+    assert items[0] == Resynced(None) and len(items) == HELD_LIMIT + 1
+    assert conn.state is ClientState.READY
+
+
+def test_a_forgotten_command_leaves_nothing_behind() -> None:
+    conn = ready()
+    abandoned = conn.send_command("query-status")
+    conn.forget(abandoned)
+    assert conn.pending == 0
+    conn.receive_data(reply_line(abandoned, {}))
+    assert drain(conn) == [] and conn.late_replies == 1  # dropped quietly
+    conn.receive_data(reply_line(abandoned, {}))
+    (violation,) = drain(conn)  # a second reply is the server's fault
+    assert isinstance(violation, ProtocolViolation)
+
+
+def test_forgotten_ids_are_bounded() -> None:
+    conn = ready()
+    for _ in range(FORGOTTEN_LIMIT * 3):
+        conn.forget(conn.send_command("query-status"))
+    assert conn.pending == 0 and len(conn._forgotten) == FORGOTTEN_LIMIT
+
+
+def test_end_of_input_is_an_event_after_everything_received() -> None:
+    conn = ready()
+    conn.receive_data(STOP + b"\r\n")
+    conn.receive_data(b"")
+    stop, closed = drain(conn)
+    assert isinstance(stop, Stop) and closed == ConnectionClosed()
+    assert conn.state is ClientState.CLOSED

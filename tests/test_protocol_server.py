@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from qmpevents.errors import LocalProtocolError
-from qmpevents.protocol import NEED_DATA, Command, ServerConnection, ServerState
+from qmpevents.protocol import NEED_DATA, Command, ConnectionClosed, ServerConnection, ServerState
 
 # QAPI schema order (major, minor, micro): "micro" and "minor" share a QDict
 # bucket, so insertion order decides QEMU's "micro, minor, major" output.
@@ -24,7 +24,8 @@ QUERY_STATUS = {"running": False, "singlestep": False, "status": "prelaunch"}
 
 def fresh(negotiated: bool = True, **kwargs: Any) -> ServerConnection:
     conn = ServerConnection(version=VERSION, **kwargs)
-    conn.greeting()
+    conn.send_greeting()
+    assert conn.data_to_send().startswith(b'{"QMP": ')
     if negotiated:
         conn.receive_data(NEGOTIATE)
         assert conn.next_event() is NEED_DATA
@@ -75,17 +76,20 @@ def error_line(error_class: str, desc: str, id_json: str | None = None) -> bytes
 def test_greeting_bytes_are_qemus() -> None:
     conn = ServerConnection(version=VERSION)
     assert conn.state is ServerState.GREETING
-    assert conn.greeting() == (
+    conn.send_greeting()
+    assert conn.data_to_send() == (
         b'{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, '
         b'"package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}\r\n')
     assert conn.state is ServerState.NEGOTIATION
-    with pytest.raises(LocalProtocolError):
-        conn.greeting()
+    with pytest.raises(LocalProtocolError, match="send the greeting in state NEGOTIATION"):
+        conn.send_greeting()
+    assert conn.state is ServerState.ERROR
 
 
 def test_greeting_without_capabilities() -> None:
     conn = ServerConnection(version=VERSION, capabilities=())
-    assert conn.greeting().endswith(b'"capabilities": []}}\r\n')
+    conn.send_greeting()
+    assert conn.data_to_send().endswith(b'"capabilities": []}}\r\n')
 
 
 def test_commands_before_negotiation_are_refused_with_id() -> None:
@@ -118,7 +122,8 @@ def test_negotiation_twice() -> None:
 def test_accepts_events_only_after_negotiation() -> None:
     conn = ServerConnection(version=VERSION)
     assert not conn.accepts_events
-    conn.greeting()
+    conn.send_greeting()
+    conn.data_to_send()
     assert not conn.accepts_events
     run(conn, b'{"execute": "query-status"}\r\n')
     assert not conn.accepts_events
@@ -126,8 +131,9 @@ def test_accepts_events_only_after_negotiation() -> None:
     assert conn.accepts_events
     conn.close()
     assert not conn.accepts_events and conn.state is ServerState.CLOSED
-    conn.receive_data(b'{"execute": "query-status"}\r\n')
-    assert conn.next_event() is NEED_DATA and conn.data_to_send() == b""
+    assert not conn.send_event(b'{"event": "STOP"}\r\n')
+    with pytest.raises(LocalProtocolError, match="receive data in state CLOSED"):
+        conn.receive_data(b'{"execute": "query-status"}\r\n')
 
 
 @pytest.mark.parametrize(("arguments", "desc"), [
@@ -350,3 +356,64 @@ def test_replies_match_real_qemu(index: int) -> None:
         ours = ours[:len(expected)]
     assert [_mask(line) for line in ours] == [_mask(line) for line in expected], (
         record["input"][:200])
+
+
+# --- rules that live in the core: queue, events, end of input ------------------------------
+
+def test_end_of_input_answers_every_request_received_then_closes() -> None:
+    conn = fresh()
+    conn.receive_data(b'{"execute": "query-status", "id": 1}{"execute": "nope", "id": 2}'
+                      b'[3]{"execute": "query-status", "id": 4}{"execute": "query-st')
+    conn.receive_data(b"")  # the client half-closed (nc -N, socat, shutdown(SHUT_WR))
+    assert not conn.wants_data
+    with pytest.raises(LocalProtocolError, match="after the end of input"):
+        conn.receive_data(b"{}")
+    replies = []
+    while not isinstance(event := conn.next_event(), ConnectionClosed):
+        assert isinstance(event, Command)
+        answer(conn, event)
+    replies = conn.data_to_send().splitlines()
+    assert [json.loads(line).get("id") for line in replies] == [1, 2, None, 4]
+    assert conn.state is ServerState.CLOSED and conn.buffered_bytes == 0
+    assert isinstance(conn.next_event(), ConnectionClosed)
+
+
+def test_queue_depth_stops_reading_until_the_queue_is_drained() -> None:
+    conn = fresh(queue_depth=8, input_slice=64)
+    requests = b"".join(b'{"execute": "query-status", "id": %d}\n' % i for i in range(40))
+    conn.receive_data(requests)
+    assert conn.pending_requests == 8 and not conn.wants_data
+    assert conn.buffered_bytes > 0  # the rest waits unparsed, as in QEMU
+    ids = []
+    while (command := conn.next_event()) is not NEED_DATA:
+        assert isinstance(command, Command)
+        ids.append(command.id)
+        assert conn.pending_requests <= 8
+        answer(conn, command)
+    assert ids == list(range(40)) and conn.wants_data and conn.buffered_bytes == 0
+
+
+def test_events_reach_only_a_negotiated_monitor_and_precede_the_causing_reply() -> None:
+    stop = b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}\r\n'
+    conn = fresh(negotiated=False)
+    assert conn.send_event(stop) is False  # not negotiated: dropped, never queued
+    assert run(conn, NEGOTIATE) == [b'{"return": {}}\r\n']
+    conn.receive_data(b'{"execute": "stop", "id": 1}\n')
+    command = conn.next_event()
+    assert isinstance(command, Command)
+    assert conn.send_event(stop) is True  # the command's own event, while it runs
+    conn.send_return(command, {})
+    assert conn.data_to_send() == stop + b'{"return": {}, "id": 1}\r\n'
+    assert conn.output_size == 0
+
+
+def test_end_of_input_with_a_full_queue_keeps_the_order() -> None:
+    conn = fresh(queue_depth=2, input_slice=40)
+    conn.receive_data(b"".join(b'{"execute": "query-status", "id": %d}' % i for i in range(12)))
+    conn.receive_data(b"")
+    ids = []
+    while not isinstance(event := conn.next_event(), ConnectionClosed):
+        assert isinstance(event, Command)
+        ids.append(event.id)
+        answer(conn, event)
+    assert ids == list(range(12))

@@ -62,3 +62,12 @@ def test_pytest_fixture_example_passes(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+def test_sans_io_example_runs(tmp_path: Path) -> None:
+    (code,) = [b for b in BLOCKS if "ServerConnection(" in b]
+    result = _run(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith('{"QMP": ') and lines[1] == '{"return": {}}'
+    assert '"event": "STOP"' in lines[2] and lines[3] == '{"return": {}, "id": 1}'

@@ -68,7 +68,7 @@ def ready_client() -> ClientConnection:
     client = ClientConnection()
     client.receive_data(SERVER_SEEDS[0] + b"\r\n")
     client.next_events()
-    request_id, _ = client.send_command("qmp_capabilities")
+    request_id = client.send_command("qmp_capabilities")
     client.receive_data(b'{"return": {}, "id": "%s"}\r\n' % request_id.encode())
     client.next_events()
     assert client.state is ClientState.READY

@@ -287,9 +287,10 @@ def shape_data(name: str, data: Mapping[str, Any] | None, profile: Profile) -> A
     sent.  Returns None when the event carries no ``data`` key at all.
     Optional members whose value is None are left out, as QEMU omits them.
     """
-    table = PROFILE_FIELDS[profile].get(name, "unknown")
-    if table == "unknown":
+    tables = PROFILE_FIELDS[profile]
+    if name not in tables:
         raise KeyError(f"event {name} is not in the {profile} profile")
+    table = tables[name]
     if table is None or data is None:
         return None
     assert isinstance(table, dict)

@@ -27,6 +27,15 @@ class QMPError(QMPEventsError):
         self.id = id
 
 
+class CommandFailure(QMPEventsError):
+    """Raised by a server-side command handler: the error reply's QMP class and description."""
+
+    def __init__(self, error_class: str, desc: str) -> None:
+        super().__init__(f"{error_class}: {desc}")
+        self.error_class = error_class
+        self.desc = desc
+
+
 class ProtocolError(QMPEventsError):
     """The conversation broke QMP's rules."""
 

@@ -24,8 +24,6 @@ from qmpevents.cli.argtypes import non_negative_float
 from qmpevents.cli.render import text_line
 from qmpevents.client import QMPClient
 from qmpevents.sim import SimulatedVM
-from qmpevents.sim.vnc import free_display
-from qmpevents.vnc_client import handshake
 
 _DESCRIPTION = """\
 Run a simulated VM (two drives, a VNC listener) on a temporary socket, watch
@@ -52,6 +50,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:  # the demo's VNC session needs DES (the optional ``vnc`` extra)
+        import Crypto.Cipher.DES  # noqa: F401
+    except ModuleNotFoundError:
+        sys.stderr.write("qmpevents demo: needs the vnc extra: pip install 'qmpevents[vnc]'\n")
+        return 1
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     return asyncio.run(_demo(args, colour))
 
@@ -150,6 +153,8 @@ async def _watch_in_background(watcher: Watcher, address: str) -> asyncio.Task[N
 
 
 async def _run_demo(args: argparse.Namespace, colour: bool) -> int:
+    from qmpevents.sim.vnc import free_display
+
     display = free_display()
     started = time.monotonic()
     async with SimulatedVM(drives=DRIVES, no_shutdown=True, profile=args.profile,
@@ -201,6 +206,8 @@ def _scenario(qmp: Any, display: int) -> list[Step]:
         return lambda: qmp.execute(name, arguments)
 
     async def vnc_session() -> None:
+        from qmpevents.vnc_client import handshake
+
         viewer = await handshake("127.0.0.1", 5900 + display)
         await viewer.full_frame()
         await viewer.close()

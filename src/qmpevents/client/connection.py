@@ -21,10 +21,9 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
-from qmpevents.addresses import AddressLike, TcpAddress, UnixAddress, parse_address
-from qmpevents.catalog import EVENT_TYPES, UnknownEvent
+from qmpevents.addresses import Address, AddressLike, TcpAddress, UnixAddress, parse_address
 from qmpevents.client.expect import Expectation, FirstMatch
 from qmpevents.client.filters import EventFilter, Predicate, QMPEvent
 from qmpevents.client.subscriptions import (
@@ -42,28 +41,60 @@ from qmpevents.errors import (
     QMPEventsError,
     RemoteProtocolError,
 )
-from qmpevents.protocol import ClientConnection, Greeting, ProtocolViolation, Reply
+from qmpevents.protocol import (
+    EVENT_CLASSES,
+    ClientConnection,
+    ClientEvent,
+    ClientState,
+    Greeting,
+    ProtocolViolation,
+    Reply,
+    Resynced,
+    only_events,
+)
 
 logger = logging.getLogger("qmpevents.client")
 
-_EVENT_CLASSES: Final = frozenset([*EVENT_TYPES.values(), UnknownEvent])
-_HELD_LIMIT: Final = 4096  # events held back while the resync status is pending
 READ_SIZE: Final = 64 * 1024
 """Bytes per socket read.  Large enough that per-read costs vanish (about 350
 events a read), small enough that a read's decoded events are still in the
 CPU cache when the consumer takes them: measured faster than 256 KiB reads."""
 
 
+class LinkHost(Protocol):
+    """What a link needs from the client that owns it (and nothing more)."""
+
+    address: Address
+    max_message_size: int
+    trace: Callable[[str, bytes], None] | None
+
+    @property
+    def reading_blocked(self) -> bool:
+        """Whether a subscriber that applies backpressure is full."""
+
+    def on_events(self, events: list[QMPEvent]) -> None:
+        """Hand decoded events to the subscribers, in arrival order."""
+
+    def on_resynced(self, status: Any) -> None:
+        """A reconnect's fresh ``query-status`` is known (None if it failed)."""
+
+    def on_fatal(self, link: _Link, error: BaseException) -> None:
+        """*link* cannot go on (e.g. MessageTooLarge): end it and everyone waiting."""
+
+    def on_lost(self, link: _Link, exc: Exception | None) -> None:
+        """*link*'s connection ended."""
+
+
 class _Link(asyncio.Protocol):
-    """One connection's lifetime: the sans-IO state, pending commands, negotiation.
+    """One connection's lifetime: moves bytes between a socket and the sans-IO client.
 
     A reconnect makes a new link, so callbacks of a dead one cannot touch the
     next connection's state.
     """
 
-    def __init__(self, client: QMPClient, *, resync: bool) -> None:
-        self.client = client
-        self.proto = ClientConnection(max_message_size=client.max_message_size)
+    def __init__(self, host: LinkHost, *, resync: bool) -> None:
+        self.host = host
+        self.proto = ClientConnection(max_message_size=host.max_message_size, resync=resync)
         self.transport: asyncio.Transport | None = None
         self.pending: dict[str, asyncio.Future[Reply]] = {}
         loop = asyncio.get_running_loop()
@@ -74,8 +105,6 @@ class _Link(asyncio.Protocol):
         self.negotiated = False
         self.paused = False
         self._resync = resync
-        self._status_id: str | None = None
-        self._held: list[QMPEvent] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -86,24 +115,25 @@ class _Link(asyncio.Protocol):
             transport.max_size = READ_SIZE
 
     def data_received(self, data: bytes) -> None:
-        if self.client.trace is not None:
-            self.client.trace("in", data)
+        host = self.host
+        if host.trace is not None:
+            host.trace("in", data)
         proto = self.proto
         try:
             proto.receive_data(data)
         except MessageTooLarge as exc:
-            self.client._fatal(self, exc)
+            host.on_fatal(self, exc)
             return
         items = proto.next_events()
         if not items:
             return
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s: %d bytes, %d messages", self.client.address, len(data), len(items))
-        if self._held is None and set(map(type, items)) <= _EVENT_CLASSES:
-            self.client._dispatch(items)  # type: ignore[arg-type]  # all events: checked
+            logger.debug("%s: %d bytes, %d messages", host.address, len(data), len(items))
+        if only_events(items):
+            host.on_events(items)  # type: ignore[arg-type]  # all events: checked
         else:
             self._process(items)
-        if self.client._blocked and not self.paused and self.transport is not None:
+        if host.reading_blocked and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
 
@@ -111,51 +141,43 @@ class _Link(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.proto.connection_closed()
+        if self.proto.state not in (ClientState.CLOSED, ClientState.ERROR):
+            self.proto.close()
         if not self.lost.done():
             self.lost.set_result(None)
-        self.client._link_lost(self, exc)
+        self.host.on_lost(self, exc)
 
     # -- messages -----------------------------------------------------------
 
-    def _process(self, items: list[Any]) -> None:
+    def _process(self, items: list[ClientEvent]) -> None:
         """A read with more than events: keep the order, answer replies in place."""
         run: list[QMPEvent] = []
         for item in items:
-            if type(item) in _EVENT_CLASSES:
-                run.append(item)
+            if type(item) in EVENT_CLASSES:
+                run.append(item)  # type: ignore[arg-type]
                 continue
             if run:
-                self._events(run)
+                self.host.on_events(run)
                 run = []
             if isinstance(item, Reply):
                 self._reply(item)
+            elif isinstance(item, Resynced):
+                self.host.on_resynced(item.status)
+                self._set_ready()
             elif isinstance(item, Greeting):
                 self._greeted()
-            else:
-                assert isinstance(item, ProtocolViolation)
-                logger.warning("%s: protocol violation: %s", self.client.address, item.problem)
+            elif isinstance(item, ProtocolViolation):
+                logger.warning("%s: protocol violation: %s", self.host.address, item.problem)
                 if self.proto.greeting is None:  # not a QMP server: say so now, not at timeout
                     self._fail_ready(RemoteProtocolError(
-                        f"{self.client.address} is not a QMP server: {item.problem}"))
+                        f"{self.host.address} is not a QMP server: {item.problem}"))
                     return
         if run:
-            self._events(run)
-
-    def _events(self, events: list[QMPEvent]) -> None:
-        held = self._held
-        if held is None:
-            self.client._dispatch(events)
-            return
-        held.extend(events)
-        if len(held) >= _HELD_LIMIT:
-            logger.warning("%s: no query-status reply after %d events; resuming without it",
-                           self.client.address, len(held))
-            self._release(None)
+            self.host.on_events(run)
 
     def _greeted(self) -> None:
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s: greeting %r", self.client.address, self.proto.greeting)
+            logger.debug("%s: greeting %r", self.host.address, self.proto.greeting)
         self._send("qmp_capabilities")
 
     def _reply(self, reply: Reply) -> None:
@@ -163,31 +185,14 @@ class _Link(asyncio.Protocol):
             if reply.error is not None:
                 self._fail_ready(QMPError(reply.error.error_class, reply.error.desc,
                                           command=reply.command, id=reply.id))
-            elif self._resync:
-                # Sent at once, from here, so nothing can slip in before the status.
-                self._held = []
-                self._status_id = self._send("query-status")
-            else:
+            elif not self._resync:
                 self._set_ready()
-            return
-        if reply.id == self._status_id:
-            self._release(reply.value if reply.error is None else None)
+            else:
+                self._write()  # the protocol queued its resync query-status
             return
         future = self.pending.pop(reply.id, None)
-        if future is None:
-            logger.debug("%s: reply to %s (%s) nobody waits for any more",
-                         self.client.address, reply.command, reply.id)
-        elif not future.done():
+        if future is not None and not future.done():
             future.set_result(reply)
-
-    def _release(self, status: Any) -> None:
-        """The resync status is known: marker first, then the events held meanwhile."""
-        held, self._held = self._held or [], None
-        self._status_id = None
-        self.client._resynced(status)
-        if held:
-            self.client._dispatch(held)
-        self._set_ready()
 
     def _set_ready(self) -> None:
         self.negotiated = True
@@ -201,12 +206,16 @@ class _Link(asyncio.Protocol):
             self.transport.close()
 
     def _send(self, command: str, arguments: Mapping[str, Any] | None = None) -> str:
-        request_id, data = self.proto.send_command(command, dict(arguments) if arguments else None)
+        request_id = self.proto.send_command(command, dict(arguments) if arguments else None)
+        self._write()
+        return request_id
+
+    def _write(self) -> None:
+        data = self.proto.data_to_send()
         assert self.transport is not None
         self.transport.write(data)
-        if self.client.trace is not None:
-            self.client.trace("out", data)
-        return request_id
+        if self.host.trace is not None:
+            self.host.trace("out", data)
 
     # -- commands -------------------------------------------------------------
 
@@ -219,7 +228,8 @@ class _Link(asyncio.Protocol):
             async with asyncio.timeout(timeout):
                 reply = await future
         finally:
-            self.pending.pop(request_id, None)
+            if self.pending.pop(request_id, None) is not None:
+                self.proto.forget(request_id)  # nobody waits: drop the reply when it comes
         if reply.error is not None:
             raise QMPError(reply.error.error_class, reply.error.desc, command=command,
                            id=request_id)
@@ -479,7 +489,11 @@ class QMPClient:
         sinks = [ref() for ref in self._sinks.values()]
         return [sink for sink in sinks if sink is not None]
 
-    def _dispatch(self, events: list[QMPEvent]) -> None:
+    @property
+    def reading_blocked(self) -> bool:
+        return bool(self._blocked)
+
+    def on_events(self, events: list[QMPEvent]) -> None:
         for ref in tuple(self._sinks.values()):
             sink = ref()
             if sink is None:
@@ -490,7 +504,7 @@ class QMPClient:
                 logger.exception("%s: a subscriber failed; ending it", self.address)
                 sink.end(exc)
 
-    def _resynced(self, status: Any) -> None:
+    def on_resynced(self, status: Any) -> None:
         self.last_status = status
         if self._lost_at == 0.0:
             return  # the first connection: nothing was missed
@@ -510,7 +524,7 @@ class QMPClient:
 
     # -- failures -------------------------------------------------------------
 
-    def _fatal(self, link: _Link, error: BaseException) -> None:
+    def on_fatal(self, link: _Link, error: BaseException) -> None:
         logger.error("%s: %s; closing the connection", self.address, error)
         self._fatal_error = error
         self._closing = True
@@ -519,7 +533,7 @@ class QMPClient:
         if link.transport is not None:
             link.transport.abort()
 
-    def _link_lost(self, link: _Link, exc: Exception | None) -> None:
+    def on_lost(self, link: _Link, exc: Exception | None) -> None:
         if link is not self._link:
             return
         self._link = None

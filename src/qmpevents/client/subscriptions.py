@@ -78,13 +78,6 @@ class Sink(Protocol):
         """No more events: *error* says why (ConnectionLost or a fatal error)."""
 
 
-class _Open:
-    pass
-
-
-_OPEN: Final = _Open()
-
-
 class _ClosedLocally(Exception):
     """Marks a subscription closed by its owner (never raised as is)."""
 
@@ -113,7 +106,7 @@ class Subscription:
         self._excess: list[QMPEvent] = []  # block policy: the part of a read that did not fit
         self._low_water = maxsize // 2
         self._waiters: list[asyncio.Future[None]] = []
-        self._end: BaseException | _Open = _OPEN
+        self._end: BaseException | None = None  # why no more events will come
         self._iter_raises = False
         #: Events discarded by the ``drop-oldest`` policy so far.
         self.dropped = 0
@@ -121,7 +114,7 @@ class Subscription:
     # -- reader side ----------------------------------------------------------
 
     def deliver(self, events: list[QMPEvent]) -> None:
-        if self._end is not _OPEN:
+        if self._end is not None:
             return
         events = self.filter.select(events)
         if not events:
@@ -147,7 +140,7 @@ class Subscription:
             self._wake()
 
     def resumed(self, marker: ConnectionResumed) -> None:
-        if self._end is not _OPEN:
+        if self._end is not None:
             return
         if self._drop:
             if len(self._queue) == self.maxsize:
@@ -162,7 +155,7 @@ class Subscription:
         self._wake()
 
     def end(self, error: BaseException) -> None:
-        if self._end is _OPEN:
+        if self._end is None:
             self._end = error
             self._iter_raises = not isinstance(error, ConnectionLost | _ClosedLocally)
         self._wake()
@@ -178,7 +171,7 @@ class Subscription:
     @property
     def closed(self) -> bool:
         """True once no more events will be added (disconnect or :meth:`close`)."""
-        return self._end is not _OPEN
+        return self._end is not None
 
     def qsize(self) -> int:
         """Events ready to be read now (including any the reader parked)."""
@@ -245,7 +238,7 @@ class Subscription:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while not self._queue:
-            if self._end is not _OPEN:
+            if self._end is not None:
                 return None
             waiter = loop.create_future()
             self._waiters.append(waiter)
@@ -286,7 +279,7 @@ class Subscription:
 
     def close(self) -> None:
         """Unsubscribe and discard what is queued; reading afterwards raises or ends."""
-        if self._end is _OPEN:
+        if self._end is None:
             self._end = _ClosedLocally()
         self._detach()
         self._queue.clear()

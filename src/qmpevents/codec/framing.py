@@ -89,6 +89,7 @@ class Framer(Generic[T]):
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
         self._slow = False
+        self.dropped_at_end = 0
         # The block decoder relies on msgspec's own depth limit (< 1024) and
         # does none of the qemu_exact checks.
         self._block_ok = not qemu_exact and max_nesting >= MAX_NESTING
@@ -131,6 +132,30 @@ class Framer(Generic[T]):
         if self._slow and self._streamer.idle:
             # The next chunk starts afresh on the fast path.
             self._slow = False
+        return out
+
+    def end(self) -> list[T | ParseError]:
+        """The input ended: every message complete in what is held (an unfinished one is dropped).
+
+        The fast path holds an unterminated last line until it may be complete;
+        QEMU's streamer has answered each message of it already, so at the end
+        the held bytes go through the exact path, as QEMU saw them.
+        """
+        held = b"".join(self._parts)
+        self._parts = []
+        self._held = 0
+        out = self._out = []
+        streamer = self._streamer
+        boundary = 0
+        for pos, byte in enumerate(held):
+            streamer.feed_byte(byte)
+            if streamer.idle:
+                boundary = pos + 1
+        #: Bytes of the unfinished message that the end of input cut off.
+        self.dropped_at_end = len(held) - boundary
+        self._streamer = Streamer(self._emit_tokens, max_message_size=self._max_fast_line,
+                                  max_nesting=self._max_nesting, max_tokens=self._max_tokens)
+        self._slow = False
         return out
 
     def _try_block(self, buf: bytes) -> int:

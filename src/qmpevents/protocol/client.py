@@ -1,24 +1,31 @@
 """The client side of QMP as a state machine, without I/O (h11 style).
 
-:meth:`ClientConnection.receive_data` takes the server's bytes;
-:meth:`~ClientConnection.next_event` hands out greetings, events, replies and
-protocol errors in arrival order; :meth:`~ClientConnection.send_command`
-returns the bytes to write.  Every command gets a unique id and every reply
-is matched to its command by that id, so events may arrive anywhere -- even
-between ``qmp_capabilities`` and its reply, which breaks qemu.qmp.
+:meth:`ClientConnection.receive_data` takes the server's bytes (``b""`` for
+the end of input); :meth:`~ClientConnection.next_event` hands out greetings,
+events, replies, protocol violations and finally :class:`ConnectionClosed`,
+in arrival order; :meth:`~ClientConnection.send_command` queues a request and
+:meth:`~ClientConnection.data_to_send` gives the bytes to write.  Every
+command gets a unique id and every reply is matched to its command by that
+id, so events may arrive anywhere -- even between ``qmp_capabilities`` and its
+reply, which breaks qemu.qmp.
+
+With *resync* (a reconnecting client), negotiation is followed at once by a
+``query-status`` sent from here: events that arrive before its reply are
+held back, and handed out after a :class:`Resynced` carrying the status, so a
+consumer learns the state before it sees what changed it.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
-from enum import Enum
-from typing import Any
+from typing import Any, Final
 
-from qmpevents.catalog import EVENT_TYPES, Event, UnknownEvent
+from qmpevents.catalog import Event, UnknownEvent
 from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, Framer, ParseError, encode_message
 from qmpevents.errors import LocalProtocolError, MessageTooLarge
 from qmpevents.protocol.messages import (
+    EVENT_CLASSES,
     ErrorReply,
     Greeting,
     Return,
@@ -27,17 +34,23 @@ from qmpevents.protocol.messages import (
     decode_line,
     from_value,
 )
-from qmpevents.protocol.server import NEED_DATA, _NeedData
+from qmpevents.protocol.states import (
+    CLIENT_TRANSITIONS,
+    NEED_DATA,
+    ClientInput,
+    ClientState,
+    ConnectionClosed,
+    Sentinel,
+    StateMachine,
+)
 
+HELD_LIMIT: Final = 4096
+"""Events held back while the resync status is pending; beyond it they go out without it."""
 
-class ClientState(Enum):
-    """Where the client is in QMP's life cycle."""
+FORGOTTEN_LIMIT: Final = 1024
+"""Ids of abandoned commands remembered, so their late replies are dropped quietly."""
 
-    AWAITING_GREETING = "awaiting-greeting"
-    GREETED = "greeted"            # greeting received, qmp_capabilities not sent
-    NEGOTIATING = "negotiating"    # qmp_capabilities sent, reply pending
-    READY = "ready"                # command mode
-    CLOSED = "closed"
+_CLOSED: Final = ConnectionClosed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +70,24 @@ class ProtocolViolation:
     problem: str
 
 
-ClientEvent = Greeting | Event | UnknownEvent | Reply | ProtocolViolation
+@dataclass(frozen=True, slots=True)
+class Resynced:
+    """The resync ``query-status`` result (None if it failed): held events follow."""
 
-_EVENT_CLASSES = frozenset([*EVENT_TYPES.values(), UnknownEvent])
+    status: Any
+
+
+ClientEvent = Greeting | Event | UnknownEvent | Reply | ProtocolViolation | Resynced \
+    | ConnectionClosed
 
 
 class ClientConnection:
     """One QMP client session's protocol state."""
 
     def __init__(self, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 id_prefix: str = "qe") -> None:
-        self.state = ClientState.AWAITING_GREETING
+                 id_prefix: str = "qe", resync: bool = False) -> None:
+        self._machine: StateMachine[ClientState, ClientInput] = StateMachine(
+            "the client", CLIENT_TRANSITIONS, ClientState.AWAITING_GREETING, ClientState.ERROR)
         self.greeting: Greeting | None = None
         self._max_size = max_message_size
         self._framer: Framer[Any] = Framer(decode_line, from_value,
@@ -76,64 +96,111 @@ class ClientConnection:
         self._inbox: deque[Any] = deque()
         self._non_events = 0  # inbox items that are not events: 0 = hand out in bulk
         self._pending: dict[str, str] = {}
+        self._forgotten: OrderedDict[str, None] = OrderedDict()
         self._next_id = 0
         self._prefix = id_prefix
+        self._resync = resync
+        self._status_id: str | None = None
+        self._held: list[Event | UnknownEvent] = []
+        self._ready: deque[ClientEvent] = deque()  # classified, not handed out yet
+        self._input_ended = False
+        self._out: list[bytes] = []
+        #: Replies that came after their command was abandoned (:meth:`forget`).
+        self.late_replies = 0
+
+    @property
+    def state(self) -> ClientState:
+        return self._machine.state
 
     # -- sending ------------------------------------------------------------
 
-    def send_command(self, name: str, arguments: dict[str, Any] | None = None) -> tuple[str, bytes]:
-        """(id, bytes to write) for one command.  ``qmp_capabilities`` negotiates."""
-        if name == "qmp_capabilities":
-            if self.state is not ClientState.GREETED:
-                raise LocalProtocolError(f"cannot negotiate in state {self.state.value}")
-            self.state = ClientState.NEGOTIATING
-        elif self.state is not ClientState.READY:
-            raise LocalProtocolError(
-                f"cannot send {name!r} in state {self.state.value}; negotiate first")
+    def send_command(self, name: str, arguments: dict[str, Any] | None = None) -> str:
+        """Queue one command (``qmp_capabilities`` negotiates); returns its id."""
+        self._machine.fire(ClientInput.SEND_CAPABILITIES if name == "qmp_capabilities"
+                           else ClientInput.SEND_COMMAND)
+        return self._queue(name, arguments)
+
+    def _queue(self, name: str, arguments: dict[str, Any] | None) -> str:
         self._next_id += 1
         request_id = f"{self._prefix}{self._next_id}"
         request: dict[str, Any] = {"execute": name, "id": request_id}
         if arguments:
             request["arguments"] = arguments
         self._pending[request_id] = name
-        return request_id, encode_message(request)
+        self._out.append(encode_message(request))
+        return request_id
+
+    def data_to_send(self) -> bytes:
+        """The requests queued so far, in order; empties the buffer."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def forget(self, request_id: str) -> None:
+        """Nobody waits for *request_id* any more (a timeout): drop its reply when it comes."""
+        if self._pending.pop(request_id, None) is None:
+            return
+        forgotten = self._forgotten
+        forgotten[request_id] = None
+        if len(forgotten) > FORGOTTEN_LIMIT:
+            forgotten.popitem(last=False)
 
     @property
     def pending(self) -> int:
-        """Commands sent and not answered yet."""
+        """Commands sent and not answered (nor forgotten) yet."""
         return len(self._pending)
+
+    def close(self) -> None:
+        """This side ends the session."""
+        self._machine.fire(ClientInput.CLOSE)
+        self._inbox.clear()
+        self._ready.clear()
+        self._non_events = 0
 
     # -- receiving ----------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Take bytes from the server, in any split.
+        """Take bytes from the server, in any split; ``b""`` means the input ended.
 
         Raises :class:`MessageTooLarge` when a message exceeds the limit:
         loudly, never by dropping the connection silently.
         """
+        if self._input_ended:
+            raise LocalProtocolError("the client cannot receive data after the end of input")
+        self._machine.fire(ClientInput.RECEIVE_DATA)
+        if not data:
+            self._input_ended = True
+            self._inbox.append(_CLOSED)
+            self._non_events += 1
+            return
         items = self._framer.feed(data)
-        kinds = set(map(type, items))
-        if not kinds <= _EVENT_CLASSES:
+        if not only_events(items):
             for item in items:
-                if isinstance(item, ParseError) and "size limit" in item.desc:
+                if isinstance(item, ParseError) and _too_large(item):
                     raise MessageTooLarge(self._max_size + 1, self._max_size)
-            self._non_events += sum(type(item) not in _EVENT_CLASSES for item in items)
+            self._non_events += sum(type(item) not in EVENT_CLASSES for item in items)
         self._inbox.extend(items)
 
-    def connection_closed(self) -> None:
-        self.state = ClientState.CLOSED
-
-    def next_event(self) -> ClientEvent | _NeedData:
+    def next_event(self) -> ClientEvent | Sentinel:
         """The next thing the server said, or :data:`NEED_DATA`."""
+        if self._ready:
+            return self._ready.popleft()
         inbox = self._inbox
         while inbox:
             message = inbox.popleft()
-            if type(message) in _EVENT_CLASSES:
-                return message  # type: ignore[no-any-return]
-            self._non_events -= 1
-            result = self._classify(message)
-            if result is not None:
-                return result
+            if type(message) in EVENT_CLASSES:
+                if self._machine.state is not ClientState.RESYNCING:
+                    return message  # type: ignore[no-any-return]
+                out = self._hold(message)
+            else:
+                self._non_events -= 1
+                out = self._classify(message)
+            if out:
+                self._ready.extend(out[1:])
+                return out[0]
         return NEED_DATA
 
     def next_events(self) -> list[ClientEvent]:
@@ -143,44 +210,83 @@ class ClientConnection:
         per-event cost down to the decoding itself.
         """
         inbox = self._inbox
-        out: list[ClientEvent] = list(inbox)
-        inbox.clear()
-        if self._non_events:
-            self._non_events = 0
-            classified = (message if type(message) in _EVENT_CLASSES else self._classify(message)
-                          for message in out)
-            out = [message for message in classified if message is not None]
+        if (not self._non_events and not self._ready
+                and self._machine.state is not ClientState.RESYNCING):
+            out: list[ClientEvent] = list(inbox)
+            inbox.clear()
+            return out
+        out = []
+        while (item := self.next_event()) is not NEED_DATA:
+            out.append(item)  # type: ignore[arg-type]
         return out
 
-    def _classify(self, message: Any) -> ClientEvent | None:
+    def _classify(self, message: Any) -> list[ClientEvent]:
+        """What one message that is not an event hands out (maybe nothing)."""
+        if isinstance(message, ConnectionClosed):
+            self._machine.fire(ClientInput.END_OF_INPUT)
+            return [message]
         if isinstance(message, Greeting):
-            if self.state is not ClientState.AWAITING_GREETING:
-                return ProtocolViolation("a second greeting")
-            self.state = ClientState.GREETED
+            if self._machine.state is not ClientState.AWAITING_GREETING:
+                return [ProtocolViolation(
+                    f"a second greeting (in state {self._machine.state.name})")]
+            self._machine.fire(ClientInput.GREETING)
             self.greeting = message
-            return message
+            return [message]
         if isinstance(message, Return | ErrorReply):
             return self._match(message)
         if isinstance(message, ParseError):
-            return ProtocolViolation(f"unparsable message from the server: {message.desc}")
+            return [ProtocolViolation(f"unparsable message from the server: {message.desc}")]
         assert isinstance(message, Unrecognized)
-        return ProtocolViolation(f"not a QMP message: {message.value!r}"[:500])
+        return [ProtocolViolation(f"not a QMP message: {message.value!r}"[:500])]
 
-    def _match(self, message: Return | ErrorReply) -> Reply | ProtocolViolation:
+    def _hold(self, event: Event | UnknownEvent) -> list[ClientEvent]:
+        self._held.append(event)
+        if len(self._held) >= HELD_LIMIT:
+            return self._release(None)
+        return []
+
+    def _release(self, status: Any) -> list[ClientEvent]:
+        """The resync status is known (or given up on): the marker, then the held events."""
+        self._machine.fire(ClientInput.STATUS_KNOWN)
+        self._status_id = None
+        held, self._held = self._held, []
+        return [Resynced(status), *held]
+
+    def _match(self, message: Return | ErrorReply) -> list[ClientEvent]:
         request_id = message.id
         name = self._pending.pop(request_id, None) if isinstance(request_id, str) else None
         if name is None:
+            if isinstance(request_id, str) and request_id in self._forgotten:
+                del self._forgotten[request_id]
+                self.late_replies += 1
+                return []
             if request_id is None and isinstance(message, ErrorReply):
-                return ProtocolViolation(
-                    f"error reply without id: {message.error_class}: {message.desc}")
-            return ProtocolViolation(f"reply to unknown id {request_id!r}")
+                return [ProtocolViolation(
+                    f"error reply without id: {message.error_class}: {message.desc}")]
+            return [ProtocolViolation(f"reply to unknown id {request_id!r}")]
+        if request_id == self._status_id:
+            return self._release(message.value if isinstance(message, Return) else None)
         if name == "qmp_capabilities":
-            self.state = ClientState.READY if isinstance(message, Return) \
-                else ClientState.GREETED
+            if isinstance(message, ErrorReply):
+                self._machine.fire(ClientInput.CAPABILITIES_REFUSED)
+            elif self._resync:
+                self._machine.fire(ClientInput.NEGOTIATED_RESYNC)
+                self._status_id = self._queue("query-status", None)
+            else:
+                self._machine.fire(ClientInput.NEGOTIATED)
         if isinstance(message, ErrorReply):
-            return Reply(name, request_id, error=message)
-        return Reply(name, request_id, value=message.value)
+            return [Reply(name, request_id, error=message)]
+        return [Reply(name, request_id, value=message.value)]
 
 
-__all__ = ["NEED_DATA", "ClientConnection", "ClientEvent", "ClientState", "ProtocolViolation",
-           "Reply"]
+def only_events(items: list[Any]) -> bool:
+    """Whether every item is a decoded event: the reader's one-test bulk path."""
+    return set(map(type, items)) <= EVENT_CLASSES
+
+
+def _too_large(error: ParseError) -> bool:
+    return "size limit" in error.desc
+
+
+__all__ = ["HELD_LIMIT", "NEED_DATA", "ClientConnection", "ClientEvent", "ClientState",
+           "ConnectionClosed", "ProtocolViolation", "Reply", "Resynced", "only_events"]

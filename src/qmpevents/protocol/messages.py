@@ -7,12 +7,19 @@ typed event classes, everything else to :class:`Envelope`, then to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from msgspec import Struct, field
 
-from qmpevents.catalog import AnyEvent, Event, UnknownEvent, decode_event, event_from_value
+from qmpevents.catalog import (
+    EVENT_TYPES,
+    AnyEvent,
+    Event,
+    UnknownEvent,
+    decode_event,
+    event_from_value,
+)
 
 
 class Greeting(Struct, frozen=True):
@@ -63,6 +70,9 @@ class Unrecognized(Struct, frozen=True):
 
     value: Any
 
+
+EVENT_CLASSES: Final = frozenset([*EVENT_TYPES.values(), UnknownEvent])
+"""Every class a decoded event line can be (``type(x) in EVENT_CLASSES``: the fast test)."""
 
 ServerMessage = Greeting | Return | ErrorReply | Event | UnknownEvent | Unrecognized
 

@@ -1,12 +1,28 @@
 """The server side of QMP as a state machine, without I/O (h11 style).
 
-Feed it bytes with :meth:`ServerConnection.receive_data`, take requests with
-:meth:`~ServerConnection.next_event`, answer them with
-:meth:`~ServerConnection.send_return` / :meth:`~ServerConnection.send_error`,
-and write out :meth:`~ServerConnection.data_to_send`.  Negotiation,
-malformed input and request-shape errors are answered here, in order, with
-QEMU 7.2's texts, so the layer above only ever sees well-formed commands of a
-negotiated session.
+Feed it bytes with :meth:`ServerConnection.receive_data` (``b""`` for the end
+of input), take requests with :meth:`~ServerConnection.next_event`, answer
+them with :meth:`~ServerConnection.send_return` /
+:meth:`~ServerConnection.send_error`, send events with
+:meth:`~ServerConnection.send_event`, and write out
+:meth:`~ServerConnection.data_to_send`: every byte the monitor owes its peer
+goes through that one buffer, in the order it was produced.  That order is
+QMP's: an event a command causes is sent while the command runs, so it is
+written before the command's reply.
+
+Negotiation, malformed input and request-shape errors are answered here, in
+order, with QEMU 7.2's texts, so the layer above only ever sees well-formed
+commands of a negotiated session.  QEMU's input rules are here too:
+
+* at most *queue_depth* (``QMP_REQ_QUEUE_LEN_MAX``, 8) parsed requests wait;
+  the rest of the input waits unparsed, and :attr:`~ServerConnection.wants_data`
+  turns False until the queue is drained, so the adapter stops reading its
+  socket and the kernel pushes back on the client;
+* input is parsed *input_slice* bytes at a time, so one burst of garbage
+  costs a bounded amount of work (and of error replies) per request taken;
+* after the end of input every request already received is still handed out
+  and answered (a half-closed client gets all its replies), then
+  :class:`ConnectionClosed`.
 """
 
 from __future__ import annotations
@@ -14,7 +30,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Final
 
 from qmpevents.codec import (
@@ -24,27 +39,27 @@ from qmpevents.codec import (
     qdict_order,
     value_framer,
 )
-from qmpevents.errors import LocalProtocolError
+from qmpevents.errors import CommandFailure, LocalProtocolError
+from qmpevents.protocol.states import (
+    NEED_DATA,
+    NO_ID,
+    SERVER_EVENT_STATES,
+    SERVER_TRANSITIONS,
+    ConnectionClosed,
+    Sentinel,
+    ServerInput,
+    ServerState,
+    StateMachine,
+)
 
+QUEUE_DEPTH: Final = 8
+"""QEMU's ``QMP_REQ_QUEUE_LEN_MAX``: requests parsed but not yet run, per monitor."""
 
-class ServerState(Enum):
-    """Where a monitor is in QMP's life cycle."""
+INPUT_SLICE: Final = 8 * 1024
+"""Bytes parsed at a time: bounds the replies one burst of garbage produces at once."""
 
-    GREETING = "greeting"          # connected, greeting not sent yet
-    NEGOTIATION = "negotiation"    # only qmp_capabilities is accepted
-    COMMAND = "command"            # negotiated: commands run, events flow
-    CLOSED = "closed"
-
-
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
-"""Returned by ``next_event`` when more bytes are needed."""
-
-_NO_ID: Final = object()
+_CAPABILITY_VALUES: Final = ("oob",)
+_CLOSED: Final = ConnectionClosed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,62 +68,57 @@ class Command:
 
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
-    id: Any = _NO_ID
+    id: Any = NO_ID
     oob: bool = False
 
     @property
     def has_id(self) -> bool:
-        return self.id is not _NO_ID
+        return self.id is not NO_ID
 
 
-class CommandFailure(Exception):
-    """Raise from a command handler: QMP error class and description."""
-
-    def __init__(self, error_class: str, desc: str) -> None:
-        super().__init__(f"{error_class}: {desc}")
-        self.error_class = error_class
-        self.desc = desc
-
-
-_CAPABILITY_VALUES: Final = ("oob",)
+ServerEvent = Command | ConnectionClosed
 
 
 class ServerConnection:
     """One QMP monitor's protocol state."""
 
     def __init__(self, *, version: Mapping[str, Any], capabilities: Sequence[str] = ("oob",),
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
-        self.state = ServerState.GREETING
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 queue_depth: int = QUEUE_DEPTH, input_slice: int = INPUT_SLICE) -> None:
+        self._machine: StateMachine[ServerState, ServerInput] = StateMachine(
+            "the server", SERVER_TRANSITIONS, ServerState.GREETING, ServerState.ERROR)
         self._version = dict(version)
         self._capabilities = list(capabilities)
         self._framer = value_framer(max_message_size=max_message_size)
+        self._queue_depth = queue_depth
+        self._slice = input_slice
         self._inbox: deque[Any] = deque()
+        self._backlog = bytearray()  # received, not parsed yet (the queue is full)
+        self._backlog_pos = 0
+        self._input_ended = False
+        self._framer_ended = False
+        self._reading = True
         self._out: list[bytes] = []
+        self._out_size = 0
         self._outstanding: Command | None = None
         self.oob_enabled = False
 
-    # -- output -------------------------------------------------------------
-
-    def greeting(self) -> bytes:
-        """The greeting QEMU sends on connect; moves to negotiation."""
-        if self.state is not ServerState.GREETING:
-            raise LocalProtocolError("the greeting is sent once, first")
-        self.state = ServerState.NEGOTIATION
-        return encode_message({"QMP": {"version": self._version,
-                                       "capabilities": self._capabilities}})
+    @property
+    def state(self) -> ServerState:
+        return self._machine.state
 
     @property
     def accepts_events(self) -> bool:
         """Events go only to a negotiated monitor, and are never queued for later."""
-        return self.state is ServerState.COMMAND
+        return self._machine.state in SERVER_EVENT_STATES
 
-    def data_to_send(self) -> bytes:
-        """Replies produced so far, in order; empties the buffer."""
-        if not self._out:
-            return b""
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
+    # -- output -------------------------------------------------------------
+
+    def send_greeting(self) -> None:
+        """The greeting QEMU sends on connect; moves to negotiation."""
+        self._machine.fire(ServerInput.SEND_GREETING)
+        self._append(encode_message({"QMP": {"version": self._version,
+                                             "capabilities": self._capabilities}}))
 
     def send_return(self, command: Command, value: Any) -> None:
         """Answer *command* with ``{"return": value}``."""
@@ -120,48 +130,139 @@ class ServerConnection:
         self._finish(command)
         self._error(error_class, desc, command.id)
 
+    def send_failure(self, command: Command, failure: CommandFailure) -> None:
+        """Answer *command* with the error a handler raised."""
+        self.send_error(command, failure.error_class, failure.desc)
+
+    def send_event(self, line: bytes) -> bool:
+        """Queue one encoded event line; False (dropped) unless negotiated, as QEMU."""
+        self._machine.fire(ServerInput.SEND_EVENT)
+        if self._machine.state not in SERVER_EVENT_STATES:
+            return False
+        self._append(line)
+        return True
+
+    def data_to_send(self) -> bytes:
+        """Everything produced so far, in order; empties the buffer."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_size = 0
+        return data
+
+    @property
+    def output_size(self) -> int:
+        """Bytes waiting in :meth:`data_to_send`."""
+        return self._out_size
+
     def close(self) -> None:
-        self.state = ServerState.CLOSED
+        """This side ends the session: no more input is taken, events are dropped."""
+        self._machine.fire(ServerInput.CLOSE)
+        self._discard_input()
 
     # -- input --------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Take bytes from the peer (any split: partial or several messages)."""
-        if self.state is ServerState.CLOSED:
+        """Take bytes from the peer (any split); ``b""`` means the input ended."""
+        if self._input_ended:
+            raise LocalProtocolError("the server cannot receive data after the end of input")
+        self._machine.fire(ServerInput.RECEIVE_DATA)
+        if not data:
+            self._input_ended = True
+            self._fill()
             return
-        self._inbox.extend(self._framer.feed(data))
+        if self._backlog_pos:
+            del self._backlog[:self._backlog_pos]
+            self._backlog_pos = 0
+        self._backlog += data
+        self._fill()
+
+    @property
+    def wants_data(self) -> bool:
+        """Whether the adapter should read its socket (False while QEMU's queue is full)."""
+        return self._reading and not self._input_ended
 
     @property
     def pending_requests(self) -> int:
-        """Messages received and not yet processed (QEMU queues 8 per monitor)."""
+        """Messages parsed and not yet processed (QEMU queues 8 per monitor)."""
         return len(self._inbox)
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes of an incomplete message held by the framer."""
-        return self._framer.buffered
+        """Bytes received and not parsed into messages yet."""
+        return self._framer.buffered + len(self._backlog) - self._backlog_pos
 
-    def next_event(self) -> Command | _NeedData:
-        """The next command to run, answering everything else on the way."""
+    @property
+    def unfinished_at_end(self) -> int:
+        """Bytes of an unfinished request that the end of input cut off."""
+        return self._framer.dropped_at_end
+
+    def next_event(self) -> ServerEvent | Sentinel:
+        """The next command to run, answering everything else on the way.
+
+        :data:`NEED_DATA` when more input is needed, :class:`ConnectionClosed`
+        once the input ended and every request before the end was handed out.
+        """
+        self._machine.fire(ServerInput.NEXT_EVENT)
+        if self._machine.state is ServerState.CLOSED:
+            return _CLOSED
         if self._outstanding is not None:
             raise LocalProtocolError(
                 f"answer {self._outstanding.name!r} before taking the next command")
-        while self._inbox:
-            command = self._check(self._inbox.popleft())
-            if command is not None:
-                self._outstanding = command
-                return command
+        while True:
+            while self._inbox:
+                command = self._check(self._inbox.popleft())
+                if command is not None:
+                    self._outstanding = command
+                    return command
+            if not self._fill():
+                break
+        self._reading = True
+        if self._input_ended:
+            self._machine.fire(ServerInput.END_OF_INPUT)
+            self._discard_input()
+            return _CLOSED
         return NEED_DATA
+
+    def _fill(self) -> bool:
+        """Parse backlog slices until the queue holds *queue_depth*; whether any was parsed."""
+        backlog = self._backlog
+        parsed = False
+        while self._backlog_pos < len(backlog) and len(self._inbox) < self._queue_depth:
+            start = self._backlog_pos
+            end = min(start + self._slice, len(backlog))
+            self._inbox.extend(self._framer.feed(bytes(backlog[start:end])))
+            self._backlog_pos = end
+            parsed = True
+        if self._backlog_pos >= len(backlog):
+            backlog.clear()
+            self._backlog_pos = 0
+            if self._input_ended and not self._framer_ended:
+                self._framer_ended = True  # what the framer held is complete or dropped
+                self._inbox.extend(self._framer.end())
+                parsed = True
+        else:
+            self._reading = False
+        if len(self._inbox) >= self._queue_depth:
+            self._reading = False
+        return parsed
+
+    def _discard_input(self) -> None:
+        self._inbox.clear()
+        self._backlog.clear()
+        self._backlog_pos = 0
 
     def _check(self, message: Any) -> Command | None:
         """Validate one request as ``qmp_dispatch`` does; answer it if it fails."""
         if isinstance(message, ParseError):
-            self._error("GenericError", message.desc, _NO_ID)
+            self._error("GenericError", message.desc, NO_ID)
             return None
         if not isinstance(message, dict):
-            self._error("GenericError", "QMP input must be a JSON object", _NO_ID)
+            self._error("GenericError", "QMP input must be a JSON object", NO_ID)
             return None
-        request_id = message.get("id", _NO_ID)
+        request_id = message.get("id", NO_ID)
         problem = self._shape_problem(message)
         if problem is not None:
             self._error("GenericError", problem, request_id)
@@ -169,7 +270,7 @@ class ServerConnection:
         oob = "exec-oob" in message
         name = message["exec-oob"] if oob else message["execute"]
         arguments = message.get("arguments", {})
-        if self.state is ServerState.NEGOTIATION:
+        if self._machine.state is ServerState.NEGOTIATION:
             if name != "qmp_capabilities":
                 self._error("CommandNotFound",
                             "Expecting capabilities negotiation with 'qmp_capabilities'",
@@ -191,7 +292,6 @@ class ServerConnection:
 
     def _shape_problem(self, message: dict[str, Any]) -> str | None:
         """QEMU's ``qmp_dispatch_check_obj``; members checked in QDict order."""
-
         exec_key: str | None = None
         for key in qdict_order(list(message)):
             value = message[key]
@@ -231,18 +331,27 @@ class ServerConnection:
             self._error("GenericError", problem, request_id)
             return
         self.oob_enabled = "oob" in arguments.get("enable", [])
-        self.state = ServerState.COMMAND
+        self._machine.fire(ServerInput.NEGOTIATED)
         self._reply({"return": {}}, request_id)
 
     def _finish(self, command: Command) -> None:
+        self._machine.fire(ServerInput.SEND_REPLY)
         if command is not self._outstanding:
             raise LocalProtocolError(f"{command.name!r} is not the command being answered")
         self._outstanding = None
 
     def _reply(self, body: dict[str, Any], request_id: Any) -> None:
-        if request_id is not _NO_ID:
+        if request_id is not NO_ID:
             body["id"] = request_id
-        self._out.append(encode_message(body))
+        self._append(encode_message(body))
 
     def _error(self, error_class: str, desc: str, request_id: Any) -> None:
         self._reply({"error": {"class": error_class, "desc": desc}}, request_id)
+
+    def _append(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+
+
+__all__ = ["INPUT_SLICE", "NEED_DATA", "QUEUE_DEPTH", "Command", "CommandFailure",
+           "ConnectionClosed", "ServerConnection", "ServerEvent", "ServerState"]

@@ -17,10 +17,11 @@ from qmpevents.addresses import (
     check_allowed,
     parse_address,
 )
+from qmpevents.protocol import QUEUE_DEPTH
 from qmpevents.server.arguments import Param, check_arguments
 from qmpevents.server.broadcaster import Broadcaster
 from qmpevents.server.dispatch import CommandSpec, CommandTable
-from qmpevents.server.monitor import QUEUE_DEPTH, Monitor
+from qmpevents.server.monitor import Monitor
 from qmpevents.server.server import DEFAULT_MAX_OUTBOUND, QMPServer, ServerOptions
 from qmpevents.tls import TLSCredsError, client_context, server_context
 

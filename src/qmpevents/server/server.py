@@ -16,9 +16,10 @@ from typing import Any
 
 from qmpevents.addresses import Address, check_allowed
 from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
+from qmpevents.protocol import QUEUE_DEPTH
 from qmpevents.server.broadcaster import Broadcaster
 from qmpevents.server.listeners import Listener
-from qmpevents.server.monitor import QUEUE_DEPTH, Executor, FlushQueue, Monitor
+from qmpevents.server.monitor import Executor, FlushQueue, Monitor
 
 _log = logging.getLogger(__name__)
 
