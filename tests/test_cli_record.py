@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from cli_process import one_line_error, run, running, short_dir
-from qmp_raw import RawQMP
 
 from qmpevents.recording import ReadReport, Record, RecordingWriter, read_recording
 from qmpevents.sim import SimulatedVM
+from qmpevents.testing import RawQMP
 
 
 @pytest.fixture

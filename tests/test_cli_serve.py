@@ -11,7 +11,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from qmp_raw import RawQMP, names, reply
+from qmp_raw import names, reply
+
+from qmpevents.testing import RawQMP
 
 DEADLINE = 10.0
 QMPEVENTS = (sys.executable, "-c", "import sys; from qmpevents.cli import main; sys.exit(main())")

@@ -14,10 +14,10 @@ import struct
 import time
 from collections.abc import Callable
 
-from qmp_raw import RawQMP
 from robust_support import eventually, open_fds, rss_kib
 
 from qmpevents.sim.vm import SimulatedVM
+from qmpevents.testing import RawQMP
 
 CYCLES = 10_000
 WARMUP = 500

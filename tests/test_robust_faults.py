@@ -20,13 +20,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from qmp_raw import RawQMP
 from robust_support import eventually
 
 import qmpevents
 from qmpevents.errors import ConnectionLost
 from qmpevents.recording import ReadReport, read_recording
 from qmpevents.sim.vm import SimulatedVM
+from qmpevents.testing import RawQMP
 
 DEADLINE = 10.0
 QMPEVENTS = (sys.executable, "-c", "import sys; from qmpevents.cli import main; sys.exit(main())")

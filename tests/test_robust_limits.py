@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from qmp_raw import RawQMP
 from robust_support import (
     TRAILER,
     VERSION,
@@ -31,6 +30,7 @@ from qmpevents.codec import MAX_NESTING, ParseError, value_framer
 from qmpevents.codec.framing import Framer
 from qmpevents.protocol import Command, CommandFailure
 from qmpevents.server import QMPServer, ServerOptions, UnixAddress
+from qmpevents.testing import RawQMP
 
 AFTER = b'{"return": {}, "id": "after"}\r\n'
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qmp_raw import RawQMP
 
 import qmpevents
 from qmpevents.addresses import AddressError, TcpAddress
 from qmpevents.sim.commands import build_command_table
 from qmpevents.sim.vm import SimulatedVM
+from qmpevents.testing import RawQMP
 from qmpevents.tls import client_context, server_context
 from qmpevents.vnc_client import AuthFailed, RfbClient
 
