@@ -40,14 +40,6 @@ def _path(tmp: str, name: str) -> str:
     return os.path.join(tmp, name)
 
 
-@pytest.fixture
-def short_tmp(tmp_path: Path) -> str:
-    """A directory whose socket paths fit in sun_path."""
-    path = f"/tmp/qmpev-cli-{os.getpid()}-{abs(hash(tmp_path)) % 10**6}"
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
 async def test_sigterm_shuts_down_cleanly_and_removes_the_socket(short_tmp: str) -> None:
     sock = _path(short_tmp, "a.sock")
     async with serve("--qmp", f"unix:{sock}", "--profile", "qemu-7.2") as proc:

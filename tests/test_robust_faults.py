@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from robust_support import eventually
@@ -86,13 +85,6 @@ async def test_client_killed_mid_message(caplog: pytest.LogCaptureFixture) -> No
         await other.send(b'{"execute": "query-status", "id": 7}\n')
         assert b'"id": 7' in await other.line()
         assert len(vm.server.broadcaster) == 1
-
-
-@pytest.fixture
-def short_tmp(tmp_path: Path) -> str:
-    path = f"/tmp/qmpev-faults-{os.getpid()}-{abs(hash(tmp_path)) % 10**6}"
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 async def _spam(qmp: qmpevents.QMPClient, errors: list[BaseException]) -> None:
