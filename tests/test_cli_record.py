@@ -18,6 +18,8 @@ from qmpevents.recording import ReadReport, Record, RecordingWriter, read_record
 from qmpevents.sim import SimulatedVM
 from qmpevents.testing import RawQMP
 
+pytestmark = pytest.mark.subprocess
+
 
 @pytest.fixture
 async def vm() -> AsyncIterator[SimulatedVM]:

@@ -15,6 +15,8 @@ from qmp_raw import names, reply
 
 from qmpevents.testing import RawQMP
 
+pytestmark = pytest.mark.subprocess
+
 DEADLINE = 10.0
 QMPEVENTS = (sys.executable, "-c", "import sys; from qmpevents.cli import main; sys.exit(main())")
 

@@ -27,6 +27,8 @@ from qmpevents.recording import ReadReport, read_recording
 from qmpevents.sim.vm import SimulatedVM
 from qmpevents.testing import RawQMP
 
+pytestmark = pytest.mark.subprocess
+
 DEADLINE = 10.0
 QMPEVENTS = (sys.executable, "-c", "import sys; from qmpevents.cli import main; sys.exit(main())")
 

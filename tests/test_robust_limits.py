@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from robust_support import (
     TRAILER,
     VERSION,
@@ -107,6 +108,7 @@ def _garbage(rng: random.Random, size: int) -> bytes:
     return b"\xff" * size
 
 
+@pytest.mark.slow
 async def test_garbage_stream_keeps_server_memory_bounded(
         tmp_path: Any, figures: Callable[[str, object], None]) -> None:
     path = f"/tmp/qmpev-garbage-{os.getpid()}.sock"

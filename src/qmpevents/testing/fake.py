@@ -131,7 +131,8 @@ class FakeSession:
             self.conn.send_return(command, "x" * args["size"])
         elif name == "hang":
             self.server.hung.set()
-            await asyncio.Event().wait()  # until the connection is torn down
+            await self.server.closing.wait()
+            return False
         elif name == "hangup":
             return False
         elif name == "fail":
@@ -163,6 +164,8 @@ class FakeQMP:
         self.hung = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._dir = Path(tempfile.mkdtemp(prefix="qmpev-fake-"))
+        #: Set when the server shuts down: ends the ``hang`` commands.
+        self.closing = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -216,12 +219,12 @@ class FakeQMP:
                         tb: TracebackType | None) -> None:
         assert self._server is not None
         self._server.close()
+        self.closing.set()
         self.drop()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Every session ends by itself now (not cancelled: asyncio's stream
+        # server would log a cancelled handler as an error).
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
         await self._server.wait_closed()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
