@@ -142,11 +142,7 @@ class RawQMP:
 
     async def greeting(self, timeout: float = DEADLINE) -> dict[str, Any]:
         """Read the greeting line; its value (``{"QMP": {...}}``)."""
-        line = await self.line(timeout)
-        value = json.loads(line)
-        if not isinstance(value, dict) or "QMP" not in value:
-            raise AssertionError(f"expected the QMP greeting, got {line!r}")
-        return value
+        return _member(await self.line(timeout), "QMP", "the QMP greeting")
 
     async def negotiate(self, timeout: float = DEADLINE) -> None:
         """Read the greeting, send ``qmp_capabilities``, check its empty return."""
@@ -183,11 +179,7 @@ class RawQMP:
 
     async def event(self, timeout: float = DEADLINE) -> dict[str, Any]:
         """The next line, which must be an event; its value."""
-        line = await self.line(timeout)
-        value = json.loads(line)
-        if not isinstance(value, dict) or "event" not in value:
-            raise AssertionError(f"expected an event, got {line!r}")
-        return value
+        return _member(await self.line(timeout), "event", "an event")
 
     async def sync(self, timeout: float = 60.0, quiet: float = 2.0) -> list[bytes]:
         """Every line the server sends before it has caught up with our input.
@@ -269,6 +261,14 @@ class RawQMP:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+def _member(line: bytes, key: str, what: str) -> dict[str, Any]:
+    """*line*'s value, which must be an object with *key*."""
+    value = json.loads(line)
+    if not isinstance(value, dict) or key not in value:
+        raise AssertionError(f"expected {what}, got {line!r}")
+    return value
 
 
 def _is_probe_reply(line: bytes) -> bool:
