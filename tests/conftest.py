@@ -1,21 +1,50 @@
-"""Shared test plumbing: the robustness figures.
+"""Shared test plumbing: the robustness figures, and nothing written into the tree.
 
 Tests record what they measured with the ``figures`` fixture
 (``figures("fuzz inputs", 123456)``).  At the end of the session the figures
 are printed in a "robustness figures" section of the terminal summary (so
-they show without ``-s``) and merged into ``tests/figures/robustness.txt``,
-one ``name: value`` line each, for the README's reliability section.
+they show without ``-s``) and merged into ``robustness.txt`` in pytest's cache
+directory (``.pytest_cache/d/qmpevents/``, which git ignores), one
+``name: value`` line each, for the README's reliability section.
+
+Hypothesis keeps its example database there too instead of ``./.hypothesis``;
+with the cache disabled (``-p no:cacheprovider``) it uses a temporary
+directory, and the figures are only printed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cli_process import short_dir
+from hypothesis.configuration import set_hypothesis_home_dir
 
-FIGURES_FILE = Path(__file__).parent / "figures" / "robustness.txt"
 _figures: dict[str, str] = {}
+_temporary: list[str] = []
+
+
+def _cache_dir(config: pytest.Config) -> Path | None:
+    """This project's directory in pytest's cache, or None without the cache plugin."""
+    cache = getattr(config, "cache", None)
+    return None if cache is None else Path(cache.mkdir("qmpevents"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    cache = _cache_dir(config)
+    if cache is None:
+        _temporary.append(tempfile.mkdtemp(prefix="qmpev-hypothesis-"))
+        set_hypothesis_home_dir(_temporary[-1])
+    else:
+        set_hypothesis_home_dir(str(cache / "hypothesis"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in _temporary:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -28,18 +57,30 @@ def figures() -> Callable[[str, object], None]:
     return record
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+@pytest.fixture
+def short_tmp() -> Iterator[str]:
+    """A fresh directory whose socket paths fit in ``sun_path`` (removed after)."""
+    with short_dir("test") as path:
+        yield path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
     if not _figures:
         return
     terminalreporter.section("robustness figures")
     for name, value in _figures.items():
         terminalreporter.write_line(f"{name}: {value}")
+    cache = _cache_dir(config)
+    if cache is None:
+        return
+    figures_file = cache / "robustness.txt"
     merged: dict[str, str] = {}
-    if FIGURES_FILE.exists():
-        for line in FIGURES_FILE.read_text().splitlines():
+    if figures_file.exists():
+        for line in figures_file.read_text().splitlines():
             name, sep, value = line.partition(": ")
             if sep:
                 merged[name] = value
     merged.update(_figures)
-    FIGURES_FILE.parent.mkdir(exist_ok=True)
-    FIGURES_FILE.write_text("".join(f"{k}: {v}\n" for k, v in sorted(merged.items())))
+    figures_file.write_text("".join(f"{k}: {v}\n" for k, v in sorted(merged.items())))
+    terminalreporter.write_line(f"(merged into {figures_file})")

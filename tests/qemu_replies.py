@@ -24,7 +24,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from qemu_support import ProbeTimeoutError, QemuProcess, RawQMP  # tests/ is on sys.path
+from qemu_support import QemuProcess  # tests/ is on sys.path
+
+from qmpevents.testing import ProbeTimeoutError, RawQMP
 
 __all__ = ["DEFAULT_INPUTS", "EVENT_INPUTS", "capture", "parser_idle_after", "records"]
 
@@ -164,23 +166,23 @@ def _text(lines: Iterable[bytes]) -> list[str]:
 
 
 async def _capture_one(socket_path: str, data: bytes, negotiate: bool) -> list[str]:
-    qmp = await RawQMP.open(socket_path)
+    qmp = await RawQMP.unix(socket_path, timeout=10.0, retry=True)
     lines: list[bytes] = []
     idle = parser_idle_after(data)
     try:
         if negotiate:
-            reply = await qmp.negotiate()
-            if reply != b'{"return": {}}\r\n':
-                raise RuntimeError(f"negotiation failed: {reply!r}")
+            await qmp.negotiate(timeout=10.0)
+        else:
+            await qmp.greeting(timeout=10.0)
         await qmp.send(data)
         if idle:
             try:
-                lines = await qmp.read_lines_until_quiet(probe=True, quiet=QUIET)
+                lines = await qmp.sync(quiet=QUIET)
             except ProbeTimeoutError as exc:
                 print(f"warning: probe swallowed after {data[:60]!r}", file=sys.stderr)
                 lines = exc.lines
         else:
-            lines = await qmp.read_lines_until_quiet(probe=False, quiet=QUIET)
+            lines = await qmp.lines_until_quiet(quiet=QUIET)
     finally:
         tail = await qmp.aclose()
     if not idle:

@@ -8,9 +8,12 @@ import os
 import signal
 import time
 
+import pytest
 from cli_process import plain, run_on_pty, running
 
 from qmpevents.catalog import SPEC_EVENTS
+
+pytestmark = pytest.mark.subprocess
 
 
 def summary(out: str) -> dict[str, int]:
@@ -23,6 +26,7 @@ def summary(out: str) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 async def test_demo_piped_shows_all_8_events_plain_within_30_s() -> None:
     started = time.monotonic()
     async with running("demo") as cli:

@@ -11,6 +11,8 @@ from cli_process import one_line_error, run, run_on_pty
 
 from qmpevents.sim import SimulatedVM
 
+pytestmark = pytest.mark.subprocess
+
 
 @pytest.fixture
 async def vm() -> AsyncIterator[SimulatedVM]:

@@ -8,6 +8,8 @@ from cli_process import one_line_error, run
 from qmpevents import __version__
 from qmpevents.sim import SimulatedVM
 
+pytestmark = pytest.mark.subprocess
+
 COMMANDS = ("demo", "serve", "watch", "exec", "record", "replay")
 
 

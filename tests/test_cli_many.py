@@ -15,10 +15,13 @@ import json
 import os
 from collections.abc import AsyncIterator
 
+import pytest
 from cli_process import Cli, running, short_dir
 
 import qmpevents
 from qmpevents.sim import SimulatedVM
+
+pytestmark = pytest.mark.subprocess
 
 IN_PROCESS = 49
 ROUNDS = 3  # before the kill, while the 50th is down, after it is back

@@ -8,27 +8,23 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cli_process import one_line_error, run, running, short_dir
-from qmp_raw import RawQMP
+from cli_process import one_line_error, run, running
 
 from qmpevents.recording import ReadReport, Record, RecordingWriter, read_recording
 from qmpevents.sim import SimulatedVM
+from qmpevents.testing import RawQMP
+
+pytestmark = pytest.mark.subprocess
 
 
 @pytest.fixture
 async def vm() -> AsyncIterator[SimulatedVM]:
     async with SimulatedVM(drives=["disk0,werror=report"], name="rec") as machine:
         yield machine
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    with short_dir("rec") as directory:
-        yield directory
 
 
 def records(path: Path) -> tuple[list[Record], ReadReport]:
@@ -189,25 +185,25 @@ async def _replayed(path: Path, sock: str, *pace: str) -> tuple[list[bytes], lis
 
 
 async def test_replay_serves_the_recorded_lines_byte_for_byte(tmp_path: Path,
-                                                              sock_dir: str) -> None:
+                                                              short_tmp: str) -> None:
     recording = tmp_path / "r.jsonl"
     write_recording(recording, gap=30.0)  # 30 s gaps: only --as-fast-as-possible is quick
-    lines, _ = await _replayed(recording, os.path.join(sock_dir, "r.sock"),
+    lines, _ = await _replayed(recording, os.path.join(short_tmp, "r.sock"),
                                "--as-fast-as-possible")
     assert lines == [line + b"\r\n" for line in LINES]
 
 
-async def test_replay_speed_scales_the_gaps(tmp_path: Path, sock_dir: str) -> None:
+async def test_replay_speed_scales_the_gaps(tmp_path: Path, short_tmp: str) -> None:
     recording = tmp_path / "r.jsonl"
     write_recording(recording, gap=2.0)
-    lines, times = await _replayed(recording, os.path.join(sock_dir, "r.sock"), "--speed", "10")
+    lines, times = await _replayed(recording, os.path.join(short_tmp, "r.sock"), "--speed", "10")
     assert lines == [line + b"\r\n" for line in LINES]
     assert times[2] - times[0] >= 0.35  # 2 x 2 s / 10, less scheduling slack
     assert times[2] - times[0] < 3.0
 
 
 async def test_replay_print_text_and_torn_tail_with_serve(tmp_path: Path,
-                                                         sock_dir: str) -> None:
+                                                         short_tmp: str) -> None:
     recording = tmp_path / "r.jsonl"
     write_recording(recording, gap=0.0)
     status, out, err = await run("replay", str(recording), "--print")
@@ -216,7 +212,7 @@ async def test_replay_print_text_and_torn_tail_with_serve(tmp_path: Path,
         ["vm1", "STOP"], ["vm1", "RTC_CHANGE"], ["vm1", "X_NEW"]]
     with recording.open("ab") as file:
         file.write(b'{"vm": "vm1", "rec')
-    sock = os.path.join(sock_dir, "t.sock")
+    sock = os.path.join(short_tmp, "t.sock")
     async with running("replay", str(recording), "--serve", f"unix:{sock}",
                        "--as-fast-as-possible") as cli:
         await cli.wait_line("torn", "err")

@@ -11,7 +11,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from qmp_raw import RawQMP, names, reply
+from qmp_raw import names, reply
+
+from qmpevents.testing import RawQMP
+
+pytestmark = pytest.mark.subprocess
 
 DEADLINE = 10.0
 QMPEVENTS = (sys.executable, "-c", "import sys; from qmpevents.cli import main; sys.exit(main())")
@@ -36,14 +40,6 @@ async def serve(*args: str, cwd: str | None = None) -> AsyncIterator[asyncio.sub
 
 def _path(tmp: str, name: str) -> str:
     return os.path.join(tmp, name)
-
-
-@pytest.fixture
-def short_tmp(tmp_path: Path) -> str:
-    """A directory whose socket paths fit in sun_path."""
-    path = f"/tmp/qmpev-cli-{os.getpid()}-{abs(hash(tmp_path)) % 10**6}"
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 async def test_sigterm_shuts_down_cleanly_and_removes_the_socket(short_tmp: str) -> None:

@@ -13,6 +13,8 @@ from cli_process import QMPEVENTS, joined, one_line_error, plain, run, running, 
 
 from qmpevents.sim import SimulatedVM
 
+pytestmark = pytest.mark.subprocess
+
 
 @pytest.fixture
 async def vm() -> AsyncIterator[SimulatedVM]:

@@ -11,12 +11,12 @@ import logging
 from typing import Any
 
 import pytest
-from client_fake_qmp import VNC_CLIENT, VNC_SERVER, FakeQMP
 
 import qmpevents
 from qmpevents.catalog import BlockIoError, Reset, RtcChange, Stop, UnknownEvent, VncConnected
 from qmpevents.client import RECONNECTED, ConnectionResumed, QMPClient
 from qmpevents.errors import ConnectionLost, ExpectationFailed, MessageTooLarge, QMPError
+from qmpevents.testing.fake import VNC_CLIENT, VNC_SERVER, FakeQMP
 
 
 def ev(name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:

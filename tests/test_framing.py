@@ -436,6 +436,7 @@ EXACT = settings(max_examples=int(os.environ.get("QMPEVENTS_FUZZ_EXAMPLES", "300
                  suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @EXACT
 @given(valid_streams(), st.lists(st.integers(min_value=0), max_size=12))
 def test_any_split_of_a_valid_stream_decodes_the_same(data: bytes, cuts: list[int]) -> None:
@@ -451,6 +452,7 @@ def test_fast_path_equals_exact_path_on_arbitrary_bytes(data: bytes, cuts: list[
     check_exact(data, cuts, value_framer(), Reference())
 
 
+@pytest.mark.slow
 @EXACT
 @given(garbage_streams, st.lists(st.integers(min_value=0), max_size=10))
 def test_fast_path_equals_exact_path_on_mixed_streams(data: bytes, cuts: list[int]) -> None:
@@ -481,6 +483,7 @@ def test_garbage_never_raises_and_buffer_stays_bounded(chunks: list[bytes], limi
             assert framer.buffered <= limit
 
 
+@pytest.mark.slow
 @EXACT
 @given(st.lists(message_text(ascii_only=True), min_size=1, max_size=5),
        st.lists(st.integers(min_value=0), max_size=8))

@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("atheris", reason="atheris is in the test extra (./dev test installs it)")
 
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow, pytest.mark.subprocess]
+
 RUNS = 40_000
 SCRIPT = Path(__file__).parent / "fuzz_atheris.py"
 

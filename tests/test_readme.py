@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qmpevents.catalog import catalog_markdown
+
+pytestmark = pytest.mark.subprocess
 
 README = Path(__file__).parent.parent / "README.md"
 TEXT = README.read_text()
@@ -71,3 +75,13 @@ def test_sans_io_example_runs(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith('{"QMP": ') and lines[1] == '{"return": {}}'
     assert '"event": "STOP"' in lines[2] and lines[3] == '{"return": {}, "id": 1}'
+
+
+def test_testing_kit_example_runs(tmp_path: Path) -> None:
+    (code,) = [b for b in BLOCKS if "qmpevents.testing" in b]
+    result = _run(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "['POWERDOWN'] b'{\"return\": {}, \"id\": 1}\\r\\n'", "running", "guest-shutdown",
+        "guest-reset", "GenericError"]
+    assert result.stderr == ""  # FakeQMP shuts down without asyncio complaining

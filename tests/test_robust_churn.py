@@ -14,10 +14,11 @@ import struct
 import time
 from collections.abc import Callable
 
-from qmp_raw import RawQMP
+import pytest
 from robust_support import eventually, open_fds, rss_kib
 
 from qmpevents.sim.vm import SimulatedVM
+from qmpevents.testing import RawQMP
 
 CYCLES = 10_000
 WARMUP = 500
@@ -78,6 +79,7 @@ async def _run(cycles: int, cycle: Callable[[], object]) -> None:
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
+@pytest.mark.slow
 async def test_qmp_and_vnc_churn(figures: Callable[[str, object], None]) -> None:
     loop = asyncio.get_running_loop()
     async with SimulatedVM(vnc="127.0.0.1:0", vnc_port=0, profile="qemu-7.2") as vm:

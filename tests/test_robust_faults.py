@@ -17,16 +17,17 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from qmp_raw import RawQMP
 from robust_support import eventually
 
 import qmpevents
 from qmpevents.errors import ConnectionLost
 from qmpevents.recording import ReadReport, read_recording
 from qmpevents.sim.vm import SimulatedVM
+from qmpevents.testing import RawQMP
+
+pytestmark = pytest.mark.subprocess
 
 DEADLINE = 10.0
 QMPEVENTS = (sys.executable, "-c", "import sys; from qmpevents.cli import main; sys.exit(main())")
@@ -86,13 +87,6 @@ async def test_client_killed_mid_message(caplog: pytest.LogCaptureFixture) -> No
         await other.send(b'{"execute": "query-status", "id": 7}\n')
         assert b'"id": 7' in await other.line()
         assert len(vm.server.broadcaster) == 1
-
-
-@pytest.fixture
-def short_tmp(tmp_path: Path) -> str:
-    path = f"/tmp/qmpev-faults-{os.getpid()}-{abs(hash(tmp_path)) % 10**6}"
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 async def _spam(qmp: qmpevents.QMPClient, errors: list[BaseException]) -> None:

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from robust_support import (
@@ -34,6 +35,8 @@ from robust_support import (
 
 from qmpevents.codec import ParseError, value_framer
 from qmpevents.protocol import ClientConnection, ClientState
+
+pytestmark = pytest.mark.fuzz
 
 COUNTS: Counter[str] = Counter()
 MUTATION_SERVER_INPUTS = 60_000
@@ -147,6 +150,7 @@ NUMBERS = st.one_of(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(number=NUMBERS, cuts=cut_lists)
 def test_huge_numbers_as_id_and_argument(number: bytes, cuts: list[int]) -> None:
@@ -192,6 +196,7 @@ def test_every_byte_split(data: bytes) -> None:
 
 # -- volume: seeded mutations ------------------------------------------------
 
+@pytest.mark.slow
 def test_mutation_fuzzer_server(figures: Callable[[str, object], None]) -> None:
     mutator = Mutator(20240601, COMMAND_SEEDS)
     started = time.perf_counter()
@@ -202,6 +207,7 @@ def test_mutation_fuzzer_server(figures: Callable[[str, object], None]) -> None:
             f"{MUTATION_SERVER_INPUTS} in {time.perf_counter() - started:.1f} s")
 
 
+@pytest.mark.slow
 def test_mutation_fuzzer_client(figures: Callable[[str, object], None]) -> None:
     mutator = Mutator(20240602, SERVER_SEEDS)
     started = time.perf_counter()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from qmp_raw import RawQMP
+import pytest
 from robust_support import (
     TRAILER,
     VERSION,
@@ -31,6 +31,7 @@ from qmpevents.codec import MAX_NESTING, ParseError, value_framer
 from qmpevents.codec.framing import Framer
 from qmpevents.protocol import Command, CommandFailure
 from qmpevents.server import QMPServer, ServerOptions, UnixAddress
+from qmpevents.testing import RawQMP
 
 AFTER = b'{"return": {}, "id": "after"}\r\n'
 
@@ -107,6 +108,7 @@ def _garbage(rng: random.Random, size: int) -> bytes:
     return b"\xff" * size
 
 
+@pytest.mark.slow
 async def test_garbage_stream_keeps_server_memory_bounded(
         tmp_path: Any, figures: Callable[[str, object], None]) -> None:
     path = f"/tmp/qmpev-garbage-{os.getpid()}.sock"

@@ -79,6 +79,7 @@ class _Reader(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
+@pytest.mark.slow
 async def test_million_events_with_a_monitor_that_never_reads(
         caplog: pytest.LogCaptureFixture, figures: Callable[[str, object], None]) -> None:
     caplog.set_level(logging.WARNING, "qmpevents.server.monitor")

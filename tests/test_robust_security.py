@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qmp_raw import RawQMP
 
 import qmpevents
 from qmpevents.addresses import AddressError, TcpAddress
 from qmpevents.sim.commands import build_command_table
 from qmpevents.sim.vm import SimulatedVM
+from qmpevents.testing import RawQMP
 from qmpevents.tls import client_context, server_context
 from qmpevents.vnc_client import AuthFailed, RfbClient
 
@@ -88,6 +88,7 @@ def _port(vm: SimulatedVM) -> int:
     return address.port
 
 
+@pytest.mark.subprocess
 async def test_tls_server_certificate_and_events(pki: dict[str, Path]) -> None:
     vm = await _tls_vm(pki, verify_peer=False)
     try:
@@ -114,6 +115,7 @@ async def test_tls_server_certificate_and_events(pki: dict[str, Path]) -> None:
         await vm.close()
 
 
+@pytest.mark.subprocess
 async def test_tls_verify_peer_requires_a_client_certificate(pki: dict[str, Path]) -> None:
     vm = await _tls_vm(pki, verify_peer=True)
     try:
@@ -132,6 +134,7 @@ async def test_tls_verify_peer_requires_a_client_certificate(pki: dict[str, Path
         await vm.close()
 
 
+@pytest.mark.subprocess
 def test_tls_only_on_tcp_and_needs_qemus_file_names(tmp_path: Path,
                                                     pki: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="TLS is for tcp"):
@@ -145,6 +148,7 @@ def test_tls_only_on_tcp_and_needs_qemus_file_names(tmp_path: Path,
         server_context(tmp_path, verify_peer=True)
 
 
+@pytest.mark.subprocess
 async def test_cli_serve_tls_creds_and_verify_peer(pki: dict[str, Path]) -> None:
     proc = await asyncio.create_subprocess_exec(
         *QMPEVENTS, "serve", "--qmp", "tcp:127.0.0.1:0", "--tls-creds", str(pki["server"]),
@@ -181,6 +185,7 @@ async def test_unix_socket_is_0600_even_with_umask_0_and_configurable() -> None:
         os.umask(old)
 
 
+@pytest.mark.subprocess
 async def test_non_loopback_listeners_are_refused_unless_allowed() -> None:
     for address in ("tcp:0.0.0.0:0", "tcp:[::]:0", "tcp:192.0.2.1:4444"):
         with pytest.raises(AddressError, match="non-loopback"):
@@ -273,6 +278,8 @@ async def test_no_simulator_command_takes_a_path_or_runs_a_program(
     table.execute(Command("quit", {}))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 async def test_cli_commands_talk_tls_with_qemus_creds_layout(pki: dict[str, Path]) -> None:
     """serve --tls-creds --tls-verify-peer; exec and watch --tls-creds reach it, plain does not."""
     from cli_process import joined, run, running

@@ -14,7 +14,7 @@ import socket
 import stat
 
 import pytest
-from qmp_raw import RawQMP, names, reply
+from qmp_raw import names, reply
 
 from qmpevents.protocol import Command, CommandFailure
 from qmpevents.server import (
@@ -28,6 +28,7 @@ from qmpevents.server import (
     parse_address,
 )
 from qmpevents.sim import SimulatedVM
+from qmpevents.testing import RawQMP
 
 VERSION = {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "test"}
 

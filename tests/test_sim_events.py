@@ -12,11 +12,13 @@ import re
 from pathlib import Path
 
 import pytest
-from qmp_raw import RawQMP, mask, names, reply
+from conformance.masking import mask
+from qmp_raw import names, reply
 
 from qmpevents import validate
 from qmpevents.catalog import Profile
 from qmpevents.sim import ManualClock, SimulatedVM
+from qmpevents.testing import RawQMP
 from qmpevents.vnc_client import handshake
 
 PROFILES: list[Profile] = ["seed", "qemu-7.2"]

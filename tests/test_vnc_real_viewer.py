@@ -21,6 +21,7 @@ from qmpevents.sim.vnc import VncEndpoint, VncListener
 
 pytestmark = [
     pytest.mark.asyncio,
+    pytest.mark.subprocess,
     pytest.mark.skipif(
         shutil.which("vncsnapshot") is None,
         reason="vncsnapshot not installed: apt-get install -y --no-install-recommends vncsnapshot",

@@ -87,8 +87,12 @@ def _parse_tcp(text: str) -> TcpAddress:
     return TcpAddress(host, int(port))
 
 
-def check_allowed(address: Address, *, allow_remote: bool) -> None:
-    """A listener's policy: an IP literal or localhost, loopback unless *allow_remote*."""
+def check_allowed(address: Address, *, allow_remote: bool,
+                  why: str = "QMP has no authentication") -> None:
+    """A listener's policy: an IP literal or localhost, loopback unless *allow_remote*.
+
+    *why* says in the error what a remote peer could do (QMP's by default).
+    """
     if not isinstance(address, TcpAddress):
         return
     if address.host != "localhost":
@@ -100,4 +104,4 @@ def check_allowed(address: Address, *, allow_remote: bool) -> None:
     if not address.is_loopback and not allow_remote:
         raise AddressError(
             f"{address}: refusing to listen on a non-loopback address "
-            "(QMP has no authentication); pass --allow-remote to do it anyway")
+            f"({why}); pass --allow-remote to do it anyway")

@@ -36,6 +36,7 @@ from qemu_support import QemuProcess
 
 from qmpevents.sim import SimulatedVM
 from qmpevents.sim.vnc import free_display
+from qmpevents.testing import RawQMP
 from qmpevents.vnc_client import AuthFailed, RfbClient
 
 Who = Literal["qemu", "sim"]
@@ -47,7 +48,6 @@ Recording = dict[str, list[bytes]]
 EOF_LINE = b"<EOF>"
 STEP_DEADLINE = 20.0
 _HIDDEN = re.compile(rb'"id": "__')
-_STREAM_LIMIT = 64 * 1024 * 1024
 
 
 # -- steps ------------------------------------------------------------------
@@ -152,12 +152,10 @@ def cmd(name: str, id_: str | None = None, monitor: int = 0, args: str | None = 
 
 
 class _Monitor:
-    """A QMP connection whose every line is recorded by a reader task."""
+    """A raw QMP connection whose every line is recorded by a reader task."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 lines: list[bytes]) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, raw: RawQMP, lines: list[bytes]) -> None:
+        self._raw = raw
         self.lines = lines
         self.hidden: set[bytes] = set()
         self.eof = False
@@ -166,27 +164,15 @@ class _Monitor:
 
     @classmethod
     async def open(cls, path: str, lines: list[bytes]) -> _Monitor:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STEP_DEADLINE
-        while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(path, limit=_STREAM_LIMIT)
-                return cls(reader, writer, lines)
-            except (ConnectionRefusedError, FileNotFoundError):
-                if loop.time() >= deadline:
-                    raise
-                await asyncio.sleep(0.02)  # the previous client is being torn down
+        # retry: the previous client may still be being torn down
+        return cls(await RawQMP.unix(path, timeout=STEP_DEADLINE, retry=True), lines)
 
     async def _read(self) -> None:
         try:
             while True:
                 try:
-                    line = await self._reader.readuntil(b"\r\n")
-                except asyncio.IncompleteReadError as exc:
-                    if exc.partial:
-                        await self._add(exc.partial)
-                    break
-                except (ConnectionError, OSError):
+                    line = await self._raw.line(timeout=None)
+                except (EOFError, ConnectionError, OSError):
                     break
                 await self._add(line)
         finally:
@@ -215,18 +201,13 @@ class _Monitor:
 
     async def send(self, data: bytes) -> None:
         with contextlib.suppress(ConnectionError, OSError):
-            self._writer.write(data)
-            await self._writer.drain()
+            await self._raw.send(data)
 
-    async def half_close(self) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            if self._writer.can_write_eof():
-                self._writer.write_eof()
+    def half_close(self) -> None:
+        self._raw.half_close()
 
     async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        await self._raw.close()
         if not self._task.done():
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -356,7 +337,7 @@ class _Run:
                     self.note(f"qmp{index}", "<timeout waiting for EOF>")
             case Close(monitor=index):
                 mon = self.monitors[index]
-                await mon.half_close()
+                mon.half_close()
                 if not await mon.wait(lambda: mon.eof, STEP_DEADLINE):
                     self.note(f"qmp{index}", "<timeout waiting for EOF after close>")
                 await mon.close()

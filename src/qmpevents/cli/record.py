@@ -28,7 +28,7 @@ from qmpevents.cli.watch import (
     run_session,
 )
 from qmpevents.client import QMPEvent
-from qmpevents.codec import encode_json
+from qmpevents.codec import Framer, ParseError, encode_json
 from qmpevents.recording import Direction, RecordingWriter
 
 log = logging.getLogger(__name__)
@@ -130,25 +130,24 @@ class Recorder:
     def tracer(self, target: Target) -> Trace:
         """One connection's traffic observer: splits the byte stream into messages.
 
-        QMP puts one message per line; a read may end inside one, so the
-        unfinished rest waits for the next read.
+        The codec's framer does the splitting, as the client's reader does:
+        a read may end inside a message, a message may span lines (QEMU's
+        ``pretty=on``), and what is not JSON is not recorded (a recording
+        holds only valid records).
         """
-        pending = bytearray()
+        framer = _trace_framer()
 
         def trace(direction: str, data: bytes) -> None:
             received = time.time()
             if direction == "out":
                 self.write(target.name, data, "out", received)
                 return
-            pending.extend(data)
-            end = pending.rfind(b"\n")
-            if end < 0:
-                return
-            lines = bytes(pending[:end]).split(b"\n")
-            del pending[:end + 1]
-            for line in lines:
-                if line.strip():
-                    self.write(target.name, line, _kind(line), received)
+            for item in framer.feed(data):
+                if isinstance(item, ParseError):
+                    log.debug("%s: not recorded, not a message: %s", target.name, item.desc)
+                else:
+                    kind, message = item
+                    self.write(target.name, message, kind, received)
 
         return trace
 
@@ -158,14 +157,26 @@ class _Probe(msgspec.Struct):
 
 
 _probe = msgspec.json.Decoder(_Probe).decode
+_Traced = tuple[Direction, bytes]
 
 
-def _kind(line: bytes) -> Direction:
-    """``event`` for an event line, ``in`` for any other server message."""
-    try:
-        return "event" if _probe(line).event is not None else "in"
-    except msgspec.DecodeError:
-        return "in"
+def _trace_framer() -> Framer[_Traced]:
+    """Server messages as (direction, bytes): ``event`` for an event, ``in`` otherwise.
+
+    A line the fast path takes is recorded as received; one only the exact
+    path can read (several messages on a line, one over several lines) is
+    re-encoded from its value.
+    """
+
+    def from_line(line: bytes) -> _Traced:
+        return ("event" if _probe(line).event is not None else "in"), line
+
+    def from_value(value: Any) -> _Traced:
+        is_event = isinstance(value, dict) and value.get("event") is not None
+        kind: Direction = "event" if is_event else "in"
+        return kind, msgspec.json.encode(value)  # keeps the members' order
+
+    return Framer(from_line, from_value)
 
 
 async def _record(args: argparse.Namespace, recorder: Recorder) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qmpevents.catalog import DEFAULT_PROFILE, PROFILES
-from qmpevents.cli.argtypes import non_negative_float
+from qmpevents.cli.argtypes import non_negative_float, positive_int
 from qmpevents.server import DEFAULT_MAX_OUTBOUND, Address, AddressError, parse_address
 from qmpevents.sim.block import DriveConfig, parse_drive
 from qmpevents.sim.vm import SimulatedVM, parse_vnc
@@ -59,12 +59,6 @@ def _mode(text: str) -> int:
         return int(text, 8)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected an octal mode like 0600") from None
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return int(text)
 
 
 EXAMPLES = """\
@@ -116,7 +110,7 @@ def register(subparsers: Any) -> None:
                         help="allow TCP listeners on non-loopback addresses (no authentication!)")
     parser.add_argument("--socket-mode", type=_mode, default=0o600, metavar="OCTAL",
                         help="mode of created unix sockets (default 0600)")
-    parser.add_argument("--max-outbound", type=_positive, default=DEFAULT_MAX_OUTBOUND,
+    parser.add_argument("--max-outbound", type=positive_int, default=DEFAULT_MAX_OUTBOUND,
                         metavar="BYTES",
                         help="unsent output after which a monitor that does not read is "
                              f"disconnected (default {DEFAULT_MAX_OUTBOUND})")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from qmpevents.server import (
     Address,
     QMPServer,
     ServerOptions,
+    TcpAddress,
     UnixAddress,
     check_allowed,
     parse_address,
@@ -42,6 +42,8 @@ from qmpevents.sim.commands import build_command_table
 from qmpevents.sim.machine import Machine
 
 _log = logging.getLogger(__name__)
+
+_VNC_EXPOSED = "VNC is unencrypted and its password at most 8 characters"
 
 
 def parse_vnc(text: str) -> tuple[str, int]:
@@ -70,11 +72,11 @@ class SimulatedVM:
         addresses = [parse_address(a) if isinstance(a, str) else a for a in qmp]
         configs = [parse_drive(d) if isinstance(d, str) else d for d in drives]
         self._vnc_spec = parse_vnc(vnc) if vnc is not None else None
-        if self._vnc_spec is not None and not allow_remote:
-            vnc_host = self._vnc_spec[0] or "0.0.0.0"
-            if vnc_host != "localhost" and not ipaddress.ip_address(vnc_host).is_loopback:
-                raise ValueError(f"VNC: refusing to listen on non-loopback address {vnc_host} "
-                                 "(pass --allow-remote to do it anyway)")
+        if self._vnc_spec is not None:
+            vnc_host, display = self._vnc_spec
+            # QEMU's "-vnc :N" listens on every interface.
+            check_allowed(TcpAddress(vnc_host or "0.0.0.0", 5900 + display),
+                          allow_remote=allow_remote, why=_VNC_EXPOSED)
         options = ServerOptions(single_client=single_client, socket_mode=socket_mode,
                                 allow_remote=allow_remote, max_outbound=max_outbound, tls=tls)
         for address in addresses:

@@ -1,11 +1,25 @@
-"""An in-test QMP server for the client tests: QEMU's protocol, a tiny command table.
+"""A fake QMP server for testing QMP clients: QEMU's protocol, a tiny command table.
 
 Built on :class:`qmpevents.protocol.ServerConnection`, so greeting,
-negotiation and request errors are QEMU's; the commands below only exist to
-drive the client's features (emit events on demand, hang, hang up, send an
-oversized reply).  Events go out with ``codec.encode_message(catalog.build_event(...))``
-in the ``qemu-7.2`` profile, before the reply of the command that caused them,
-as QEMU does.
+negotiation and request errors are QEMU's; the commands only exist to drive a
+client into the situations worth testing:
+
+=================================  ============================================
+``query-status``                   returns :attr:`FakeQMP.status`
+``emit {"events": [{"name",        sends those events (``data`` optional; an
+"data"?}, ...]}``                  unknown name goes out as given), then returns
+``x-sim-io-error {"device",        BLOCK_IO_ERROR (action ``stop``) and STOP
+"operation"}``
+``blast {"count": N}``             N RTC_CHANGE events, ``offset`` 0 to N-1 (so
+                                   a test sees any gap), then returns
+``big {"size": N}``                returns a string of N bytes
+``hang``                           never answers (sets :attr:`FakeQMP.hung`)
+``hangup``                         closes the connection instead of answering
+``fail``                           a ``GenericError``
+=================================  ============================================
+
+Anything else is ``CommandNotFound``.  Events are the ``qemu-7.2`` profile's,
+written before the reply of the command that caused them, as QEMU does.
 """
 
 from __future__ import annotations
@@ -15,7 +29,6 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -24,9 +37,15 @@ from qmpevents.catalog import Timestamp, build_event
 from qmpevents.codec import encode_message
 from qmpevents.protocol import NEED_DATA, Command, ServerConnection
 
+__all__ = ["STATUS", "VERSION", "VNC_CLIENT", "VNC_SERVER", "FakeQMP", "FakeSession",
+           "event_line"]
+
+#: The greeting's version.
 VERSION = {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "fake"}
+#: What ``query-status`` returns unless :attr:`FakeQMP.status` is changed.
 STATUS = {"status": "running", "singlestep": False, "running": True}
 
+#: ``server`` and ``client`` members of a VNC event in the ``qemu-7.2`` profile, for ``emit``.
 VNC_SERVER = {"auth": "none", "family": "ipv4", "service": "5910", "host": "127.0.0.1",
               "websocket": False}
 VNC_CLIENT = {"family": "ipv4", "service": "44302", "host": "127.0.0.1", "websocket": False}
@@ -45,12 +64,15 @@ def event_line(name: str, data: dict[str, Any] | None = None) -> bytes:
     return encode_message(wire)
 
 
-class _Session:
+class FakeSession:
+    """One client's connection to a :class:`FakeQMP`."""
+
     def __init__(self, server: FakeQMP, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.server = server
         self.reader = reader
         self.writer = writer
+        #: The protocol state: ``conn.accepts_events`` once negotiated.
         self.conn = ServerConnection(version=VERSION)
 
     async def run(self) -> None:
@@ -110,7 +132,8 @@ class _Session:
             self.conn.send_return(command, "x" * args["size"])
         elif name == "hang":
             self.server.hung.set()
-            await asyncio.Event().wait()  # until the connection is torn down
+            await self.server.closing.wait()
+            return False
         elif name == "hangup":
             return False
         elif name == "fail":
@@ -122,30 +145,38 @@ class _Session:
 
 
 class FakeQMP:
-    """``async with FakeQMP() as server:`` -- a QMP server on a unix socket (or TCP).
+    """``async with FakeQMP() as server:`` -- a QMP server on a Unix socket (or TCP).
 
-    :meth:`emit` sends an event to every negotiated client; :meth:`drop` hangs
-    up on every client (the server keeps listening, for reconnect tests).
+    Connect a client to :attr:`address`.  :meth:`emit` sends an event to
+    every negotiated client; :meth:`drop` hangs up on every client (the server
+    keeps listening, for reconnect tests).  With *event_before_reply*, a
+    RESUME event is written right before the reply to ``qmp_capabilities``.
     """
 
     def __init__(self, *, tcp: bool = False, event_before_reply: bool = False) -> None:
         self.tcp = tcp
         self.event_before_reply = event_before_reply
         self.status: dict[str, Any] = dict(STATUS)
-        self.sessions: list[_Session] = []
+        #: The connected clients.
+        self.sessions: list[FakeSession] = []
+        #: Set while at least one client is connected (cleared by :meth:`drop`).
         self.connected = asyncio.Event()
+        #: Set once a client's ``hang`` command arrived.
         self.hung = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._dir = Path(tempfile.mkdtemp(prefix="qmpev-fake-"))
+        #: Set when the server shuts down: ends the ``hang`` commands.
+        self.closing = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.on_connect: Callable[[_Session], None] | None = None
 
     @property
     def path(self) -> str:
+        """The Unix socket's path (without ``unix:``)."""
         return os.fspath(self._dir / "qmp.sock")
 
     @property
     def address(self) -> str:
+        """Where to connect: ``unix:PATH`` or, with *tcp*, ``tcp:127.0.0.1:PORT``."""
         if self.tcp:
             assert self._server is not None
             host, port = self._server.sockets[0].getsockname()[:2]
@@ -153,7 +184,7 @@ class FakeQMP:
         return f"unix:{self.path}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = _Session(self, reader, writer)
+        session = FakeSession(self, reader, writer)
         self.sessions.append(session)
         self.connected.set()
         task = asyncio.current_task()
@@ -166,6 +197,7 @@ class FakeQMP:
             self.sessions.remove(session)
 
     async def emit(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """Send one event to every negotiated client."""
         for session in self.sessions:
             if session.conn.accepts_events:
                 session.writer.write(event_line(name, data))
@@ -188,12 +220,12 @@ class FakeQMP:
                         tb: TracebackType | None) -> None:
         assert self._server is not None
         self._server.close()
+        self.closing.set()
         self.drop()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Every session ends by itself now (not cancelled: asyncio's stream
+        # server would log a cancelled handler as an error).
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
         await self._server.wait_closed()
         with contextlib.suppress(OSError):
             os.unlink(self.path)

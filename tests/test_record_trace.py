@@ -1,0 +1,50 @@
+"""``record --all-messages`` splits the server's byte stream with the codec's framer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qmpevents.cli.record import Recorder
+from qmpevents.cli.targets import Target
+from qmpevents.recording import ReadReport, RecordingWriter, read_recording
+
+STOP_PRETTY = (b'{\r\n    "event": "STOP",\r\n'
+               b'    "timestamp": {\r\n        "seconds": 1,\r\n        "microseconds": 2\r\n'
+               b'    }\r\n}\r\n')
+
+
+def _recorded(path: Path, *reads: bytes) -> tuple[list[tuple[str, object]], ReadReport]:
+    writer = RecordingWriter(str(path), fsync="never")
+    recorder = Recorder(writer)
+    trace = recorder.tracer(Target("unix:/nowhere", "vm1"))
+    for data in reads:
+        trace("in", data)
+    writer.close()
+    report = ReadReport()
+    records = [(r.direction, r.message_value()) for r in read_recording(str(path), report)]
+    return records, report
+
+
+def test_messages_split_across_reads_and_spread_over_lines(tmp_path: Path) -> None:
+    greeting = b'{"QMP": {"version": {}, "capabilities": []}}\r\n'
+    stream = greeting + b'{"return": {}}\r\n' + STOP_PRETTY
+    # every read boundary, including inside the pretty-printed event
+    for cut in range(1, len(stream)):
+        records, report = _recorded(tmp_path / f"r{cut}.jsonl", stream[:cut], stream[cut:])
+        assert records == [
+            ("in", {"QMP": {"version": {}, "capabilities": []}}),
+            ("in", {"return": {}}),
+            ("event", {"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}),
+        ], cut
+        assert report.bad_lines == 0
+
+
+def test_what_is_not_json_is_not_recorded(tmp_path: Path) -> None:
+    records, report = _recorded(
+        tmp_path / "r.jsonl", b'garbage\r\n{"return": {}}\r\n{"event": "RESET", "timestamp": '
+                  b'{"seconds": 1, "microseconds": 0}} {"return": 1}\r\n')
+    assert records == [("in", {"return": {}}),
+                       ("event", {"event": "RESET",
+                                  "timestamp": {"seconds": 1, "microseconds": 0}}),
+                       ("in", {"return": 1})]
+    assert report.bad_lines == 0
