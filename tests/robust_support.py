@@ -18,7 +18,7 @@ from typing import Any
 from qmpevents.codec import ParseError, encode_message
 from qmpevents.codec.lexer import Streamer
 from qmpevents.codec.parser import JSONParseError, parse_tokens
-from qmpevents.protocol import NEED_DATA, Command, ServerConnection
+from qmpevents.protocol import ServerConnection
 
 VERSION: dict[str, Any] = {}  # small: a fresh monitor per input encodes its greeting
 NEGOTIATE = b'{"execute": "qmp_capabilities"}\n'
@@ -49,8 +49,7 @@ def reference(data: bytes, **limits: int) -> list[Any]:
 
 def answer_all(conn: ServerConnection) -> list[bytes]:
     """Run every command the connection hands out (``{}`` for each); its reply lines."""
-    while (command := conn.next_event()) is not NEED_DATA:
-        assert isinstance(command, Command)
+    for command in conn.commands():
         conn.send_return(command, {})
     return conn.data_to_send().splitlines(keepends=True)
 

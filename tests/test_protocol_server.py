@@ -55,8 +55,7 @@ def answer(conn: ServerConnection, command: Command) -> None:
 def run(conn: ServerConnection, data: bytes) -> list[bytes]:
     """Feed *data*, answer every command; the reply lines (CRLF kept)."""
     conn.receive_data(data)
-    while (command := conn.next_event()) is not NEED_DATA:
-        assert isinstance(command, Command)
+    for command in conn.commands():
         answer(conn, command)
     out = conn.data_to_send()
     lines = out.split(b"\r\n")
@@ -340,8 +339,7 @@ def test_replies_match_real_qemu(index: int) -> None:
     data = record["input"].encode("latin-1")
     conn.receive_data(data)
     app_level: list[str] = []
-    while (command := conn.next_event()) is not NEED_DATA:
-        assert isinstance(command, Command)
+    for command in conn.commands():
         app_level.append(command.name)
         answer(conn, command)
     for name in set(app_level) - {"query-status"}:
@@ -369,8 +367,7 @@ def test_end_of_input_answers_every_request_received_then_closes() -> None:
     with pytest.raises(LocalProtocolError, match="after the end of input"):
         conn.receive_data(b"{}")
     replies = []
-    while not isinstance(event := conn.next_event(), ConnectionClosed):
-        assert isinstance(event, Command)
+    for event in conn.commands():
         answer(conn, event)
     replies = conn.data_to_send().splitlines()
     assert [json.loads(line).get("id") for line in replies] == [1, 2, None, 4]
@@ -385,8 +382,7 @@ def test_queue_depth_stops_reading_until_the_queue_is_drained() -> None:
     assert conn.pending_requests == 8 and not conn.wants_data
     assert conn.buffered_bytes > 0  # the rest waits unparsed, as in QEMU
     ids = []
-    while (command := conn.next_event()) is not NEED_DATA:
-        assert isinstance(command, Command)
+    for command in conn.commands():
         ids.append(command.id)
         assert conn.pending_requests <= 8
         answer(conn, command)
@@ -412,8 +408,21 @@ def test_end_of_input_with_a_full_queue_keeps_the_order() -> None:
     conn.receive_data(b"".join(b'{"execute": "query-status", "id": %d}' % i for i in range(12)))
     conn.receive_data(b"")
     ids = []
-    while not isinstance(event := conn.next_event(), ConnectionClosed):
-        assert isinstance(event, Command)
+    for event in conn.commands():
         ids.append(event.id)
         answer(conn, event)
+    assert conn.state is ServerState.CLOSED
     assert ids == list(range(12))
+
+
+def test_each_call_does_bounded_work_on_a_burst_of_garbage() -> None:
+    conn = fresh(queue_depth=8, input_slice=1024)
+    conn.receive_data(b"\x01x" * 100_000)  # garbage: no request, errors only
+    calls = 0
+    while True:
+        calls += 1
+        assert conn.next_event() is NEED_DATA
+        assert len(conn.data_to_send()) < 2 * 100 * 1024  # two slices of errors at most
+        if not conn.has_unparsed_input:
+            break
+    assert calls > 10 and conn.wants_data and conn.buffered_bytes == 0

@@ -34,6 +34,7 @@ from qmpevents.protocol.messages import (
     decode_line,
     from_value,
 )
+from qmpevents.protocol.outbox import Outbox
 from qmpevents.protocol.states import (
     CLIENT_TRANSITIONS,
     NEED_DATA,
@@ -104,7 +105,7 @@ class ClientConnection:
         self._held: list[Event | UnknownEvent] = []
         self._ready: deque[ClientEvent] = deque()  # classified, not handed out yet
         self._input_ended = False
-        self._out: list[bytes] = []
+        self._out = Outbox()
         #: Replies that came after their command was abandoned (:meth:`forget`).
         self.late_replies = 0
 
@@ -132,12 +133,7 @@ class ClientConnection:
 
     def data_to_send(self) -> bytes:
         """The requests queued so far, in order; empties the buffer."""
-        out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
+        return self._out.take()
 
     def forget(self, request_id: str) -> None:
         """Nobody waits for *request_id* any more (a timeout): drop its reply when it comes."""

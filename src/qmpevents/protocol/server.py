@@ -28,7 +28,7 @@ commands of a negotiated session.  QEMU's input rules are here too:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -40,6 +40,7 @@ from qmpevents.codec import (
     value_framer,
 )
 from qmpevents.errors import CommandFailure, LocalProtocolError
+from qmpevents.protocol.outbox import Outbox
 from qmpevents.protocol.states import (
     NEED_DATA,
     NO_ID,
@@ -98,8 +99,7 @@ class ServerConnection:
         self._input_ended = False
         self._framer_ended = False
         self._reading = True
-        self._out: list[bytes] = []
-        self._out_size = 0
+        self._out = Outbox()
         self._outstanding: Command | None = None
         self.oob_enabled = False
 
@@ -144,18 +144,12 @@ class ServerConnection:
 
     def data_to_send(self) -> bytes:
         """Everything produced so far, in order; empties the buffer."""
-        out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self._out_size = 0
-        return data
+        return self._out.take()
 
     @property
     def output_size(self) -> int:
         """Bytes waiting in :meth:`data_to_send`."""
-        return self._out_size
+        return self._out.size
 
     def close(self) -> None:
         """This side ends the session: no more input is taken, events are dropped."""
@@ -195,6 +189,16 @@ class ServerConnection:
         return self._framer.buffered + len(self._backlog) - self._backlog_pos
 
     @property
+    def has_unparsed_input(self) -> bool:
+        """Input is waiting to be parsed: call :meth:`next_event` again, no new data needed.
+
+        Each call parses at most one queue's worth, so an adapter serving many
+        peers yields between calls and one peer's burst cannot stall the rest.
+        """
+        return bool(self._inbox) or self._backlog_pos < len(self._backlog) or (
+            self._input_ended and not self._framer_ended)
+
+    @property
     def unfinished_at_end(self) -> int:
         """Bytes of an unfinished request that the end of input cut off."""
         return self._framer.dropped_at_end
@@ -211,20 +215,39 @@ class ServerConnection:
         if self._outstanding is not None:
             raise LocalProtocolError(
                 f"answer {self._outstanding.name!r} before taking the next command")
+        refilled = False
         while True:
             while self._inbox:
                 command = self._check(self._inbox.popleft())
                 if command is not None:
                     self._outstanding = command
                     return command
-            if not self._fill():
+            if refilled or not self._fill():
                 break
+            refilled = True  # one refill per call: the work of a call stays bounded
+        if self.has_unparsed_input:
+            return NEED_DATA  # more to parse: call again (after yielding to other peers)
         self._reading = True
         if self._input_ended:
             self._machine.fire(ServerInput.END_OF_INPUT)
             self._discard_input()
             return _CLOSED
         return NEED_DATA
+
+    def commands(self) -> Iterator[Command]:
+        """Every command received so far, for code that needs no yielding (tests, tools).
+
+        :meth:`next_event` until only :data:`NEED_DATA` is left or the input
+        ended; answer each command in the loop's body before the next one.
+        """
+        while True:
+            event = self.next_event()
+            if isinstance(event, Command):
+                yield event
+            elif event is NEED_DATA and self.has_unparsed_input:
+                continue
+            else:
+                return
 
     def _fill(self) -> bool:
         """Parse backlog slices until the queue holds *queue_depth*; whether any was parsed."""
@@ -350,7 +373,6 @@ class ServerConnection:
 
     def _append(self, data: bytes) -> None:
         self._out.append(data)
-        self._out_size += len(data)
 
 
 __all__ = ["INPUT_SLICE", "NEED_DATA", "QUEUE_DEPTH", "Command", "CommandFailure",

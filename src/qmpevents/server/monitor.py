@@ -232,6 +232,8 @@ class Monitor(asyncio.Protocol):
         elif isinstance(request, ConnectionClosed):
             self.close()
             return
+        elif conn.has_unparsed_input:
+            self._schedule_pump()  # the rest of the input, after the other monitors
         self._queue_flush()
         self._update_reading()
 

@@ -17,11 +17,9 @@ from qmpevents.catalog import Timestamp
 from qmpevents.codec import encode_message
 from qmpevents.errors import CommandFailure, QMPError
 from qmpevents.protocol import (
-    NEED_DATA,
     ClientConnection,
     ClientEvent,
     Command,
-    ConnectionClosed,
     Reply,
     ServerConnection,
 )
@@ -106,11 +104,7 @@ class MemoryQMP:
 
     def _serve(self) -> bool:
         served = False
-        while True:
-            command = self.server.next_event()
-            if command is NEED_DATA or isinstance(command, ConnectionClosed):
-                return served
-            assert isinstance(command, Command)
+        for command in self.server.commands():
             served = True
             try:
                 value = self._handler(command)
@@ -118,3 +112,4 @@ class MemoryQMP:
                 self.server.send_failure(command, failure)
             else:
                 self.server.send_return(command, value)
+        return served
