@@ -282,8 +282,9 @@ async def run_sim(setup: Setup) -> AsyncIterator[Endpoints]:
     tmp = tempfile.mkdtemp(prefix="qmpev-conf-")
     paths = [os.path.join(tmp, f"qmp{i}.sock") for i in range(setup.monitors)]
     try:
-        options = [",pretty=on" if setup.pretty and i == 0 else "" for i in range(len(paths))]
-        vm = SimulatedVM(qmp=[f"unix:{path}{opt}" for path, opt in zip(paths, options, strict=True)],
+        qmp = [f"unix:{path}" + (",pretty=on" if setup.pretty and i == 0 else "")
+               for i, path in enumerate(paths)]
+        vm = SimulatedVM(qmp=qmp,
                          profile="qemu-7.2",  # one client per socket: the profile's default
                          start_paused=True, ignore_acpi=True, no_shutdown=setup.no_shutdown,
                          drives=setup.sim_drives,
