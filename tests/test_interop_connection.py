@@ -55,6 +55,20 @@ async def test_half_close_answers_every_request_then_closes(profile: str) -> Non
     assert reply(lines[-1])["return"]["status"] == "paused"
 
 
+async def test_complete_requests_before_an_unfinished_one_are_answered_at_once() -> None:
+    """QEMU answers what is complete in a read, not at the next newline."""
+    async with SimulatedVM(profile="qemu-7.2") as vm:
+        qmp = await RawQMP.unix(vm.socket_path)
+        await qmp.negotiate()
+        await qmp.send(b'{"execute": "query-status", "id": 1}{"execute": "stop", "id": 2}'
+                       b'{"execute": "query-status", "id": "partial"')
+        assert reply(await qmp.line())["id"] == 1
+        assert names([await qmp.line()]) == ["STOP"]
+        assert reply(await qmp.line()) == {"return": {}, "id": 2}
+        await qmp.send(b"}")
+        assert reply(await qmp.line())["id"] == "partial"
+
+
 @pytest.mark.parametrize("tool", ["socat", "nc"])
 @pytest.mark.parametrize("target", TARGETS)
 async def test_piped_tools_get_every_reply(tool: str, target: Target) -> None:
