@@ -18,11 +18,12 @@ import tempfile
 
 import pytest
 from interop_support import QMPEVENTS, TARGETS, Target, mask, raw_socket, serve
-from qmp_raw import RawQMP, names, reply
+from qmp_raw import names, reply
 
 from qmpevents.addresses import AddressError, TcpAddress, UnixAddress, parse_address
 from qmpevents.codec.encoder import encode_message, pretty_wire
 from qmpevents.sim import SimulatedVM
+from qmpevents.testing import RawQMP
 
 #: What ``echo '...' | socat - UNIX-CONNECT:sock`` sends: requests, then EOF.
 BURST = (b'{"execute": "qmp_capabilities"}{"execute": "query-status", "id": 1}'
