@@ -56,8 +56,9 @@ async def serve(target: Target, *, pretty: bool = False) -> AsyncIterator[str]:
         "--ignore-acpi", "--qmp", f"unix:{path}" + (",pretty=on" if pretty else ""),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    drain: asyncio.Task[None] | None = None
     try:
-        await _listening(proc, path)
+        drain = await _listening(proc, path)
         yield path
     finally:
         if proc.returncode is None:
@@ -68,11 +69,16 @@ async def serve(target: Target, *, pretty: bool = False) -> AsyncIterator[str]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        if drain is not None:
+            await drain  # ends at the stderr EOF of the exited server
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _listening(proc: asyncio.subprocess.Process, path: str) -> None:
-    """Until ``serve`` says it listens (its stderr line), or fail with what it said."""
+async def _listening(proc: asyncio.subprocess.Process, path: str) -> asyncio.Task[None]:
+    """Until ``serve`` says it listens (its stderr line), or fail with what it said.
+
+    Returns the task that keeps draining its stderr (so it never blocks on a pipe).
+    """
     assert proc.stderr is not None
     said: list[bytes] = []
     async with asyncio.timeout(DEADLINE):
@@ -84,8 +90,7 @@ async def _listening(proc: asyncio.subprocess.Process, path: str) -> None:
             said.append(line)
             if b"QMP listening on" in line and os.path.exists(path):
                 break
-    # keep draining stderr so the server never blocks on a full pipe
-    asyncio.get_running_loop().create_task(_drain(proc.stderr))
+    return asyncio.get_running_loop().create_task(_drain(proc.stderr))
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
