@@ -65,9 +65,11 @@ class QemuProcess:
         extra_qmp: int = 0,
         binary: str | None = None,
         startup_deadline: float = STARTUP_DEADLINE,
+        pretty: bool = False,
     ) -> None:
         self.extra_args: tuple[str, ...] = extra_args
         self.extra_qmp = extra_qmp
+        self.pretty = pretty  # the primary monitor pretty-prints (-mon ...,pretty=on)
         self.binary = binary
         self.startup_deadline = startup_deadline
         self._proc: asyncio.subprocess.Process | None = None
@@ -116,9 +118,12 @@ class QemuProcess:
             "accel=tcg",
             "-m",
             "64",
-            "-qmp",
-            f"unix:{self.socket_path},server=on,wait=off",
         ]
+        if self.pretty:
+            argv += ["-chardev", f"socket,id=qmp0,path={self.socket_path},server=on,wait=off",
+                     "-mon", "chardev=qmp0,mode=control,pretty=on"]
+        else:
+            argv += ["-qmp", f"unix:{self.socket_path},server=on,wait=off"]
         for path in self.extra_socket_paths:
             argv += ["-qmp", f"unix:{path},server=on,wait=off"]
         argv += list(self.extra_args)

@@ -49,7 +49,7 @@ async def test_each_connection_is_its_own_monitor() -> None:
 
 
 async def test_events_identical_bytes_to_all_negotiated_and_none_to_others() -> None:
-    async with SimulatedVM(profile="qemu-7.2") as vm:
+    async with SimulatedVM(profile="qemu-7.2", multi_client=True) as vm:
         monitors = [await RawQMP.unix(vm.socket_path) for _ in range(3)]
         for monitor in monitors:
             await monitor.negotiate()

@@ -129,7 +129,7 @@ async def test_guest_shutdown_with_no_shutdown(profile: Profile) -> None:
 
 @pytest.mark.parametrize("profile", PROFILES)
 async def test_guest_shutdown_exits(profile: Profile) -> None:
-    async with SimulatedVM(profile=profile) as vm:
+    async with SimulatedVM(profile=profile, multi_client=True) as vm:
         a, b = await _client(vm), await _client(vm)
         events = await a.ok("x-sim-guest-shutdown")
         assert names(events) == ["SHUTDOWN"]

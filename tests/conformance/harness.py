@@ -9,7 +9,11 @@ and a list of steps:
   handled and every event it caused was delivered;
 * :class:`WaitFor` -- wait (with a deadline) until a monitor has received N lines
   matching a pattern: for what happens asynchronously (VNC, a guest);
-* :class:`WaitEOF`, :class:`Open`, :class:`Close` -- the connection's life;
+* :class:`WaitEOF`, :class:`Open`, :class:`Close` -- the connection's life (an
+  :class:`Open` may make a further connection to an already used socket, and
+  need not wait for a greeting: QEMU greets one client per socket at a time);
+* :class:`Count` -- note how many lines a monitor has received so far (what a
+  client waiting for its turn has seen: nothing);
 * :class:`Vnc` -- an RFB client action (handshake with or without a password,
   a wrong password, an early close), whose outcome is recorded in the ``vnc`` stream.
 
@@ -88,6 +92,16 @@ class WaitEOF:
 class Open:
     monitor: int
     only: Who | None = None
+    socket: int | None = None  # the socket to connect to (default: the monitor's own)
+    greeted: bool = True  # wait for the greeting
+
+
+@dataclass(frozen=True)
+class Count:
+    """Record ``<N lines received>`` on monitor N's stream."""
+
+    monitor: int
+    only: Who | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,7 @@ class Vnc:
     only: Who | None = None
 
 
-Step = Send | Sync | WaitFor | WaitEOF | Open | Close | Vnc
+Step = Send | Sync | WaitFor | WaitEOF | Open | Close | Count | Vnc
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,7 @@ class Setup:
     open_all: bool = True  # connect every monitor first (recording its greeting)
     # QEMU runs HALT_FIRMWARE instead of SeaBIOS (see there); False for a booting guest
     halt_firmware: bool = True
+    pretty: bool = False  # monitor 0 pretty-prints (QEMU: -mon ...,pretty=on)
 
 
 @dataclass(frozen=True)
@@ -256,7 +271,7 @@ async def run_qemu(setup: Setup) -> AsyncIterator[Endpoints]:
             firmware = os.path.join(tmp, "halt.bin")
             with open(firmware, "wb") as out:
                 out.write(HALT_FIRMWARE)
-        async with QemuProcess(*qemu_argv(setup, display, firmware),
+        async with QemuProcess(*qemu_argv(setup, display, firmware), pretty=setup.pretty,
                                extra_qmp=setup.monitors - 1, startup_deadline=30.0) as qemu:
             yield Endpoints([qemu.socket_path, *qemu.extra_socket_paths],
                             None if display is None else 5900 + display)
@@ -267,9 +282,12 @@ async def run_sim(setup: Setup) -> AsyncIterator[Endpoints]:
     tmp = tempfile.mkdtemp(prefix="qmpev-conf-")
     paths = [os.path.join(tmp, f"qmp{i}.sock") for i in range(setup.monitors)]
     try:
-        vm = SimulatedVM(qmp=[f"unix:{path}" for path in paths], profile="qemu-7.2",
+        qmp = [f"unix:{path}" + (",pretty=on" if setup.pretty and i == 0 else "")
+               for i, path in enumerate(paths)]
+        vm = SimulatedVM(qmp=qmp,
+                         profile="qemu-7.2",  # one client per socket: the profile's default
                          start_paused=True, ignore_acpi=True, no_shutdown=setup.no_shutdown,
-                         drives=setup.sim_drives, single_client=True,
+                         drives=setup.sim_drives,
                          vnc="127.0.0.1:0" if setup.vnc else None, vnc_port=0,
                          vnc_password=setup.vnc_password)
         async with vm:
@@ -299,21 +317,21 @@ class _Run:
     def note(self, stream: str, text: str) -> None:
         self.stream(stream).append(text.encode())
 
-    async def open(self, index: int) -> None:
+    async def open(self, index: int, socket: int | None = None) -> None:
         old = self.monitors.pop(index, None)
         if old is not None:
             await old.close()
-        self.monitors[index] = await _Monitor.open(self.endpoints.qmp_paths[index],
-                                                   self.stream(f"qmp{index}"))
+        path = self.endpoints.qmp_paths[index if socket is None else socket]
+        self.monitors[index] = await _Monitor.open(path, self.stream(f"qmp{index}"))
 
     async def step(self, step: Step) -> None:
         if step.only is not None and step.only != self.who:
             return
         match step:
-            case Open(monitor=index):
-                await self.open(index)
+            case Open(monitor=index, socket=socket, greeted=greeted):
+                await self.open(index, socket)
                 # the greeting is the first line
-                if not await self.monitors[index].wait(
+                if greeted and not await self.monitors[index].wait(
                         lambda: bool(self.monitors[index].lines), STEP_DEADLINE):
                     self.note(f"qmp{index}", "<timeout waiting for the greeting>")
             case Send(data=data, monitor=index, chunks=chunks):
@@ -341,6 +359,9 @@ class _Run:
                 if not await mon.wait(lambda: mon.eof, STEP_DEADLINE):
                     self.note(f"qmp{index}", "<timeout waiting for EOF after close>")
                 await mon.close()
+            case Count(monitor=index):
+                received = sum(not line.startswith(b"<") for line in self.monitors[index].lines)
+                self.note(f"qmp{index}", f"<{received} lines received>")
             case Vnc(action=action, password=password):
                 await self.vnc(action, password)
 

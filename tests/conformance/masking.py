@@ -12,6 +12,12 @@ _RULES: list[tuple[re.Pattern[bytes], bytes]] = [
     # the greeting's version and package (query-version is not masked)
     (re.compile(rb'^\{"QMP": \{"version": \{"qemu": \{[^}]*\}, "package": "[^"]*"\}'),
      b'{"QMP": {"version": {"qemu": {VERSION}, "package": "PACKAGE"}'),
+    # pretty=on: a timestamp's members on their own lines (an event's, at depth 2)
+    (re.compile(rb'^        "seconds": \d+,\r\n$'), b'        "seconds": S,\r\n'),
+    (re.compile(rb'^        "microseconds": \d+\r\n$'), b'        "microseconds": U\r\n'),
+    # pretty=on: the greeting's version (QMP.version.qemu.* at depth 4, package at 3)
+    (re.compile(rb'^                "(micro|minor|major)": \d+'), rb'                "\1": N'),
+    (re.compile(rb'^            "package": "[^"]*"'), b'            "package": "PACKAGE"'),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The fast scenarios: protocol, run state, VNC, two monitors.
+"""The fast scenarios: protocol, run state, VNC, monitors and connection rules.
 
 Every scenario runs on a fresh QEMU (``-S -nodefaults -display none``, TCG; QEMU
 starts in well under a second) and a fresh ``SimulatedVM(profile="qemu-7.2",
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from .harness import (
     Close,
+    Count,
+    Open,
     Scenario,
     Send,
     Setup,
@@ -193,4 +195,45 @@ MONITORS: tuple[Scenario, ...] = (
              Setup(monitors=2)),
 )
 
-FAST: tuple[Scenario, ...] = PROTOCOL + RUNSTATE + VNC + MONITORS
+#: Requests in one write, the last one unfinished: what ``echo ... | socat -`` sends.
+HALF_CLOSE_BURST = (
+    b'{"execute": "qmp_capabilities"}{"execute": "query-status", "id": 1}'
+    b'{"execute": "cont", "id": "c"}{"execute": "no-such-command", "id": "x"}\r\n'
+    b'{"execute": "stop", "id": "s"}{"execute": "query-status", "id": 2}'
+    b'{"execute": "query-status", "id": "unfinished"'
+)
+
+#: What the pretty monitor is asked: events, errors, empty and nested values.
+PRETTY_BURST = (
+    b'{"execute": "qmp_capabilities"}{"execute": "query-status", "id": 1}'
+    b'{"execute": "cont", "id": "c"}{"execute": "stop", "id": "s"}'
+    b'{"execute": "no-such-command", "id": "x"}{"execute": "query-block", "id": "b"}'
+    b'{"execute": "query-status", "id": [[], {}, {"k": [1, "\\u00e9\\n", null]}, -1.5]}'
+    b'{"execute": "query-version", "id": "v"}'
+)
+
+CONNECTION: tuple[Scenario, ...] = (
+    Scenario("half-close", "requests then shutdown(SHUT_WR): every complete request is"
+             " answered, then EOF",
+             (Send(HALF_CLOSE_BURST), Close(0))),
+    Scenario("half-close-silent", "a half-close right after the greeting: EOF",
+             (Close(0),)),
+    Scenario("one-client", "one client per socket: the next connections wait ungreeted,"
+             " then are served in order, with what they sent meanwhile",
+             (Open(0), negotiate(), Sync(),
+              Open(1, socket=0, greeted=False),
+              Send(b'{"execute": "qmp_capabilities"}{"execute": "query-status", "id": "w1"}'
+                   + CRLF, monitor=1),
+              Open(2, socket=0, greeted=False),
+              Send(b'{"execute": "query-status", "id": "w2"}' + CRLF, monitor=2),
+              cmd("cont", "c0"), Sync((0,)), Count(1), Count(2),
+              Close(0), Sync((1,)), Count(2),
+              cmd("stop", "s1", monitor=1), Sync((1,)),
+              Close(1), Sync((2,)), Close(2)),
+             Setup(open_all=False, monitors=1)),
+    Scenario("pretty", "pretty=on: QEMU's pretty-printed greeting, replies, errors and"
+             " events", (Send(PRETTY_BURST), Close(0)),
+             Setup(pretty=True)),
+)
+
+FAST: tuple[Scenario, ...] = PROTOCOL + RUNSTATE + VNC + MONITORS + CONNECTION

@@ -157,8 +157,10 @@ async def _run_demo(args: argparse.Namespace, colour: bool) -> int:
 
     display = free_display()
     started = time.monotonic()
+    # a watcher and a driver share the socket: several clients, whatever the profile
     async with SimulatedVM(drives=DRIVES, no_shutdown=True, profile=args.profile,
-                           vnc=f"127.0.0.1:{display}", name="demo-vm") as vm:
+                           vnc=f"127.0.0.1:{display}", name="demo-vm",
+                           multi_client=True) as vm:
         address = f"unix:{vm.socket_path}"
         _say(f"simulated VM on {vm.socket_path}, VNC on 127.0.0.1:{5900 + display}, "
              f"profile {args.profile}", colour)

@@ -81,8 +81,10 @@ def register(subparsers: Any) -> None:
                     "Simulation controls: x-sim-io-error, x-sim-rtc-change, "
                     "x-sim-guest-reset, x-sim-guest-shutdown.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--qmp", action="append", type=_address, metavar="unix:PATH|tcp:HOST:PORT",
-                        help=f"QMP listener, repeatable (default {DEFAULT_QMP})")
+    parser.add_argument("--qmp", action="append", type=_address,
+                        metavar="unix:PATH|tcp:HOST:PORT[,pretty=on]",
+                        help=f"QMP listener, repeatable (default {DEFAULT_QMP}); pretty=on "
+                             "writes QEMU's pretty-printed JSON (QEMU's -qmp-pretty)")
     parser.add_argument("--vnc", type=_vnc, metavar="HOST:DISPLAY",
                         help="VNC listener on port 5900+DISPLAY")
     parser.add_argument("--vnc-password-file", type=Path, metavar="FILE",
@@ -104,8 +106,13 @@ def register(subparsers: Any) -> None:
                         help="how long the guest takes to shut down after system_powerdown")
     parser.add_argument("--ignore-acpi", action="store_true",
                         help="the guest ignores system_powerdown (no guest OS)")
-    parser.add_argument("--single-client", action="store_true",
-                        help="one client per QMP socket at a time, as QEMU's chardev")
+    clients = parser.add_mutually_exclusive_group()
+    clients.add_argument("--single-client", action="store_true",
+                         help="one client per QMP socket at a time, as QEMU's chardev "
+                              "(the default with --profile qemu-7.2)")
+    clients.add_argument("--multi-client", action="store_true",
+                         help="several clients per QMP socket at once "
+                              "(the default with --profile seed)")
     parser.add_argument("--allow-remote", action="store_true",
                         help="allow TCP listeners on non-loopback addresses (no authentication!)")
     parser.add_argument("--socket-mode", type=_mode, default=0o600, metavar="OCTAL",
@@ -152,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
             no_shutdown=args.no_shutdown, start_paused=args.start_paused, profile=args.profile,
             vnc=args.vnc, vnc_password=password, name=args.name,
             powerdown_delay=args.powerdown_delay, ignore_acpi=args.ignore_acpi,
-            single_client=args.single_client, allow_remote=args.allow_remote,
+            single_client=args.single_client, multi_client=args.multi_client,
+            allow_remote=args.allow_remote,
             socket_mode=args.socket_mode, max_outbound=args.max_outbound, tls=tls)
     except ValueError as exc:  # AddressError (non-loopback), duplicate drive id
         return _fail(str(exc), 2)

@@ -8,6 +8,11 @@ real QEMU's.  Three QEMU habits are reproduced:
 * output is pure ASCII: everything outside 0x20-0x7E is a ``\\uXXXX`` escape
   with upper-case hex, astral characters as surrogate pairs;
 * doubles are printed with ``%.17g``, so ``1.0`` becomes ``1``.
+
+A monitor with ``pretty=on`` gets the same text laid out by
+:func:`pretty_wire`: one member per line, four spaces per level, and every
+newline written as CRLF (QEMU's ``monitor_puts`` turns each ``\n`` into
+``\r\n``); an empty object is ``{``, CRLF, the enclosing indent, ``}``.
 """
 
 from __future__ import annotations
@@ -123,3 +128,45 @@ def encode_json(value: Any) -> str:
 def encode_message(value: Any) -> bytes:
     """One QMP wire line: QEMU's JSON text terminated by CRLF, as ASCII bytes."""
     return (encode_json(value) + "\r\n").encode("ascii")
+
+
+# A compact wire text's tokens: strings (escapes included), the separators QEMU
+# writes (", " and ": "), brackets, line ends, and any run of scalar text.
+_WIRE_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|, |: |[{}\[\]]|\r\n|[^"{}\[\],:\r]+')
+_OPENERS = frozenset((b"{", b"["))
+_CLOSERS = frozenset((b"}", b"]"))
+
+
+def pretty_wire(data: bytes) -> bytes:
+    """QEMU's ``pretty=on`` layout of compact wire *data* (whole lines of it).
+
+    It works on the bytes, not on values, because the compact text is already
+    in QDict order and encoded once for every monitor (events are broadcast):
+    relaying it keeps order and escapes exactly as they were written.
+    """
+    out: list[bytes] = []
+    emit = out.append
+    depth = 0
+    line_start = False  # after an opening bracket or a comma: the indent is due
+    for token in _WIRE_TOKEN.findall(data):
+        if token in _CLOSERS:
+            depth -= 1
+            if not line_start:
+                emit(b"\r\n")
+            emit(b"    " * depth + token)
+            line_start = False
+        elif token == b", ":
+            emit(b",\r\n")
+            line_start = True
+        elif token == b": " or token == b"\r\n":
+            emit(token)
+        else:
+            if line_start:
+                emit(b"    " * depth)
+                line_start = False
+            emit(token)
+            if token in _OPENERS:
+                depth += 1
+                emit(b"\r\n")
+                line_start = True
+    return b"".join(out)

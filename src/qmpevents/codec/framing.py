@@ -220,7 +220,8 @@ class Framer(Generic[T]):
             # path may not take: QEMU would answer now, not at the next newline.
             self._slow = True
             return self._run_slow(buf, pos)
-        if len(rest) >= self._max_fast_line:
+        if len(rest) >= self._max_fast_line or b"}" in stripped or b"]" in stripped:
+            # Maybe complete messages before an unfinished one: QEMU answers those now.
             self._slow = True
             return self._run_slow(buf, pos)
         self._hold(rest)

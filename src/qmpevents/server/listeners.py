@@ -9,7 +9,9 @@ is still the one this listener created.
 
 ``single_client`` mimics a QEMU chardev socket: the kernel accepts further
 connections, but they get no greeting and are not read until the monitor
-before them has gone.
+before them has gone; then the next one (in connection order) is greeted and
+whatever it already sent is read, exactly as QEMU 7.2 does.  A waiting client
+that gave up meanwhile is greeted into a closed socket and dropped, as in QEMU.
 
 ``tls`` wraps TCP listeners (only) in TLS, as QEMU's ``tls-creds`` does for a
 socket chardev; a peer that does not complete the handshake in
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import ssl
@@ -60,7 +63,7 @@ class Listener:
                 reuse_address=True, ssl=self.tls,
                 ssl_handshake_timeout=self._tls_timeout if self.tls is not None else None)
             bound = self._server.sockets[0].getsockname()
-            self.address = TcpAddress(self.address.host, bound[1])
+            self.address = dataclasses.replace(self.address, port=bound[1])
 
     def _bind_unix(self, path: str) -> socket.socket:
         _remove_stale(path)

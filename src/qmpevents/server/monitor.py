@@ -20,6 +20,10 @@ Output.  Queued output is written once per loop iteration
 (:class:`FlushQueue`): a burst of events costs one ``write`` per monitor
 instead of one per event.
 
+Pretty output.  A monitor made with ``pretty=True`` writes everything, events
+included, in QEMU's ``pretty=on`` layout (:func:`~qmpevents.codec.encoder.pretty_wire`),
+applied as output is written, so the protocol and the broadcast stay compact.
+
 Slow monitors.  Output not yet taken by the kernel is bounded by
 ``max_outbound`` bytes per monitor.  When an event is due for a monitor whose
 unsent output already exceeds the bound, that monitor is **disconnected**
@@ -43,6 +47,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
+from qmpevents.codec.encoder import pretty_wire
 from qmpevents.errors import CommandFailure
 from qmpevents.protocol import QUEUE_DEPTH, Command, ConnectionClosed, ServerConnection
 from qmpevents.server.broadcaster import Broadcaster
@@ -89,7 +94,7 @@ class Monitor(asyncio.Protocol):
                  version: Mapping[str, Any], max_outbound: int,
                  on_open: Callable[[Monitor], bool], on_close: Callable[[Monitor], None],
                  queue_depth: int = QUEUE_DEPTH,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, pretty: bool = False) -> None:
         self._executor = executor
         self._broadcaster = broadcaster
         self._flusher = flusher
@@ -105,6 +110,7 @@ class Monitor(asyncio.Protocol):
         self._pump_scheduled = False
         self._reading = True          # whether the transport is being read
         self._writing_paused = False  # the transport is above its high-water mark
+        self._pretty = pretty  # QEMU's pretty=on layout
         self.closed = False
         self.peer = "?"
 
@@ -279,7 +285,7 @@ class Monitor(asyncio.Protocol):
             return
         data = conn.data_to_send()
         if data:
-            self._transport.write(data)
+            self._transport.write(pretty_wire(data) if self._pretty else data)
         self._unsent = self._transport.get_write_buffer_size()
 
     def _overflow(self) -> None:

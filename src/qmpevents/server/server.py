@@ -123,7 +123,8 @@ class QMPServer:
                           max_outbound=self._options.max_outbound,
                           on_open=on_open, on_close=on_close,
                           queue_depth=self._options.queue_depth,
-                          max_message_size=self._options.max_message_size)
+                          max_message_size=self._options.max_message_size,
+                          pretty=listener.address.pretty)
         return monitor
 
     async def close(self, timeout: float = 5.0) -> None:

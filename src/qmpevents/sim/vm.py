@@ -10,6 +10,13 @@ software::
 
 Without ``qmp`` addresses it listens on a Unix socket in a private temporary
 directory (short enough for ``sun_path``), removed on close.
+
+Connection rules follow the profile: ``qemu-7.2`` serves one client per QMP
+socket, as QEMU does (the next one waits, ungreeted, until the first leaves);
+``seed`` serves several at once, as this simulator always did, since the spec
+document says nothing about it and tools built on the seed profile (a watcher
+plus ``qmpevents exec``) rely on it.  ``single_client=True`` or
+``multi_client=True`` overrides the profile's choice.
 """
 
 from __future__ import annotations
@@ -65,7 +72,8 @@ class SimulatedVM:
                  vnc: str | None = None, vnc_password: str | None = None,
                  vnc_port: int | None = None, name: str = "qmpevents-sim",
                  powerdown_delay: float = 1.0, ignore_acpi: bool = False,
-                 single_client: bool = False, allow_remote: bool = False,
+                 single_client: bool = False, multi_client: bool = False,
+                 allow_remote: bool = False,
                  socket_mode: int = 0o600, max_outbound: int = DEFAULT_MAX_OUTBOUND,
                  clock: Clock | None = None, tls: ssl.SSLContext | None = None) -> None:
         # Everything that can refuse the options comes before the temporary directory.
@@ -77,7 +85,11 @@ class SimulatedVM:
             # QEMU's "-vnc :N" listens on every interface.
             check_allowed(TcpAddress(vnc_host or "0.0.0.0", 5900 + display),
                           allow_remote=allow_remote, why=_VNC_EXPOSED)
-        options = ServerOptions(single_client=single_client, socket_mode=socket_mode,
+        if single_client and multi_client:
+            raise ValueError("single_client and multi_client exclude each other")
+        # One client per QMP socket at a time (QEMU's rule), or several.
+        self.single_client = single_client or (not multi_client and profile == "qemu-7.2")
+        options = ServerOptions(single_client=self.single_client, socket_mode=socket_mode,
                                 allow_remote=allow_remote, max_outbound=max_outbound, tls=tls)
         for address in addresses:
             check_allowed(address, allow_remote=allow_remote)
