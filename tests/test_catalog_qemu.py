@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from qemu_support import QemuProcess, RawQMP, requires_qemu
+
 from qmpevents.catalog import EVENT_TYPES, UnknownEvent, decode_event, validate
 from qmpevents.errors import EventValidationError
 

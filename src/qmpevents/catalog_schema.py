@@ -146,7 +146,7 @@ class _Builder:
     def table(self, type_name: str) -> FieldTable:
         table: FieldTable = {}
         for member in self.schema.members(type_name):
-            entry = self.schema[member.type] if member.type in self.schema else {}
+            entry = self.schema[member.type]  # built-ins have entries too
             if entry.get("meta-type") == "object" and "variants" not in entry:
                 table[member.name] = self.table(member.type)
             else:

@@ -26,6 +26,18 @@ CAPTURE_FILE: Final = "qemu-7.2.json.gz"
 
 SchemaInfo = Mapping[str, Any]
 
+#: The QAPI names of the shipped schema's alternates, which introspection hides
+#: behind numbers but QEMU's type errors print (``expected: BlockdevRef``); each
+#: is recognised by its branches (a test checks every alternate is named).
+ALTERNATE_NAMES_BY_BRANCHES: Final[dict[tuple[str, ...], str]] = {
+    ("str", "object"): "BlockDirtyBitmapOrStr",
+    ("str", "null"): "StrOrNull",
+    ("object", "str"): "BlockdevRef",
+    ("object", "str", "null"): "BlockdevRefOrNull",
+    ("object", "enum"): "Qcow2OverlapChecks",
+    ("int", "bool", "array"): "StatsValue",
+}
+
 
 @functools.cache
 def load_capture() -> Mapping[str, Any]:
@@ -86,6 +98,17 @@ class QapiSchema:
                                 and "variants" not in self[arg_type]):
             return None
         return str(arg_type)
+
+    def alternate_names(self) -> dict[str, str]:
+        """Opaque alternate type name -> its QAPI name (see :data:`ALTERNATE_NAMES_BY_BRANCHES`)."""
+        names = {}
+        for entry in self.of_meta("alternate"):
+            branches = tuple(m["type"] if m["type"] not in self
+                             or self[m["type"]]["meta-type"] == "builtin"
+                             else self[m["type"]]["meta-type"] for m in entry["members"])
+            if branches in ALTERNATE_NAMES_BY_BRANCHES:
+                names[entry["name"]] = ALTERNATE_NAMES_BY_BRANCHES[branches]
+        return names
 
     def next_type_name(self) -> int:
         """A number not used by any opaque type name (to add types of our own)."""

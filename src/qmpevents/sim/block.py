@@ -75,6 +75,11 @@ class Drive:
         self.io_status = "ok"
 
     @property
+    def qdev_path(self) -> str:
+        """The QOM path of the drive's (anonymous virtio-blk-pci) device."""
+        return self._qdev.removesuffix("/virtio-backend")
+
+    @property
     def iostatus_enabled(self) -> bool:
         return (self.config.werror in (ErrorPolicy.STOP, ErrorPolicy.ENOSPC)
                 or self.config.rerror is ErrorPolicy.STOP)

@@ -66,6 +66,8 @@ class Machine:
         self.block = BlockLayer(list(drives))
         self.rtc = Rtc()
         self.vnc: VncListener | None = None
+        #: The QMP monitors' chardevs as (label, filename), for query-chardev.
+        self.chardevs: list[tuple[str, str]] = []
         self.state = RunState.PRELAUNCH if start_paused else RunState.RUNNING
         self.exit_status: int | None = None
         self._events = set(PROFILE_FIELDS[profile])
@@ -210,6 +212,19 @@ class Machine:
         """The guest set its RTC *offset* seconds away from host UTC."""
         self._require_running()
         self.emit("RTC_CHANGE", self.rtc.change(offset))
+
+    def device_del(self, device: str) -> None:
+        """Unplug a drive's device (by QOM path): the guest agrees at once, the drive goes.
+
+        DEVICE_DELETED comes for the virtio backend, then for the PCI device, as
+        from QEMU; an anonymous device has no ``device`` member.
+        """
+        drive = next((d for d in self.block.drives.values() if d.qdev_path == device), None)
+        if drive is None:
+            raise CommandFailure("DeviceNotFound", f"Device '{device}' not found")
+        self.emit("DEVICE_DELETED", {"path": f"{drive.qdev_path}/virtio-backend"})
+        self.emit("DEVICE_DELETED", {"path": drive.qdev_path})
+        del self.block.drives[drive.config.id]
 
     def vnc_event(self, name: str, server: VncEndpoint, client: VncEndpoint) -> None:
         """The VNC listener's callback: full data, the profile projects it."""

@@ -1,0 +1,76 @@
+"""``human-monitor-command``: the HMP commands management tools send, printed as QEMU does.
+
+QEMU's HMP writes with ``\\n``; the monitor turns each into ``\\r\\n`` before
+the text becomes the command's return string.  Texts follow QEMU 7.2's
+``hmp_info_status``, ``hmp_info_name``, ``hmp_info_version``,
+``hmp_info_block`` (``block/qapi.c``) and ``hmp_handle_error``
+(``Error: DESC``); the tests compare them with real QEMU's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qmpevents.protocol import CommandFailure
+from qmpevents.sim.machine import Machine
+from qmpevents.sim.runstate import RunState
+
+_ACTIONS: dict[str, Callable[[Machine], None]] = {
+    "stop": Machine.stop, "s": Machine.stop,
+    "cont": Machine.cont, "c": Machine.cont,
+    "system_reset": Machine.system_reset,
+    "system_powerdown": Machine.system_powerdown,
+    "quit": Machine.quit, "q": Machine.quit,
+}
+
+
+def human_monitor_command(machine: Machine, command_line: str) -> str:
+    """What HMP prints for *command_line* (errors are printed, as HMP does)."""
+    words = command_line.split()
+    if not words:
+        return ""
+    if words[0] in _ACTIONS and len(words) == 1:
+        try:
+            _ACTIONS[words[0]](machine)
+        except CommandFailure as failure:
+            return _crlf(f"Error: {failure.desc}\n")
+        return ""
+    if words[0] in ("info", "i") and len(words) == 2 and words[1] in _INFO:
+        return _crlf(_INFO[words[1]](machine))
+    return _crlf(f"The simulated machine does not model the HMP command '{command_line}'\n")
+
+
+def _crlf(text: str) -> str:
+    return text.replace("\n", "\r\n")
+
+
+def _info_status(machine: Machine) -> str:
+    state = machine.state
+    shown = "running" if state.running else "paused"
+    detail = "" if state in (RunState.RUNNING, RunState.PAUSED) else f" ({state.value})"
+    return f"VM status: {shown}{detail}\n"
+
+
+def _info_version(machine: Machine) -> str:
+    qemu = machine.version["qemu"]
+    return f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}{machine.version['package']}\n"
+
+
+def _info_block(machine: Machine) -> str:
+    blocks = []
+    for drive in machine.block.drives.values():
+        text = (f"{drive.config.id} ({drive.node_name}): null-co:// (null-co)\n"
+                f"    Attached to:      {drive.qdev_path}/virtio-backend\n")
+        if drive.iostatus_enabled and drive.io_status != "ok":
+            text += f"    I/O status:       {drive.io_status}\n"
+        blocks.append(text + "    Cache mode:       writeback\n")
+    return "\n".join(blocks)
+
+
+_INFO: dict[str, Callable[[Machine], str]] = {
+    "status": _info_status,
+    "name": lambda machine: f"{machine.name}\n",
+    "version": _info_version,
+    "block": _info_block,
+    "kvm": lambda _machine: "kvm support: disabled\n",
+}
