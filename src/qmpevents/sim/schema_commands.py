@@ -27,10 +27,10 @@ def extend_schema(base: QapiSchema, specs: Iterable[CommandSpec]) -> QapiSchema:
 
     def new_type(entry: dict[str, Any]) -> str:
         nonlocal number
-        entry["name"] = str(number)
+        named = {"name": str(number), **entry}  # "name" first, as QEMU writes it
         number += 1
-        entries.append(entry)
-        return str(entry["name"])
+        entries.append(named)
+        return str(named["name"])
 
     commands = []
     for spec in specs:
@@ -45,7 +45,8 @@ def extend_schema(base: QapiSchema, specs: Iterable[CommandSpec]) -> QapiSchema:
 
 def _member(name: str, param: Param, new_type: Any) -> dict[str, Any]:
     if param.enum is not None:
-        type_name = new_type({"meta-type": "enum", "values": list(param.enum)})
+        type_name = new_type({"members": [{"name": value} for value in param.enum],
+                              "meta-type": "enum", "values": list(param.enum)})
     else:
         type_name = _BUILTIN[param.type]
     member: dict[str, Any] = {"name": name}
