@@ -25,6 +25,8 @@ from qmpevents.protocol import CommandFailure
 from qmpevents.qapi import QapiSchema, load_capture, qemu72_schema
 from qmpevents.server import CommandSpec, CommandTable, Param, SchemaChecker
 from qmpevents.server.dispatch import Handler
+from qmpevents.sim.block import Drive
+from qmpevents.sim.display import Display
 from qmpevents.sim.hmp import human_monitor_command
 from qmpevents.sim.machine import ERRNOS, Machine
 from qmpevents.sim.queries import Queries
@@ -116,6 +118,7 @@ def _qemu72_handlers(machine: Machine, schema: QapiSchema,
                      listed: list[dict[str, str]]) -> dict[str, Handler]:
     """The QEMU 7.2 commands the machine models in the qemu-7.2 profile, by name."""
     queries = Queries(machine)
+    display = Display(machine)
 
     def qom_get(arguments: dict[str, Any]) -> Any:
         type_name = queries.qom_type(arguments["path"])
@@ -132,10 +135,32 @@ def _qemu72_handlers(machine: Machine, schema: QapiSchema,
         "qom-list": lambda arguments: queries.qom_list(arguments["path"]),
         "qom-get": qom_get,
         "device_del": lambda arguments: _done(lambda: machine.device_del(arguments["id"]))({}),
+        **_media_handlers(machine),
+        "set_password": display.set_password,
+        "expire_password": display.expire_password,
+        "screendump": display.screendump,
         "human-monitor-command": lambda arguments: human_monitor_command(
             machine, arguments["command-line"]),
     })
     return handlers
+
+
+def _media_handlers(machine: Machine) -> dict[str, Handler]:
+    """eject and the blockdev tray/medium commands, on a drive named by device or id."""
+    def on_drive(action: Callable[[Drive, dict[str, Any]], object]) -> Handler:
+        def handler(arguments: dict[str, Any]) -> dict[str, Any]:
+            action(machine.find_drive(arguments.get("device"), arguments.get("id")), arguments)
+            return {}
+        return handler
+
+    return {
+        "eject": on_drive(lambda drive, _: machine.eject(drive)),
+        "blockdev-open-tray": on_drive(lambda drive, _: machine.open_tray(drive)),
+        "blockdev-close-tray": on_drive(lambda drive, _: machine.close_tray(drive)),
+        "blockdev-remove-medium": on_drive(lambda drive, _: machine.remove_medium(drive)),
+        "blockdev-change-medium": on_drive(lambda drive, arguments: machine.change_medium(
+            drive, arguments["filename"], arguments.get("format"))),
+    }
 
 
 def modelled_commands(machine: Machine) -> list[str]:

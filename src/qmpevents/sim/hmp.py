@@ -57,13 +57,25 @@ def _info_version(machine: Machine) -> str:
 
 
 def _info_block(machine: Machine) -> str:
+    """``print_block_info`` of QEMU's block/qapi.c for each drive, a blank line between."""
     blocks = []
     for drive in machine.block.drives.values():
-        text = (f"{drive.config.id} ({drive.node_name}): null-co:// (null-co)\n"
-                f"    Attached to:      {drive.qdev_path}/virtio-backend\n")
+        medium = drive.medium
+        if medium is None:
+            text = f"{drive.config.id}: [not inserted]\n"
+        else:
+            read_only = ", read-only" if medium.read_only else ""
+            text = (f"{drive.config.id} ({medium.node_name}): {medium.filename}"
+                    f" ({medium.driver}{read_only})\n")
+        text += f"    Attached to:      {drive.attached_to}\n"
         if drive.iostatus_enabled and drive.io_status != "ok":
             text += f"    I/O status:       {drive.io_status}\n"
-        blocks.append(text + "    Cache mode:       writeback\n")
+        if drive.removable:
+            tray = "open" if drive.tray_open else "closed"
+            text += f"    Removable device: not locked, tray {tray}\n"
+        if medium is not None:
+            text += "    Cache mode:       writeback\n"
+        blocks.append(text)
     return "\n".join(blocks)
 
 

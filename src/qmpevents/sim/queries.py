@@ -82,20 +82,29 @@ class Queries:
     # -- state-made ----------------------------------------------------------
 
     def _substitutions(self, drive: Drive) -> dict[str, str]:
-        return {_TEMPLATE_QDEV: drive.qdev_path, self._template_node: drive.node_name,
-                _TEMPLATE_DRIVE: drive.config.id}
+        return {f"{_TEMPLATE_QDEV}/virtio-backend": drive.attached_to,
+                self._template_node: drive.node_name, _TEMPLATE_DRIVE: drive.config.id}
 
     def _per_drive(self, name: str) -> list[Any]:
+        """QEMU's reply for drive0, made for each drive (nodes: only those with a medium)."""
         template = self._captured[name]["return"][0]
-        return [_replace(template, self._substitutions(drive))
-                for drive in self.machine.block.drives.values()]
+        answers = []
+        for drive in self.machine.block.drives.values():
+            if drive.medium is None and name == "query-named-block-nodes":
+                continue
+            answer = _replace(template, self._substitutions(drive))
+            if drive.medium is None:
+                answer.pop("node-name", None)
+            answers.append(answer)
+        return answers
 
     def _pci(self) -> list[Any]:
         bus = copy.deepcopy(self._captured["query-pci"]["return"][0])
         devices = bus["devices"]
         virtio = next(d for d in devices if d["class_info"].get("desc") == "SCSI controller")
         builtin = [d for d in devices if d is not virtio]
-        for index, _drive in enumerate(self.machine.block.drives.values()):
+        disks = [d for d in self.machine.block.drives.values() if not d.removable]
+        for index, _disk in enumerate(disks):  # ide-cd devices sit on the built-in IDE
             builtin.append({**copy.deepcopy(virtio), "slot": virtio["slot"] + index})
         bus["devices"] = builtin
         return [bus]
@@ -131,7 +140,7 @@ class Queries:
         if path == "/machine/peripheral-anon":
             return [{"name": "type", "type": "string"},
                     *({"name": drive.qdev_path.rsplit("/", 1)[1],
-                       "type": "child<virtio-blk-pci>"}
+                       "type": "child<ide-cd>" if drive.removable else "child<virtio-blk-pci>"}
                       for drive in self.machine.block.drives.values())]
         if path == "/chardevs":
             return [{"name": "type", "type": "string"},
