@@ -23,8 +23,8 @@ CHECKER = SchemaChecker({e["name"]: e for e in SCHEMA.entries}, SCHEMA.alternate
 
 
 def _vm(**options: Any) -> SimulatedVM:
-    return SimulatedVM(profile="qemu-7.2", drives=["drive0", "d1,werror=stop"], name="vm-a",
-                       **options)
+    options.setdefault("drives", ["drive0", "d1,werror=stop"])
+    return SimulatedVM(profile="qemu-7.2", name="vm-a", **options)
 
 
 async def test_every_query_validates_against_its_return_type_and_the_machine() -> None:
@@ -118,6 +118,9 @@ async def test_hmp_prints_as_qemu() -> None:
                             r"    Attached to: +/machine/peripheral-anon/device\[0\]"
                             r"/virtio-backend\r\n    Cache mode: +writeback\r\n\r\nd1 .*",
                             await hmp("info block"), re.S)
+        assert await hmp("info mtree") == \
+            "The simulated machine does not model the HMP command 'info mtree'\r\n"
+        assert await hmp("nope") == "unknown command: 'nope'\r\n"
         await hmp("cont")
         async with qmp.expect("SHUTDOWN"):
             assert await hmp("quit") == ""
@@ -159,3 +162,54 @@ def test_readme_figures_are_computed() -> None:
 
 def test_every_alternate_of_the_schema_is_named() -> None:
     assert set(SCHEMA.alternate_names()) == {e["name"] for e in SCHEMA.of_meta("alternate")}
+
+
+async def test_screendump_is_a_ppm_of_what_a_vnc_client_sees(tmp_path: Path) -> None:
+    from qmpevents.vnc_client import AuthFailed, handshake
+
+    async with _vm(vnc="127.0.0.1:0", vnc_port=0, vnc_password="secret") as vm, \
+            qmpevents.connect(f"unix:{vm.socket_path}") as qmp:
+        assert vm.vnc_port is not None
+        await qmp.execute("screendump", {"filename": str(tmp_path / "s.ppm")})
+        data = (tmp_path / "s.ppm").read_bytes()
+        client = await handshake("127.0.0.1", vm.vnc_port, password="secret")
+        frame = await client.full_frame()
+        await client.close()
+        header = b"P6\n%d %d\n255\n" % (frame.width, frame.height)
+        assert data.startswith(header)
+        pixels = data[len(header):]
+        assert len(pixels) == frame.width * frame.height * 3
+        for x, y in [(0, 0), (10, 10), (12, 12), (100, 30), (frame.width - 1, frame.height - 1)]:
+            offset = (y * frame.width + x) * 3
+            assert tuple(pixels[offset:offset + 3]) == frame.rgb(x, y)
+        assert len(set(pixels)) > 2  # text is drawn, not a blank frame
+        # set_password changes the VNC password; expire_password "now" locks VNC out.
+        await qmp.execute("set_password", {"protocol": "vnc", "password": "other"})
+        (await handshake("127.0.0.1", vm.vnc_port, password="other")).writer.close()
+        with pytest.raises(AuthFailed):
+            await handshake("127.0.0.1", vm.vnc_port, password="secret")
+        await qmp.execute("expire_password", {"protocol": "vnc", "time": "now"})
+        await qmp.execute("query-status")  # the expiry timer (0 s) has run by now
+        with pytest.raises(AuthFailed):
+            await handshake("127.0.0.1", vm.vnc_port, password="other")
+        with pytest.raises(QMPError, match="failed to open file"):
+            await qmp.execute("screendump", {"filename": str(tmp_path / "no" / "s.ppm")})
+
+
+async def test_cdrom_tray_events_and_block_state() -> None:
+    async with _vm(drives=["drive0", "cd0,media=cdrom"]) as vm, \
+            qmpevents.connect(f"unix:{vm.socket_path}") as qmp:
+        async with qmp.listen("DEVICE_TRAY_MOVED") as events:
+            await qmp.execute("blockdev-change-medium",
+                              {"device": "cd0", "filename": "/srv/iso/debian.iso"})
+            opened, closed = await events.get(timeout=5), await events.get(timeout=5)
+            assert (opened.data.tray_open, closed.data.tray_open) == (True, False)
+            qmpevents.validate(opened, "qemu-7.2")
+            cd = (await qmp.execute("query-block"))[1]
+            assert (cd["tray_open"], cd["inserted"]["file"]) == (False, "/srv/iso/debian.iso")
+            await qmp.execute("eject", {"device": "cd0"})
+            assert (await events.get(timeout=5)).data.id == "/machine/peripheral-anon/device[1]"
+        cd = (await qmp.execute("query-block"))[1]
+        assert cd["tray_open"] is True and "inserted" not in cd
+        with pytest.raises(QMPError, match="Device 'drive0' is not removable"):
+            await qmp.execute("eject", {"device": "drive0"})

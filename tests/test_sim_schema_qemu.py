@@ -49,7 +49,8 @@ WRONG_ARGUMENTS: list[tuple[str, dict[str, Any]]] = [
     ("device_del", {"id": "nope"}), ("qom-list", {"path": "/nope"}),
 ]
 HMP = ["info status", "info name", "info version", "info block", "info kvm", "stop",
-       "info status", "cont", "info status", "system_reset"]
+       "info status", "cont", "info status", "system_reset", "bogus", "bogus x",
+       "info bogus", "info bogus x", "  info   name  "]
 _NODE = re.compile(rb"#block\d+")
 _STAMP = re.compile(rb'"seconds": \d+, "microseconds": \d+')
 #: Removable media on both (sim: ``--drive cd0,media=cdrom``), and a disk.
@@ -77,6 +78,17 @@ MEDIA: list[tuple[str, dict[str, Any]]] = [
     ("set_password", {"protocol": "spice", "password": "x"}),
     ("expire_password", {"protocol": "spice", "time": "now"}),
     ("screendump", {"filename": "/nonexistent/s.ppm"}),
+    *((name, {"device": "x"}) for name in ("block-job-cancel", "block-job-pause",
+                                           "block-job-resume", "block-job-complete")),
+    ("block-job-set-speed", {"device": "x", "speed": 1}),
+    ("block-job-dismiss", {"id": "x"}), ("block-job-finalize", {"id": "x"}),
+    *((name, {"id": "x"}) for name in ("job-cancel", "job-pause", "job-resume",
+                                       "job-complete", "job-dismiss", "job-finalize")),
+    ("system_wakeup", {}), ("inject-nmi", {}), ("set_link", {"name": "x", "up": True}),
+    ("rtc-reset-reinjection", {}), ("netdev_del", {"id": "x"}), ("chardev-remove", {"id": "x"}),
+    ("object-del", {"id": "x"}), ("blockdev-del", {"node-name": "x"}),
+    ("closefd", {"fdname": "x"}), ("migrate_cancel", {}), ("balloon", {"value": 1}),
+    ("x-exit-preconfig", {}), ("send-key", {"keys": [{"type": "qcode", "data": "a"}]}),
 ]
 
 

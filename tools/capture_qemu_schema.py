@@ -45,7 +45,7 @@ QOM_PATHS = ("/", "/machine", "/machine/peripheral", "/machine/peripheral-anon",
              "/machine/unattached", "/chardevs", "/objects")
 HMP_COMMANDS = ("info status", "info name", "info version", "info block", "info kvm",
                 "info cpus", "info chardev", "info vnc", "info mice", "info uuid",
-                "help stop")
+                "help stop", "help", "info")
 STARTUP_DEADLINE = 15.0
 
 

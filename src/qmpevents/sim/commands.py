@@ -25,6 +25,7 @@ from qmpevents.protocol import CommandFailure
 from qmpevents.qapi import QapiSchema, load_capture, qemu72_schema
 from qmpevents.server import CommandSpec, CommandTable, Param, SchemaChecker
 from qmpevents.server.dispatch import Handler
+from qmpevents.sim.absent import absent_handlers
 from qmpevents.sim.block import Drive
 from qmpevents.sim.display import Display
 from qmpevents.sim.hmp import human_monitor_command
@@ -128,6 +129,7 @@ def _qemu72_handlers(machine: Machine, schema: QapiSchema,
         return type_name
 
     handlers: dict[str, Handler] = {name: _query(queries, name) for name in queries.names()}
+    handlers.update(absent_handlers(machine, _not_modelled))
     handlers.update(_qemu_handlers(machine))
     handlers.update({
         "query-commands": lambda _: listed,

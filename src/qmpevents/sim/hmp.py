@@ -9,9 +9,11 @@ the text becomes the command's return string.  Texts follow QEMU 7.2's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from qmpevents.protocol import CommandFailure
+from qmpevents.qapi import load_capture
 from qmpevents.sim.machine import Machine
 from qmpevents.sim.runstate import RunState
 
@@ -24,11 +26,35 @@ _ACTIONS: dict[str, Callable[[Machine], None]] = {
 }
 
 
+NOT_MODELLED = "The simulated machine does not model the HMP command '{command}'\n"
+"""What HMP prints for a command QEMU 7.2's HMP has and the simulator does not model."""
+
+
+@functools.cache
+def _hmp_commands() -> tuple[frozenset[str], frozenset[str]]:
+    """QEMU 7.2's HMP command names and ``info`` names (with aliases), from its help."""
+    hmp = load_capture()["hmp"]
+
+    def names(text: str, word: int) -> frozenset[str]:
+        found: set[str] = set()
+        for line in text.splitlines():
+            if line and not line[0].isspace() and len(line.split()) > word:
+                found.update(line.split()[word].split("|"))
+        return frozenset(found)
+
+    return names(hmp["help"]["return"], 0), names(hmp["info"]["return"], 1)
+
+
 def human_monitor_command(machine: Machine, command_line: str) -> str:
     """What HMP prints for *command_line* (errors are printed, as HMP does)."""
     words = command_line.split()
     if not words:
         return ""
+    commands, infos = _hmp_commands()
+    if words[0] not in commands:
+        return _crlf(f"unknown command: '{words[0]}'\n")
+    if words[0] in ("info", "i") and len(words) > 1 and words[1] not in infos:
+        return _crlf(f"unknown command: '{words[0]} {words[1]}'\n")
     if words[0] in _ACTIONS and len(words) == 1:
         try:
             _ACTIONS[words[0]](machine)
@@ -37,7 +63,7 @@ def human_monitor_command(machine: Machine, command_line: str) -> str:
         return ""
     if words[0] in ("info", "i") and len(words) == 2 and words[1] in _INFO:
         return _crlf(_INFO[words[1]](machine))
-    return _crlf(f"The simulated machine does not model the HMP command '{command_line}'\n")
+    return _crlf(NOT_MODELLED.format(command=" ".join(words)))
 
 
 def _crlf(text: str) -> str:
