@@ -155,7 +155,8 @@ async def test_commands_hook_adds_and_overrides() -> None:
 def test_readme_figures_are_computed() -> None:
     answered = modelled_commands(Machine(profile="qemu-7.2"))
     total = len(SCHEMA.command_names())
-    assert f"{len(answered)} of QEMU 7.2's {total} commands" in README
+    figure = README.split("<!-- figures:begin -->")[1].split("<!-- figures:end -->")[0]
+    assert figure == f"{len(answered)} of QEMU 7.2's {total} commands"
     events = len(SCHEMA.event_names())
     assert f"{len(qmpevents.catalog.EVENT_TYPES)} of QEMU 7.2's {events}" in README
 
@@ -213,3 +214,17 @@ async def test_cdrom_tray_events_and_block_state() -> None:
         assert cd["tray_open"] is True and "inserted" not in cd
         with pytest.raises(QMPError, match="Device 'drive0' is not removable"):
             await qmp.execute("eject", {"device": "drive0"})
+
+
+async def test_readme_commands_hook_example_runs() -> None:
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "commands={" in b]
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # the README's example as written
+    vm: SimulatedVM = namespace["vm"]
+    async with vm, qmpevents.connect(f"unix:{vm.socket_path}") as qmp:
+        assert await qmp.execute("query-name") == {"name": "overridden"}
+        with pytest.raises(QMPError) as failure:
+            await qmp.execute("x-my-fault", {"count": 1})
+        assert failure.value.error_class == "DeviceNotActive"
+        with pytest.raises(QMPError, match="'count', expected: integer"):
+            await qmp.execute("x-my-fault", {"count": "x"})
