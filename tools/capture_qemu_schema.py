@@ -9,11 +9,13 @@ simulator models (a ``pc`` machine under TCG, one vCPU, 64 MiB, one null-co
 drive on a virtio-blk-pci device, as ``qmpevents serve --drive`` gives) and
 records, through one QMP unix socket:
 
-* ``query-qmp-schema``, ``query-commands``, ``query-events``, ``query-version``;
+* ``query-qmp-schema``, ``query-commands``, ``query-version``, and ``query-events``'s
+  reply (an error: QEMU 7.2 no longer has it; ``query-qmp-schema`` lists the events);
 * the reply (``return`` or ``error``) of every ``query-*`` command that needs no
   argument, which the simulator uses as the template of its own answers;
 * ``qom-list`` of the machine's main containers, and what HMP prints for the
-  ``info`` commands the simulator answers.
+  ``info`` commands the simulator answers and for ``help`` and ``info`` (the
+  lists of HMP commands).
 
 :func:`capture` is importable: the test that checks the shipped file against the
 installed QEMU calls it and compares.

@@ -146,7 +146,7 @@ class Queries:
             return [{"name": "type", "type": "string"},
                     *({"name": label, "type": "child<chardev-socket>"}
                       for label, _ in self.machine.chardevs)]
-        if path in self._qom and path != f"{_TEMPLATE_QDEV}":
+        if path in self._qom:
             reply = self._qom[path]
             if "return" in reply:
                 return copy.deepcopy(list(reply["return"]))
