@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qemu_support import QemuProcess, RawQMP, requires_qemu
+from qemu_support import QemuProcess, requires_qemu
 
 from qmpevents.catalog import EVENT_TYPES, UnknownEvent, decode_event, validate
 from qmpevents.errors import EventValidationError
+from qmpevents.testing import RawQMP
 
 pytestmark = [pytest.mark.qemu, requires_qemu]
 
@@ -57,19 +58,18 @@ async def _wait_for(qmp: RawQMP, name: str, lines: list[bytes], timeout: float =
         return message.get("event") == name and data.items() <= message.get("data", {}).items()
 
     while not any(arrived(line) for line in lines):
-        line = await qmp.read_line(timeout)
-        assert line, f"connection closed before {name}"
+        line = await qmp.line(timeout)
         lines.append(line)
 
 
 async def test_real_qemu_events_are_typed_and_valid(tmp_path: Path) -> None:
     async with QemuProcess(*QEMU_ARGS) as qemu:
-        qmp = await RawQMP.open(qemu.socket_path)
+        qmp = await RawQMP.unix(qemu.socket_path, retry=True)
         await qmp.negotiate()
         lines: list[bytes] = []
         for command in _commands(tmp_path):
             await qmp.send(json.dumps(command).encode() + b"\r\n")
-            lines += await qmp.read_lines_until_quiet()
+            lines += await qmp.sync()
         await _wait_for(qmp, "DEVICE_DELETED", lines)
         await _wait_for(qmp, "MIGRATION", lines, status="completed")
         await qmp.aclose()

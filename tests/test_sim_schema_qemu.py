@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from conformance.harness import HALT_FIRMWARE
-from qemu_support import QemuProcess, RawQMP, requires_qemu
+from qemu_support import QemuProcess, requires_qemu
 
 from qmpevents.qapi import load_capture
 from qmpevents.sim import SimulatedVM
+from qmpevents.testing import RawQMP
 
 pytestmark = [pytest.mark.qemu, requires_qemu]
 
@@ -93,12 +94,12 @@ MEDIA: list[tuple[str, dict[str, Any]]] = [
 
 
 async def _replies(path: str, requests: list[bytes]) -> list[bytes]:
-    qmp = await RawQMP.open(path)
+    qmp = await RawQMP.unix(path, retry=True)
     await qmp.negotiate()
     replies = []
     for request in requests:
         await qmp.send(request + b"\r\n")
-        while b'"event"' in (line := await qmp.read_line()):
+        while b'"event"' in (line := await qmp.line()):
             replies.append(_STAMP.sub(b"S", line))
         replies.append(_NODE.sub(b"#blockN", line))
     await qmp.aclose()
