@@ -30,7 +30,7 @@ from qmpevents.sim.block import Drive
 from qmpevents.sim.display import Display
 from qmpevents.sim.hmp import human_monitor_command
 from qmpevents.sim.machine import ERRNOS, Machine
-from qmpevents.sim.queries import Queries
+from qmpevents.sim.queries import Queries, as_inserted
 from qmpevents.sim.schema_commands import extend_schema
 
 NOT_MODELLED = "The simulated machine does not model the command {name}"
@@ -133,7 +133,7 @@ def _qemu72_handlers(machine: Machine, schema: QapiSchema,
     handlers.update(_qemu_handlers(machine))
     handlers.update({
         "query-commands": lambda _: listed,
-        "query-qmp-schema": lambda _: schema.entries,
+        "query-qmp-schema": _schema_answer(schema),
         "qom-list": lambda arguments: queries.qom_list(arguments["path"]),
         "qom-get": qom_get,
         "device_del": lambda arguments: _done(lambda: machine.device_del(arguments["id"]))({}),
@@ -177,7 +177,7 @@ def _qemu72_table(machine: Machine, user: dict[str, CommandSpec]) -> CommandTabl
     extra = {spec.name: spec for spec in _sim_specs(machine)}
     extra.update({name: spec for name, spec in user.items() if name not in base})
     schema = extend_schema(base, extra.values())
-    listed = [*load_capture()["query-commands"], *({"name": name} for name in extra)]
+    listed = [*as_inserted(load_capture()["query-commands"]), *({"name": name} for name in extra)]
     handlers = _qemu72_handlers(machine, schema, listed)
     specs = []
     for entry in schema.of_meta("command"):
@@ -190,6 +190,17 @@ def _qemu72_table(machine: Machine, user: dict[str, CommandSpec]) -> CommandTabl
                                  arg_type=entry["arg-type"]))
     types = {entry["name"]: entry for entry in schema.entries}
     return CommandTable(specs, checker=SchemaChecker(types, base.alternate_names()))
+
+
+def _schema_answer(schema: QapiSchema) -> Handler:
+    """query-qmp-schema's answer, built at the first call (a thousand entries)."""
+    built: list[Any] = []
+
+    def handler(_arguments: dict[str, Any]) -> Any:
+        if not built:
+            built.append(as_inserted(schema.entries))
+        return built[0]
+    return handler
 
 
 def _query(queries: Queries, name: str) -> Handler:

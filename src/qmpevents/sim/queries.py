@@ -12,10 +12,12 @@ error (``query-balloon`` without a balloon) is raised as that error.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from qmpevents.codec.encoder import qdict_bucket
 from qmpevents.protocol import CommandFailure
 from qmpevents.qapi import load_capture
 from qmpevents.sim.block import Drive
@@ -25,6 +27,24 @@ Query = Callable[[], Any]
 
 _TEMPLATE_DRIVE = "drive0"
 _TEMPLATE_QDEV = "/machine/peripheral-anon/device[0]"
+
+
+def as_inserted(value: Any) -> Any:
+    """A value received from QEMU, its objects' keys put back in QEMU's insertion order.
+
+    QEMU writes a QDict in bucket order, the newest key first within a bucket;
+    the encoder reproduces that from insertion order, so re-encoding QEMU's
+    own reply needs the keys of each bucket back in insertion (reverse) order.
+    """
+    if isinstance(value, list):
+        return [as_inserted(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    buckets: dict[int, list[str]] = {}
+    for key in value:
+        buckets.setdefault(qdict_bucket(key), []).append(key)
+    return {key: as_inserted(value[key])
+            for keys in buckets.values() for key in reversed(keys)}
 
 
 def _replace(value: Any, substitutions: Mapping[str, str]) -> Any:
@@ -40,14 +60,20 @@ def _replace(value: Any, substitutions: Mapping[str, str]) -> Any:
     return value
 
 
+@functools.cache
+def _inserted_queries() -> Mapping[str, Any]:
+    """The captured replies, in insertion order (shared: callers copy before changing)."""
+    return {name: as_inserted(reply) for name, reply in load_capture()["queries"].items()}
+
+
 class Queries:
     """Every argument-less ``query-*`` of QEMU 7.2, answered for one machine."""
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         capture = load_capture()
-        self._captured: Mapping[str, Any] = capture["queries"]
-        self._qom: Mapping[str, Any] = capture["qom-list"]
+        self._captured: Mapping[str, Any] = _inserted_queries()
+        self._qom: Mapping[str, Any] = as_inserted(capture["qom-list"])
         block = self._captured["query-block"]["return"][0]
         self._template_node = str(block["inserted"]["node-name"])
         self._state: dict[str, Query] = {
