@@ -19,7 +19,7 @@ from qmpevents.testing import RawQMP
 pytestmark = [pytest.mark.qemu, requires_qemu]
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
-from capture_qemu_schema import QEMU_ARGS, capture  # noqa: E402
+from capture_qemu_schema import QEMU_ARGS, SIM_DRIVES, capture  # noqa: E402
 
 #: Requests whose only fault is in their arguments (QEMU's input visitor answers them).
 WRONG_ARGUMENTS: list[tuple[str, dict[str, Any]]] = [
@@ -54,8 +54,6 @@ HMP = ["info status", "info name", "info version", "info block", "info kvm", "st
        "info bogus", "info bogus x", "  info   name  "]
 _NODE = re.compile(rb"#block\d+")
 _STAMP = re.compile(rb'"seconds": \d+, "microseconds": \d+')
-#: Removable media on both (sim: ``--drive cd0,media=cdrom``), and a disk.
-MEDIA_QEMU_ARGS = ("-drive", "if=none,id=cd0,media=cdrom", "-device", "ide-cd,drive=cd0")
 CD = "/machine/peripheral-anon/device[1]"
 MEDIA: list[tuple[str, dict[str, Any]]] = [
     ("eject", {"device": "drive0"}), ("eject", {"id": "nope"}), ("eject", {}),
@@ -71,6 +69,10 @@ MEDIA: list[tuple[str, dict[str, Any]]] = [
     ("human-monitor-command", {"command-line": "info block"}),
     ("qom-list", {"path": "/machine/peripheral-anon"}),
     ("qom-get", {"path": CD, "property": "type"}), ("device_del", {"id": CD}),
+    ("qom-get", {"path": CD, "property": "nope"}), ("qom-get", {"path": "/nope", "property": "x"}),
+    ("qom-list", {"path": "/chardevs"}), ("qom-list", {"path": "/machine/peripheral"}),
+    ("human-monitor-command", {"command-line": "help"}),
+    ("human-monitor-command", {"command-line": "info"}),
     ("query-name", {}), ("query-kvm", {}), ("query-vnc", {}), ("query-vnc-servers", {}),
     ("query-status", {}), ("query-hotpluggable-cpus", {}), ("query-memdev", {}),
     ("set_password", {"protocol": "vnc", "password": "x"}),
@@ -133,7 +135,7 @@ async def test_argument_errors_and_hmp_match_real_qemu(tmp_path: Path) -> None:
         await _replies(qemu.socket_path, [b'{"execute": "cont"}'])
         theirs = await _replies(qemu.socket_path, _requests())
     async with SimulatedVM(profile="qemu-7.2", name="qmpevents-sim",
-                           drives=["drive0"]) as vm:
+                           drives=SIM_DRIVES) as vm:
         ours = await _replies(vm.socket_path, _requests())
     assert [line.decode() for line in ours] == [line.decode() for line in theirs]
 
@@ -141,11 +143,11 @@ async def test_argument_errors_and_hmp_match_real_qemu(tmp_path: Path) -> None:
 async def test_media_and_state_queries_match_real_qemu(tmp_path: Path) -> None:
     requests = [json.dumps({"execute": name, "arguments": args, "id": index}).encode()
                 for index, (name, args) in enumerate(MEDIA)]
-    async with QemuProcess(*_qemu_args(tmp_path, *MEDIA_QEMU_ARGS)) as qemu:
+    async with QemuProcess(*_qemu_args(tmp_path)) as qemu:
         await _replies(qemu.socket_path, [b'{"execute": "cont"}'])
         theirs = await _replies(qemu.socket_path, requests)
     async with SimulatedVM(profile="qemu-7.2", name="qmpevents-sim",
-                           drives=["drive0", "cd0,media=cdrom"]) as vm:
+                           drives=SIM_DRIVES) as vm:
         ours = await _replies(vm.socket_path, requests)
     assert [line.decode() for line in ours] == [line.decode() for line in theirs]
 
@@ -176,7 +178,7 @@ async def test_every_query_reply_is_byte_for_byte_qemus(tmp_path: Path) -> None:
         await _replies(qemu.socket_path, [b'{"execute": "cont"}'])
         theirs = await _replies(qemu.socket_path, requests)
     async with SimulatedVM(profile="qemu-7.2", name="qmpevents-sim",
-                           drives=["drive0"]) as vm:
+                           drives=SIM_DRIVES) as vm:
         ours = await _replies(vm.socket_path, requests)
     for name, qemu_line, sim_line in zip(names, theirs, ours, strict=True):
         if name in ("query-commands", "query-qmp-schema"):  # ours go on with the x-sim-*

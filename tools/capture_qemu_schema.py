@@ -6,7 +6,8 @@ Usage::
 
 Runs ``qemu-system-x86_64`` paused, without defaults, on the machine the
 simulator models (a ``pc`` machine under TCG, one vCPU, 64 MiB, one null-co
-drive on a virtio-blk-pci device, as ``qmpevents serve --drive`` gives) and
+drive on a virtio-blk-pci device and one empty cdrom drive on an ide-cd device,
+as ``qmpevents serve --drive drive0 --drive cd0,media=cdrom`` gives) and
 records, through one QMP unix socket:
 
 * ``query-qmp-schema``, ``query-commands``, ``query-version``, and ``query-events``'s
@@ -37,14 +38,20 @@ from typing import Any
 
 DEFAULT_OUT = Path(__file__).parent.parent / "src/qmpevents/data/qemu-7.2.json.gz"
 
-#: The machine: what the simulator models with ``--name qmpevents-sim --drive drive0``.
+#: The machine: what the simulator models with ``--name qmpevents-sim --drive drive0
+#: --drive cd0,media=cdrom``.
 QEMU_ARGS = ("-S", "-nodefaults", "-display", "none", "-machine", "pc,accel=tcg", "-m", "64",
              "-name", "qmpevents-sim",
              "-drive", "if=none,id=drive0,driver=null-co",
-             "-device", "virtio-blk-pci,drive=drive0")
+             "-device", "virtio-blk-pci,drive=drive0",
+             "-drive", "if=none,id=cd0,media=cdrom", "-device", "ide-cd,drive=cd0")
+#: The simulator's ``drives`` for that machine.
+SIM_DRIVES = ("drive0", "cd0,media=cdrom")
 
+#: The containers, and one device of each kind a drive has (virtio-blk-pci, ide-cd).
 QOM_PATHS = ("/", "/machine", "/machine/peripheral", "/machine/peripheral-anon",
-             "/machine/unattached", "/chardevs", "/objects")
+             "/machine/unattached", "/chardevs", "/objects",
+             "/machine/peripheral-anon/device[0]", "/machine/peripheral-anon/device[1]")
 HMP_COMMANDS = ("info status", "info name", "info version", "info block", "info kvm",
                 "info cpus", "info chardev", "info vnc", "info mice", "info uuid",
                 "help stop", "help", "info")

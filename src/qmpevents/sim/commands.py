@@ -18,6 +18,8 @@ argument schema.  A handler for a command QEMU has keeps QEMU's argument checks.
 
 from __future__ import annotations
 
+__all__ = ["NOT_MODELLED", "UserCommands", "build_command_table", "modelled_commands"]
+
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,11 +32,9 @@ from qmpevents.sim.block import Drive
 from qmpevents.sim.display import Display
 from qmpevents.sim.hmp import human_monitor_command
 from qmpevents.sim.machine import ERRNOS, Machine
+from qmpevents.sim.not_modelled import NOT_MODELLED, not_modelled
 from qmpevents.sim.queries import Queries, as_inserted
 from qmpevents.sim.schema_commands import extend_schema
-
-NOT_MODELLED = "The simulated machine does not model the command {name}"
-"""The error (class ``GenericError``) of a QEMU 7.2 command the simulator does not model."""
 
 UserCommands = Mapping[str, Handler | CommandSpec]
 
@@ -122,11 +122,7 @@ def _qemu72_handlers(machine: Machine, schema: QapiSchema,
     display = Display(machine)
 
     def qom_get(arguments: dict[str, Any]) -> Any:
-        type_name = queries.qom_type(arguments["path"])
-        if arguments["property"] != "type":
-            raise CommandFailure("GenericError",
-                                 f"Property '{type_name}.{arguments['property']}' not found")
-        return type_name
+        return queries.qom_get(arguments["path"], arguments["property"])
 
     handlers: dict[str, Handler] = {name: _query(queries, name) for name in queries.names()}
     handlers.update(absent_handlers(machine, _not_modelled))
@@ -209,5 +205,5 @@ def _query(queries: Queries, name: str) -> Handler:
 
 def _not_modelled(name: str) -> Handler:
     def handler(_arguments: dict[str, Any]) -> Any:
-        raise CommandFailure("GenericError", NOT_MODELLED.format(name=name))
+        raise not_modelled(name)
     return handler

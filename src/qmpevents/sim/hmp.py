@@ -51,6 +51,9 @@ def human_monitor_command(machine: Machine, command_line: str) -> str:
     if not words:
         return ""
     commands, infos = _hmp_commands()
+    if words in (["help"], ["info"]):  # QEMU's own lists of commands
+        text: str = load_capture()["hmp"][words[0]]["return"]
+        return text
     if words[0] not in commands:
         return _crlf(f"unknown command: '{words[0]}'\n")
     if words[0] in ("info", "i") and len(words) > 1 and words[1] not in infos:

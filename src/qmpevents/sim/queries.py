@@ -22,6 +22,7 @@ from qmpevents.protocol import CommandFailure
 from qmpevents.qapi import load_capture
 from qmpevents.sim.block import Drive
 from qmpevents.sim.machine import Machine
+from qmpevents.sim.not_modelled import not_modelled
 
 Query = Callable[[], Any]
 
@@ -74,6 +75,10 @@ class Queries:
         capture = load_capture()
         self._captured: Mapping[str, Any] = _inserted_queries()
         self._qom: Mapping[str, Any] = as_inserted(capture["qom-list"])
+        # QEMU's property lists of the two kinds of drive device (device[0], device[1]).
+        self._device_properties = {
+            kind: self._qom[f"/machine/peripheral-anon/device[{index}]"]["return"]
+            for index, kind in enumerate(("virtio-blk-pci", "ide-cd"))}
         block = self._captured["query-block"]["return"][0]
         self._template_node = str(block["inserted"]["node-name"])
         self._state: dict[str, Query] = {
@@ -172,11 +177,29 @@ class Queries:
             return [{"name": "type", "type": "string"},
                     *({"name": label, "type": "child<chardev-socket>"}
                       for label, _ in self.machine.chardevs)]
-        if path in self._qom:
+        for drive in self.machine.block.drives.values():
+            if drive.qdev_path == path:
+                kind = "ide-cd" if drive.removable else "virtio-blk-pci"
+                return copy.deepcopy(list(self._device_properties[kind]))
+        if path in self._qom and not path.startswith("/machine/peripheral-anon/"):
             reply = self._qom[path]
             if "return" in reply:
                 return copy.deepcopy(list(reply["return"]))
-        raise CommandFailure("DeviceNotFound", f"Device '{path}' not found")
+        self.qom_type(path)  # DeviceNotFound unless the object exists
+        raise not_modelled("qom-list")  # an object of QEMU's whose properties we lack
+
+    def qom_get(self, path: str, name: str) -> Any:
+        """``qom-get``: the ``type`` of any object; other properties are not modelled."""
+        type_name = self.qom_type(path)
+        if name == "type":
+            return type_name
+        try:
+            known = any(prop["name"] == name for prop in self.qom_list(path))
+        except CommandFailure:
+            known = True  # an object whose properties we do not know
+        if known:
+            raise not_modelled("qom-get")
+        raise CommandFailure("GenericError", f"Property '{type_name}.{name}' not found")
 
     def qom_type(self, path: str) -> str:
         """The QOM type of *path* (``qom-get PATH type``)."""
