@@ -403,3 +403,32 @@ def test_encode_decode_round_trip(case: tuple[str, Any, Timestamp, catalog.Profi
     if profile == "seed" and PROFILE_FIELDS["seed"][name] != PROFILE_FIELDS["qemu-7.2"][name]:
         with pytest.raises(EventValidationError):
             validate(body, "qemu-7.2")
+
+
+def _schema_table(type_name: str) -> dict[str, Any]:
+    schema = qemu72_schema()
+    table: dict[str, Any] = {}
+    for member in schema.members(type_name):
+        entry = schema[member.type]
+        nested = entry["meta-type"] == "object" and "variants" not in entry
+        table[member.name] = _schema_table(member.type) if nested else not member.optional
+    return table
+
+
+#: Where the hand-checked qemu-7.2 shape is stricter than the schema: members the
+#: schema calls optional that QEMU 7.2 always sends (tests/data/qemu72_wire_events.txt).
+ALWAYS_SENT = {("BLOCK_IO_ERROR", "node-name")}
+
+
+@pytest.mark.parametrize("name", [str(cls.__struct_config__.tag) for cls in HAND_EVENTS])
+def test_hand_checked_shapes_agree_with_qemus_schema(name: str) -> None:
+    data_type = qemu72_schema().event_data_type(name)
+    hand = PROFILE_FIELDS["qemu-7.2"][name]
+    if data_type is None:
+        assert hand is None
+        return
+    schema_table = _schema_table(data_type)
+    for event, member in ALWAYS_SENT:
+        if event == name:
+            schema_table[member] = True
+    assert hand == schema_table

@@ -9,7 +9,9 @@ are ignored, and an event name the catalog does not know decodes to
 Two *profiles* say which of those fields a given emitter puts on the wire:
 
 * ``seed`` -- exactly the spec document (``qmp-events.txt``);
-* ``qemu-7.2`` -- what QEMU 7.2 emits (RESUME, POWERDOWN, reasons, node names...).
+* ``qemu-7.2`` -- what QEMU 7.2 emits (RESUME, POWERDOWN, reasons, node names...),
+  and every other event of QEMU 7.2's schema, typed at import from the schema
+  shipped in the package (:mod:`qmpevents.catalog_schema`, :data:`SCHEMA_EVENTS`).
 
 :data:`PROFILE_FIELDS` is that table.  From it and the models the module
 derives the strict per-profile validators, the shaping of outgoing event data
