@@ -228,3 +228,12 @@ async def test_readme_commands_hook_example_runs() -> None:
         assert failure.value.error_class == "DeviceNotActive"
         with pytest.raises(QMPError, match="'count', expected: integer"):
             await qmp.execute("x-my-fault", {"count": "x"})
+
+
+@pytest.mark.parametrize("spec", ["cd0,media=floppy", "cd0,media=disk,media=cdrom", "cd0,media"])
+def test_drive_media_option_is_checked(spec: str) -> None:
+    from qmpevents.sim.block import parse_drive
+
+    assert parse_drive("cd0,media=cdrom,werror=stop").media == "cdrom"
+    with pytest.raises(ValueError, match="unknown or repeated option"):
+        parse_drive(spec)

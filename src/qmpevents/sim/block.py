@@ -52,10 +52,10 @@ def parse_drive(spec: str) -> DriveConfig:
         raise ValueError(f"{spec!r}: expected ID[,werror=ACTION][,rerror=ACTION]"
                          "[,media=disk|cdrom]")
     policies: dict[str, ErrorPolicy] = {}
-    media = "disk"
+    media: str | None = None
     for option in options:
         key, sep, value = option.partition("=")
-        if key == "media" and sep and value in ("disk", "cdrom") and media == "disk":
+        if key == "media" and sep and value in ("disk", "cdrom") and media is None:
             media = value
             continue
         if not sep or key not in ("werror", "rerror") or key in policies:
@@ -65,7 +65,7 @@ def parse_drive(spec: str) -> DriveConfig:
                 is_read and value == ErrorPolicy.ENOSPC):
             raise ValueError(f"'{value}' invalid {'read' if is_read else 'write'} error action")
         policies[key] = ErrorPolicy(value)
-    return DriveConfig(drive_id, **policies, media=media)
+    return DriveConfig(drive_id, **policies, media=media or "disk")
 
 
 @dataclass(frozen=True, slots=True)
