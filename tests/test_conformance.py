@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from conformance.compare import Row, compare, format_result
-from conformance.differences import DIFFERENCES
+from conformance.differences import DIFFERENCES, Difference
 from conformance.harness import EOF_LINE, record_both
 from conformance.masking import mask
 from conformance.scenarios import FAST
@@ -60,11 +60,14 @@ def test_compare_reports_unlisted_differences() -> None:
     assert result.mismatches == [Row("qmp0", qemu["qmp0"][1], sim["qmp0"][1])]
     assert not compare("x", qemu, qemu).mismatches
     # a listed difference is allowed only in its own scenario
+    listed = (Difference("request-errors", "what", "why", qemu=r'"class": "DeviceNotFound"',
+                         sim=r'"class": "CommandNotFound"'),)
     dd_qemu = {"qmp0": [b'{"id": "dd", "error": {"class": "DeviceNotFound", "desc": "x"}}\r\n']}
     dd_sim = {"qmp0": [b'{"id": "dd", "error": {"class": "CommandNotFound", "desc": "The command'
                        b' device_del has not been found"}}\r\n']}
-    assert compare("request-errors", dd_qemu, dd_sim).ok
-    assert not compare("runstate", dd_qemu, dd_sim).ok
+    assert compare("request-errors", dd_qemu, dd_sim, listed).ok
+    assert not compare("runstate", dd_qemu, dd_sim, listed).ok
+    assert not compare("request-errors", dd_qemu, dd_sim).ok  # nothing is listed any more
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ are ignored, and an event name the catalog does not know decodes to
 Two *profiles* say which of those fields a given emitter puts on the wire:
 
 * ``seed`` -- exactly the spec document (``qmp-events.txt``);
-* ``qemu-7.2`` -- what QEMU 7.2 emits (RESUME, POWERDOWN, reasons, node names...).
+* ``qemu-7.2`` -- what QEMU 7.2 emits (RESUME, POWERDOWN, reasons, node names...),
+  and every other event of QEMU 7.2's schema, typed at import from the schema
+  shipped in the package (:mod:`qmpevents.catalog_schema`, :data:`SCHEMA_EVENTS`).
 
 :data:`PROFILE_FIELDS` is that table.  From it and the models the module
 derives the strict per-profile validators, the shaping of outgoing event data
@@ -19,13 +21,15 @@ derives the strict per-profile validators, the shaping of outgoing event data
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal, Union, get_args
+from typing import Any, Final, Literal, Union
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
 
+from qmpevents.catalog_schema import SchemaEvent, build_schema_events
 from qmpevents.codec.encoder import encode_json
 from qmpevents.errors import EventValidationError
+from qmpevents.qapi import qemu72_schema
 
 Profile = Literal["seed", "qemu-7.2"]
 PROFILES: Final[tuple[Profile, ...]] = ("seed", "qemu-7.2")
@@ -218,13 +222,24 @@ class UnknownEvent(_Received, kw_only=True, dict=True):
         return self.event
 
 
-AnyEvent = Union[  # noqa: UP007 - msgspec needs a real Union object here
+HAND_EVENTS: Final[tuple[type[Event], ...]] = (
     BlockIoError, Reset, RtcChange, Shutdown, Stop, Resume, Powerdown,
     VncConnected, VncInitialized, VncDisconnected,
-]
-EVENT_TYPES: Final[dict[str, type[Event]]] = {
-    str(cls.__struct_config__.tag): cls for cls in get_args(AnyEvent)
+)
+"""The events whose models are written (and checked) by hand, above."""
+
+SCHEMA_EVENTS: Final[dict[str, SchemaEvent]] = {
+    built.name: built for built in build_schema_events(
+        qemu72_schema(), skip={str(cls.__struct_config__.tag) for cls in HAND_EVENTS},
+        event_base=Event, data_base=EventData)
 }
+"""Every other event of QEMU 7.2, typed from its schema (:mod:`qmpevents.catalog_schema`)."""
+
+EVENT_TYPES: Final[dict[str, type[Event]]] = {
+    **{str(cls.__struct_config__.tag): cls for cls in HAND_EVENTS},
+    **{name: built.model for name, built in SCHEMA_EVENTS.items()},  # type: ignore[misc]
+}
+AnyEvent: Final[Any] = Union[tuple(EVENT_TYPES.values())]  # noqa: UP007 - msgspec's union
 SPEC_EVENTS: Final[tuple[str, ...]] = (
     "BLOCK_IO_ERROR", "RESET", "RTC_CHANGE", "SHUTDOWN", "STOP",
     "VNC_CONNECTED", "VNC_DISCONNECTED", "VNC_INITIALIZED",
@@ -271,6 +286,9 @@ PROFILE_FIELDS: Final[dict[Profile, dict[str, FieldTable | None]]] = {
         "VNC_INITIALIZED": {"server": _Q72_VNC_SERVER, "client": _Q72_VNC_CLIENT_AUTH},
     },
 }
+
+PROFILE_FIELDS["qemu-7.2"].update(
+    {name: built.table for name, built in SCHEMA_EVENTS.items()})
 
 #: Values a string member may take (the spec's enumerations).
 ENUMS: Final[dict[str, tuple[str, ...]]] = {
@@ -340,6 +358,9 @@ def _non_optional(tp: Any) -> Any:
 def _strict_decoder(profile: Profile) -> msgspec.json.Decoder[Any]:
     classes: list[type[Struct]] = []
     for event_name, table in PROFILE_FIELDS[profile].items():
+        if profile == "qemu-7.2" and event_name in SCHEMA_EVENTS:
+            classes.append(SCHEMA_EVENTS[event_name].strict)
+            continue
         members: list[tuple[str, Any] | tuple[str, Any, Any]] = [
             ("timestamp", _strict_struct("Timestamp", {"seconds": True, "microseconds": True},
                                          Timestamp)),
@@ -433,7 +454,7 @@ def build_event(name: str, data: Mapping[str, Any] | None, stamp: Timestamp,
 def catalog_markdown() -> str:
     """The event table of the README, generated so it cannot drift from the code."""
     lines = ["| event | seed data | qemu-7.2 data |", "|---|---|---|"]
-    names = list(PROFILE_FIELDS["qemu-7.2"])
+    names = [str(cls.__struct_config__.tag) for cls in HAND_EVENTS]
     for name in sorted(names, key=lambda n: (n not in SPEC_EVENTS, n)):
         cells = []
         for profile in PROFILES:
@@ -443,6 +464,12 @@ def catalog_markdown() -> str:
             table = PROFILE_FIELDS[profile][name]
             cells.append("no `data`" if table is None else _describe(table))
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    qemu_events = qemu72_schema().event_names()
+    typed = [name for name in qemu_events if name in EVENT_TYPES]
+    lines += ["", f"Events typed in the qemu-7.2 profile: {len(typed)} of QEMU 7.2's "
+              f"{len(qemu_events)}. Besides those above, from QEMU's schema (members as "
+              "the schema defines them): "
+              + ", ".join(sorted(SCHEMA_EVENTS)) + "."]
     return "\n".join(lines) + "\n"
 
 

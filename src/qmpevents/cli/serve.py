@@ -91,9 +91,10 @@ def register(subparsers: Any) -> None:
                         help="enable VNC authentication with the password in FILE "
                              "(an empty file: every login fails until change-vnc-password)")
     parser.add_argument("--drive", action="append", type=_drive, default=[],
-                        metavar="ID[,werror=A][,rerror=A]",
+                        metavar="ID[,werror=A][,rerror=A][,media=cdrom]",
                         help="a drive; actions ignore|report|stop|enospc "
-                             "(default werror=enospc, rerror=report)")
+                             "(default werror=enospc, rerror=report); media=cdrom: an "
+                             "empty ide-cd drive (eject, blockdev-change-medium)")
     parser.add_argument("--no-shutdown", action="store_true",
                         help="a guest shutdown stops the VM instead of exiting")
     parser.add_argument("-S", dest="start_paused", action="store_true",

@@ -18,7 +18,7 @@ from qmpevents.addresses import (
     parse_address,
 )
 from qmpevents.protocol import QUEUE_DEPTH
-from qmpevents.server.arguments import Param, check_arguments
+from qmpevents.server.arguments import Param, SchemaChecker, check_arguments
 from qmpevents.server.broadcaster import Broadcaster
 from qmpevents.server.dispatch import CommandSpec, CommandTable
 from qmpevents.server.monitor import Monitor
@@ -36,6 +36,7 @@ __all__ = [
     "Monitor",
     "Param",
     "QMPServer",
+    "SchemaChecker",
     "ServerOptions",
     "TLSCredsError",
     "TcpAddress",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from qmpevents import __version__
 from qmpevents.catalog import PROFILE_FIELDS, Profile, Timestamp, build_event
 from qmpevents.protocol import CommandFailure
-from qmpevents.sim.block import BlockLayer, DriveConfig
+from qmpevents.sim.block import BlockLayer, Drive, DriveConfig, Medium
 from qmpevents.sim.clock import Clock, LoopClock, Timer
 from qmpevents.sim.rtc import Rtc, Throttle
 from qmpevents.sim.runstate import RunState
@@ -66,6 +66,8 @@ class Machine:
         self.block = BlockLayer(list(drives))
         self.rtc = Rtc()
         self.vnc: VncListener | None = None
+        #: The QMP monitors' chardevs as (label, filename), for query-chardev.
+        self.chardevs: list[tuple[str, str]] = []
         self.state = RunState.PRELAUNCH if start_paused else RunState.RUNNING
         self.exit_status: int | None = None
         self._events = set(PROFILE_FIELDS[profile])
@@ -210,6 +212,76 @@ class Machine:
         """The guest set its RTC *offset* seconds away from host UTC."""
         self._require_running()
         self.emit("RTC_CHANGE", self.rtc.change(offset))
+
+    # -- removable media (QEMU's blockdev.c: eject = open tray + remove medium) ----
+
+    def find_drive(self, device: str | None, qdev_id: str | None) -> Drive:
+        """The drive a media command names by ``device`` (drive id) or ``id`` (QOM path)."""
+        if (device is None) == (qdev_id is None):
+            raise CommandFailure("GenericError", "Need exactly one of 'device' and 'id'")
+        drives = self.block.drives.values()
+        found = (self.block.get(device) if device is not None
+                 else next((d for d in drives if d.qdev_path == qdev_id), None))
+        if found is None:
+            raise CommandFailure("DeviceNotFound", f"Device '{device or qdev_id}' not found")
+        if not found.removable:
+            raise CommandFailure("GenericError", f"Device '{found.config.id}' is not removable")
+        return found
+
+    def _move_tray(self, drive: Drive, tray_open: bool) -> None:
+        if drive.tray_open != tray_open:
+            drive.tray_open = tray_open
+            self.emit("DEVICE_TRAY_MOVED", {"device": drive.config.id, "id": drive.qdev_path,
+                                            "tray-open": tray_open})
+
+    def eject(self, drive: Drive) -> None:
+        """Open the tray (DEVICE_TRAY_MOVED) and take the medium out."""
+        self._move_tray(drive, True)
+        drive.medium = None
+
+    def open_tray(self, drive: Drive) -> None:
+        self._move_tray(drive, True)
+
+    def close_tray(self, drive: Drive) -> None:
+        self._move_tray(drive, False)
+
+    def remove_medium(self, drive: Drive) -> None:
+        if not drive.tray_open:
+            raise CommandFailure("GenericError", f"Tray of device '{drive.config.id}' is not open")
+        drive.medium = None
+
+    def change_medium(self, drive: Drive, filename: str, driver: str | None) -> None:
+        """Open the tray, swap the medium, close the tray: QEMU's blockdev-change-medium."""
+        self.eject(drive)
+        number = self.block.new_node_number()
+        drive.medium = Medium(filename, driver or "raw", True, f"#block{number}")
+        self.close_tray(drive)
+
+    def device_del(self, device: str) -> None:
+        """Unplug a drive's device (by QOM path): the guest agrees at once, the drive goes.
+
+        DEVICE_DELETED comes for the virtio backend, then for the PCI device, as
+        from QEMU; an anonymous device has no ``device`` member.
+        """
+        drive = next((d for d in self.block.drives.values() if d.qdev_path == device), None)
+        if drive is None:
+            raise CommandFailure("DeviceNotFound", f"Device '{device}' not found")
+        if drive.removable:  # an ide-cd: the IDE bus has no hotplug
+            raise CommandFailure("GenericError",
+                                 f"Bus '{self._ide_bus(drive)}' does not support hotplugging")
+        self.emit("DEVICE_DELETED", {"path": f"{drive.qdev_path}/virtio-backend"})
+        self.emit("DEVICE_DELETED", {"path": drive.qdev_path})
+        del self.block.drives[drive.config.id]
+
+    def _ide_bus(self, drive: Drive) -> str:
+        """The PIIX IDE bus QEMU puts an anonymous ide-cd on: the emptier one, ide.1 on a tie."""
+        used = [0, 0]
+        for cdrom in (d for d in self.block.drives.values() if d.removable):
+            bus = 0 if used[0] < used[1] else 1
+            used[bus] += 1
+            if cdrom is drive:
+                return f"ide.{bus}"
+        raise AssertionError("not a cdrom drive")
 
     def vnc_event(self, name: str, server: VncEndpoint, client: VncEndpoint) -> None:
         """The VNC listener's callback: full data, the profile projects it."""

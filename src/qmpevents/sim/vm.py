@@ -45,7 +45,7 @@ from qmpevents.server import (
 )
 from qmpevents.sim.block import DriveConfig, parse_drive
 from qmpevents.sim.clock import Clock
-from qmpevents.sim.commands import build_command_table
+from qmpevents.sim.commands import UserCommands, build_command_table
 from qmpevents.sim.machine import Machine
 
 _log = logging.getLogger(__name__)
@@ -63,6 +63,13 @@ def parse_vnc(text: str) -> tuple[str, int]:
     return host, int(display)
 
 
+def _chardev_filename(address: Address) -> str:
+    """How QEMU's query-chardev shows a ``-qmp`` listener."""
+    if isinstance(address, UnixAddress):
+        return f"unix:{address.path},server=on"
+    return f"disconnected:tcp:{address.host}:{address.port},server=on"
+
+
 class SimulatedVM:
     """A running simulated VM: :attr:`machine`, its QMP :attr:`server`, maybe VNC."""
 
@@ -75,7 +82,8 @@ class SimulatedVM:
                  single_client: bool = False, multi_client: bool = False,
                  allow_remote: bool = False,
                  socket_mode: int = 0o600, max_outbound: int = DEFAULT_MAX_OUTBOUND,
-                 clock: Clock | None = None, tls: ssl.SSLContext | None = None) -> None:
+                 clock: Clock | None = None, tls: ssl.SSLContext | None = None,
+                 commands: UserCommands | None = None) -> None:
         # Everything that can refuse the options comes before the temporary directory.
         addresses = [parse_address(a) if isinstance(a, str) else a for a in qmp]
         configs = [parse_drive(d) if isinstance(d, str) else d for d in drives]
@@ -101,7 +109,7 @@ class SimulatedVM:
                                no_shutdown=no_shutdown, start_paused=start_paused,
                                powerdown_delay=powerdown_delay, ignore_acpi=ignore_acpi,
                                clock=clock)
-        self.server = QMPServer(addresses, build_command_table(self.machine),
+        self.server = QMPServer(addresses, build_command_table(self.machine, commands),
                                 version=self.machine.version, options=options)
         self.machine.subscribe(self.server.publish)
         self._vnc_password = vnc_password
@@ -136,6 +144,8 @@ class SimulatedVM:
         self.machine.watch_exit(lambda status: loop.call_soon(self._begin_close))
         try:
             await self.server.start()
+            self.machine.chardevs = [(f"compat_monitor{index}", _chardev_filename(address))
+                                     for index, address in enumerate(self.addresses)]
             if self._vnc_spec is not None:
                 from qmpevents.sim.vnc import VncListener
 

@@ -382,6 +382,14 @@ class VncListener:
                 rect, client.pending = client.pending, None
                 self._send_update(client, rect)
 
+    def framebuffer_rgb(self) -> tuple[int, int, bytes]:
+        """(width, height, RGB888 pixels row by row): what QMP ``screendump`` saves."""
+        mask = _render(self._screen(), self._width, self._height)
+        out = bytearray(len(mask) * 3)
+        for k in range(3):
+            out[k::3] = mask.translate(bytes(rgb[k] for rgb in _PALETTE).ljust(256, b"\x00"))
+        return self._width, self._height, bytes(out)
+
     def query(self) -> dict[str, Any]:
         """The listener in the shape of QEMU's query-vnc reply."""
         if self._server is None or self._closing:
