@@ -220,8 +220,10 @@ class Framer(Generic[T]):
             # path may not take: QEMU would answer now, not at the next newline.
             self._slow = True
             return self._run_slow(buf, pos)
-        if len(rest) >= self._max_fast_line or b"}" in stripped or b"]" in stripped:
-            # Maybe complete messages before an unfinished one: QEMU answers those now.
+        if len(rest) >= self._max_fast_line or (self._qemu_exact and (
+                b"}" in stripped or b"]" in stripped)):
+            # Maybe complete messages before an unfinished one: a server answers those
+            # now, as QEMU does (a client can wait for the line: nothing is owed).
             self._slow = True
             return self._run_slow(buf, pos)
         self._hold(rest)
