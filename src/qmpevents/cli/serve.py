@@ -55,10 +55,15 @@ def _vnc(text: str) -> str:
 
 
 def _mode(text: str) -> int:
+    """An octal permission mode, 0 to 0777: nothing else means a socket mode."""
     try:
-        return int(text, 8)
+        mode = int(text, 8)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an octal mode like 0600") from None
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an octal mode from 0 to 0777, "
+                                         "like 0600")
+    return mode
 
 
 EXAMPLES = """\

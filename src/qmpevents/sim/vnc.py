@@ -76,9 +76,10 @@ _BASE_PORT = 5900
 DEFAULT_CONNECTIONS = 32
 #: File descriptors left free for QMP: no VNC connection is accepted below this.
 DEFAULT_FD_RESERVE = 32
-# Connections the kernel queues while the listener is at its bounds; more wait for a
-# SYN retry.  Small, so that a flood costs kernel memory for a handful of peers only.
-_BACKLOG = 8
+# Connections the kernel queues for accept(): as many as the connection bound, so that
+# a burst of viewers is not delayed by SYN retries, yet a flood queues no more (QEMU's
+# is 1; asyncio's default 100, and a deep one was what let a flood exhaust the fds).
+_BACKLOG = DEFAULT_CONNECTIONS
 _ACCEPT_RETRY = 0.2  # seconds before accept() is retried when descriptors ran short
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
