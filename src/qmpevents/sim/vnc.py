@@ -413,7 +413,7 @@ class VncListener:
         loop = asyncio.get_running_loop()
         while True:
             left = fds_left()
-            if left is not None and left < self._fd_reserve:
+            if left is not None and left <= self._fd_reserve:
                 self._accept_errors.warning(
                     f"VNC: not accepting, {left} file descriptors left "
                     f"(reserve {self._fd_reserve})")
@@ -536,7 +536,8 @@ class VncListener:
             await writer.drain()
             response = await reader.readexactly(16)
             host = client.endpoint.host
-            await self._backoff.admit(host)
+            if not await self._backoff.admit(host, client.reader.at_eof):
+                raise _ProtocolError("the client left while its guess waited")
             # Empty password: authentication always fails, as in QEMU.
             if not password or not hmac.compare_digest(
                 response, vnc_auth_response(password, challenge)

@@ -63,11 +63,18 @@ class AuthBackoff:
         ready = max(self._next_global, address.next_check if address else 0.0)
         return max(0.0, ready - self._clock())
 
-    async def admit(self, host: str) -> None:
-        """Wait until a guess from *host* may be checked, and take the global slot."""
+    async def admit(self, host: str, gone: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until a guess from *host* may be checked, and take the global slot.
+
+        False, without taking the slot, if *gone()* tells that the peer left while it
+        waited: a closed connection's guess must not delay the live ones.
+        """
         while (delay := self.wait_for(host)) > 0:
             await asyncio.sleep(delay)  # the back-off itself, re-checked after waking
+        if gone():
+            return False
         self._next_global = self._clock() + self.global_interval
+        return True
 
     def failed(self, host: str) -> None:
         """A guess from *host* was wrong: its next one waits twice as long as this one."""
