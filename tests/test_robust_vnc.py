@@ -15,6 +15,8 @@ import logging
 import os
 import resource
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -351,3 +353,22 @@ async def test_qmp_reachable_with_500_vnc_peers(tmp_path: Any, connections: int 
             f"{'default bound' if connections is None else '--vnc-connections 500'})",
             f"{left}; QMP query-status answered in {qmp_seconds * 1000:.0f} ms; "
             f"{len(warnings)} accept warnings in {elapsed:.1f} s")
+
+
+# -- one RFB module, and no pycryptodome needed to import it ---------------------------
+
+
+def test_vnc_modules_import_without_pycryptodome() -> None:
+    """The base install (no ``vnc`` extra) imports both VNC ends; only DES needs Crypto."""
+    script = (
+        "import sys; sys.modules['Crypto'] = None\n"
+        "import qmpevents.rfb, qmpevents.vnc_client, qmpevents.sim.vnc, qmpevents.cli.demo\n"
+        "assert qmpevents.vnc_client.PixelFormat is qmpevents.rfb.PixelFormat\n"
+        "try:\n"
+        "    qmpevents.rfb.vnc_auth_response('pw', bytes(16))\n"
+        "except ImportError:\n"
+        "    print('DES needs the vnc extra')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=DEADLINE)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "DES needs the vnc extra\n", "")
