@@ -403,39 +403,59 @@ class VncListener:
             _log.exception("VNC event callback failed for %s", name)
 
     async def _accept_loop(self, sock: socket.socket) -> None:
-        """Accept connections one at a time, within the descriptor reserve.
+        """Accept connections within the descriptor reserve, all that wait at each wake-up.
 
-        An accept() that fails for want of resources (EMFILE, ENFILE, ENOBUFS,
-        ENOMEM) is logged at most once a second and retried when a client leaves or
-        after ``_ACCEPT_RETRY``; while too few descriptors are free, nothing is
-        accepted and peers wait in the (small) backlog.
+        Draining the kernel's queue at once keeps it from overflowing under a burst
+        (a full queue costs new peers a SYN retry, a second or more).  An accept()
+        that fails for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged
+        at most once a second and retried when a client leaves or after
+        ``_ACCEPT_RETRY``; while too few descriptors are free, nothing is accepted
+        and peers wait in the backlog.
         """
         loop = asyncio.get_running_loop()
         while True:
-            left = fds_left()
-            if left is not None and left <= self._fd_reserve:
-                self._accept_errors.warning(
-                    f"VNC: not accepting, {left} file descriptors left "
-                    f"(reserve {self._fd_reserve})")
+            if not self._fds_to_spare():
                 await self._wait_for_room()
                 continue
             try:
                 conn, _ = await loop.sock_accept(sock)
+                while True:
+                    self._spawn(self._admit(conn))
+                    if not self._fds_to_spare():
+                        break
+                    conn, _ = sock.accept()
+            except BlockingIOError:
+                continue  # the queue is empty: wait for the next peer
             except OSError as exc:
                 self._accept_errors.warning(f"VNC: accept() failed: {exc}")
                 if exc.errno in _RESOURCE_ERRNOS:
                     await self._wait_for_room()
-                continue
-            try:
-                reader, writer = await asyncio.open_connection(sock=conn)
-            except OSError as exc:  # the peer is gone already
-                _log.debug("VNC connection lost at accept: %r", exc)
-                conn.close()
-                continue
-            except BaseException:  # close() cancelled us: the socket is ours to close
-                conn.close()
-                raise
-            self._accept(reader, writer)
+
+    def _fds_to_spare(self) -> bool:
+        """Whether more than the reserve of descriptors is free (else say so, rate-limited)."""
+        left = fds_left()
+        if left is None or left > self._fd_reserve:
+            return True
+        self._accept_errors.warning(
+            f"VNC: not accepting, {left} file descriptors left (reserve {self._fd_reserve})")
+        return False
+
+    async def _admit(self, conn: socket.socket) -> None:
+        """Give an accepted socket its streams, then make it a client."""
+        try:
+            conn.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError as exc:  # the peer is gone already
+            _log.debug("VNC connection lost at accept: %r", exc)
+            conn.close()
+            return
+        except BaseException:  # close() cancelled us: the socket is ours to close
+            conn.close()
+            raise
+        if self._closing:
+            writer.transport.abort()
+            return
+        self._accept(reader, writer)
 
     async def _wait_for_room(self) -> None:
         """Until a client leaves, or a short while (descriptors may be freed elsewhere)."""
