@@ -41,6 +41,7 @@ def publish(vm: SimulatedVM, *lines: bytes) -> None:
 # -- watch ---------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 async def test_watch_text_survives_malformed_events(vm: SimulatedVM,
                                                     figures: Callable[[str, object], None]
                                                     ) -> None:
@@ -60,6 +61,7 @@ async def test_watch_text_survives_malformed_events(vm: SimulatedVM,
             "2 of 2, following went on")
 
 
+@pytest.mark.subprocess
 async def test_watch_json_passes_a_far_future_timestamp_through(vm: SimulatedVM) -> None:
     async with running("watch", vm.socket_path, "--json", "--count", "2") as cli:
         await joined(vm)
@@ -78,6 +80,7 @@ def _record_line(message: bytes, vm: str = "vm1") -> bytes:
         vm.encode(), message)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("json_mode", [False, True])
 async def test_replay_print_goes_past_records_that_are_not_events(tmp_path: Path,
                                                                   json_mode: bool) -> None:
@@ -117,6 +120,7 @@ INJECTION = (b'0,"vm":"other-vm","direction":"event","message":{"timestamp":'
              b'{"guest":false,"reason":"host-qmp-quit"}}')
 
 
+@pytest.mark.subprocess
 async def test_all_messages_cannot_forge_record_fields(vm: SimulatedVM, tmp_path: Path) -> None:
     out = tmp_path / "all.jsonl"
     async with running("record", vm.socket_path, "-o", str(out), "--all-messages",
@@ -156,6 +160,7 @@ def test_writer_stores_a_non_json_message_as_a_string(tmp_path: Path) -> None:
 # -- record durability and errors ------------------------------------------------------
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("policy", ["interval", "never"])
 async def test_quiet_recording_killed_keeps_every_event(vm: SimulatedVM, tmp_path: Path,
                                                         policy: str) -> None:
@@ -197,6 +202,7 @@ def test_interval_policy_syncs_on_its_timer(tmp_path: Path,
     writer.close()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("policy", ["always", "interval", "never"])
 async def test_record_to_dev_full_says_one_line_and_exits_1(vm: SimulatedVM,
                                                             policy: str) -> None:
@@ -213,6 +219,7 @@ async def test_record_to_dev_full_says_one_line_and_exits_1(vm: SimulatedVM,
 # -- serve --socket-mode ----------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("mode", ["-1", "77777", "1000", "0o7777", "8"])
 async def test_socket_mode_outside_0_to_0777_is_a_usage_error(mode: str,
                                                               tmp_path: Path) -> None:

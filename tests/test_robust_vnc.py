@@ -198,6 +198,7 @@ def schedule_bound(backoff: AuthBackoff, seconds: float) -> int:
     return count
 
 
+@pytest.mark.slow
 async def test_guessing_from_one_address_backs_off(figures: Callable[[str, object], None]
                                                    ) -> None:
     seconds = 3.0
@@ -213,6 +214,7 @@ async def test_guessing_from_one_address_backs_off(figures: Callable[[str, objec
             f"{guesses / seconds:.2f} ({guesses} in {seconds:g} s)")
 
 
+@pytest.mark.slow
 async def test_guessing_from_many_addresses_is_bounded_globally(
         figures: Callable[[str, object], None]) -> None:
     seconds = 2.0
@@ -301,6 +303,7 @@ async def connect_silent_peers(port: int, count: int) -> list[socket.socket]:
     return peers
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("connections", [None, PEERS], ids=["default", "connections=500"])
 async def test_qmp_reachable_with_500_vnc_peers(tmp_path: Any, connections: int | None,
                                                 figures: Callable[[str, object], None]
@@ -358,6 +361,7 @@ async def test_qmp_reachable_with_500_vnc_peers(tmp_path: Any, connections: int 
 # -- one RFB module, and no pycryptodome needed to import it ---------------------------
 
 
+@pytest.mark.subprocess
 def test_vnc_modules_import_without_pycryptodome() -> None:
     """The base install (no ``vnc`` extra) imports both VNC ends; only DES needs Crypto."""
     script = (
