@@ -6,13 +6,19 @@ One record per line::
 
 ``direction`` is ``event`` for events, and with full traffic recording also
 ``in`` (server to client) and ``out`` (client to server).  ``message`` is the
-exact JSON that travelled.
+exact JSON that travelled.  A message that is not exactly one JSON text (a
+hostile or broken server's line) is stored as a JSON *string* holding its text
+(bytes that are not UTF-8 as ``\\xNN``): what was sent is kept, and it can never
+add or change the record's own fields (``0,"vm":"other-vm"`` would otherwise).
 
-Durability is a policy, because fsync costs: ``always`` fsyncs every record
-(a crash loses nothing written), ``interval`` at most every N seconds (a
-crash loses at most the last N seconds), ``never`` leaves it to the OS.  A
-crash can leave a torn last line; the reader detects and skips it rather than
-failing the whole file.
+Durability is a policy, because fsync costs: ``always`` flushes and fsyncs every
+record (a crash loses nothing written), ``interval`` flushes and fsyncs at most
+``interval`` seconds after a record was written, whether more follow or not (the
+caller runs :meth:`RecordingWriter.sync_if_due` on a timer: a crash loses at
+most the last ``interval`` seconds), ``never`` hands every record to the OS at
+once and never fsyncs (a killed recorder loses nothing; a crash of the machine
+what the OS had not written).  A crash can leave a torn last line; the reader
+detects and skips it rather than failing the whole file.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
@@ -49,40 +55,70 @@ class Record(msgspec.Struct, frozen=True):
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(Record)
+_CHECK = msgspec.json.Decoder()
+
+
+def _as_json(message: bytes) -> bytes:
+    """*message* if it is exactly one JSON text, else its text as one JSON string."""
+    message = message.strip()
+    try:
+        _CHECK.decode(message)
+    except msgspec.DecodeError:
+        return _ENCODER.encode(message.decode("utf-8", "backslashreplace"))
+    return message
 
 
 class RecordingWriter:
     """Appends records to a file under an fsync policy."""
 
     def __init__(self, path: str, *, fsync: FsyncPolicy = "interval",
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed by close()
         self._policy = fsync
         self._interval = interval
-        self._last_sync = time.monotonic()
+        self._clock = clock
+        self._unsynced_since: float | None = None  # when the oldest unsynced record came
         self.records = 0
 
     def write(self, vm: str, message: bytes, *, direction: Direction = "event",
               received: float | None = None) -> None:
-        """Append one record; *message* is one JSON text (no line terminator)."""
+        """Append one record; *message* is what travelled (one JSON text, or not)."""
         record = Record(vm, time.time() if received is None else received, direction,
-                        msgspec.Raw(message.strip()))
+                        msgspec.Raw(_as_json(message)))
         self._file.write(_ENCODER.encode(record) + b"\n")
         self.records += 1
-        due = time.monotonic() - self._last_sync >= self._interval
-        if self._policy == "always" or (self._policy == "interval" and due):
+        if self._policy == "always":
+            self.sync()
+        elif self._policy == "never":
+            self._file.flush()
+        elif self._unsynced_since is None:
+            self._unsynced_since = self._clock()
+
+    def sync_due_in(self) -> float | None:
+        """Seconds until :meth:`sync_if_due` must run (None: nothing waits for a sync)."""
+        if self._unsynced_since is None:
+            return None
+        return max(0.0, self._unsynced_since + self._interval - self._clock())
+
+    def sync_if_due(self) -> None:
+        """The ``interval`` policy's timer: sync if the oldest unsynced record is due."""
+        if self.sync_due_in() == 0.0:
             self.sync()
 
     def sync(self) -> None:
         """Flush to the OS and to disk."""
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._last_sync = time.monotonic()
+        self._unsynced_since = None
 
     def close(self) -> None:
-        if not self._file.closed:
+        """Sync (unless ``never``) and close; the file is closed even if that fails."""
+        if self._file.closed:
+            return
+        try:
             if self._policy != "never":
                 self.sync()
+        finally:
             self._file.close()
 
 

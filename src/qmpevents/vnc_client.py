@@ -4,8 +4,11 @@ The demo uses it for its VNC session, the tests to drive every handshake path,
 and users to exercise a VM's VNC events from their own tests.  Every handshake
 step is its own method so a caller can stop after any of them, and each step
 records what the server sent so tests can assert on the exact bytes.
-Deliberately independent of ``qmpevents.sim.vnc``: it shares no code with the server,
-so a misreading of the RFC on one side is not mirrored on the other.
+The wire structures and the VNC Authentication response come from
+:mod:`qmpevents.rfb`, shared with the simulator's server; a misreading there would
+be mirrored on both ends, so the tests check this client against real QEMU and
+the server against a real viewer.  Importing it needs no pycryptodome: only
+VNC Authentication does (the ``vnc`` extra).
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ import sys
 from array import array
 from dataclasses import dataclass, field
 
-from Crypto.Cipher import DES
+from qmpevents.rfb import SEC_NONE, SEC_VNC, PixelFormat, Rect, vnc_auth_response
+
+__all__ = [
+    "BGR233", "BGRX_BE", "RGB565", "RGB565_BE", "AuthFailed", "Frame", "PixelFormat", "Rect",
+    "RfbClient", "ServerInit", "handshake", "vnc_auth_response",
+]
 
 
 class AuthFailed(Exception):
@@ -27,44 +35,6 @@ class AuthFailed(Exception):
         super().__init__(f"security result {result}, reason {reason!r}")
         self.result = result
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class PixelFormat:
-    bits_per_pixel: int = 32
-    depth: int = 24
-    big_endian: bool = False
-    true_colour: bool = True
-    red_max: int = 255
-    green_max: int = 255
-    blue_max: int = 255
-    red_shift: int = 16
-    green_shift: int = 8
-    blue_shift: int = 0
-
-    def pack(self) -> bytes:
-        return struct.pack(
-            ">BBBBHHHBBB3x", self.bits_per_pixel, self.depth, self.big_endian,
-            self.true_colour, self.red_max, self.green_max, self.blue_max,
-            self.red_shift, self.green_shift, self.blue_shift,
-        )  # fmt: skip
-
-    @classmethod
-    def unpack(cls, data: bytes) -> PixelFormat:
-        bpp, depth, big, tc, rm, gm, bm, rs, gs, bs = struct.unpack(">BBBBHHHBBB3x", data)
-        return cls(bpp, depth, bool(big), bool(tc), rm, gm, bm, rs, gs, bs)
-
-    def rgb(self, value: int) -> tuple[int, int, int]:
-        """A pixel value as 8-bit channels."""
-
-        def channel(shift: int, top: int) -> int:
-            return ((value >> shift) & top) * 255 // top if top else 0
-
-        return (
-            channel(self.red_shift, self.red_max),
-            channel(self.green_shift, self.green_max),
-            channel(self.blue_shift, self.blue_max),
-        )
 
 
 RGB565 = PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0)
@@ -97,32 +67,12 @@ class Frame:
         return self.pixel_format.rgb(self.value(x, y))
 
 
-@dataclass
-class Rect:
-    x: int
-    y: int
-    w: int
-    h: int
-
-
-def vnc_auth_response(password: str, challenge: bytes) -> bytes:
-    """RFC 6143 §7.2.2: DES-ECB of the challenge, key = password with mirrored bits."""
-    key = bytearray(password.encode()[:8].ljust(8, b"\0"))
-    for i, byte in enumerate(key):
-        mirrored = 0
-        for bit in range(8):
-            if byte & (1 << bit):
-                mirrored |= 0x80 >> bit
-        key[i] = mirrored
-    return bytes(DES.new(bytes(key), DES.MODE_ECB).encrypt(challenge))
-
-
 _TYPECODES = {1: "B", 2: "H", 4: "I"}
 
 
 def _blank(width: int, height: int, pf: PixelFormat) -> Frame:
-    pixels = array(_TYPECODES[pf.bits_per_pixel // 8])
-    pixels.frombytes(bytes(width * height * pf.bits_per_pixel // 8))
+    pixels = array(_TYPECODES[pf.bytes_per_pixel])
+    pixels.frombytes(bytes(width * height * pf.bytes_per_pixel))
     return Frame(width, height, pf, pixels)
 
 
@@ -178,14 +128,14 @@ class RfbClient:
                 raise AuthFailed(0, await self._reason())
             self.security_types = list(await r.readexactly(count))
             if choose is None:
-                choose = 1 if password is None else 2
+                choose = SEC_NONE if password is None else SEC_VNC
             chosen = choose
             self.writer.write(bytes([chosen]))
-        if chosen == 2:
+        if chosen == SEC_VNC:
             challenge = await r.readexactly(16)
             self.writer.write(vnc_auth_response(password or "", challenge))
         await self.writer.drain()
-        if self.minor == 8 or chosen != 1:
+        if self.minor == 8 or chosen != SEC_NONE:
             (self.security_result,) = struct.unpack(">I", await r.readexactly(4))
             if self.security_result != 0:
                 reason = await self._reason() if self.minor == 8 else None
@@ -235,7 +185,7 @@ class RfbClient:
                 continue
             raise AssertionError(f"unexpected server message {kind}")
         (count,) = struct.unpack(">xH", await r.readexactly(3))
-        size = frame.pixel_format.bits_per_pixel // 8
+        size = frame.pixel_format.bytes_per_pixel
         rects = []
         for _ in range(count):
             x, y, w, h, encoding = struct.unpack(">HHHHi", await r.readexactly(12))

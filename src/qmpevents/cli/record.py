@@ -43,7 +43,9 @@ examples:
 Each line: {"vm": NAME, "received": EPOCH, "direction": "event", "message": {...}};
 with --all-messages also "in" (greeting, replies) and "out" (commands).
 --fsync always: a crash loses nothing written; interval (default): at most the
-last --fsync-interval seconds; never: whatever the OS had not written.
+last --fsync-interval seconds (synced on a timer, whether more events come or
+not); never: every record goes to the OS at once, a machine crash loses what
+the OS had not written.
 A torn last line left by a crash is skipped when the file is read.
 Ctrl-C or SIGTERM stops the recording: the file is flushed and closed, exit 0.
 
@@ -88,12 +90,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"qmpevents record: error: {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     recorder = Recorder(writer)
+    status = 1
     try:
-        return asyncio.run(_record(args, recorder))
+        status = asyncio.run(_record(args, recorder))
     finally:
-        writer.close()
-        print(f"qmpevents record: {recorder.events} events ({writer.records} records) "
-              f"written to {args.output}", file=sys.stderr)
+        try:
+            writer.close()
+        except OSError as exc:
+            if status != 1:  # not said yet: the last records could not be written
+                _write_error(args.output, exc)
+            status = 1
+        if status != 1:
+            print(f"qmpevents record: {recorder.events} events ({writer.records} records) "
+                  f"written to {args.output}", file=sys.stderr)
+    return status
+
+
+def _write_error(output: str, exc: OSError) -> None:
+    """The one line a write error gets (the recording ends with exit status 1)."""
+    print(f"qmpevents record: error: {output}: {exc.strerror or exc}", file=sys.stderr)
 
 
 class Recorder:
@@ -108,6 +123,7 @@ class Recorder:
         self.on_written: Callable[[], None] = lambda: None
         #: Called with a write error (it ends the recording).
         self.on_error: Callable[[OSError], None] = lambda exc: None
+        self._sync_timer: asyncio.TimerHandle | None = None
 
     def write(self, vm: str, message: bytes, direction: Direction,
               received: float | None = None) -> None:
@@ -118,10 +134,32 @@ class Recorder:
         except OSError as exc:
             self.on_error(exc)
             return
+        self._schedule_sync()
         log.debug("%s: recorded %s message (%d bytes)", vm, direction, len(message))
         if direction == "event":
             self.events += 1
             self.on_written()
+
+    def _schedule_sync(self) -> None:
+        """``--fsync interval``: sync when due even if no record follows (the bound)."""
+        due = self.writer.sync_due_in()
+        if due is not None and self._sync_timer is None:
+            self._sync_timer = asyncio.get_running_loop().call_later(due, self._sync_due)
+
+    def _sync_due(self) -> None:
+        self._sync_timer = None
+        try:
+            self.writer.sync_if_due()
+        except OSError as exc:
+            self.on_error(exc)
+            return
+        self._schedule_sync()
+
+    def stop_syncing(self) -> None:
+        """No more timer: the writer's close() does the last sync."""
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+            self._sync_timer = None
 
     async def on_event(self, vm: str, event: QMPEvent) -> None:
         raw = event.raw if event.raw is not None else encode_json(event.to_wire()).encode()
@@ -207,5 +245,8 @@ async def _record(args: argparse.Namespace, recorder: Recorder) -> int:
             attachments, done, args.timeout, on_timeout=lambda: 0, on_signal=lambda _: 0,
             started=lambda: note(f"recording to {args.output} (Ctrl-C to stop)"))
     except OSError as exc:
-        note(f"error: {args.output}: {exc.strerror or exc}")
+        recorder.stopped = True
+        _write_error(args.output, exc)
         return 1
+    finally:
+        recorder.stop_syncing()

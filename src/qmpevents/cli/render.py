@@ -3,6 +3,10 @@
 On a terminal: one coloured line per event (time, VM, event, key data).
 Piped: the same line without colour, or with ``--json`` one JSON object per
 line with the source VM added, so ``jq`` can take it from there.
+
+Rendering never fails on what a server sent: an event that decodes but is odd
+(a VNC ``client`` that is not an object, a timestamp no calendar holds) still
+gets its line, and :func:`raw_line` shows anything else as the bytes received.
 """
 
 from __future__ import annotations
@@ -44,11 +48,14 @@ def data_dict(event: Event | UnknownEvent) -> dict[str, Any]:
 
 
 def summary(event: Event | UnknownEvent) -> str:
-    """Key data as ``key=value`` pairs; VNC events shortened to the client."""
+    """Key data as ``key=value`` pairs; VNC events shortened to the client.
+
+    The short form needs ``client`` and ``server`` to be objects; a VNC event
+    whose members are anything else is shown in full, as any other event.
+    """
     data = data_dict(event)
-    if event.name.startswith("VNC_") and "client" in data:
-        client = data["client"]
-        server = data.get("server", {})
+    client, server = data.get("client"), data.get("server", {})
+    if event.name.startswith("VNC_") and isinstance(client, dict) and isinstance(server, dict):
         parts = [f"client={client.get('host')}:{client.get('service')}",
                  f"server={server.get('host')}:{server.get('service')}"]
         if server.get("auth"):
@@ -58,13 +65,20 @@ def summary(event: Event | UnknownEvent) -> str:
                     for key, value in _flatten(data))
 
 
+def clock_time(event: Event | UnknownEvent) -> str:
+    """``12:00:01.250`` in local time, or the seconds as sent when no calendar holds them."""
+    try:
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.timestamp))
+    except (OverflowError, OSError, ValueError):  # year beyond time_t, NaN...
+        return f"{event.stamp.seconds}s"
+    return f"{stamp}.{event.stamp.microseconds // 1000 % 1000:03d}"
+
+
 def text_line(vm: str, event: Event | UnknownEvent, *, colour: bool) -> str:
     """``12:00:01.250 vm1 STOP key=value...``."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(event.timestamp))
-    millis = event.stamp.microseconds // 1000
     name = event.name
     code = _VNC_COLOUR if name.startswith("VNC_") else _COLOURS.get(name, "1")
-    line = (f"{_paint(f'{stamp}.{millis:03d}', _DIM, colour)} {_paint(vm, '1', colour)} "
+    line = (f"{_paint(clock_time(event), _DIM, colour)} {_paint(vm, '1', colour)} "
             f"{_paint(name, code, colour)}")
     details = summary(event)
     return f"{line} {details}" if details else line
@@ -76,3 +90,9 @@ def json_line(vm: str, event: Event | UnknownEvent) -> str:
     body = raw.decode() if raw is not None else _encode(event.to_wire()).decode()
     inner = body.strip()[1:]
     return '{"vm": ' + _encode(vm).decode() + (", " + inner if inner.strip() != "}" else "}")
+
+
+def raw_line(vm: str, raw: bytes, *, colour: bool) -> str:
+    """A message that cannot be shown as an event: ``? vm (not an event) BYTES``."""
+    text = raw.decode("utf-8", "backslashreplace").strip()
+    return f"{_paint('?', _DIM, colour)} {_paint(vm, '1', colour)} (not an event) {text}"

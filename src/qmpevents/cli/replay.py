@@ -16,7 +16,7 @@ from typing import Any
 from qmpevents.addresses import AddressError
 from qmpevents.catalog import decode_event
 from qmpevents.cli.argtypes import positive_float
-from qmpevents.cli.render import json_line, text_line
+from qmpevents.cli.render import json_line, raw_line, text_line
 from qmpevents.recording import ReadReport, Record, read_recording
 from qmpevents.server import CommandSpec, CommandTable, QMPServer, parse_address
 
@@ -29,7 +29,9 @@ examples:
 Serving waits for a client to negotiate, replays, then closes and exits 0.
 The replay server answers query-status and query-version; other commands get
 CommandNotFound.  A torn last line (a crash while recording) is reported
-on stderr and skipped.
+on stderr and skipped.  --print shows a recorded message that is not an
+event (a list, a string, no timestamp) raw, or with --json skips it; either
+way they are counted on stderr.
 
 exit status: 0 done, 2 usage error or unreadable FILE
 """
@@ -77,12 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"qmpevents replay: error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     if args.print:
-        colour = sys.stdout.isatty()
-        for record in records:
-            event = decode_event(record.message_bytes())
-            line = json_line(record.vm, event) if args.json else text_line(
-                record.vm, event, colour=colour)
-            print(line)
+        _print(records, args.json)
         return 0
     try:
         address = parse_address(args.serve)
@@ -91,6 +88,27 @@ def run(args: argparse.Namespace) -> int:
         return 2
     return asyncio.run(_serve(address, records, 0.0 if args.as_fast_as_possible
                               else 1.0 / args.speed))
+
+
+def _print(records: list[Record], as_json: bool) -> None:
+    """Every record as an event line; one that is not an event never ends the listing."""
+    colour = sys.stdout.isatty()
+    odd = 0
+    for record in records:
+        message = record.message_bytes()
+        try:
+            event = decode_event(message)
+            line = json_line(record.vm, event) if as_json else text_line(
+                record.vm, event, colour=colour)
+        except Exception:  # a list, a string, no timestamp: whatever was recorded
+            odd += 1
+            if as_json:
+                continue
+            line = raw_line(record.vm, message, colour=colour)
+        print(line)
+    if odd:
+        print(f"qmpevents replay: {odd} records are not events "
+              f"({'skipped' if as_json else 'shown raw'})", file=sys.stderr)
 
 
 def _commands() -> CommandTable:

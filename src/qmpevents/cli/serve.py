@@ -55,10 +55,15 @@ def _vnc(text: str) -> str:
 
 
 def _mode(text: str) -> int:
+    """An octal permission mode, 0 to 0777: nothing else means a socket mode."""
     try:
-        return int(text, 8)
+        mode = int(text, 8)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an octal mode like 0600") from None
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an octal mode from 0 to 0777, "
+                                         "like 0600")
+    return mode
 
 
 EXAMPLES = """\
@@ -87,6 +92,9 @@ def register(subparsers: Any) -> None:
                              "writes QEMU's pretty-printed JSON (QEMU's -qmp-pretty)")
     parser.add_argument("--vnc", type=_vnc, metavar="HOST:DISPLAY",
                         help="VNC listener on port 5900+DISPLAY")
+    parser.add_argument("--vnc-connections", type=positive_int, metavar="N",
+                        help="at most N VNC clients connecting and N connected, as QEMU's "
+                             "-vnc ...,connections=N (default 32)")
     parser.add_argument("--vnc-password-file", type=Path, metavar="FILE",
                         help="enable VNC authentication with the password in FILE "
                              "(an empty file: every login fails until change-vnc-password)")
@@ -139,6 +147,8 @@ def _fail(message: str, status: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     password: str | None = None
+    if args.vnc_connections is not None and args.vnc is None:
+        return _fail("--vnc-connections needs --vnc", 2)
     if args.vnc_password_file is not None:
         if args.vnc is None:
             return _fail("--vnc-password-file needs --vnc", 2)
@@ -158,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         vm = SimulatedVM(
             qmp=args.qmp or [parse_address(DEFAULT_QMP)], drives=args.drive,
             no_shutdown=args.no_shutdown, start_paused=args.start_paused, profile=args.profile,
-            vnc=args.vnc, vnc_password=password, name=args.name,
+            vnc=args.vnc, vnc_password=password, vnc_connections=args.vnc_connections,
+            name=args.name,
             powerdown_delay=args.powerdown_delay, ignore_acpi=args.ignore_acpi,
             single_client=args.single_client, multi_client=args.multi_client,
             allow_remote=args.allow_remote,

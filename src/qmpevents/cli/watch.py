@@ -19,7 +19,7 @@ from typing import Any
 
 from qmpevents.cli.argtypes import positive_float, positive_int
 from qmpevents.cli.filters import FilterError, build_filter
-from qmpevents.cli.render import json_line, text_line
+from qmpevents.cli.render import json_line, raw_line, text_line
 from qmpevents.cli.targets import (
     ClientOptions,
     Target,
@@ -167,7 +167,13 @@ class Attachments:
                 first: tuple[QMPClient, Subscription] | None = None) -> None:
         task = asyncio.create_task(self._follow(target, pattern, first))
         self._tasks[target.address] = task
-        task.add_done_callback(lambda _: self._tasks.pop(target.address, None))
+        task.add_done_callback(lambda done: self._ended(target, done))
+
+    def _ended(self, target: Target, task: asyncio.Task[None]) -> None:
+        """A follower is over: a bug that ended it is said, never left unretrieved."""
+        self._tasks.pop(target.address, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._note(f"{target.name}: no longer followed: internal error: {exc!r}")
 
     async def _follow(self, target: Target, pattern: bool,
                       opened: tuple[QMPClient, Subscription] | None) -> None:
@@ -283,9 +289,19 @@ def run(args: argparse.Namespace) -> int:
 async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bool) -> int:
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     seen = 0
+    unrenderable = 0  # events shown raw because they could not be rendered
     until = args.until.upper() if args.until else None
     has_condition = args.count is not None or until is not None
     note = make_note("watch")
+
+    def render(vm: str, event: QMPEvent) -> str:
+        """The event's line; its raw bytes, counted, if it cannot be rendered."""
+        nonlocal unrenderable
+        try:
+            return json_line(vm, event) if args.json else text_line(vm, event, colour=colour)
+        except Exception:  # whatever a server sent, following goes on
+            unrenderable += 1
+            return raw_line(vm, event.raw or b"", colour=colour)
 
     async def on_event(vm: str, event: QMPEvent) -> None:
         nonlocal seen
@@ -295,7 +311,7 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
         shown = event_filter(event)
         if not (shown or final):
             return
-        line = json_line(vm, event) if args.json else text_line(vm, event, colour=colour)
+        line = render(vm, event)
         try:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
@@ -315,5 +331,9 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
 
     attachments = Attachments(args.targets, args.rescan, on_event, note,
                               options=args.client_options)
-    return await run_session(attachments, done, args.timeout, on_timeout=on_timeout,
-                             on_signal=on_signal)
+    try:
+        return await run_session(attachments, done, args.timeout, on_timeout=on_timeout,
+                                 on_signal=on_signal)
+    finally:
+        if unrenderable:
+            note(f"{unrenderable} events could not be rendered (shown raw)")

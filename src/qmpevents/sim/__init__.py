@@ -4,7 +4,8 @@
 * :class:`Machine` -- the model itself, usable without any socket;
 * :class:`ManualClock` -- a clock tests advance instead of sleeping.
 
-The VNC listener (``qmpevents.sim.vnc``) needs the optional ``pycryptodome``.
+The VNC listener (``qmpevents.sim.vnc``) needs the optional ``pycryptodome`` (the
+``vnc`` extra) for VNC Authentication only, when a password is set.
 """
 
 from qmpevents.sim.block import DriveConfig, ErrorPolicy, parse_drive

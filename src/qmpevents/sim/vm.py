@@ -77,7 +77,8 @@ class SimulatedVM:
                  drives: Sequence[str | DriveConfig] = (), no_shutdown: bool = False,
                  start_paused: bool = False, profile: Profile = "seed",
                  vnc: str | None = None, vnc_password: str | None = None,
-                 vnc_port: int | None = None, name: str = "qmpevents-sim",
+                 vnc_port: int | None = None, vnc_connections: int | None = None,
+                 name: str = "qmpevents-sim",
                  powerdown_delay: float = 1.0, ignore_acpi: bool = False,
                  single_client: bool = False, multi_client: bool = False,
                  allow_remote: bool = False,
@@ -114,6 +115,7 @@ class SimulatedVM:
         self.machine.subscribe(self.server.publish)
         self._vnc_password = vnc_password
         self._vnc_port = vnc_port
+        self._vnc_connections = vnc_connections  # None: QEMU's default (32)
         self._closed = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
 
@@ -147,12 +149,13 @@ class SimulatedVM:
             self.machine.chardevs = [(f"compat_monitor{index}", _chardev_filename(address))
                                      for index, address in enumerate(self.addresses)]
             if self._vnc_spec is not None:
-                from qmpevents.sim.vnc import VncListener
+                from qmpevents.sim.vnc import DEFAULT_CONNECTIONS, VncListener
 
                 host, display = self._vnc_spec
                 vnc = VncListener(host, display, on_event=self.machine.vnc_event,
                                   screen=self.machine.screen, password=self._vnc_password,
-                                  name=self.machine.name, port=self._vnc_port)
+                                  name=self.machine.name, port=self._vnc_port,
+                                  connections=self._vnc_connections or DEFAULT_CONNECTIONS)
                 await vnc.start()
                 self.machine.vnc = vnc
                 self.machine.watch_state(lambda _state: vnc.redraw())

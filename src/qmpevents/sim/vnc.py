@@ -29,6 +29,9 @@ What the server does, and why it does no more:
 * Robustness: each connection is served by its own task; the whole handshake has a
   deadline (``handshake_timeout``); ClientCutText is capped (``max_cut_text``);
   writes apply back-pressure so a client that stops reading only stalls itself.
+  QEMU's ``connections`` bound holds (see :class:`VncListener`), password guesses
+  are spaced out, and a reserve of file descriptors is never taken, so that a VNC
+  flood leaves QMP reachable.
 * Exposure: the listener binds what it is given; the loopback-only policy is
   :class:`~qmpevents.sim.vm.SimulatedVM`'s (``allow_remote``), as QMP's is the
   server's.  The password is never logged, nor is anything derived from it.
@@ -41,27 +44,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import ipaddress
 import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from Crypto.Cipher import DES
+from qmpevents.rfb import (
+    SEC_NONE,
+    SEC_VNC,
+    VERSION_3_8,
+    PixelFormat,
+    Rect,
+    parse_version,
+    vnc_auth_response,
+)
+from qmpevents.sim.vnc_guard import AuthBackoff, RateLimitedLog, fds_left
 
 __all__ = ["VncEndpoint", "VncListener"]
 
 _log = logging.getLogger(__name__)
 
-_SERVER_VERSION = b"RFB 003.008\n"
-_SEC_NONE = 1
-_SEC_VNC = 2
 _AUTH_FAILED = b"Authentication failed\x00"  # QEMU sends sizeof(), NUL included
 _BASE_PORT = 5900
+#: QEMU's default for ``-vnc ...,connections=N`` (ui/vnc.c), confirmed against QEMU 7.2.
+DEFAULT_CONNECTIONS = 32
+#: File descriptors left free for QMP: no VNC connection is accepted below this.
+DEFAULT_FD_RESERVE = 32
+# Connections the kernel queues for accept(): as many as the connection bound, so that
+# a burst of viewers is not delayed by SYN retries, yet a flood queues no more (QEMU's
+# is 1; asyncio's default 100, and a deep one was what let a flood exhaust the fds).
+_BACKLOG = DEFAULT_CONNECTIONS
+_ACCEPT_RETRY = 0.2  # seconds before accept() is retried when descriptors ran short
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 # Palette of the rendered screen: background, text, first line (a header).
 _PALETTE = ((0x18, 0x1C, 0x24), (0xE0, 0xE0, 0xE0), (0x7C, 0xC8, 0xFF))
@@ -128,54 +148,8 @@ class VncEndpoint:
     auth: str | None = None  # server side only: "none" or "vnc"
 
 
-@dataclass(frozen=True)
-class _PixelFormat:
-    """The client's PIXEL_FORMAT (RFC 6143 §7.4); only true-colour formats are kept."""
-
-    bits_per_pixel: int
-    big_endian: bool
-    red_max: int
-    green_max: int
-    blue_max: int
-    red_shift: int
-    green_shift: int
-    blue_shift: int
-
-    def encode(self, rgb: tuple[int, int, int]) -> bytes:
-        """Pack one 8-bit-per-channel colour into this format's pixel bytes."""
-        r, g, b = rgb
-        value = (
-            ((r * self.red_max + 127) // 255) << self.red_shift
-            | ((g * self.green_max + 127) // 255) << self.green_shift
-            | ((b * self.blue_max + 127) // 255) << self.blue_shift
-        ) & ((1 << self.bits_per_pixel) - 1)
-        return value.to_bytes(self.bits_per_pixel // 8, "big" if self.big_endian else "little")
-
-    def wire(self, depth: int) -> bytes:
-        """This format as the 16 bytes of ServerInit."""
-        return struct.pack(
-            ">BBBBHHHBBB3x", self.bits_per_pixel, depth, self.big_endian, 1,
-            self.red_max, self.green_max, self.blue_max,
-            self.red_shift, self.green_shift, self.blue_shift,
-        )  # fmt: skip
-
-
 # QEMU's default: 32 bpp, depth 24, little-endian, 0x00RRGGBB.
-_DEFAULT_FORMAT = _PixelFormat(32, False, 255, 255, 255, 16, 8, 0)
-
-
-@dataclass
-class _Rect:
-    x: int
-    y: int
-    w: int
-    h: int
-
-    def union(self, other: _Rect) -> _Rect:
-        x0, y0 = min(self.x, other.x), min(self.y, other.y)
-        x1 = max(self.x + self.w, other.x + other.w)
-        y1 = max(self.y + self.h, other.y + other.h)
-        return _Rect(x0, y0, x1 - x0, y1 - y0)
+_DEFAULT_FORMAT = PixelFormat()
 
 
 class _ProtocolError(Exception):
@@ -192,37 +166,16 @@ class _Client:
         self.writer = writer
         self.endpoint = endpoint
         self.task: asyncio.Task[None] | None = None
+        self.connecting = True  # QEMU's share mode CONNECTING: no ClientInit yet
         self.initialized = False
         self.pixel_format = _DEFAULT_FORMAT
-        self.pending: _Rect | None = None  # held incremental request, waiting for redraw()
+        self.pending: Rect | None = None  # held incremental request, waiting for redraw()
         self.dirty = True  # screen changed since the last full frame sent to this client
         self.finished = False
 
 
-def _vnc_response(password: str, challenge: bytes) -> bytes:
-    """The VNC Authentication response to ``challenge`` (RFC 6143 §7.2.2).
-
-    The key is the password truncated or NUL-padded to 8 bytes with the bits of each
-    byte reversed: the historical quirk every VNC implementation reproduces.
-    """
-    raw = password.encode("utf-8")[:8].ljust(8, b"\x00")
-    key = bytes(int(f"{byte:08b}"[::-1], 2) for byte in raw)
-    return bytes(DES.new(key, DES.MODE_ECB).encrypt(challenge))
-
-
 def _family(sock_family: int) -> str:
     return "ipv6" if sock_family == socket.AF_INET6 else "ipv4"
-
-
-def _parse_minor(line: bytes) -> int | None:
-    """The RFB minor version a client replied with, mapped to 3, 7 or 8; None if invalid."""
-    if len(line) != 12 or not line.startswith(b"RFB 003.") or line[11:] != b"\n":
-        return None
-    digits = line[8:11]
-    if not digits.isdigit():
-        return None
-    minor = int(digits)
-    return minor if minor in (7, 8) else 3  # RFC 6143 §7.1.1: anything else means 3.3
 
 
 def _glyph_rows(char: str) -> list[bytes]:
@@ -263,9 +216,9 @@ def _render(lines: list[str], width: int, height: int) -> bytes:
     return bytes(mask)
 
 
-def _colourise(mask: bytes, fmt: _PixelFormat) -> bytes:
+def _colourise(mask: bytes, fmt: PixelFormat) -> bytes:
     """Turn a palette-index mask into pixel bytes in ``fmt``, one byte plane at a time."""
-    size = fmt.bits_per_pixel // 8
+    size = fmt.bytes_per_pixel
     colours = [fmt.encode(rgb) for rgb in _PALETTE]
     out = bytearray(len(mask) * size)
     for k in range(size):
@@ -282,6 +235,21 @@ class VncListener:
     literal; ``""`` means ``"0.0.0.0"``.  ``on_event(name, server, client)`` receives
     "VNC_CONNECTED", "VNC_INITIALIZED" and "VNC_DISCONNECTED"; an exception it raises is
     logged and does not affect the connection.
+
+    Bounds against hostile peers (SECURITY.md states them):
+
+    * ``connections`` is QEMU's ``-vnc ...,connections=N`` (default 32), with QEMU
+      7.2's behaviour, checked against it in the tests: when a new connection makes
+      more than N clients that have not sent ClientInit yet, the oldest of those is
+      dropped; a client whose ClientInit would make more than N initialised clients is
+      dropped without ServerInit (VNC_CONNECTED then VNC_DISCONNECTED, no
+      VNC_INITIALIZED).  So at most 2N+1 connections are open at once.
+    * ``handshake_timeout``: a client that has not finished ClientInit by then is dropped.
+    * ``backoff``: VNC Authentication checks are spaced globally and per peer address
+      (:class:`~qmpevents.sim.vnc_guard.AuthBackoff`).
+    * ``fd_reserve``: no connection is accepted while fewer file descriptors than this
+      are free, so QMP can still accept; the listen backlog is small (``_BACKLOG``) and
+      accept errors are logged once a second at most, with a count.
     """
 
     def __init__(
@@ -298,6 +266,9 @@ class VncListener:
         port: int | None = None,
         handshake_timeout: float = 10.0,
         max_cut_text: int = 1 << 20,
+        connections: int = DEFAULT_CONNECTIONS,
+        fd_reserve: int = DEFAULT_FD_RESERVE,
+        backoff: AuthBackoff | None = None,
     ) -> None:
         host = host or "0.0.0.0"
         ipaddress.ip_address(host)  # ValueError early rather than binding something odd
@@ -307,6 +278,8 @@ class VncListener:
             raise ValueError(f"VNC port {port} out of range")
         if not (0 < width <= 65535 and 0 < height <= 65535):
             raise ValueError("framebuffer size must fit in 16 bits")
+        if connections < 1:
+            raise ValueError(f"VNC connections must be at least 1, not {connections}")
         self._host = host
         self._port = port
         self._on_event = on_event
@@ -317,13 +290,20 @@ class VncListener:
         self._name = name.encode("utf-8")
         self._handshake_timeout = handshake_timeout
         self._max_cut_text = max_cut_text
-        self._server: asyncio.Server | None = None
+        self._connections = connections
+        self._fd_reserve = fd_reserve
+        self._backoff = backoff if backoff is not None else AuthBackoff()
+        self._accept_errors = RateLimitedLog(_log)
+        self._room = asyncio.Event()  # set when a client leaves: the accept loop may retry
+        self._listening: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # clients' and reapers', while running
         self._sock_host = host
         self._family = "ipv6" if ":" in host else "ipv4"
         self._closing = False
         self._clients: dict[int, _Client] = {}
         self._mask: bytes | None = None
-        self._pixels: dict[_PixelFormat, bytes] = {}
+        self._pixels: dict[PixelFormat, bytes] = {}
 
     # ----------------------------------------------------------------- public API
 
@@ -334,34 +314,36 @@ class VncListener:
 
     async def start(self) -> None:
         """Bind and start accepting; raises OSError if the address is unavailable."""
-        if self._server is not None or self._closing:
+        if self._listening is not None or self._closing:
             raise RuntimeError("VncListener can be started only once")
-        # A deep backlog so a burst of connections costs other clients no SYN retries.
-        self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, reuse_address=True, backlog=1024
-        )
-        sock = self._server.sockets[0]
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.create_server((self._host, self._port), family=family,
+                                    backlog=_BACKLOG)
+        sock.setblocking(False)
+        self._listening = sock
         self._sock_host, self._port = sock.getsockname()[:2]
         self._family = _family(sock.family)
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(sock))
 
     async def close(self) -> None:
         """Stop listening and drop every client, each with its VNC_DISCONNECTED."""
         if self._closing:
             return
         self._closing = True
-        if self._server is not None:
-            self._server.close()
-        clients = list(self._clients.values())
-        tasks = [c.task for c in clients if c.task is not None]
-        for client in clients:
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+        if self._listening is not None:
+            self._listening.close()
+        for client in list(self._clients.values()):
             if client.task is not None and not client.finished:
                 client.task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Every task, including those already finishing: their DISCONNECTED comes first.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         # A task cancelled before its first step never runs its finally: finish here.
         for client in list(self._clients.values()):
             await self._finish(client)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def set_password(self, password: str | None) -> None:
         """Change the password (QMP change-vnc-password); None turns authentication off.
@@ -392,7 +374,7 @@ class VncListener:
 
     def query(self) -> dict[str, Any]:
         """The listener in the shape of QEMU's query-vnc reply."""
-        if self._server is None or self._closing:
+        if self._listening is None or self._closing:
             return {"enabled": False}
         server = self._server_endpoint()
         return {
@@ -420,15 +402,75 @@ class VncListener:
         except Exception:
             _log.exception("VNC event callback failed for %s", name)
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Called synchronously on accept, so CONNECTED precedes any byte of handshake.
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        """Accept connections within the descriptor reserve, all that wait at each wake-up.
 
-        A plain callback (not a coroutine) so that the client is registered before any
-        task exists: close() then always finds it, even if its task never ran.
+        Draining the kernel's queue at once keeps it from overflowing under a burst
+        (a full queue costs new peers a SYN retry, a second or more).  An accept()
+        that fails for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged
+        at most once a second and retried when a client leaves or after
+        ``_ACCEPT_RETRY``; while too few descriptors are free, nothing is accepted
+        and peers wait in the backlog.
         """
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._fds_to_spare():
+                await self._wait_for_room()
+                continue
+            try:
+                conn, _ = await loop.sock_accept(sock)
+                while True:
+                    self._spawn(self._admit(conn))
+                    if not self._fds_to_spare():
+                        break
+                    conn, _ = sock.accept()
+            except BlockingIOError:
+                continue  # the queue is empty: wait for the next peer
+            except OSError as exc:
+                self._accept_errors.warning(f"VNC: accept() failed: {exc}")
+                if exc.errno in _RESOURCE_ERRNOS:
+                    await self._wait_for_room()
+
+    def _fds_to_spare(self) -> bool:
+        """Whether more than the reserve of descriptors is free (else say so, rate-limited)."""
+        left = fds_left()
+        if left is None or left > self._fd_reserve:
+            return True
+        self._accept_errors.warning(
+            f"VNC: not accepting, {left} file descriptors left (reserve {self._fd_reserve})")
+        return False
+
+    async def _admit(self, conn: socket.socket) -> None:
+        """Give an accepted socket its streams, then make it a client."""
+        try:
+            conn.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError as exc:  # the peer is gone already
+            _log.debug("VNC connection lost at accept: %r", exc)
+            conn.close()
+            return
+        except BaseException:  # close() cancelled us: the socket is ours to close
+            conn.close()
+            raise
         if self._closing:
             writer.transport.abort()
             return
+        self._accept(reader, writer)
+
+    async def _wait_for_room(self) -> None:
+        """Until a client leaves, or a short while (descriptors may be freed elsewhere)."""
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_ACCEPT_RETRY):
+                await self._room.wait()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Register a new client, so CONNECTED precedes any byte of handshake.
+
+        Synchronous so that the client is registered before its task exists: close()
+        then always finds it, even if its task never ran.  Then QEMU's bound on
+        clients that have not sent ClientInit: the oldest of them goes.
+        """
         sock = writer.get_extra_info("socket")
         peer = writer.get_extra_info("peername")
         family = _family(sock.family) if sock is not None else self._family
@@ -439,7 +481,26 @@ class VncListener:
         client = _Client(reader, writer, endpoint)
         self._clients[id(client)] = client
         self._emit("VNC_CONNECTED", client)
-        client.task = asyncio.get_running_loop().create_task(self._run(client))
+        client.task = self._spawn(self._run(client))
+        client.task.add_done_callback(lambda _task: self._reap(client))
+        connecting = [c for c in self._clients.values() if c.connecting and not c.finished]
+        if len(connecting) > self._connections:
+            _log.debug("VNC: more than %d connecting clients, dropping %s",
+                       self._connections, connecting[0].endpoint)
+            connecting[0].connecting = False  # counted once, even if its task is slow to end
+            assert connecting[0].task is not None
+            connecting[0].task.cancel()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _reap(self, client: _Client) -> None:
+        """A task cancelled before its first step never runs its finally: finish it."""
+        if not client.finished:
+            self._spawn(self._finish(client))
 
     async def _run(self, client: _Client) -> None:
         try:
@@ -459,6 +520,7 @@ class VncListener:
             return
         client.finished = True
         self._clients.pop(id(client), None)
+        self._room.set()
         transport = client.writer.transport
         if transport.get_write_buffer_size():
             transport.abort()  # never wait for a peer that does not read
@@ -471,15 +533,15 @@ class VncListener:
     async def _handshake(self, client: _Client) -> None:
         """Version, security and init phases (RFC 6143 §7.1 and §7.3)."""
         reader, writer = client.reader, client.writer
-        writer.write(_SERVER_VERSION)
-        minor = _parse_minor(await reader.readexactly(12))
+        writer.write(VERSION_3_8)
+        minor = parse_version(await reader.readexactly(12))
         if minor is None:
             writer.write(struct.pack(">I", 0))
             await writer.drain()
             raise _ProtocolError("unsupported protocol version")
 
         password = self._password
-        sec_type = _SEC_NONE if password is None else _SEC_VNC
+        sec_type = SEC_NONE if password is None else SEC_VNC
         if minor == 3:
             writer.write(struct.pack(">I", sec_type))
         else:
@@ -493,20 +555,28 @@ class VncListener:
             writer.write(challenge)
             await writer.drain()
             response = await reader.readexactly(16)
+            host = client.endpoint.host
+            if not await self._backoff.admit(host, client.reader.at_eof):
+                raise _ProtocolError("the client left while its guess waited")
             # Empty password: authentication always fails, as in QEMU.
             if not password or not hmac.compare_digest(
-                response, _vnc_response(password, challenge)
+                response, vnc_auth_response(password, challenge)
             ):
+                self._backoff.failed(host)
                 await self._reject(client, minor)
+            self._backoff.succeeded(host)
             writer.write(struct.pack(">I", 0))
         elif minor == 8:
             writer.write(struct.pack(">I", 0))
         await writer.drain()
 
         await reader.readexactly(1)  # ClientInit: shared flag, every client may share
+        client.connecting = False
+        if sum(c.initialized for c in self._clients.values()) >= self._connections:
+            raise _ProtocolError(f"more than {self._connections} initialised clients")
         writer.write(
             struct.pack(">HH", self._width, self._height)
-            + _DEFAULT_FORMAT.wire(24)
+            + _DEFAULT_FORMAT.pack()
             + struct.pack(">I", len(self._name))
             + self._name
         )
@@ -535,7 +605,7 @@ class VncListener:
                 await reader.readexactly(4 * count)
             elif kind == 3:  # FramebufferUpdateRequest
                 incremental, x, y, w, h = struct.unpack(">BHHHH", await reader.readexactly(9))
-                self._request(client, bool(incremental), _Rect(x, y, w, h))
+                self._request(client, bool(incremental), Rect(x, y, w, h))
             elif kind == 4:  # KeyEvent
                 await reader.readexactly(7)
             elif kind == 5:  # PointerEvent
@@ -551,24 +621,24 @@ class VncListener:
             await client.writer.drain()
 
     @staticmethod
-    def _pixel_format(data: bytes) -> _PixelFormat:
-        bpp, _depth, big, true_colour, rmax, gmax, bmax, rsh, gsh, bsh = struct.unpack(
-            ">3xBBBBHHHBBB3x", data
-        )
-        if bpp not in (8, 16, 32) or not true_colour:
-            raise _ProtocolError(f"unsupported pixel format: {bpp} bpp, true colour {true_colour}")
-        return _PixelFormat(bpp, bool(big), rmax, gmax, bmax, rsh, gsh, bsh)
+    def _pixel_format(data: bytes) -> PixelFormat:
+        """SetPixelFormat's body (3 bytes of padding, then PIXEL_FORMAT), true colour only."""
+        fmt = PixelFormat.unpack(data[3:])
+        if fmt.bits_per_pixel not in (8, 16, 32) or not fmt.true_colour:
+            raise _ProtocolError(f"unsupported pixel format: {fmt.bits_per_pixel} bpp, "
+                                 f"true colour {fmt.true_colour}")
+        return fmt
 
     # ------------------------------------------------------------- framebuffer
 
-    def _request(self, client: _Client, incremental: bool, rect: _Rect) -> None:
+    def _request(self, client: _Client, incremental: bool, rect: Rect) -> None:
         """Answer now, or hold an incremental request until the screen changes."""
         if incremental and not client.dirty:
             client.pending = rect if client.pending is None else client.pending.union(rect)
         else:
             self._send_update(client, rect)
 
-    def _send_update(self, client: _Client, rect: _Rect) -> None:
+    def _send_update(self, client: _Client, rect: Rect) -> None:
         """Write one FramebufferUpdate with the requested area as a raw rectangle."""
         x, y = min(rect.x, self._width), min(rect.y, self._height)
         w, h = min(rect.w, self._width - x), min(rect.h, self._height - y)
@@ -583,7 +653,7 @@ class VncListener:
             if len(self._pixels) >= _MAX_FORMATS:
                 del self._pixels[next(iter(self._pixels))]
             pixels = self._pixels[fmt] = _colourise(self._mask, fmt)
-        size = fmt.bits_per_pixel // 8
+        size = fmt.bytes_per_pixel
         stride = self._width * size
         if x == 0 and w == self._width:
             body = pixels[y * stride : (y + h) * stride]
