@@ -234,12 +234,11 @@ def _short(line: str) -> str:
 
 
 @pytest.mark.slow
-def test_every_libvirt_event_follows_the_mapping(sim_run: Run, tmp_path_factory: object,
+def test_every_libvirt_event_follows_the_mapping(sim_run: Run,
                                                  figures: Callable[[str, object], None],
                                                  libvirt_daemon: Libvirt) -> None:
-    del tmp_path_factory
     disks = {"stop": "", "report": ""}
-    for label, segment in sim_run.segments:
+    for _label, segment in sim_run.segments:
         for line in segment:
             found = re.search(r"io-error' for domain '[^']+': (\S+) \(virtio-disk(\d)\)", line)
             if found:
