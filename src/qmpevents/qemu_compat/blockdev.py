@@ -120,7 +120,7 @@ class BlockdevDrive(Drive):
     def node_blockstats(self) -> list[dict[str, Any]]:
         """This disk's nodes in ``query-blockstats {"query-nodes": true}``."""
         entries = []
-        for node in self.nodes():
+        for node in reversed(self.nodes()):  # creation order: storage, then format
             entry = self._node_stats(node, accounted=False)
             if node is self.format and self.storage is not None:
                 entry["parent"] = self._node_stats(self.storage, accounted=False)
