@@ -147,3 +147,69 @@ def test_domain_mode_serves_the_inherited_listening_socket(workdir: Path) -> Non
             process.wait()
         assert process.stderr is not None
         process.stderr.close()
+
+
+def _start(workdir: Path, *args: str, env: dict[str, str] | None = None,
+           ) -> tuple[subprocess.Popen[bytes], Monitor]:
+    path = workdir / "qmp.sock"
+    process = subprocess.Popen([EXE, "-qmp", f"unix:{path},server=on,wait=off", *args],
+                               env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + DEADLINE
+    while not path.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(path))
+    return process, Monitor(sock)
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def test_kvm_is_absent_unless_asked(workdir: Path) -> None:
+    process, monitor = _start(workdir, env={"QMPEVENTS_QEMU_KVM": "1"})
+    try:
+        assert monitor.ask("query-kvm") == {"return": {"enabled": True, "present": True}}
+    finally:
+        _reap(process)
+
+
+def test_a_guest_without_acpi_ignores_the_power_button(workdir: Path) -> None:
+    process, monitor = _start(workdir, "-no-acpi")
+    try:
+        assert monitor.ask("system_powerdown") == {"return": {}}
+        assert [e["event"] for e in monitor.events] == ["POWERDOWN"]
+        assert monitor.ask("query-status")["return"]["status"] == "running"
+    finally:
+        _reap(process)
+
+
+def test_the_guest_obeys_the_power_button(workdir: Path) -> None:
+    process, monitor = _start(workdir, "-no-shutdown")
+    try:
+        assert monitor.ask("system_powerdown") == {"return": {}}
+        shutdown = monitor.read_event()
+        assert (shutdown["event"], shutdown["data"]) == (
+            "SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+        assert monitor.read_event()["event"] == "STOP"
+        assert monitor.ask("query-status")["return"]["status"] == "shutdown"
+    finally:
+        _reap(process)
+
+
+def test_recorded_commands_with_other_arguments_fail_cleanly(workdir: Path) -> None:
+    process, monitor = _start(workdir, "-machine", "none")
+    try:
+        missing = monitor.ask("device-list-properties", typename="no-such-device")
+        assert missing["error"] == {"class": "DeviceNotFound",
+                                    "desc": "Device 'no-such-device' not found"}
+        other = monitor.ask("query-cpu-model-expansion", type="full", model={"name": "x"})
+        assert other["error"]["class"] == "GenericError"
+        unknown = monitor.ask("no-such-command")
+        assert unknown["error"]["class"] == "CommandNotFound"
+        assert monitor.ask("query-target") == {"return": {"arch": "x86_64"}}
+    finally:
+        _reap(process)

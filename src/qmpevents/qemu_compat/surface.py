@@ -17,6 +17,7 @@ guest OS), except the failed-operation counters, which count injected errors.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,6 +62,7 @@ class CompatTable:
         self._base = base
         self._base_names = set(base.names()) - {"qmp_capabilities"}
         self._recorded = recorded
+        self._recorded_names = {json.loads(key)[0] for key in recorded}
 
     def names(self) -> list[str]:
         return sorted(self._live_names | self._base_names)
@@ -72,7 +74,13 @@ class CompatTable:
             return self._base.execute(command)
         reply = self._recorded.get(request_key(command.name, command.arguments))
         if reply is None:
-            return self._base.execute(command)  # CommandNotFound, with QEMU's text
+            if command.name not in self._recorded_names:
+                return self._base.execute(command)  # CommandNotFound, with QEMU's text
+            typename = command.arguments.get("typename")
+            if command.name == "device-list-properties" and isinstance(typename, str):
+                raise CommandFailure("DeviceNotFound", f"Device '{typename}' not found")
+            raise CommandFailure("GenericError", f"qmpevents-qemu has no recorded QEMU reply "
+                                 f"to {command.name} with these arguments")
         if "error" in reply:
             raise CommandFailure(reply["error"]["class"], reply["error"]["desc"])
         return reply["return"]
