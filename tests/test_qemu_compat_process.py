@@ -154,13 +154,22 @@ def _start(workdir: Path, *args: str, env: dict[str, str] | None = None,
     path = workdir / "qmp.sock"
     process = subprocess.Popen([EXE, "-qmp", f"unix:{path},server=on,wait=off", *args],
                                env={**os.environ, **(env or {})})
+    return process, Monitor(connect_when_listening(process, path))
+
+
+def connect_when_listening(process: subprocess.Popen[bytes], path: Path) -> socket.socket:
+    """The socket file exists from bind(); connections succeed from listen() on."""
     deadline = time.monotonic() + DEADLINE
-    while not path.exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(str(path))
-    return process, Monitor(sock)
+    while True:
+        assert process.poll() is None, "the emulator exited"
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            assert time.monotonic() < deadline, f"nothing listens on {path}"
+            time.sleep(0.02)
 
 
 def _reap(process: subprocess.Popen[bytes]) -> None:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 from qemu_support import qemu_binary, requires_qemu
 from test_qemu_compat_cmdline import DOMAIN
+from test_qemu_compat_process import connect_when_listening
 
 from qmpevents.qemu_compat.capture import capture, load
 
@@ -69,14 +68,8 @@ def _ask_all(argv: list[str], socket_path: Path) -> list[Any]:
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 15
-        while not socket_path.exists():
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, f"{argv[0]} did not listen"
-            time.sleep(0.02)
-        sock = socket.socket(socket.AF_UNIX)
+        sock = connect_when_listening(process, socket_path)
         sock.settimeout(10)
-        sock.connect(str(socket_path))
         stream = sock.makefile("rb")
         stream.readline()
         replies = []
