@@ -39,7 +39,10 @@ PROG = "qmpevents-qemu"
 
 
 class InheritedListener(Listener):
-    """A listening Unix socket received as an open fd (libvirt binds it itself)."""
+    """A listening Unix socket received as an open fd (libvirt binds it itself).
+
+    One client at a time, as QEMU's socket chardev serves its monitor.
+    """
 
     def __init__(self, fd: int) -> None:
         try:
@@ -48,7 +51,8 @@ class InheritedListener(Listener):
             raise CommandLineError(f"fd={fd}: not an open socket: {exc.strerror}") from None
         if self._sock.family != socket.AF_UNIX:
             raise CommandLineError(f"fd={fd}: not a unix socket")
-        super().__init__(UnixAddress(self._sock.getsockname() or f"fd:{fd}"))
+        super().__init__(UnixAddress(self._sock.getsockname() or f"fd:{fd}"),
+                         single_client=True)
 
     async def start(self, factory: MonitorFactory) -> None:
         loop = asyncio.get_running_loop()
