@@ -27,12 +27,9 @@ from qmpevents.addresses import UnixAddress
 from qmpevents.qemu_compat.blockdev import BlockdevLayer
 from qmpevents.qemu_compat.capture import load
 from qmpevents.qemu_compat.cmdline import CommandLineError, QemuCommandLine, parse_command_line
-from qmpevents.qemu_compat.surface import build_compat_table
+from qmpevents.qemu_compat.surface import compat_commands
 from qmpevents.qemu_compat.vcpus import VcpuThreads
-from qmpevents.server import Executor
 from qmpevents.server.listeners import Listener, MonitorFactory
-from qmpevents.sim.commands import build_command_table
-from qmpevents.sim.machine import Machine
 from qmpevents.sim.vm import SimulatedVM
 
 PROG = "qmpevents-qemu"
@@ -64,24 +61,21 @@ def build_vm(cmdline: QemuCommandLine) -> tuple[SimulatedVM, VcpuThreads | None]
     """The SimulatedVM a command line describes (not started), and its vCPU threads."""
     block = BlockdevLayer(cmdline.blockdevs, cmdline.devices)
     vcpus = None if cmdline.probe else VcpuThreads(cmdline.smp, cmdline.cpu_model)
-    recorded = load()["replies"]
+    fd_listeners = [InheritedListener(m.fd) for m in cmdline.monitors if m.fd is not None]
+    path_monitors = [UnixAddress(m.path) for m in cmdline.monitors if m.path is not None]
+    placeholders = [listener.address for listener in fd_listeners]
     holder: list[SimulatedVM] = []
 
     def chardev_paths() -> list[str]:
         return [str(getattr(address, "path", address)) for address in holder[0].addresses]
 
-    def commands(machine: Machine) -> Executor:
-        machine.block = block
-        return build_compat_table(cmdline, block, vcpus, chardev_paths,
-                                  build_command_table(machine), recorded)
-
-    path_monitors = [UnixAddress(m.path) for m in cmdline.monitors if m.path is not None]
-    fd_listeners = [InheritedListener(m.fd) for m in cmdline.monitors if m.fd is not None]
-    placeholders = [UnixAddress(f"fd:{m.fd}") for m in cmdline.monitors if m.fd is not None]
+    commands = compat_commands(cmdline, block, vcpus, chardev_paths, load()["replies"])
     vm = SimulatedVM(qmp=[*path_monitors, *placeholders], profile="qemu-7.2",
                      name=cmdline.name, no_shutdown=cmdline.no_shutdown,
                      start_paused=cmdline.start_paused, vnc=cmdline.vnc,
                      ignore_acpi=not cmdline.acpi, commands=commands)
+    vm.machine.block = block  # x-sim-io-error and cont act on libvirt's disks
+    # The server made listeners that would bind; the inherited ones are bound already.
     vm.server.listeners[len(path_monitors):] = fd_listeners
     holder.append(vm)
     return vm, vcpus

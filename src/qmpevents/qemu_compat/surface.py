@@ -5,11 +5,13 @@ Three layers, asked in this order:
 1. live answers computed from the command line and the machine (this module):
    disks with libvirt's node names and their io-status, vCPUs with real thread
    ids, chardevs, ``/machine/peripheral``, the balloon, statistics, KVM;
-2. the simulator's own table (:func:`qmpevents.sim.commands.build_command_table`):
-   run state, ``x-sim-*`` faults, VNC;
-3. QEMU 7.2's recorded replies (:mod:`qmpevents.qemu_compat.capture`) for what
+2. QEMU 7.2's recorded replies (:mod:`qmpevents.qemu_compat.capture`) for what
    describes the binary rather than a guest: the capability probe's queries
-   and the CPU's QOM properties.
+   and the CPU's QOM properties;
+3. the simulator's own QEMU 7.2 table
+   (:func:`qmpevents.sim.commands.build_command_table`, which gets 1 and 2 as
+   its ``commands``): the schema and its argument checks, run state,
+   ``x-sim-*`` faults, VNC.
 
 Statistics are those of a guest that does no I/O (QEMU's own values with no
 guest OS), except the failed-operation counters, which count injected errors.
@@ -22,12 +24,12 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qmpevents.protocol import Command, CommandFailure
+from qmpevents.protocol import CommandFailure
 from qmpevents.qemu_compat.blockdev import BlockdevLayer
 from qmpevents.qemu_compat.capture import BALLOON_PATH, CPU_PATH, request_key
 from qmpevents.qemu_compat.cmdline import QemuCommandLine
 from qmpevents.qemu_compat.vcpus import VcpuThreads
-from qmpevents.server import CommandSpec, CommandTable, Param
+from qmpevents.server.dispatch import Handler
 
 KVM_ENV = "QMPEVENTS_QEMU_KVM"
 """Set to ``1`` to make ``query-kvm`` say KVM is present and enabled (default: absent)."""
@@ -52,48 +54,34 @@ class Balloon:
         return {"stats": dict.fromkeys(BALLOON_STATS, NO_GUEST_STAT), "last-update": 0}
 
 
-class CompatTable:
-    """An executor: the live commands, then the simulator's table, then QEMU's replies."""
-
-    def __init__(self, live: CommandTable, base: CommandTable,
-                 recorded: dict[str, dict[str, Any]]) -> None:
-        self._live = live
-        self._live_names = set(live.names()) - {"qmp_capabilities"}
-        self._base = base
-        self._base_names = set(base.names()) - {"qmp_capabilities"}
-        self._recorded = recorded
-        self._recorded_names = {json.loads(key)[0] for key in recorded}
-
-    def names(self) -> list[str]:
-        return sorted(self._live_names | self._base_names)
-
-    def execute(self, command: Command) -> Any:
-        if command.name in self._live_names:
-            return self._live.execute(command)
-        if command.name in self._base_names:
-            return self._base.execute(command)
-        reply = self._recorded.get(request_key(command.name, command.arguments))
+def _recorded(recorded: dict[str, dict[str, Any]], name: str) -> Handler:
+    """Answer *name* with QEMU's recorded reply to the same arguments."""
+    def handler(arguments: dict[str, Any]) -> Any:
+        reply = recorded.get(request_key(name, arguments))
         if reply is None:
-            if command.name not in self._recorded_names:
-                return self._base.execute(command)  # CommandNotFound, with QEMU's text
-            typename = command.arguments.get("typename")
-            if command.name == "device-list-properties" and isinstance(typename, str):
+            typename = arguments.get("typename")
+            if name == "device-list-properties" and isinstance(typename, str):
                 raise CommandFailure("DeviceNotFound", f"Device '{typename}' not found")
             raise CommandFailure("GenericError", f"qmpevents-qemu has no recorded QEMU reply "
-                                 f"to {command.name} with these arguments")
+                                 f"to {name} with these arguments")
         if "error" in reply:
             raise CommandFailure(reply["error"]["class"], reply["error"]["desc"])
         return reply["return"]
+    return handler
 
 
 def _not_found(path: str) -> CommandFailure:
     return CommandFailure("DeviceNotFound", f"Device '{path}' not found")
 
 
-def build_compat_table(cmdline: QemuCommandLine, block: BlockdevLayer,
-                       vcpus: VcpuThreads | None, chardev_paths: Callable[[], Sequence[str]],
-                       base: CommandTable, recorded: dict[str, dict[str, Any]]) -> CompatTable:
-    """The command surface of ``qmpevents-qemu`` for one command line."""
+def compat_commands(cmdline: QemuCommandLine, block: BlockdevLayer, vcpus: VcpuThreads | None,
+                    chardev_paths: Callable[[], Sequence[str]],
+                    recorded: dict[str, dict[str, Any]]) -> dict[str, Handler]:
+    """The commands ``qmpevents-qemu`` adds to (or overrides in) the simulator's table.
+
+    Their arguments are checked against QEMU 7.2's schema by the table before a
+    handler runs, so only the values need checking here.
+    """
     balloon = next((Balloon(device.id, cmdline.memory) for device in cmdline.devices
                     if device.driver.startswith("virtio-balloon") and device.id), None)
     peripherals = {f"/machine/peripheral/{device.id}": device.driver
@@ -108,11 +96,6 @@ def build_compat_table(cmdline: QemuCommandLine, block: BlockdevLayer,
         if "error" in reply:
             raise CommandFailure(reply["error"]["class"], reply["error"]["desc"])
         return reply["return"]
-
-    def query_commands(_: dict[str, Any]) -> list[dict[str, str]]:
-        names = [c["name"] for c in recorded_reply("query-commands", {})]
-        return [{"name": name} for name in [*names, *(
-            n for n in base.names() if n.startswith("x-sim-") and n not in names)]]
 
     def query_kvm(_: dict[str, Any]) -> dict[str, bool]:
         kvm = os.environ.get(KVM_ENV) == "1"
@@ -189,38 +172,30 @@ def build_compat_table(cmdline: QemuCommandLine, block: BlockdevLayer,
     def cpus(query: Callable[[VcpuThreads], list[dict[str, Any]]]) -> Callable[..., Any]:
         return lambda _: query(vcpus) if vcpus is not None else []
 
-    live = CommandTable([
-        CommandSpec("query-commands", query_commands),
-        CommandSpec("query-kvm", query_kvm),
-        CommandSpec("query-chardev", query_chardev),
-        CommandSpec("query-migrate-capabilities",
-                    lambda _: [{"state": s, "capability": c} for c, s in migrate_caps.items()]),
-        CommandSpec("migrate-set-capabilities", set_migrate_caps,
-                    {"capabilities": Param("array")}),
-        CommandSpec("query-cpus-fast", cpus(VcpuThreads.query_cpus_fast)),
-        CommandSpec("query-hotpluggable-cpus", cpus(VcpuThreads.query_hotpluggable_cpus)),
-        CommandSpec("query-iothreads", lambda _: []),
-        CommandSpec("query-block", lambda _: block.query()),
-        CommandSpec("query-named-block-nodes", lambda _: block.named_nodes(),
-                    {"flat": Param("boolean", optional=True)}),
-        CommandSpec("query-blockstats", blockstats,
-                    {"query-nodes": Param("boolean", optional=True)}),
-        CommandSpec("qom-list", qom_list, {"path": Param("string")}),
-        CommandSpec("qom-get", qom_get, {"path": Param("string"), "property": Param("string")}),
-        CommandSpec("qom-set", qom_set, {"path": Param("string"), "property": Param("string"),
-                                         "value": Param("integer")}),
-        CommandSpec("query-balloon", query_balloon),
-        CommandSpec("balloon", set_balloon, {"value": Param("integer")}),
-        CommandSpec("query-stats", lambda _: [], {
-            "target": Param("string", enum=("vm", "vcpu")),
-            "providers": Param("array", optional=True),
-            "vcpus": Param("array", optional=True)}),
-        CommandSpec("query-stats-schemas", lambda _: [],
-                    {"provider": Param("string", optional=True)}),
-        CommandSpec("query-dirty-rate", lambda _: {
+    live: dict[str, Handler] = {
+        "query-kvm": query_kvm,
+        "query-chardev": query_chardev,
+        "query-migrate-capabilities":
+            lambda _: [{"state": s, "capability": c} for c, s in migrate_caps.items()],
+        "migrate-set-capabilities": set_migrate_caps,
+        "query-cpus-fast": cpus(VcpuThreads.query_cpus_fast),
+        "query-hotpluggable-cpus": cpus(VcpuThreads.query_hotpluggable_cpus),
+        "query-iothreads": lambda _: [],
+        "query-block": lambda _: block.query(),
+        "query-named-block-nodes": lambda _: block.named_nodes(),
+        "query-blockstats": blockstats,
+        "qom-list": qom_list,
+        "qom-get": qom_get,
+        "qom-set": qom_set,
+        "query-balloon": query_balloon,
+        "balloon": set_balloon,
+        "query-stats": lambda _: [],
+        "query-stats-schemas": lambda _: [],
+        "query-dirty-rate": lambda _: {
             "status": "unstarted", "sample-pages": 0, "mode": "page-sampling",
-            "start-time": 0, "calc-time": 0}),
-        CommandSpec("query-name", lambda _: {"name": cmdline.name}),
-        CommandSpec("query-uuid", lambda _: {"UUID": cmdline.uuid}),
-    ])
-    return CompatTable(live, base, recorded)
+            "start-time": 0, "calc-time": 0},
+        "query-name": lambda _: {"name": cmdline.name},
+        "query-uuid": lambda _: {"UUID": cmdline.uuid},
+    }
+    names = {json.loads(key)[0] for key in recorded} - set(live)
+    return {**{name: _recorded(recorded, name) for name in sorted(names)}, **live}

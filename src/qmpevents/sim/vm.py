@@ -71,11 +71,7 @@ def _chardev_filename(address: Address) -> str:
 
 
 class SimulatedVM:
-    """A running simulated VM: :attr:`machine`, its QMP :attr:`server`, maybe VNC.
-
-    *commands* builds the command table from the machine (default: the
-    simulator's own); ``qmpevents-qemu`` passes one that adds libvirt's queries.
-    """
+    """A running simulated VM: :attr:`machine`, its QMP :attr:`server`, maybe VNC."""
 
     def __init__(self, *, qmp: Sequence[str | Address] = (),
                  drives: Sequence[str | DriveConfig] = (), no_shutdown: bool = False,
