@@ -154,7 +154,11 @@ def _start(workdir: Path, *args: str, env: dict[str, str] | None = None,
     path = workdir / "qmp.sock"
     process = subprocess.Popen([EXE, "-qmp", f"unix:{path},server=on,wait=off", *args],
                                env={**os.environ, **(env or {})})
-    return process, Monitor(connect_when_listening(process, path))
+    try:
+        return process, Monitor(connect_when_listening(process, path))
+    except BaseException:
+        _reap(process)
+        raise
 
 
 def connect_when_listening(process: subprocess.Popen[bytes], path: Path) -> socket.socket:
