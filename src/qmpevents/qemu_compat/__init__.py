@@ -1,0 +1,1 @@
+"""qmpevents-qemu: the simulated VM behind QEMU's command line, for libvirt."""
