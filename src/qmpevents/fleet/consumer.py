@@ -20,7 +20,9 @@ the iteration is closed.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 
 FETCH_BATCH = 256
 FETCH_WAIT = 1.0
+#: How long a consumer is retried while the cluster cannot answer (no meta leader).
+OPEN_TIMEOUT = 15.0
 #: An ephemeral consumer is removed by the server after this idle time.
 EPHEMERAL_IDLE = 30.0
 
@@ -88,6 +92,7 @@ class FleetEvents:
         """Connect and create (or bind to) the consumer; raises BrokerError."""
         nats_js = require("nats.js")
         api = nats_js.api
+        timeout_errors = (require("nats.errors").TimeoutError, TimeoutError)
         self._nc = await connect(self._options)
         js = self._nc.jetstream()
         if self._since == "all":
@@ -101,12 +106,20 @@ class FleetEvents:
             deliver_policy=policy, opt_start_time=start, ack_policy=api.AckPolicy.EXPLICIT,
             max_ack_pending=FETCH_BATCH * 4,
             inactive_threshold=None if self._durable else EPHEMERAL_IDLE)
-        try:
-            self._sub = await js.pull_subscribe(self._subject, durable=self._durable,
-                                                stream=self._stream, config=config)
-        except Exception as exc:  # nats-py API errors, timeouts
-            await self._nc.close()
-            raise BrokerError(f"stream {self._stream}: {describe(exc)}") from None
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        while True:
+            try:
+                self._sub = await js.pull_subscribe(self._subject, durable=self._durable,
+                                                    stream=self._stream, config=config)
+                return
+            except Exception as exc:  # nats-py API errors, timeouts
+                # A cluster that just lost its meta leader answers nothing for a while.
+                unavailable = nats_js.errors.ServiceUnavailableError
+                transient = isinstance(exc, (*timeout_errors, unavailable))
+                if not transient or time.monotonic() > deadline:
+                    await self._nc.close()
+                    raise BrokerError(f"stream {self._stream}: {describe(exc)}") from None
+            await asyncio.sleep(0.25)  # retry backoff
 
     async def close(self) -> None:
         if self._nc is None:

@@ -181,7 +181,9 @@ class Spool:
                 self._sizes[number] = end
 
     def _open_writer(self) -> None:
-        self._writer = open(self._path(self._write_segment), "ab")  # noqa: SIM115 - close()
+        fd = os.open(self._path(self._write_segment), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                     0o600)
+        self._writer = os.fdopen(fd, "ab")
         self._write_size = self._writer.tell()
         self._sizes[self._write_segment] = self._write_size
         if self._policy != "never":
