@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import socket
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
+
+import msgspec
+from cli_process import Cli, short_dir
 
 from qmpevents.fleet import FleetEvent, fleet_events
 from qmpevents.fleet.broker import BrokerOptions
+from qmpevents.recording import read_recording
+from qmpevents.sim import SimulatedVM
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -126,8 +132,9 @@ async def read_stream(servers: list[str], count: int, *, subject: str = "qmp.>",
 
 
 async def stream_count(servers: list[str], stream: str = "QMP") -> int:
-    """How many messages the stream holds (0 when it does not exist yet)."""
+    """How many messages the stream holds (0: no stream yet; -1: no answer yet)."""
     import nats
+    import nats.errors
     import nats.js.errors
 
     nc = await nats.connect(servers=servers, connect_timeout=2, max_reconnect_attempts=1)
@@ -136,11 +143,91 @@ async def stream_count(servers: list[str], stream: str = "QMP") -> int:
             info = await nc.jetstream().stream_info(stream)
         except nats.js.errors.NotFoundError:
             return 0
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+            return -1  # a cluster electing a leader: ask again
         return int(info.state.messages)
     finally:
         await nc.close()
 
 
-def env_without_proxy() -> dict[str, str]:
-    """The environment for child processes, without HTTP proxies (loopback only)."""
-    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+class Host:
+    """One host: a directory of simulated VMs, an agent following it, what the VMs emitted."""
+
+    def __init__(self, name: str, sock_dir: str, spool: Path) -> None:
+        self.name = name
+        self.sock_dir = sock_dir
+        self.spool = spool
+        self.vms: list[SimulatedVM] = []
+        self.emitted: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.agent: Cli | None = None
+
+    async def start_vms(self, count: int) -> None:
+        for index in range(count):
+            vm = SimulatedVM(qmp=[f"unix:{self.sock_dir}/vm{index}.sock"],
+                             drives=["disk0,werror=report"], name=f"vm{index}")
+            await vm.start()
+            vm.machine.subscribe(self.emitted[f"vm{index}"].append)
+            self.vms.append(vm)
+
+    async def start_agent(self, *servers: str, extra: tuple[str, ...] = ()) -> Cli:
+        args = [arg for url in servers for arg in ("--nats", url)]
+        self.agent = await Cli.start("agent", self.sock_dir, *args, "--host", self.name,
+                                     "--spool", str(self.spool), "--fsync", "always",
+                                     "--rescan", "0.2", *extra)
+        for _ in self.vms:  # directories are scanned: one "attached" line per VM
+            await self.agent.wait_line("attached", "err", timeout=20)
+        return self.agent
+
+    def emit(self, rounds: int) -> None:
+        """*rounds* events per VM: RTC changes and disk errors (the report policy)."""
+        for vm in self.vms:
+            for n in range(rounds):
+                if n % 2:
+                    vm.machine.io_error("disk0", "write")
+                else:
+                    vm.machine.rtc_change(n)
+
+    def spooled(self) -> int:
+        return sum(len(list(read_recording(str(p)))) for p in self.spool.glob("*.jsonl"))
+
+    async def close(self) -> None:
+        if self.agent is not None:
+            await self.agent.kill()
+        for vm in self.vms:
+            await vm.close()
+
+
+@contextlib.asynccontextmanager
+async def hosts(tmp_path: Path, count: int, vms: int) -> AsyncIterator[list[Host]]:
+    with contextlib.ExitStack() as dirs:
+        made = [Host(f"h{i}", dirs.enter_context(short_dir(f"fl{i}")), tmp_path / f"spool{i}")
+                for i in range(count)]
+        try:
+            for host in made:
+                await host.start_vms(vms)
+            yield made
+        finally:
+            for host in made:
+                await host.close()
+
+
+def check_exactly_once_in_order(found: list[FleetEvent], made: list[Host]) -> None:
+    """The stream holds what each VM emitted, each once, in the VM's order, as sent."""
+    assert len({fe.msg_id for fe in found}) == len(found), "a message id twice"
+    got: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for fe in found:
+        assert fe.event.raw is not None
+        got[fe.host, fe.vm].append(msgspec.json.decode(fe.event.raw))
+    for host in made:
+        for vm, emitted in host.emitted.items():
+            assert got[host.name, vm] == emitted, f"{host.name}/{vm}"
+
+
+async def until_stored(servers: list[str], count: int, timeout: float = 30) -> None:
+    """Poll the stream's message count (JetStream pushes no notice of it)."""
+    deadline = time.monotonic() + timeout
+    while (stored := await stream_count(servers)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{stored} of {count} events stored")
+        await asyncio.sleep(0.05)
+    assert stored == count

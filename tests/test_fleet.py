@@ -10,97 +10,25 @@ VM, byte for byte what the VM sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import msgspec
-from cli_process import Cli, short_dir
-from fleet_support import NatsServer, nats_cluster, poll, read_stream, stream_count
+from fleet_support import (
+    NatsServer,
+    check_exactly_once_in_order,
+    hosts,
+    nats_cluster,
+    poll,
+    read_stream,
+    stream_count,
+    until_stored,
+)
 
 import qmpevents
-from qmpevents.fleet import FleetEvent
-from qmpevents.recording import read_recording
-from qmpevents.sim import SimulatedVM
 
 AGENTS = 3
 VMS_PER_AGENT = 10
-
-
-class Host:
-    """One host: a directory of simulated VMs, an agent following it, what the VMs emitted."""
-
-    def __init__(self, name: str, sock_dir: str, spool: Path) -> None:
-        self.name = name
-        self.sock_dir = sock_dir
-        self.spool = spool
-        self.vms: list[SimulatedVM] = []
-        self.emitted: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self.agent: Cli | None = None
-
-    async def start_vms(self, count: int) -> None:
-        for index in range(count):
-            vm = SimulatedVM(qmp=[f"unix:{self.sock_dir}/vm{index}.sock"],
-                             drives=["disk0,werror=report"], name=f"vm{index}")
-            await vm.start()
-            vm.machine.subscribe(self.emitted[f"vm{index}"].append)
-            self.vms.append(vm)
-
-    async def start_agent(self, *servers: str, extra: tuple[str, ...] = ()) -> Cli:
-        args = [arg for url in servers for arg in ("--nats", url)]
-        self.agent = await Cli.start("agent", self.sock_dir, *args, "--host", self.name,
-                                     "--spool", str(self.spool), "--fsync", "always",
-                                     "--rescan", "0.2", *extra)
-        for _ in self.vms:  # directories are scanned: one "attached" line per VM
-            await self.agent.wait_line("attached", "err", timeout=20)
-        return self.agent
-
-    def emit(self, rounds: int) -> None:
-        """*rounds* events per VM: RTC changes and disk errors (the report policy)."""
-        for vm in self.vms:
-            for n in range(rounds):
-                if n % 2:
-                    vm.machine.io_error("disk0", "write")
-                else:
-                    vm.machine.rtc_change(n)
-
-    def spooled(self) -> int:
-        return sum(len(list(read_recording(str(p)))) for p in self.spool.glob("*.jsonl"))
-
-    async def close(self) -> None:
-        if self.agent is not None:
-            await self.agent.kill()
-        for vm in self.vms:
-            await vm.close()
-
-
-@contextlib.asynccontextmanager
-async def hosts(tmp_path: Path, count: int, vms: int) -> AsyncIterator[list[Host]]:
-    with contextlib.ExitStack() as dirs:
-        made = [Host(f"h{i}", dirs.enter_context(short_dir(f"fl{i}")), tmp_path / f"spool{i}")
-                for i in range(count)]
-        try:
-            for host in made:
-                await host.start_vms(vms)
-            yield made
-        finally:
-            for host in made:
-                await host.close()
-
-
-def check_exactly_once_in_order(found: list[FleetEvent], made: list[Host]) -> None:
-    """The stream holds what each VM emitted, each once, in the VM's order, as sent."""
-    assert len({fe.msg_id for fe in found}) == len(found), "a message id twice"
-    got: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    for fe in found:
-        assert fe.event.raw is not None
-        got[fe.host, fe.vm].append(msgspec.json.decode(fe.event.raw))
-    for host in made:
-        for vm, emitted in host.emitted.items():
-            assert got[host.name, vm] == emitted, f"{host.name}/{vm}"
 
 
 async def test_three_agents_thirty_vms_broker_and_agent_killed(
@@ -153,16 +81,6 @@ async def test_three_agents_thirty_vms_broker_and_agent_killed(
             assert await stream_count([broker.url]) == expected  # no duplicate stored
     finally:
         await broker.stop()
-
-
-async def until_stored(servers: list[str], count: int, timeout: float = 30) -> None:
-    """Poll the stream's message count (JetStream pushes no notice of it)."""
-    deadline = time.monotonic() + timeout
-    while (stored := await stream_count(servers)) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{stored} of {count} events stored")
-        await asyncio.sleep(0.05)
-    assert stored == count
 
 
 async def test_republishing_the_spool_stores_nothing_twice(tmp_path: Path) -> None:
