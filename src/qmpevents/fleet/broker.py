@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 DEFAULT_DUPLICATE_WINDOW = 120.0
+CONNECT_DEADLINE = 5.0
 
 
 class BrokerError(QMPEventsError):
@@ -80,18 +81,19 @@ def read_user_password(path: str) -> tuple[str, str]:
     return lines[0], lines[1]
 
 
-async def connect(options: BrokerOptions, *, retry_forever: bool = False,
+async def connect(options: BrokerOptions, *, deadline: float | None = CONNECT_DEADLINE,
                   on_disconnect: Callable[[], None] | None = None,
                   on_reconnect: Callable[[], None] | None = None,
-                  on_retry: Callable[[str], None] | None = None) -> NATS:
-    """Connect to one of the servers; the client then reconnects by itself.
+                  on_error: Callable[[str], None] | None = None) -> NATS:
+    """Connect to one of the servers; the client then reconnects by itself, forever.
 
-    Without *retry_forever* a broker that cannot be reached raises
-    :class:`BrokerError`; with it (the agent, which spools meanwhile) the first
-    connection is retried until it succeeds, and *on_retry* is told why once
-    per distinct reason.
+    A first connection not made within *deadline* seconds raises
+    :class:`BrokerError` with the last reason; with ``deadline=None`` (the
+    agent, which spools meanwhile) it is retried until it succeeds.
+    *on_error* is told each connection failure's reason once in a row.
     """
     nats = require("nats")
+    last_error = ["timed out"]
 
     async def disconnected() -> None:
         if on_disconnect is not None:
@@ -102,27 +104,22 @@ async def connect(options: BrokerOptions, *, retry_forever: bool = False,
             on_reconnect()
 
     async def error(exc: Exception) -> None:
-        log.debug("nats: %s", exc)
+        reason = describe(exc)
+        log.debug("nats: %s", reason)
+        if reason != last_error[0] and on_error is not None:
+            on_error(reason)
+        last_error[0] = reason
 
-    delay = 0.2
-    last_reason = ""
-    while True:
-        try:
-            client: NATS = await nats.connect(
-                **options.connect_kwargs(), allow_reconnect=True, max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5, connect_timeout=2, disconnected_cb=disconnected,
-                reconnected_cb=reconnected, error_cb=error)
-            return client
-        except Exception as exc:  # nats-py raises several unrelated classes here
-            if not retry_forever:
-                raise BrokerError(f"cannot connect to {', '.join(options.servers)}: "
-                                  f"{describe(exc)}") from None
-            reason = describe(exc)
-            if reason != last_reason and on_retry is not None:
-                on_retry(reason)
-            last_reason = reason
-        await asyncio.sleep(delay)  # reconnect backoff
-        delay = min(delay * 2, 2.0)
+    connecting = nats.connect(
+        **options.connect_kwargs(), allow_reconnect=True, max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5, connect_timeout=2, disconnected_cb=disconnected,
+        reconnected_cb=reconnected, error_cb=error)
+    try:
+        client: NATS = await asyncio.wait_for(connecting, deadline)
+    except TimeoutError:
+        raise BrokerError(f"cannot connect to {', '.join(options.servers)}: "
+                          f"{last_error[0]}") from None
+    return client
 
 
 def describe(exc: BaseException) -> str:

@@ -128,7 +128,11 @@ class FleetEvents:
             if self._unacked is not None:
                 await self._unacked.ack_sync()
                 self._unacked = None
-        except Exception:  # the broker is gone: the event will be delivered again
+            for msg in self._batch:  # fetched, not handed out: deliver them again at once
+                await msg.nak()
+            self._batch = []
+            await self._nc.flush(timeout=2)
+        except Exception:  # the broker is gone: unacknowledged events come again later
             pass
         await self._nc.close()
         self._nc = None

@@ -72,8 +72,8 @@ class Publisher:
     async def run(self) -> None:
         """Publish forever (cancel to stop); spooled records wait while the broker is away."""
         nc = await connect(
-            self._options, retry_forever=True, on_disconnect=self._lost, on_reconnect=self._back,
-            on_retry=lambda why: self._note(f"broker not reachable ({why}); spooling to "
+            self._options, deadline=None, on_disconnect=self._lost, on_reconnect=self._back,
+            on_error=lambda why: self._note(f"broker: {why}; spooling to "
                                             f"{self._spool.directory} and retrying"))
         self._connected.set()
         self.on_link(True)
