@@ -14,10 +14,11 @@ set per thing):
 ``qmpevents_agent_published_total``, ``..._broker_connected``  the agent's broker link
 ======================================================  ====================================
 
-The run state comes from ``query-status`` when a VM is attached and again
-after each event that can change it (STOP, RESUME, RESET, SHUTDOWN,
-BLOCK_IO_ERROR, ...); the VNC client count from ``query-vnc`` likewise after
-VNC events.  The queries run in the background, one at a time per VM.
+The run state comes from ``query-status`` and the VNC client count from
+``query-vnc``, asked when a VM is attached and again after its events (any
+event: QEMU's ``cont`` in the seed profile says nothing, the next event
+corrects the state).  The queries run in the background, one at a time per
+VM, and a burst of events costs one more query, not one each.
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ log = logging.getLogger(__name__)
 RUN_STATES = ("debug", "inmigrate", "internal-error", "io-error", "paused", "postmigrate",
               "prelaunch", "finish-migrate", "restore-vm", "running", "save-vm", "shutdown",
               "suspended", "watchdog", "guest-panicked", "colo")
-_STATUS_EVENTS = frozenset({"STOP", "RESUME", "RESET", "SHUTDOWN", "POWERDOWN",
-                            "BLOCK_IO_ERROR", "SUSPEND", "WAKEUP", "GUEST_PANICKED"})
+
 
 
 class FleetMetrics:
@@ -97,8 +97,7 @@ class FleetMetrics:
         if isinstance(event, BlockIoError):
             data = event.data
             self.block_io_errors.labels(vm, data.device, data.operation, data.action).inc()
-        if event.name in _STATUS_EVENTS or event.name.startswith("VNC_"):
-            self._refresh(vm)
+        self._refresh(vm)
 
     # -- the queries -------------------------------------------------------------
 
