@@ -186,8 +186,9 @@ async def _agent(args: argparse.Namespace, spool: Spool, note: Callable[[str], N
             started=lambda: note(f"publishing as host {args.host} to stream {args.stream}; "
                                  f"spool {spool.directory}"))
     finally:
-        publishing.cancel()
-        await asyncio.gather(publishing, return_exceptions=True)
+        while not publishing.done():  # nats-py may drop one cancellation (see publisher)
+            publishing.cancel()
+            await asyncio.wait({publishing}, timeout=1.0)
         if stop_http is not None:
             stop_http()
         note(f"{intake.received} events received, {publisher.published} published, "

@@ -115,7 +115,8 @@ async def connect(options: BrokerOptions, *, deadline: float | None = CONNECT_DE
         reconnect_time_wait=0.5, connect_timeout=2, disconnected_cb=disconnected,
         reconnected_cb=reconnected, error_cb=error)
     try:
-        client: NATS = await asyncio.wait_for(connecting, deadline)
+        async with asyncio.timeout(deadline):
+            client: NATS = await connecting
     except TimeoutError:
         raise BrokerError(f"cannot connect to {', '.join(options.servers)}: "
                           f"{last_error[0]}") from None

@@ -1,11 +1,13 @@
 """Drains the spool into JetStream, in order: a record is done when JetStream acked it.
 
-Publishing is pipelined (a batch of asynchronous publishes, then their
-acknowledgements); the spool's cursor advances over the acknowledged
-*prefix* of each batch only.  After a failure (broker gone, ack timeout,
-stream missing) reading starts again at the first unacknowledged record:
-records of that batch that did reach the stream are sent again with the
-same ``Nats-Msg-Id`` and JetStream's duplicate window drops them.
+Publishing is pipelined: a *sender* publishes spooled records as they come,
+up to a window of unacknowledged ones, and an *acker* takes the
+acknowledgements in order and advances the spool's cursor over the
+acknowledged prefix.  After a failure (broker gone, ack timeout, stream
+missing) everything in flight is abandoned and reading starts again at the
+first unacknowledged record: records that did reach the stream are sent
+again with the same ``Nats-Msg-Id`` and JetStream's duplicate window drops
+them.
 """
 
 from __future__ import annotations
@@ -20,37 +22,44 @@ from qmpevents.fleet.spool import Position, Spool, SpoolRecord
 from qmpevents.fleet.subjects import Headers, subject
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
     from nats.js import JetStreamContext
     from nats.js.api import PubAck
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 512
+DEFAULT_WINDOW = 1024
 DEFAULT_ACK_TIMEOUT = 5.0
+#: The cursor is written at least every this many acknowledgements (and when idle).
+COMMIT_EVERY = 512
 RETRY_DELAY = 0.25
 MAX_RETRY_DELAY = 2.0
 
 Note = Callable[[str], None]
+InFlight = tuple["asyncio.Future[PubAck]", Position]
+
+
+class _Failed(Exception):
+    """Something in flight was not acknowledged: start again from the cursor."""
 
 
 class Publisher:
     """One agent's link to JetStream; :attr:`published` counts acknowledged events."""
 
     def __init__(self, spool: Spool, options: BrokerOptions, stream: StreamSettings, *,
-                 note: Note, batch: int = DEFAULT_BATCH,
+                 note: Note, window: int = DEFAULT_WINDOW,
                  ack_timeout: float = DEFAULT_ACK_TIMEOUT) -> None:
         self._spool = spool
         self._options = options
         self._stream = stream
         self._note = note
-        self._batch = batch
+        self._window = window
         self._ack_timeout = ack_timeout
         self._connected = asyncio.Event()
         self._stream_ready = False
         self._failing = False
+        self._closing = False
         self.published = 0
-        #: Called after each acknowledged batch with its size.
+        #: Called after acknowledgements with their number.
         self.on_published: Callable[[int], None] = lambda count: None
         #: Called when the broker connection comes up (True) or goes down (False).
         self.on_link: Callable[[bool], None] = lambda up: None
@@ -60,6 +69,8 @@ class Publisher:
         return self._connected.is_set()
 
     def _lost(self) -> None:
+        if self._closing:
+            return
         self._connected.clear()
         self.on_link(False)
         self._note(f"broker lost; spooling to {self._spool.directory}")
@@ -78,30 +89,22 @@ class Publisher:
         self._connected.set()
         self.on_link(True)
         self._note(f"connected to {nc.connected_url.netloc if nc.connected_url else 'broker'}")
-        js = nc.jetstream(publish_async_max_pending=self._batch)
+        js = nc.jetstream(publish_async_max_pending=self._window)
         delay = RETRY_DELAY
         try:
             while True:
                 await self._connected.wait()
-                if not self._stream_ready and not await self._prepare(js):
-                    await asyncio.sleep(delay)  # retry backoff
-                    delay = min(delay * 2, MAX_RETRY_DELAY)
-                    continue
-                batch = await self._spool.read(self._batch)
-                acked = await self._publish(nc, js, batch)
-                if acked:
-                    self._spool.commit(batch[acked - 1][1])
-                    self.published += acked
-                    self.on_published(acked)
-                if acked == len(batch):
-                    self._failing = False
-                    delay = RETRY_DELAY
-                    continue
-                self._spool.rewind()
-                self._stream_ready = False  # the stream may be gone: check it again
+                if self._stream_ready or await self._prepare(js):
+                    try:
+                        await self._pump(js)
+                    except _Failed as exc:
+                        log.debug("publishing interrupted: %s", exc)
+                    self._spool.rewind()
+                    self._stream_ready = False  # the stream may be gone: check it again
                 await asyncio.sleep(delay)  # retry backoff
                 delay = min(delay * 2, MAX_RETRY_DELAY)
         finally:
+            self._closing = True
             await nc.close()
 
     async def _prepare(self, js: JetStreamContext) -> bool:
@@ -113,42 +116,80 @@ class Publisher:
                 self._note(f"stream {self._stream.name} not ready ({describe(exc)}); retrying")
                 self._failing = True
             return False
+        self._failing = False
         self._stream_ready = True
         return True
 
-    async def _publish(self, nc: NATS, js: JetStreamContext,
-                       batch: list[tuple[SpoolRecord, Position]]) -> int:
-        """Publish *batch*; the number of records acknowledged in order from its start."""
-        futures: list[asyncio.Future[PubAck]] = []
-        for record, _ in batch:
-            headers = Headers(record.host, record.vm, record.received, record.seq, record.id)
-            try:
-                sent = await js.publish_async(
-                    subject(record.host, record.vm, _event_name(record)),
-                    bytes(record.message), stream=self._stream.name,
-                    headers=headers.to_nats(), wait_stall=self._ack_timeout)
-            except Exception as exc:  # closed, stalled, buffer full
-                log.debug("publish failed: %s", describe(exc))
-                break
-            futures.append(sent)
-        if futures:
-            try:
-                await nc.flush(timeout=max(1, int(self._ack_timeout)))
-                async with asyncio.timeout(self._ack_timeout):
-                    await asyncio.wait(futures)
-            except Exception as exc:  # flush timeout, ack timeout
-                log.debug("acknowledgements incomplete: %s", describe(exc))
-        acked = 0
-        for future in futures:
-            if not future.done() or future.cancelled() or future.exception() is not None:
-                break
-            acked += 1
-        for future in futures:
-            if not future.done():
+    async def _pump(self, js: JetStreamContext) -> None:
+        """Send and acknowledge until something fails (raises _Failed)."""
+        queue: asyncio.Queue[InFlight] = asyncio.Queue(self._window)
+        sender = asyncio.create_task(self._send(js, queue))
+        try:
+            await self._ack(queue, sender)
+        finally:
+            while not sender.done():
+                sender.cancel()
+                # Python 3.11's asyncio.wait_for (nats-py's publish_async uses it) drops a
+                # cancellation that coincides with its result: cancel until it is done.
+                await asyncio.wait({sender}, timeout=1.0)
+            if not sender.cancelled():
+                sender.exception()  # retrieved: it is why we stopped, or nothing
+            while not queue.empty():  # abandoned: a late ack changes nothing
+                future, _ = queue.get_nowait()
                 future.cancel()
-            elif not future.cancelled():
-                future.exception()  # retrieved: no "never retrieved" warnings
-        return acked
+
+    async def _send(self, js: JetStreamContext, queue: asyncio.Queue[InFlight]) -> None:
+        while True:
+            await self._connected.wait()
+            for record, position in await self._spool.read(self._window):
+                headers = Headers(record.host, record.vm, record.received, record.seq,
+                                  record.id)
+                try:
+                    future = await js.publish_async(
+                        subject(record.host, record.vm, _event_name(record)),
+                        bytes(record.message), stream=self._stream.name,
+                        headers=headers.to_nats())  # the window bounds what is in flight
+                except Exception as exc:  # closed, stalled, client buffer full
+                    raise _Failed(f"publish: {describe(exc)}") from None
+                await queue.put((future, position))
+
+    async def _ack(self, queue: asyncio.Queue[InFlight], sender: asyncio.Task[None]) -> None:
+        acked = 0
+        last: Position | None = None
+        while True:
+            if queue.empty() and last is not None:  # idle: record progress now
+                self._commit(last, acked)
+                acked, last = 0, None
+            getting = asyncio.ensure_future(queue.get())
+            try:
+                await asyncio.wait({getting, sender}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getting.done():
+                    getting.cancel()
+            if getting.cancelled():
+                if last is not None:
+                    self._commit(last, acked)
+                sender.result()  # raises the sender's _Failed
+                raise _Failed("sender ended")
+            future, position = getting.result()
+            try:
+                async with asyncio.timeout(self._ack_timeout):  # not wait_for: see _pump
+                    await future
+            except Exception as exc:  # timeout, API error (no stream, wrong stream)
+                if last is not None:
+                    self._commit(last, acked)
+                future.cancel()
+                raise _Failed(f"acknowledgement: {describe(exc)}") from None
+            acked += 1
+            last = position
+            if acked >= COMMIT_EVERY:
+                self._commit(last, acked)
+                acked, last = 0, None
+
+    def _commit(self, position: Position, count: int) -> None:
+        self._spool.commit(position)
+        self.published += count
+        self.on_published(count)
 
 
 def _event_name(record: SpoolRecord) -> str:

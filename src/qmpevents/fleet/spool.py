@@ -208,8 +208,7 @@ class Spool:
             return False
         if self._write_size and self._write_size + len(line) > self.segment_bytes:
             self._rotate()
-        self._writer.write(line)
-        self._writer.flush()  # the reader of this process reads the file
+        self._writer.write(line)  # buffered: read() flushes before it reads the file
         self._write_size += len(line)
         self._sizes[self._write_segment] = self._write_size
         due = time.monotonic() - self._last_sync >= self._interval
@@ -247,6 +246,8 @@ class Spool:
         Waits while the spool holds nothing unread.
         """
         while True:
+            if self._writer is not None:
+                self._writer.flush()
             batch = self._read_available(limit)
             if batch:
                 return batch
