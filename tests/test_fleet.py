@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fleet_support import (
     NatsServer,
     check_exactly_once_in_order,
@@ -104,6 +105,7 @@ async def test_republishing_the_spool_stores_nothing_twice(tmp_path: Path) -> No
         await broker.stop()
 
 
+@pytest.mark.slow  # a cluster re-electing leaders after a node loss takes 5-20 s here
 async def test_a_three_node_cluster_survives_a_node(tmp_path: Path) -> None:
     """Agents told of n1 only learn the cluster from it; n1 dies; nothing is lost."""
     async with nats_cluster(tmp_path / "cluster") as nodes, hosts(tmp_path, 2, 3) as made:

@@ -12,10 +12,13 @@
 
 Each :class:`FleetEvent` carries the event decoded as the client's events
 are (typed data, ``.raw`` the exact JSON the VM sent) with the host and VM it
-came from.  A pull consumer reads the stream: ephemeral by default, or
-durable (``durable="name"``), which resumes after the last event
-acknowledged.  An event is acknowledged when the next one is asked for or
-the iteration is closed.
+came from.  By default an ordered push consumer reads the stream (no state
+on the server, nothing to acknowledge, flow-controlled); with
+``durable="name"`` a durable pull consumer, which resumes after the last
+event acknowledged.  A durable consumer's events are acknowledged once the whole
+fetched batch was handed out, or when the iteration is closed (events
+fetched and not handed out are then given back at once); a crash hands the
+unacknowledged ones out again, so processing is at least once.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -44,12 +48,14 @@ from qmpevents.fleet.subjects import (
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
     from nats.js import JetStreamContext
 
-FETCH_BATCH = 256
+#: Events fetched at once by a durable consumer, and the bound of events held in memory.
+FETCH_BATCH = 1024
 FETCH_WAIT = 1.0
 #: How long a consumer is retried while the cluster cannot answer (no meta leader).
-OPEN_TIMEOUT = 15.0
+OPEN_TIMEOUT = 30.0
 #: An ephemeral consumer is removed by the server after this idle time.
 EPHEMERAL_IDLE = 30.0
 
@@ -85,8 +91,24 @@ class FleetEvents:
         self._durable = durable
         self._nc: NATS | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
-        self._batch: list[Msg] = []
+        self._batch: deque[Msg] = deque()
         self._unacked: Msg | None = None
+        self._push: Subscription | None = None
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def _delivered(self, msg: Msg) -> None:
+        """The ordered consumer's callback: queue it, and hold delivery while full.
+
+        Holding the callback holds nats-py's delivery task, so flow control
+        stops the server: memory stays bounded by :data:`FETCH_BATCH`.
+        """
+        while len(self._batch) >= FETCH_BATCH:
+            self._room.clear()
+            await self._room.wait()
+        self._batch.append(msg)
+        self._arrived.set()
 
     async def open(self) -> None:
         """Connect and create (or bind to) the consumer; raises BrokerError."""
@@ -103,14 +125,23 @@ class FleetEvents:
             policy = api.DeliverPolicy.BY_START_TIME
             start = datetime.datetime.fromtimestamp(self._since, datetime.UTC)
         config = api.ConsumerConfig(
-            deliver_policy=policy, opt_start_time=start, ack_policy=api.AckPolicy.EXPLICIT,
-            max_ack_pending=FETCH_BATCH * 4,
+            deliver_policy=policy, opt_start_time=start,
+            # Durable: acknowledging an event acknowledges all before it (one ack per batch).
+            ack_policy=api.AckPolicy.ALL if self._durable else api.AckPolicy.NONE,
+            max_ack_pending=FETCH_BATCH * 4 if self._durable else None,
             inactive_threshold=None if self._durable else EPHEMERAL_IDLE)
         deadline = time.monotonic() + OPEN_TIMEOUT
         while True:
             try:
-                self._sub = await js.pull_subscribe(self._subject, durable=self._durable,
-                                                    stream=self._stream, config=config)
+                if self._durable:
+                    self._sub = await js.pull_subscribe(
+                        self._subject, durable=self._durable, stream=self._stream,
+                        config=config)
+                else:  # no state to keep: an ordered push consumer, the fastest reader
+                    self._push = await js.subscribe(
+                        self._subject, stream=self._stream, ordered_consumer=True,
+                        deliver_policy=policy, cb=self._delivered,
+                        config=api.ConsumerConfig(opt_start_time=start))
                 return
             except Exception as exc:  # nats-py API errors, timeouts
                 # A cluster that just lost its meta leader answers nothing for a while.
@@ -128,9 +159,10 @@ class FleetEvents:
             if self._unacked is not None:
                 await self._unacked.ack_sync()
                 self._unacked = None
-            for msg in self._batch:  # fetched, not handed out: deliver them again at once
-                await msg.nak()
-            self._batch = []
+            if self._durable:
+                for msg in self._batch:  # fetched, not handed out: deliver them again now
+                    await msg.nak()
+            self._batch.clear()
             await self._nc.flush(timeout=2)
         except Exception:  # the broker is gone: unacknowledged events come again later
             pass
@@ -151,17 +183,22 @@ class FleetEvents:
     async def __anext__(self) -> FleetEvent:
         """The next event; waits for one (the stream is endless)."""
         timeout_error = require("nats.errors").TimeoutError
-        if self._unacked is not None:
+        if not self._batch and self._unacked is not None:  # the batch is handled
             await self._unacked.ack()
             self._unacked = None
+        while not self._batch and self._push is not None:
+            self._arrived.clear()
+            await self._arrived.wait()
         while not self._batch:
             assert self._sub is not None, "open() first"
             try:
-                self._batch = await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
+                self._batch = deque(await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT))
             except (TimeoutError, timeout_error):
                 continue
-        msg = self._batch.pop(0)
-        self._unacked = msg
+        msg = self._batch.popleft()
+        self._room.set()
+        if self._durable:
+            self._unacked = msg
         return to_fleet_event(msg)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -122,23 +123,24 @@ class Publisher:
 
     async def _pump(self, js: JetStreamContext) -> None:
         """Send and acknowledge until something fails (raises _Failed)."""
-        queue: asyncio.Queue[InFlight] = asyncio.Queue(self._window)
-        sender = asyncio.create_task(self._send(js, queue))
+        in_flight: deque[InFlight] = deque()  # bounded by nats-py's window semaphore
+        sent = asyncio.Event()
+        sender = asyncio.create_task(self._send(js, in_flight, sent))
         try:
-            await self._ack(queue, sender)
+            await self._ack(in_flight, sent, sender)
         finally:
             while not sender.done():
                 sender.cancel()
-                # Python 3.11's asyncio.wait_for (nats-py's publish_async uses it) drops a
-                # cancellation that coincides with its result: cancel until it is done.
+                # nats-py's flush swallows CancelledError and Python 3.11's wait_for can
+                # drop one that coincides with its result: cancel until it is done.
                 await asyncio.wait({sender}, timeout=1.0)
             if not sender.cancelled():
                 sender.exception()  # retrieved: it is why we stopped, or nothing
-            while not queue.empty():  # abandoned: a late ack changes nothing
-                future, _ = queue.get_nowait()
+            for future, _ in in_flight:  # abandoned: a late ack changes nothing
                 future.cancel()
 
-    async def _send(self, js: JetStreamContext, queue: asyncio.Queue[InFlight]) -> None:
+    async def _send(self, js: JetStreamContext, in_flight: deque[InFlight],
+                    sent: asyncio.Event) -> None:
         while True:
             await self._connected.wait()
             for record, position in await self._spool.read(self._window):
@@ -149,37 +151,42 @@ class Publisher:
                         subject(record.host, record.vm, _event_name(record)),
                         bytes(record.message), stream=self._stream.name,
                         headers=headers.to_nats())  # the window bounds what is in flight
-                except Exception as exc:  # closed, stalled, client buffer full
+                except Exception as exc:  # closed, client buffer full
                     raise _Failed(f"publish: {describe(exc)}") from None
-                await queue.put((future, position))
+                in_flight.append((future, position))
+                sent.set()
 
-    async def _ack(self, queue: asyncio.Queue[InFlight], sender: asyncio.Task[None]) -> None:
+    async def _ack(self, in_flight: deque[InFlight], sent: asyncio.Event,
+                   sender: asyncio.Task[None]) -> None:
+        """Take acknowledgements in publishing order; commit the acknowledged prefix."""
         acked = 0
         last: Position | None = None
         while True:
-            if queue.empty() and last is not None:  # idle: record progress now
-                self._commit(last, acked)
-                acked, last = 0, None
-            getting = asyncio.ensure_future(queue.get())
+            if not in_flight:
+                if last is not None:  # idle: record progress now
+                    self._commit(last, acked)
+                    acked, last = 0, None
+                sent.clear()
+                waiting = asyncio.ensure_future(sent.wait())
+                try:
+                    await asyncio.wait({waiting, sender}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiting.cancel()
+                if sender.done():
+                    sender.result()  # raises the sender's _Failed
+                    raise _Failed("sender ended")
+                continue
+            future, position = in_flight[0]
             try:
-                await asyncio.wait({getting, sender}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not getting.done():
-                    getting.cancel()
-            if getting.cancelled():
+                if not future.done():
+                    async with asyncio.timeout(self._ack_timeout):  # not wait_for: see above
+                        await asyncio.shield(future)
+                future.result()  # an API error (no stream, wrong stream) raises here
+            except Exception as exc:
                 if last is not None:
                     self._commit(last, acked)
-                sender.result()  # raises the sender's _Failed
-                raise _Failed("sender ended")
-            future, position = getting.result()
-            try:
-                async with asyncio.timeout(self._ack_timeout):  # not wait_for: see _pump
-                    await future
-            except Exception as exc:  # timeout, API error (no stream, wrong stream)
-                if last is not None:
-                    self._commit(last, acked)
-                future.cancel()
                 raise _Failed(f"acknowledgement: {describe(exc)}") from None
+            in_flight.popleft()
             acked += 1
             last = position
             if acked >= COMMIT_EVERY:
