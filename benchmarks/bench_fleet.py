@@ -48,6 +48,7 @@ def free_port() -> int:
 
 class Broker:
     def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
@@ -181,7 +182,7 @@ def spool_bytes(directory: Path) -> int:
 async def outage(work: Path, vm_count: int, seconds: int) -> dict[str, float]:
     sock_dir = tempfile.mkdtemp(prefix="qmpev-bo-", dir="/tmp")
     vms = await start_vms(sock_dir, vm_count)
-    broker = Broker(work)
+    broker = Broker(work / "outage")  # its own store: the throughput run's events are not ours
     spool = work / "outage-spool"
     agent = None
     try:
@@ -242,7 +243,7 @@ async def main(quick: bool) -> int:
               f"{figures['before']:.1f} -> peak {figures['peak']:.1f} MiB "
               f"(target <= {TARGET_RSS_MIB:.0f}), spool {figures['spooled'] / 2**20:.1f} MiB "
               f"on disk; broker restart to all {figures['events']:,.0f} events stored: "
-              f"{figures['drain']:.1f} s")
+              f"{figures['drain']:.2f} s")
         failed |= figures["peak"] > TARGET_RSS_MIB
     return 1 if failed else 0
 

@@ -52,12 +52,14 @@ class NatsServer:
     """One nats-server with JetStream (a cluster member when *routes* are given)."""
 
     def __init__(self, directory: Path, *, name: str = "n1", port: int | None = None,
-                 cluster_port: int | None = None, routes: tuple[int, ...] = ()) -> None:
+                 cluster_port: int | None = None, routes: tuple[int, ...] = (),
+                 extra: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.name = name
         self.port = port or free_port()
         self.cluster_port = cluster_port
         self.routes = routes
+        self.extra = extra
         self.proc: asyncio.subprocess.Process | None = None
         self.log = directory / f"{name}.log"
         directory.mkdir(parents=True, exist_ok=True)
@@ -69,7 +71,7 @@ class NatsServer:
     async def start(self) -> None:
         args = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port),
                 "-sd", str(self.directory / f"{self.name}-store"), "-l", str(self.log),
-                "--server_name", self.name]
+                "--server_name", self.name, *self.extra]
         if self.cluster_port is not None:
             args += ["--cluster_name", "qmpev", "--cluster",
                      f"nats://127.0.0.1:{self.cluster_port}",

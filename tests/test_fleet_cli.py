@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 from cli_process import one_line_error, run, running
 from fleet_support import Host, NatsServer, hosts, until_stored
+
+from qmpevents.sim import SimulatedVM
 
 
 @pytest.fixture
@@ -147,3 +150,45 @@ async def test_without_the_fleet_extra_one_line_says_what_to_install(
     assert proc.returncode == 1
     one_line_error(err.decode())
     assert "pip install 'qmpevents[fleet]'" in err.decode()
+
+
+async def test_the_readme_library_example_runs(broker: NatsServer, tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "fleet_events" in b]
+    async with hosts(tmp_path, 1, 1) as made:
+        await made[0].start_agent(broker.url)
+        async with SimulatedVM(qmp=[f"unix:{made[0].sock_dir}/db.sock"],
+                               drives=["disk0,werror=stop"]) as vm:
+            await made[0].agent.wait_line("attached", "err")  # type: ignore[union-attr]
+            vm.machine.io_error("disk0", "write")
+            await until_stored([broker.url], 2)  # BLOCK_IO_ERROR, then STOP
+        script = tmp_path / "example.py"
+        script.write_text(code.replace("nats://127.0.0.1:4222", broker.url))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode() == "h0 db disk0 stop\n"
+
+
+async def test_user_password_file_on_both_ends(tmp_path: Path) -> None:
+    """A broker that requires a user: agent and watch log in from a file; without it, exit 3."""
+    broker = NatsServer(tmp_path / "nats", extra=("--user", "fleet", "--pass", "s3cret"))
+    await broker.start()
+    secret = tmp_path / "nats.pw"
+    secret.write_text("fleet\ns3cret\n")
+    try:
+        async with hosts(tmp_path, 1, 1) as made:
+            await made[0].start_agent(broker.url, extra=("--user-password-file", str(secret)))
+            made[0].emit(2)
+            status, out, err = await run("watch", broker.url, "--user-password-file",
+                                         str(secret), "--since", "all", "--count", "2", "--json")
+            assert status == 0, err
+            assert [line["vm"] for line in json_lines(out)] == ["vm0", "vm0"]
+            status, _, err = await run("watch", broker.url, "--since", "all", "--count", "1")
+            assert status == 3
+            one_line_error(err)
+            assert "authorization" in err.lower()
+    finally:
+        await broker.stop()

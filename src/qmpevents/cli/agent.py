@@ -37,7 +37,7 @@ examples:
   qmpevents agent /run/qemu-server/ --nats nats://nats1:4222
   qmpevents agent '/tmp/vms/*.sock' --nats nats://a:4222 --nats nats://b:4222 --host web1
   qmpevents agent /run/qemu-server/ --nats nats://127.0.0.1:4222 --listen 127.0.0.1:9650
-  qmpevents watch nats://nats1:4222/qmp.web1.> --since 1h
+  qmpevents watch 'nats://nats1:4222/qmp.web1.>' --since 1h
 
 Each event goes to subject qmp.<host>.<vm>.<EVENT> of stream --stream (created
 when missing: subjects qmp.>, file storage, --max-age), its exact JSON as the
