@@ -59,3 +59,19 @@ def test_user_password_file(tmp_path: Path) -> None:
         read_user_password(str(bad))
     with pytest.raises(CredentialsError):
         read_user_password(str(tmp_path / "missing"))
+
+
+def test_the_fleet_modules_import_without_the_fleet_extra() -> None:
+    """nats-py and prometheus-client are imported when used, never at import time."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['nats'] = None; sys.modules['prometheus_client'] = None\n"
+            "import qmpevents.fleet, qmpevents.fleet.agent, qmpevents.fleet.publisher\n"
+            "import qmpevents.fleet.metrics, qmpevents.cli.agent, qmpevents.cli.exporter\n"
+            "from qmpevents.cli.main import build_parser; build_parser()\n"
+            "from qmpevents.fleet.deps import MissingDependency, require\n"
+            "try:\n    require('nats')\nexcept MissingDependency as e:\n    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "nats-py is not installed (pip install 'qmpevents[fleet]')\n"
