@@ -31,7 +31,7 @@ examples:
 """
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("demo", "serve", "watch", "exec", "record", "replay")
+COMMANDS = ("demo", "serve", "watch", "exec", "record", "replay", "agent", "exporter")
 
 
 class _Parser(argparse.ArgumentParser):

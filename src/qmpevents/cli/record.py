@@ -17,7 +17,9 @@ from typing import Any
 
 import msgspec
 
+from qmpevents.cli import stream
 from qmpevents.cli.argtypes import positive_float, positive_int
+from qmpevents.cli.stream import add_stream_arguments, is_stream
 from qmpevents.cli.targets import Target, TargetError, client_options
 from qmpevents.cli.watch import (
     Attachments,
@@ -74,10 +76,16 @@ def register(subparsers: Any) -> None:
                         help="stop after N events")
     parser.add_argument("--timeout", type=positive_float, metavar="S",
                         help="stop after S seconds")
+    add_stream_arguments(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_stream(args.targets):  # the fleet stream: cli/stream.py
+        return stream.record(args)
+    if (misplaced := stream.check_local(args)) is not None:
+        print(f"qmpevents record: error: {misplaced}", file=sys.stderr)
+        return 2
     try:
         check_targets(args.targets)
         args.client_options = client_options(args)

@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
+from qmpevents.cli import stream
 from qmpevents.cli.argtypes import positive_float, positive_int
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.render import json_line, raw_line, text_line
+from qmpevents.cli.stream import add_stream_arguments, is_stream
 from qmpevents.cli.targets import (
     ClientOptions,
     Target,
@@ -57,6 +59,7 @@ MAX_RETRY_DELAY = 5.0
 Note = Callable[[str], None]
 OnEvent = Callable[[str, QMPEvent], Awaitable[None]]
 Trace = Callable[[str, bytes], None]
+OnLink = Callable[[Target, QMPClient | None], None]
 
 
 def register(subparsers: Any) -> None:
@@ -79,6 +82,7 @@ def register(subparsers: Any) -> None:
                         help="exit 1 if the condition is not met within S seconds")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour the text output (auto: on a terminal without NO_COLOR)")
+    add_stream_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -101,13 +105,17 @@ class Attachments:
 
     *note* reports a VM's life on stderr: ``attached`` (found by a scan),
     ``lost``, ``back``, ``gone`` (its socket was removed).  *trace*, when
-    given, makes the traffic observer of each new connection.
+    given, makes the traffic observer of each new connection.  *on_link*,
+    when given, is told of each connection that comes up (with its client,
+    for queries) and goes down (None): the exporter's connection metrics.
     """
 
     def __init__(self, specs: list[str], rescan: float, on_event: OnEvent, note: Note,
                  trace: Callable[[Target], Trace] | None = None,
-                 options: ClientOptions | None = None) -> None:
+                 options: ClientOptions | None = None,
+                 on_link: OnLink | None = None) -> None:
         self._specs = specs
+        self._on_link = on_link
         self._options = options or ClientOptions()
         self._rescan = rescan
         self._on_event = on_event
@@ -193,9 +201,13 @@ class Attachments:
                         self._note(f"{target.name}: attached ({target.address})")
                     failing = False
                     delay = RETRY_DELAY
+                    if self._on_link is not None:
+                        self._on_link(target, client)
                     async for event in events:
                         await self._on_event(target.name, event)
                 finally:
+                    if self._on_link is not None:
+                        self._on_link(target, None)
                     await client.close()
                 reason = "disconnected"
                 connected = True
@@ -274,6 +286,11 @@ async def run_session(attachments: Attachments, done: asyncio.Future[int],
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_stream(args.targets):  # the fleet stream: cli/stream.py
+        return stream.watch(args)
+    if (misplaced := stream.check_local(args)) is not None:
+        print(f"qmpevents watch: error: {misplaced}", file=sys.stderr)
+        return 2
     try:
         check_targets(args.targets)
         args.client_options = client_options(args)

@@ -1,0 +1,91 @@
+"""``qmpevents exporter TARGET... --listen HOST:PORT``: Prometheus metrics of this host's VMs.
+
+The VMs are followed as ``watch`` follows them; the series are described in
+:mod:`qmpevents.fleet.metrics` (events by VM and name, BLOCK_IO_ERROR by
+device/operation/action, run state, VNC clients, connection state and
+reconnects).  ``qmpevents agent --listen`` serves the same series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from qmpevents.cli.targets import TargetError, client_options
+from qmpevents.cli.watch import (
+    Attachments,
+    add_target_arguments,
+    check_targets,
+    make_note,
+    run_session,
+)
+from qmpevents.fleet.deps import MissingDependency, require
+
+EXAMPLES = """\
+examples:
+  qmpevents exporter /run/qemu-server/ --listen 127.0.0.1:9650
+  curl -s http://127.0.0.1:9650/metrics | grep qmpevents_block_io_errors_total
+
+Series: qmpevents_events_total{vm,event}, qmpevents_block_io_errors_total{vm,
+device,operation,action}, qmpevents_vm_run_state{vm,state} (1 for the current
+state, from query-status, refreshed after each state event),
+qmpevents_vnc_clients{vm}, qmpevents_target_connected{vm},
+qmpevents_target_reconnects_total{vm}.
+
+exit status: 0 stopped by Ctrl-C/SIGTERM, 1 cannot listen, 2 usage error,
+3 a target cannot be reached at start
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "exporter", help="serve Prometheus metrics of one or many VMs", epilog=EXAMPLES,
+        description="Follow VMs as watch does and serve their events, run states, VNC "
+                    "clients and connection states as Prometheus metrics.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(parser)
+    parser.add_argument("--listen", default="127.0.0.1:9650", metavar="HOST:PORT",
+                        help="serve /metrics here (default 127.0.0.1:9650; port 0: any)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        check_targets(args.targets)
+        args.client_options = client_options(args)
+        require("prometheus_client")
+    except TargetError as exc:
+        print(f"qmpevents exporter: error: {exc}", file=sys.stderr)
+        return 2
+    except MissingDependency as exc:
+        print(f"qmpevents exporter: error: {exc}", file=sys.stderr)
+        return 1
+    return asyncio.run(_export(args))
+
+
+async def _export(args: argparse.Namespace) -> int:
+    from qmpevents.fleet.metrics import FleetMetrics, serve
+
+    note = make_note("exporter")
+    metrics = FleetMetrics()
+    try:
+        stop_http, port = serve(metrics.registry, args.listen)
+    except ValueError as exc:
+        note(f"error: --listen {exc}")
+        return 2
+    except OSError as exc:
+        note(f"error: --listen {args.listen}: {exc.strerror or exc}")
+        return 1
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    attachments = Attachments(args.targets, args.rescan, metrics.on_event, note,
+                              options=args.client_options, on_link=metrics.on_link)
+    try:
+        return await run_session(
+            attachments, done, None, on_timeout=lambda: 0, on_signal=lambda _: 0,
+            started=lambda: note(f"metrics on http://{args.listen.rpartition(':')[0]}:{port}"
+                                 "/metrics"))
+    finally:
+        await metrics.stop()
+        stop_http()

@@ -1,0 +1,270 @@
+"""``watch nats://...`` and ``record nats://...``: the fleet stream as a source.
+
+``nats://HOST:PORT[/SUBJECT-FILTER]`` (several URLs: servers of one
+cluster) reads the JetStream stream the agents fill.  The filters
+(``--event``, ``--match``, ``--host``, ``--vm``), the output and the exit
+statuses are those of a local watch; ``--since`` replays history and
+``--durable NAME`` resumes where the named consumer stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
+
+import msgspec
+
+from qmpevents.cli.filters import FilterError, build_filter
+from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, since
+from qmpevents.cli.render import json_line, text_line
+from qmpevents.client import EventFilter
+from qmpevents.fleet.subjects import DEFAULT_STREAM, STREAM_SUBJECTS
+
+SCHEMES = ("nats://", "tls://")
+
+_encode = msgspec.json.Encoder().encode
+
+
+class StreamTargetError(ValueError):
+    """A nats:// target that cannot be understood (a usage error)."""
+
+
+def make_note(command: str) -> Callable[[str], None]:
+    """``qmpevents COMMAND: message`` on stderr (as cli.watch's, which imports this module)."""
+    def note(message: str) -> None:
+        sys.stderr.write(f"qmpevents {command}: {message}\n")
+        sys.stderr.flush()
+    return note
+
+
+def is_stream(targets: list[str]) -> bool:
+    return any(t.startswith(SCHEMES) for t in targets)
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a nats:// source (``--tls-creds`` is the target's TLS option)."""
+    group = parser.add_argument_group("nats:// targets (the fleet stream)")
+    group.add_argument("--since", type=since, metavar="DURATION|TIME|all",
+                       help="start with the stream's events since then (10m, "
+                            "2026-12-01T15:00:00, all); default: new events only")
+    group.add_argument("--durable", metavar="NAME",
+                       help="a durable consumer: resumes after the last event it handled")
+    group.add_argument("--host", action="append", default=[], metavar="NAME",
+                       help="only events of this host (glob, repeatable)")
+    group.add_argument("--vm", action="append", default=[], metavar="NAME",
+                       help="only events of this VM (glob, repeatable)")
+    group.add_argument("--stream", default=DEFAULT_STREAM, metavar="NAME",
+                       help=f"the JetStream stream (default {DEFAULT_STREAM})")
+    add_credentials_arguments(parser, tls_prefix="")
+
+
+def parse_targets(targets: list[str]) -> tuple[list[str], str]:
+    """Servers and the one subject filter of the nats:// targets."""
+    servers, filters = [], set()
+    for target in targets:
+        if not target.startswith(SCHEMES):
+            raise StreamTargetError(f"{target}: nats:// targets cannot be mixed with local ones")
+        parts = urlsplit(target)
+        if not parts.hostname:
+            raise StreamTargetError(f"{target}: expected nats://HOST:PORT[/SUBJECT-FILTER]")
+        try:
+            port = parts.port or 4222
+        except ValueError:
+            raise StreamTargetError(f"{target}: bad port") from None
+        auth = f"{parts.netloc.rpartition('@')[0]}@" if "@" in parts.netloc else ""
+        servers.append(f"{parts.scheme}://{auth}{parts.hostname}:{port}")
+        subject = parts.path.lstrip("/")
+        if subject:
+            filters.add(subject)
+    if len(filters) > 1:
+        raise StreamTargetError("the nats:// targets name different subject filters")
+    return servers, filters.pop() if filters else STREAM_SUBJECTS
+
+
+def check_local(args: argparse.Namespace) -> str | None:
+    """A usage error for stream-only options given with local targets, else None."""
+    for flag in ("since", "durable", "host", "vm"):
+        if getattr(args, flag):
+            return f"--{flag} needs a nats:// target"
+    return None
+
+
+class _Source:
+    """Filters and the stream of one command."""
+
+    def __init__(self, args: argparse.Namespace, command: str) -> None:
+        servers, self.subject = parse_targets(args.targets)
+        self.options = broker_options(args, servers, tls_prefix="", name=f"qmpevents {command}")
+        self.hosts: list[str] = args.host
+        self.vms: list[str] = args.vm
+
+    def wanted(self, host: str, vm: str) -> bool:
+        return ((not self.hosts or any(fnmatchcase(host, p) for p in self.hosts))
+                and (not self.vms or any(fnmatchcase(vm, p) for p in self.vms)))
+
+
+def fleet_json_line(host: str, vm: str, line: str) -> str:
+    """A local watch's JSON line (``"vm"`` first) with ``"host"`` before it."""
+    return '{"host": ' + _encode(host).decode() + ", " + line[1:]
+
+
+async def _follow(args: argparse.Namespace, source: _Source, command: str,
+                  handle: Callable[[object], bool], timeout: float | None,
+                  on_timeout: Callable[[], int], on_signal: Callable[[int], int],
+                  started: Callable[[], None]) -> int:
+    """Read the stream, calling *handle* per FleetEvent until it returns True (exit 0)."""
+    from qmpevents.fleet.broker import BrokerError
+    from qmpevents.fleet.consumer import fleet_events
+
+    note = make_note(command)
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[int] = loop.create_future()
+
+    def interrupted(signum: int) -> None:
+        if not stopped.done():
+            stopped.set_result(on_signal(signum))
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupted, signum)
+    try:
+        events = fleet_events(source.options, subject=source.subject, stream=args.stream,
+                              since=args.since, durable=args.durable)
+        try:
+            await events.open()
+        except BrokerError as exc:
+            note(f"error: {exc}")
+            return 3
+
+        async def read() -> int:
+            async for fleet_event in events:
+                if source.wanted(fleet_event.host, fleet_event.vm) and handle(fleet_event):
+                    return 0
+            return 0
+
+        started()
+        reader = asyncio.ensure_future(read())
+        try:
+            finished, _ = await asyncio.wait({reader, stopped}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            if reader in finished:
+                return reader.result()
+            if stopped in finished:
+                return stopped.result()
+            return on_timeout()
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await events.close()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def watch(args: argparse.Namespace) -> int:
+    """``qmpevents watch nats://...``."""
+    from qmpevents.fleet.consumer import FleetEvent
+    from qmpevents.fleet.deps import MissingDependency, require
+
+    try:
+        source = _Source(args, "watch")
+        event_filter: EventFilter = build_filter(args.event, args.match)
+    except (ValueError, FilterError) as exc:
+        print(f"qmpevents watch: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        require("nats")
+    except MissingDependency as exc:
+        print(f"qmpevents watch: error: {exc}", file=sys.stderr)
+        return 1
+    colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
+                                        and "NO_COLOR" not in os.environ)
+    until = args.until.upper() if args.until else None
+    has_condition = args.count is not None or until is not None
+    seen = 0
+
+    def handle(item: object) -> bool:
+        nonlocal seen
+        assert isinstance(item, FleetEvent)
+        event = item.event
+        final = until is not None and fnmatchcase(event.name, until)
+        shown = event_filter(event)
+        if not (shown or final):
+            return False
+        if args.json:
+            line = fleet_json_line(item.host, item.vm, json_line(item.vm, event))
+        else:
+            line = text_line(f"{item.host}/{item.vm}", event, colour=colour)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        seen += shown
+        return final or (args.count is not None and seen >= args.count)
+
+    def on_timeout() -> int:
+        make_note("watch")(f"timed out after {args.timeout:g} s ({seen} events)")
+        return 1
+
+    return asyncio.run(_follow(
+        args, source, "watch", handle, args.timeout, on_timeout,
+        lambda signum: 128 + signum if has_condition else 0,
+        lambda: make_note("watch")(f"reading stream {args.stream} ({source.subject})")))
+
+
+def record(args: argparse.Namespace) -> int:
+    """``qmpevents record nats://... -o FILE``: a recording of the stream's events."""
+    from qmpevents.fleet.consumer import FleetEvent
+    from qmpevents.fleet.deps import MissingDependency, require
+    from qmpevents.recording import RecordingWriter
+
+    if args.all_messages:
+        print("qmpevents record: error: --all-messages needs local targets (the stream holds "
+              "events only)", file=sys.stderr)
+        return 2
+    try:
+        source = _Source(args, "record")
+        require("nats")
+    except ValueError as exc:
+        print(f"qmpevents record: error: {exc}", file=sys.stderr)
+        return 2
+    except MissingDependency as exc:
+        print(f"qmpevents record: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        writer = RecordingWriter(args.output, fsync=args.fsync, interval=args.fsync_interval)
+    except OSError as exc:
+        print(f"qmpevents record: error: {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    written = 0
+    failure: list[OSError] = []
+
+    def handle(item: object) -> bool:
+        nonlocal written
+        assert isinstance(item, FleetEvent)
+        raw = item.event.raw
+        assert raw is not None  # decoded from the stream's bytes
+        try:
+            writer.write(f"{item.host}/{item.vm}", raw, received=item.received)
+        except OSError as exc:
+            failure.append(exc)
+            return True
+        written += 1
+        return args.count is not None and written >= args.count
+
+    try:
+        status = asyncio.run(_follow(
+            args, source, "record", handle, args.timeout, lambda: 0, lambda _: 0,
+            lambda: make_note("record")(f"recording stream {args.stream} ({source.subject}) "
+                                        f"to {args.output} (Ctrl-C to stop)")))
+    finally:
+        writer.close()
+        print(f"qmpevents record: {written} events written to {args.output}", file=sys.stderr)
+    if failure:
+        print(f"qmpevents record: error: {args.output}: {failure[0].strerror or failure[0]}",
+              file=sys.stderr)
+        return 1
+    return status

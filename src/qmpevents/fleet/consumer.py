@@ -1,0 +1,228 @@
+"""Reading the fleet's events back from JetStream: the typed library API.
+
+::
+
+    from qmpevents.fleet import fleet_events
+    from qmpevents.fleet.broker import BrokerOptions
+
+    async with fleet_events(BrokerOptions(["nats://127.0.0.1:4222"]),
+                            subject="qmp.*.*.BLOCK_IO_ERROR", since="all") as events:
+        async for fe in events:
+            print(fe.host, fe.vm, fe.event.name, fe.event.data.action)
+
+Each :class:`FleetEvent` carries the event decoded as the client's events
+are (typed data, ``.raw`` the exact JSON the VM sent) with the host and VM it
+came from.  By default an ordered push consumer reads the stream (no state
+on the server, nothing to acknowledge, flow-controlled); with
+``durable="name"`` a durable pull consumer, which resumes after the last
+event acknowledged.  A durable consumer's events are acknowledged once the whole
+fetched batch was handed out, or when the iteration is closed (events
+fetched and not handed out are then given back at once); a crash hands the
+unacknowledged ones out again, so processing is at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Self
+
+from qmpevents.catalog import Event, UnknownEvent, decode_event
+from qmpevents.fleet.broker import BrokerError, BrokerOptions, connect, describe
+from qmpevents.fleet.deps import require
+from qmpevents.fleet.subjects import (
+    DEFAULT_STREAM,
+    HOST_HEADER,
+    MSG_ID_HEADER,
+    RECEIVED_HEADER,
+    SEQUENCE_HEADER,
+    STREAM_SUBJECTS,
+    VM_HEADER,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+    from nats.js import JetStreamContext
+
+#: Events fetched at once by a durable consumer, and the bound of events held in memory.
+FETCH_BATCH = 1024
+FETCH_WAIT = 1.0
+#: How long a consumer is retried while the cluster cannot answer (no meta leader).
+OPEN_TIMEOUT = 30.0
+#: An ephemeral consumer is removed by the server after this idle time.
+EPHEMERAL_IDLE = 30.0
+
+Since = float | Literal["all"] | None
+
+
+@dataclass(frozen=True)
+class FleetEvent:
+    """One VM's event as the fleet stream holds it."""
+
+    host: str
+    vm: str
+    event: Event | UnknownEvent
+    #: When the agent received it (epoch seconds).
+    received: float
+    #: The per-VM sequence given by the agent.
+    sequence: int
+    msg_id: str
+    #: The stream's own sequence number and the subject it was stored under.
+    stream_sequence: int
+    subject: str
+
+
+class FleetEvents:
+    """An open consumer: iterate it; close it (``async with``) to acknowledge the last."""
+
+    def __init__(self, options: BrokerOptions, *, subject: str, stream: str, since: Since,
+                 durable: str | None) -> None:
+        self._options = options
+        self._subject = subject
+        self._stream = stream
+        self._since = since
+        self._durable = durable
+        self._nc: NATS | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._batch: deque[Msg] = deque()
+        self._unacked: Msg | None = None
+        self._push: Subscription | None = None
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def _delivered(self, msg: Msg) -> None:
+        """The ordered consumer's callback: queue it, and hold delivery while full.
+
+        Holding the callback holds nats-py's delivery task, so flow control
+        stops the server: memory stays bounded by :data:`FETCH_BATCH`.
+        """
+        while len(self._batch) >= FETCH_BATCH:
+            self._room.clear()
+            await self._room.wait()
+        self._batch.append(msg)
+        self._arrived.set()
+
+    async def open(self) -> None:
+        """Connect and create (or bind to) the consumer; raises BrokerError."""
+        nats_js = require("nats.js")
+        api = nats_js.api
+        timeout_errors = (require("nats.errors").TimeoutError, TimeoutError)
+        self._nc = await connect(self._options)
+        js = self._nc.jetstream()
+        if self._since == "all":
+            policy, start = api.DeliverPolicy.ALL, None
+        elif self._since is None:
+            policy, start = api.DeliverPolicy.NEW, None
+        else:
+            policy = api.DeliverPolicy.BY_START_TIME
+            start = datetime.datetime.fromtimestamp(self._since, datetime.UTC)
+        config = api.ConsumerConfig(
+            deliver_policy=policy, opt_start_time=start,
+            # Durable: acknowledging an event acknowledges all before it (one ack per batch).
+            ack_policy=api.AckPolicy.ALL if self._durable else api.AckPolicy.NONE,
+            max_ack_pending=FETCH_BATCH * 4 if self._durable else None,
+            inactive_threshold=None if self._durable else EPHEMERAL_IDLE)
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        while True:
+            try:
+                if self._durable:
+                    self._sub = await js.pull_subscribe(
+                        self._subject, durable=self._durable, stream=self._stream,
+                        config=config)
+                else:  # no state to keep: an ordered push consumer, the fastest reader
+                    self._push = await js.subscribe(
+                        self._subject, stream=self._stream, ordered_consumer=True,
+                        deliver_policy=policy, cb=self._delivered,
+                        config=api.ConsumerConfig(opt_start_time=start))
+                return
+            except Exception as exc:  # nats-py API errors, timeouts
+                # A cluster that just lost its meta leader answers nothing for a while.
+                unavailable = nats_js.errors.ServiceUnavailableError
+                transient = isinstance(exc, (*timeout_errors, unavailable))
+                if not transient or time.monotonic() > deadline:
+                    await self._nc.close()
+                    raise BrokerError(f"stream {self._stream}: {describe(exc)}") from None
+            await asyncio.sleep(0.25)  # retry backoff
+
+    async def close(self) -> None:
+        if self._nc is None:
+            return
+        try:
+            if self._unacked is not None:
+                await self._unacked.ack_sync()
+                self._unacked = None
+            if self._durable:
+                for msg in self._batch:  # fetched, not handed out: deliver them again now
+                    await msg.nak()
+            self._batch.clear()
+            await self._nc.flush(timeout=2)
+        except Exception:  # the broker is gone: unacknowledged events come again later
+            pass
+        await self._nc.close()
+        self._nc = None
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncIterator[FleetEvent]:
+        return self
+
+    async def __anext__(self) -> FleetEvent:
+        """The next event; waits for one (the stream is endless)."""
+        timeout_error = require("nats.errors").TimeoutError
+        if not self._batch and self._unacked is not None:  # the batch is handled
+            await self._unacked.ack()
+            self._unacked = None
+        while not self._batch and self._push is not None:
+            self._arrived.clear()
+            await self._arrived.wait()
+        while not self._batch:
+            assert self._sub is not None, "open() first"
+            try:
+                self._batch = deque(await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT))
+            except (TimeoutError, timeout_error):
+                continue
+        msg = self._batch.popleft()
+        self._room.set()
+        if self._durable:
+            self._unacked = msg
+        return to_fleet_event(msg)
+
+
+def to_fleet_event(msg: Msg) -> FleetEvent:
+    """A stream message as a :class:`FleetEvent` (headers missing: names from the subject)."""
+    headers = msg.headers or {}
+    parts = msg.subject.split(".")
+    host = headers.get(HOST_HEADER) or (parts[1] if len(parts) > 3 else "")
+    vm = headers.get(VM_HEADER) or (parts[2] if len(parts) > 3 else "")
+    try:
+        received = float(headers.get(RECEIVED_HEADER, "0"))
+        sequence = int(headers.get(SEQUENCE_HEADER, "0"))
+    except ValueError:
+        received, sequence = 0.0, 0
+    return FleetEvent(host=host, vm=vm, event=decode_event(msg.data), received=received,
+                      sequence=sequence, msg_id=headers.get(MSG_ID_HEADER, ""),
+                      stream_sequence=msg.metadata.sequence.stream, subject=msg.subject)
+
+
+def fleet_events(options: BrokerOptions, *, subject: str = STREAM_SUBJECTS,
+                 stream: str = DEFAULT_STREAM, since: Since = None,
+                 durable: str | None = None) -> FleetEvents:
+    """The fleet's events matching *subject*: new ones, or from *since* (epoch or ``"all"``).
+
+    Use as ``async with fleet_events(...) as events: async for fe in events``.
+    """
+    return FleetEvents(options, subject=subject, stream=stream, since=since, durable=durable)

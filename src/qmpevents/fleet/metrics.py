@@ -1,0 +1,179 @@
+"""The Prometheus exporter: what each VM did and how each target is doing.
+
+Series (Prometheus naming: ``_total`` for counters, base units, one label
+set per thing):
+
+======================================================  ====================================
+``qmpevents_events_total{vm,event}``                    events received
+``qmpevents_block_io_errors_total{vm,device,operation,action}``  BLOCK_IO_ERROR events
+``qmpevents_vm_run_state{vm,state}``                    1 for the VM's current run state
+``qmpevents_vnc_clients{vm}``                           VNC clients connected
+``qmpevents_target_connected{vm}``                      1 while the QMP connection is up
+``qmpevents_target_reconnects_total{vm}``               connections after the first
+``qmpevents_agent_spool_bytes`` / ``..._dropped_total``  the agent's spool (agent only)
+``qmpevents_agent_published_total``, ``..._broker_connected``  the agent's broker link
+======================================================  ====================================
+
+The run state comes from ``query-status`` and the VNC client count from
+``query-vnc``, asked when a VM is attached and again after its events (any
+event: QEMU's ``cont`` in the seed profile says nothing, the next event
+corrects the state).  The queries run in the background, one at a time per
+VM, and a burst of events costs one more query, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from qmpevents.catalog import BlockIoError
+from qmpevents.cli.targets import Target
+from qmpevents.client import QMPClient, QMPEvent
+from qmpevents.errors import QMPEventsError
+from qmpevents.fleet.deps import require
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+#: QEMU's RunState values (qapi/run-state.json), the ``state`` label of the run state.
+RUN_STATES = ("debug", "inmigrate", "internal-error", "io-error", "paused", "postmigrate",
+              "prelaunch", "finish-migrate", "restore-vm", "running", "save-vm", "shutdown",
+              "suspended", "watchdog", "guest-panicked", "colo")
+
+
+
+class FleetMetrics:
+    """The exporter's series in their own registry, fed by :class:`Attachments` hooks."""
+
+    def __init__(self) -> None:
+        prom = require("prometheus_client")
+        self.registry: CollectorRegistry = prom.CollectorRegistry()
+        reg = self.registry
+        self.events = prom.Counter("qmpevents_events", "QMP events received.",
+                                   ["vm", "event"], registry=reg)
+        self.block_io_errors = prom.Counter(
+            "qmpevents_block_io_errors", "BLOCK_IO_ERROR events received.",
+            ["vm", "device", "operation", "action"], registry=reg)
+        self.run_state = prom.Gauge("qmpevents_vm_run_state",
+                                    "1 for the run state the VM is in (query-status), 0 else.",
+                                    ["vm", "state"], registry=reg)
+        self.vnc_clients = prom.Gauge("qmpevents_vnc_clients", "VNC clients connected.",
+                                      ["vm"], registry=reg)
+        self.connected = prom.Gauge("qmpevents_target_connected",
+                                    "1 while the QMP connection to the VM is up.",
+                                    ["vm"], registry=reg)
+        self.reconnects = prom.Counter("qmpevents_target_reconnects",
+                                       "QMP connections to the VM after the first.",
+                                       ["vm"], registry=reg)
+        self._clients: dict[str, QMPClient] = {}
+        self._seen: set[str] = set()
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+
+    # -- hooks ------------------------------------------------------------------
+
+    def on_link(self, target: Target, client: QMPClient | None) -> None:
+        """A VM's connection came up (*client*) or went down (None)."""
+        vm = target.name
+        if client is None:
+            self._clients.pop(vm, None)
+            self.connected.labels(vm).set(0)
+            return
+        if vm in self._seen:
+            self.reconnects.labels(vm).inc()
+        else:
+            self.reconnects.labels(vm)  # the series exists from the start at 0
+            self._seen.add(vm)
+        self._clients[vm] = client
+        self.connected.labels(vm).set(1)
+        self._refresh(vm)
+
+    async def on_event(self, vm: str, event: QMPEvent) -> None:
+        self.events.labels(vm, event.name).inc()
+        if isinstance(event, BlockIoError):
+            data = event.data
+            self.block_io_errors.labels(vm, data.device, data.operation, data.action).inc()
+        self._refresh(vm)
+
+    # -- the queries -------------------------------------------------------------
+
+    def _refresh(self, vm: str) -> None:
+        """Query the VM's state in the background; coalesces a burst into one more query."""
+        if vm in self._refreshing:
+            self._again.add(vm)
+            return
+        task = asyncio.create_task(self._query(vm))
+        self._refreshing[vm] = task
+
+        def finished(_: asyncio.Task[None]) -> None:
+            del self._refreshing[vm]
+            if vm in self._again:
+                self._again.discard(vm)
+                self._refresh(vm)
+
+        task.add_done_callback(finished)
+
+    async def _query(self, vm: str) -> None:
+        client = self._clients.get(vm)
+        if client is None:
+            return
+        try:
+            status: Any = await client.execute("query-status")
+            self.set_run_state(vm, str(status.get("status", "")))
+            vnc: Any = await client.execute("query-vnc")
+            clients = vnc.get("clients", []) if vnc.get("enabled") else []
+            self.vnc_clients.labels(vm).set(len(clients))
+        except (OSError, QMPEventsError, TimeoutError, AttributeError) as exc:
+            log.debug("%s: state query failed: %s", vm, exc)
+
+    def set_run_state(self, vm: str, state: str) -> None:
+        for name in RUN_STATES if state in RUN_STATES else (*RUN_STATES, state):
+            self.run_state.labels(vm, name).set(1 if name == state else 0)
+
+    async def stop(self) -> None:
+        for task in list(self._refreshing.values()):
+            task.cancel()
+        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+
+
+def serve(metrics_registry: CollectorRegistry, listen: str) -> tuple[Callable[[], None], int]:
+    """Serve ``/metrics`` on ``HOST:PORT`` (port 0: any) in a thread.
+
+    Returns the function that stops it and the port; ValueError for a bad
+    *listen*, OSError when it cannot be bound.
+    """
+    prom = require("prometheus_client")
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{listen!r}: expected HOST:PORT")
+    server, thread = prom.start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                            registry=metrics_registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    return stop, int(server.server_port)
+
+
+class AgentMetrics:
+    """The agent's own series: its spool and its link to the broker."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        prom = require("prometheus_client")
+        self.spool_bytes = prom.Gauge("qmpevents_agent_spool_bytes",
+                                      "Bytes spooled and not yet acknowledged by JetStream.",
+                                      registry=registry)
+        self.dropped = prom.Counter("qmpevents_agent_spool_dropped",
+                                    "Events dropped because the spool was full.",
+                                    registry=registry)
+        self.published = prom.Counter("qmpevents_agent_published",
+                                      "Events acknowledged by JetStream.", registry=registry)
+        self.broker_connected = prom.Gauge("qmpevents_agent_broker_connected",
+                                           "1 while the agent is connected to NATS.",
+                                           registry=registry)

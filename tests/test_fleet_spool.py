@@ -1,0 +1,115 @@
+"""The agent's spool on its own: order, acknowledgement, restart, torn tails, the bound."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from qmpevents.fleet.spool import Position, Spool, SpoolLocked, SpoolRecord
+from qmpevents.fleet.subjects import message_id, subject, token
+from qmpevents.recording import read_recording
+
+
+def record(number: int, vm: str = "vm1") -> SpoolRecord:
+    event = b'{"timestamp": {"seconds": %d, "microseconds": 0}, "event": "STOP"}' % number
+    return SpoolRecord(vm, float(number), "event", msgspec.Raw(event), "h1", number,
+                       message_id("h1", vm, number, 0, "STOP", number))
+
+
+async def drain(spool: Spool, limit: int = 1000) -> list[tuple[SpoolRecord, Position]]:
+    return await asyncio.wait_for(spool.read(limit), 5)
+
+
+def test_subjects_are_single_tokens_and_ids_name_the_event() -> None:
+    assert subject("web.1", "vm *2", "STOP") == "qmp.web_1.vm__2.STOP"
+    assert token("") == "_"
+    assert message_id("h", "vm", 12, 34, "STOP", 7) == "h/vm/12.000034/STOP/7"
+
+
+async def test_records_come_back_in_order_and_acked_ones_stay_acked(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), segment_bytes=400, fsync="always")  # several segments
+    spool.open()
+    for number in range(1, 21):
+        assert spool.append(record(number))
+    first = await drain(spool, 8)
+    assert [r.seq for r, _ in first] == list(range(1, 9))
+    spool.commit(first[4][1])  # 1..5 acknowledged, 6..8 in flight and then failed
+    spool.rewind()
+    again = await drain(spool)
+    assert [r.seq for r, _ in again] == list(range(6, 21))
+    spool.close()
+
+    reopened = Spool(str(tmp_path), segment_bytes=400, fsync="always")
+    reopened.open()  # a restart resumes at the first unacknowledged record
+    assert [r.seq for r, _ in await drain(reopened)] == list(range(6, 21))
+    reopened.close()
+
+
+async def test_acknowledged_segments_are_removed(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), segment_bytes=400, fsync="never")
+    spool.open()
+    for number in range(1, 21):
+        spool.append(record(number))
+    segments = len(list(tmp_path.glob("*.jsonl")))
+    assert segments > 2
+    batch = await drain(spool)
+    spool.commit(batch[-1][1])
+    assert len(list(tmp_path.glob("*.jsonl"))) == 1  # only the segment being written
+    assert spool.pending_bytes == 0
+    spool.close()
+
+
+async def test_a_reader_waits_for_the_next_append(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path))
+    spool.open()
+    reading = asyncio.create_task(spool.read(10))
+    await asyncio.sleep(0)
+    assert not reading.done()
+    spool.append(record(1))
+    assert [r.seq for r, _ in await asyncio.wait_for(reading, 5)] == [1]
+    spool.close()
+
+
+async def test_a_torn_tail_is_cut_and_the_segment_is_a_recording(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), fsync="always")
+    spool.open()
+    spool.append(record(1))
+    spool.append(record(2))
+    spool.close()
+    segment = next(tmp_path.glob("*.jsonl"))
+    with segment.open("ab") as file:
+        file.write(b'{"vm": "vm1", "rece')  # a crash in the middle of a write
+    reopened = Spool(str(tmp_path), fsync="always")
+    reopened.open()
+    reopened.append(record(3))
+    assert [r.seq for r, _ in await drain(reopened)] == [1, 2, 3]
+    reopened.close()
+    replayed = list(read_recording(str(segment)))  # what replay reads
+    assert [r.vm for r in replayed] == ["vm1"] * 3
+    assert [r.message_value()["timestamp"]["seconds"] for r in replayed] == [1, 2, 3]
+
+
+async def test_a_full_spool_drops_new_events_and_keeps_the_old(tmp_path: Path) -> None:
+    line = len(msgspec.json.encode(record(1))) + 1
+    spool = Spool(str(tmp_path), max_bytes=3 * line + 10, fsync="never")
+    spool.open()
+    kept = [spool.append(record(n)) for n in range(1, 6)]
+    assert kept == [True, True, True, False, False]
+    assert spool.dropped == 2
+    batch = await drain(spool)
+    assert [r.seq for r, _ in batch] == [1, 2, 3]
+    spool.close()
+
+
+def test_one_agent_per_spool(tmp_path: Path) -> None:
+    first = Spool(str(tmp_path))
+    first.open()
+    second = Spool(str(tmp_path))
+    with pytest.raises(SpoolLocked):
+        second.open()
+    first.close()
+    second.open()
+    second.close()
