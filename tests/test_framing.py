@@ -18,8 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, MAX_NESTING, Framer, ParseError, value_framer
-from qmpevents.codec.lexer import Streamer, Tok
+from qmpevents.codec import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_NESTING,
+    Framer,
+    ParseError,
+    ParseErrorKind,
+    value_framer,
+)
+from qmpevents.codec.lexer import Streamer, TokenRun
 from qmpevents.codec.parser import JSONParseError, parse_tokens
 from qmpevents.protocol import messages
 
@@ -35,15 +42,15 @@ class Reference:
         self._streamer = Streamer(self._emit, max_message_size=max_message_size,
                                   max_nesting=max_nesting)
 
-    def _emit(self, tokens: list[tuple[Tok, bytes]] | None, error: str | None) -> None:
+    def _emit(self, tokens: TokenRun | None, error: ParseError | None) -> None:
         if error is not None:
-            self.out.append(ParseError(error))
+            self.out.append(error)
             return
         assert tokens is not None
         try:
             self.out.append(parse_tokens(tokens))
         except JSONParseError as exc:
-            self.out.append(ParseError(exc.desc))
+            self.out.append(exc.error)
 
     def feed(self, data: bytes) -> None:
         for byte in data:
@@ -149,7 +156,8 @@ def test_read_ending_on_a_brace_inside_a_message_stays_buffered() -> None:
 def test_complete_message_of_the_exact_path_without_newline_is_answered_at_once() -> None:
     framer = value_framer()
     assert framer.feed('{"execute": "\u00e9"}'.encode()) == [{"execute": "\u00e9"}]
-    assert framer.feed(b'{"a": 1, "a": 2}') == [ParseError("JSON parse error, duplicate key")]
+    assert framer.feed(b'{"a": 1, "a": 2}') == [
+        ParseError(ParseErrorKind.SYNTAX, "JSON parse error, duplicate key")]
 
 
 def test_leading_whitespace_and_crlf_are_skipped() -> None:
@@ -231,7 +239,7 @@ def test_duplicate_key_is_caught_on_the_fast_path_too() -> None:
     # A complete line msgspec would accept (last key wins) but QEMU refuses.
     framer = value_framer()
     assert framer.feed(b'{"execute": "a", "execute": "b"}\n') == [
-        ParseError("JSON parse error, duplicate key")]
+        ParseError(ParseErrorKind.SYNTAX, "JSON parse error, duplicate key")]
 
 
 def test_form_feed_is_not_whitespace_to_qemu() -> None:
@@ -298,10 +306,9 @@ def test_message_size_limit_in_small_reads() -> None:
 def test_message_just_under_the_limit() -> None:
     # QEMU counts token bytes plus one: a 10-byte compact message needs a limit of 11.
     data = b'{"a":1234}'
-    assert reference(data, max_message_size=10)[0] == ParseError(
-        "JSON token size limit exceeded")
-    assert value_framer(max_message_size=10).feed(data + b"\n")[0] == ParseError(
-        "JSON token size limit exceeded")
+    too_large = ParseError(ParseErrorKind.TOO_LARGE, "JSON token size limit exceeded")
+    assert reference(data, max_message_size=10)[0] == too_large
+    assert value_framer(max_message_size=10).feed(data + b"\n")[0] == too_large
     assert value_framer(max_message_size=11).feed(data + b"\n") == [{"a": 1234}]
 
 
