@@ -386,11 +386,12 @@ def _token_bound(text: bytes) -> int:
 
 
 def value_framer(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 qemu_exact: bool = True) -> Framer[Any]:
+                 qemu_exact: bool = True,
+                 held_budget: HeldInputBudget | None = None) -> Framer[Any]:
     """A framer yielding plain JSON values, as QEMU's monitor sees its input."""
     decoder = msgspec.json.Decoder()
     return Framer(decoder.decode, _identity, max_message_size=max_message_size,
-                  qemu_exact=qemu_exact)
+                  qemu_exact=qemu_exact, held_budget=held_budget)
 
 
 def _identity(value: Any) -> Any:
