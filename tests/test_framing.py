@@ -160,6 +160,102 @@ def test_complete_message_of_the_exact_path_without_newline_is_answered_at_once(
         ParseError(ParseErrorKind.SYNTAX, "JSON parse error, duplicate key")]
 
 
+@pytest.mark.parametrize("data", [
+    b"{\xff", b"{\x01", b"{'bad \xff",  # QEMU's tests/qtest/qmp-test.c, qmp_protocol
+    b'{"execute": "x", "id": [1, 2, \x01', b'[{"a": "b\xfe', b"[1, 01", b"{ %",
+])
+def test_stray_byte_inside_a_message_is_answered_at_once(data: bytes) -> None:
+    # QEMU's lexer reports a stray byte when it arrives, not when more bytes do.
+    for framer in (value_framer(), client_framer()):
+        out = framer.feed(data)
+        assert [canon(item) for item in out] == [canon(item) for item in reference(data)]
+        assert out and isinstance(out[0], ParseError), data
+        assert out[0].kind is ParseErrorKind.LEXICAL
+        assert framer.feed(b'\n{"execute": "ok"}\n')[-1] in ({"execute": "ok"},
+                                                               messages.Unrecognized(
+                                                                   {"execute": "ok"}))
+
+
+def test_stray_byte_late_in_a_held_message_is_answered_at_once() -> None:
+    framer = value_framer()
+    assert framer.feed(b'{"execute": "x", "id": [') == []
+    for _ in range(50):
+        assert framer.feed(b'"abc", 12, {"k": [true, null]}, ') == []
+    assert framer.buffered > 1000
+    out = framer.feed(b"1, \x7f")
+    assert errors(out) == ["JSON parse error, stray '\x7f'"]
+    assert framer.buffered == 0
+
+
+def test_message_held_over_many_reads_is_answered_with_its_last_byte() -> None:
+    framer = value_framer()
+    chunks = [b'{"execute": "x", "id": [', *[b'[1, "]"], ' for _ in range(100)], b"[]]}"]
+    out = [item for chunk in chunks for item in framer.feed(chunk)]
+    assert out == [{"execute": "x", "id": [*([[1, "]"]] * 100), []]}]
+    assert framer.feed(b'{"a": [1]}{"b": 2}  {"c"') == [{"a": [1]}, {"b": 2}]
+
+
+def test_thousands_of_brackets_at_depth_3_stay_on_the_fast_path() -> None:
+    # An ordinary 95 KiB reply: 4,002 brackets, nested 3 deep.
+    item = b'["' + b"x" * 42 + b'"]'
+    reply = b'{"return": [' + b", ".join([item] * 1999) + b'], "id": "big"}\r\n'
+    assert sum(map(reply.count, (b"[", b"]", b"{", b"}"))) == 4002 and len(reply) > 95_000
+    for framer in (value_framer(), client_framer()):
+        calls = 0
+        feed_byte = framer._streamer.feed_byte
+
+        def counting(byte: int, feed_byte: Any = feed_byte) -> None:
+            nonlocal calls
+            calls += 1
+            feed_byte(byte)
+
+        framer._streamer.feed_byte = counting  # type: ignore[method-assign]
+        out = feed_all(framer, [reply[i:i + 8192] for i in range(0, len(reply), 8192)])
+        assert len(out) == 1 and calls == 0
+    assert value_framer().feed(reply)[0]["return"][1998] == ["x" * 42]
+
+
+@pytest.mark.parametrize(("data", "kind"), [
+    (b"\xff\n", ParseErrorKind.LEXICAL),
+    (b'{"a" 1}\n', ParseErrorKind.SYNTAX),
+    (b'{"a": 1, "a": 2}\n', ParseErrorKind.SYNTAX),
+    (b"[" * 1025 + b"\n", ParseErrorKind.TOO_DEEP),
+    (b'["' + b"a" * 5000 + b'"]\n', ParseErrorKind.TOO_LARGE),
+])
+def test_parse_errors_carry_their_kind(data: bytes, kind: ParseErrorKind) -> None:
+    framer = value_framer(max_message_size=4096)
+    first = framer.feed(data)[0]
+    assert isinstance(first, ParseError) and first.kind is kind
+    assert first == reference(data, max_message_size=4096)[0]
+
+
+def test_too_large_carries_the_size_reached_and_the_limit() -> None:
+    out = value_framer(max_message_size=64).feed(b'["' + b"a" * 100 + b'"]\n')
+    error = out[0]
+    assert isinstance(error, ParseError) and error.kind is ParseErrorKind.TOO_LARGE
+    assert error.limit == 64 and error.size is not None and error.size > 64
+    assert error.desc == "JSON token size limit exceeded"
+    many = value_framer().feed(b"[" + b"1," * 200 + b"1]\n")
+    tokens: Framer[Any] = Framer(json.loads, lambda value: value, max_tokens=100)
+    assert tokens.feed(b"[" + b"1," * 200 + b"1]\n")[0].kind is ParseErrorKind.TOO_MANY_TOKENS
+    assert many == [[1] * 201]
+
+
+def test_budget_slices_the_exact_path_and_keeps_the_order() -> None:
+    data = b"{'execute': 'x', 'id': '" + b"s" * 50_000 + b"'}\n" + b'{"execute": "after"}\n'
+    framer = value_framer()
+    out = framer.feed(data, budget=4096)
+    assert out == [] and framer.pending > 0
+    assert framer.feed(b'{"execute": "later"}\n', budget=4096) == []  # waits its turn
+    rounds = 2
+    while framer.pending:
+        out.extend(framer.feed(b"", budget=4096))
+        rounds += 1
+    assert out == [{"execute": "x", "id": "s" * 50_000}, {"execute": "after"},
+                   {"execute": "later"}]
+    assert rounds >= 50_000 // 4096
+
+
 def test_leading_whitespace_and_crlf_are_skipped() -> None:
     framer = value_framer()
     assert framer.feed(b'\r\n\r\n  \t{"execute": "a"}\r\n\r\n') == [{"execute": "a"}]
@@ -435,6 +531,12 @@ def check_exact(data: bytes, cuts: list[int], framer: Framer[Any], ref: Referenc
             assert got == want, (fed, got, want)
         else:
             assert got == want[:len(got)], (fed, got, want)
+        # A stray byte is answered as soon as it arrives, as QEMU does, with
+        # everything before it: only what follows the last one may lag.
+        lexical = [i for i, item in enumerate(ref.out)
+                   if isinstance(item, ParseError) and item.kind is ParseErrorKind.LEXICAL]
+        if lexical:
+            assert len(got) > lexical[-1], (fed, got, want)
         assert framer.buffered <= framer._max_fast_line
 
 

@@ -59,9 +59,9 @@ READ_SIZE: Final = 64 * 1024
 """Bytes per socket read.  Large enough that per-read costs vanish (about 350
 events a read), small enough that a read's decoded events are still in the
 CPU cache when the consumer takes them: measured faster than 256 KiB reads."""
-PARSE_SLICE: Final = 16 * 1024
+PARSE_SLICE: Final = 4 * 1024
 """Bytes of the byte-by-byte parser's work per loop iteration (a message the
-fast path cannot take, such as an oversized one): about 20 ms, so timers
+fast path cannot take, such as an oversized one): about 5 ms, so timers
 (``connect_timeout``, ``execute(timeout=)``) fire on time meanwhile."""
 
 

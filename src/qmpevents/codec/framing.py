@@ -37,9 +37,8 @@ together.
 
 from __future__ import annotations
 
-import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -53,17 +52,19 @@ from qmpevents.codec.lexer import (
     Streamer,
     TokenRun,
 )
-from qmpevents.codec.parser import JSONParseError, parse_tokens
+from qmpevents.codec.parser import STEP_TOKENS, JSONParseError, parse_steps, parse_tokens
 from qmpevents.codec.scan import GOES_ON, MessageScan, nesting_depth
 
 T = TypeVar("T")
 
 # Integers of 19+ digits may lie outside int64/uint64, where QEMU switches to
 # doubles; msgspec would keep them exact.  Such lines take the exact path.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# (Found with translate + find: a regular expression tries every position.)
+_DIGIT_MAP = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
 # QEMU's lexer ends a number at "0" followed by an exponent ("0e5", "-0E1"):
 # the "e" is then a stray byte; msgspec accepts it.  Such lines take the exact path.
-_ZERO_EXPONENT = re.compile(rb"(?<![0-9A-Za-z_.])0[eE]")
+_NUMBER_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.")
 # QEMU's whitespace; bytes.strip() would also drop \x0b and \x0c, stray bytes to QEMU.
 _WS = b" \t\r\n"
 _MESSAGE_START = (b"{", b"[")
@@ -111,6 +112,9 @@ class Framer(Generic[T]):
         self._slow = False
         self.dropped_at_end = 0
         self._exact_left: int | None = None
+        # A huge message the exact path completed under a budget, parsed a step at a time.
+        self._parse_job: Generator[None, None, Any] | None = None
+        self._job_tokens = 0
         self._budget = held_budget
         self._charged = 0
         # The block decoder relies on msgspec's own depth limit (< 1024) and
@@ -124,8 +128,9 @@ class Framer(Generic[T]):
 
     @property
     def pending(self) -> int:
-        """Bytes received and not processed yet, because a ``budget`` ran out."""
-        return sum(map(len, self._queue)) - self._head
+        """Work left because a ``budget`` ran out: bytes not processed yet, and
+        the tokens of a message still being parsed."""
+        return sum(map(len, self._queue)) - self._head + self._job_tokens
 
     @property
     def held(self) -> int:
@@ -145,7 +150,11 @@ class Framer(Generic[T]):
         if data:
             queue.append(data)
         self._exact_left = budget
-        while queue:
+        while queue or self._parse_job is not None:
+            if self._parse_job is not None and not self._parse_on():
+                break
+            if not queue:
+                break
             buf = queue[0]
             pos = self._process(buf, self._head)
             if queue[0] is not buf:  # the held message went back to the exact path
@@ -191,6 +200,8 @@ class Framer(Generic[T]):
         """Drop everything held and give its share of the budget back."""
         self._queue.clear()
         self._head = 0
+        self._parse_job = None
+        self._job_tokens = 0
         self._drop_held()
         self._streamer = Streamer(self._emit_tokens, max_message_size=self._max_fast_line,
                                   max_nesting=self._max_nesting, max_tokens=self._max_tokens)
@@ -206,7 +217,7 @@ class Framer(Generic[T]):
         while pos < end:
             if self._slow:
                 pos = self._run_slow(buf, pos)
-                if self._slow and pos < end:
+                if (self._slow and pos < end) or self._parse_job is not None:
                     return pos
                 continue
             if self._scan is not None:
@@ -253,8 +264,8 @@ class Framer(Generic[T]):
         if len(stripped) >= self._max_tokens and _token_bound(stripped) >= self._max_tokens:
             return False
         if self._qemu_exact and (not stripped.isascii() or b"\\u" in stripped
-                                 or _LONG_DIGITS.search(stripped)
-                                 or _ZERO_EXPONENT.search(stripped)):
+                                 or _LONG_DIGIT_RUN in stripped.translate(_DIGIT_MAP)
+                                 or _zero_exponent(stripped)):
             return False
         try:
             item = self._decode_line(stripped)
@@ -338,6 +349,8 @@ class Framer(Generic[T]):
             if byte == 0x0A and streamer.idle:
                 self._slow = False
                 break
+            if self._parse_job is not None:
+                break  # a huge message to parse first, in steps
         if left is not None:
             self._exact_left = left - (pos - start)
         self._charge()
@@ -371,12 +384,47 @@ class Framer(Generic[T]):
             self._out.append(error)
             return
         assert tokens is not None
+        if self._exact_left is not None and len(tokens) > STEP_TOKENS:
+            self._parse_job = parse_steps(tokens)
+            self._job_tokens = len(tokens)
+            return
         try:
             value = parse_tokens(tokens)
         except JSONParseError as exc:
             self._out.append(exc.error)
             return
         self._out.append(self._from_value(value))
+
+    def _parse_on(self) -> bool:
+        """Advance the parse of a huge message within the budget; True once it is done."""
+        job = self._parse_job
+        assert job is not None
+        try:
+            while self._exact_left is None or self._exact_left > 0:
+                next(job)
+                if self._exact_left is not None:
+                    self._exact_left -= STEP_TOKENS  # a step costs about what a slice lexes
+                self._job_tokens = max(0, self._job_tokens - STEP_TOKENS)
+        except StopIteration as done:
+            self._out.append(self._from_value(done.value))
+        except JSONParseError as exc:
+            self._out.append(exc.error)
+        else:
+            return False
+        self._parse_job = None
+        self._job_tokens = 0
+        return True
+
+
+def _zero_exponent(text: bytes) -> bool:
+    """Whether *text* has a number "0" followed by "e" or "E" (see above)."""
+    for pair in (b"0e", b"0E"):
+        at = text.find(pair)
+        while at >= 0:
+            if at == 0 or text[at - 1] not in _NUMBER_BYTES:
+                return True
+            at = text.find(pair, at + 2)
+    return False
 
 
 def _token_bound(text: bytes) -> int:

@@ -8,7 +8,7 @@ integers beyond the int64/uint64 range become floats as QEMU's do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from typing import Any
 
 from qmpevents.codec.errors import JSONParseError, ParseError, ParseErrorKind
@@ -21,7 +21,7 @@ _ESCAPES = {ord('"'): '"', ord("'"): "'", ord("\\"): "\\", ord("/"): "/", ord("b
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
-__all__ = ["JSONParseError", "parse_string", "parse_tokens"]
+__all__ = ["STEP_TOKENS", "JSONParseError", "parse_steps", "parse_string", "parse_tokens"]
 
 
 def _fail(message: str) -> JSONParseError:
@@ -138,14 +138,31 @@ class _Frame:
         self.key: str | None = None
 
 
-def parse_tokens(tokens: Iterable[tuple[Tok, bytes]]) -> Any:
-    """Parse one streamer message; raises :class:`JSONParseError`.
+STEP_TOKENS = 4096
+"""Values :func:`parse_steps` parses between two of its pauses."""
 
-    The tokens are read once, in order, with one of look-ahead: a
-    :class:`~qmpevents.codec.lexer.TokenRun` is parsed without ever being
-    expanded into a list.
+
+def parse_tokens(tokens: Iterable[tuple[Tok, bytes]]) -> Any:
+    """Parse one streamer message; raises :class:`JSONParseError`."""
+    steps = parse_steps(tokens)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def parse_steps(tokens: Iterable[tuple[Tok, bytes]]) -> Generator[None, None, Any]:
+    """Parse one streamer message, pausing (``yield``) every :data:`STEP_TOKENS` values.
+
+    The generator's return value is the message's value; it raises
+    :class:`JSONParseError`.  Pausing lets a caller parse a huge message a
+    slice at a time.  The tokens are read once, in order, with one of
+    look-ahead: a :class:`~qmpevents.codec.lexer.TokenRun` is parsed without
+    ever being expanded into a list.
     """
     source = iter(tokens)
+    countdown = STEP_TOKENS
     ahead: tuple[Tok, bytes] | None = next(source, None)
     stack: list[_Frame] = []
 
@@ -162,6 +179,10 @@ def parse_tokens(tokens: Iterable[tuple[Tok, bytes]]) -> Any:
 
     result: Any = None
     while True:
+        countdown -= 1
+        if not countdown:
+            countdown = STEP_TOKENS
+            yield
         # Parse a value (possibly opening a container).
         tok, text = take()
         if tok is Tok.LCURLY or tok is Tok.LSQUARE:
