@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from qemu_support import QemuProcess, requires_qemu
+from qemu_support import RawQMP as QemuRawQMP
 from qmp_raw import RawQMP
 from robust_support import VERSION, answer_all, server
 
@@ -389,3 +391,36 @@ async def test_execute_timeout_holds_while_a_huge_line_is_parsed(figures: Figure
         figures("client: execute(timeout=1) during a 6 MiB line on the exact path",
                 f"raised {late * 1000:+.0f} ms late; loop stall {stalls.worst * 1000:.0f} ms CPU")
         assert stalls.worst < 0.050 and late < 0.25, (stalls.worst, late)
+
+
+# -- a stray byte inside a message: answered at once, as QEMU does --------------------
+
+STRAY_INSIDE = [b"{\xff", b"{\x01", b"{'bad \xff", b'{"execute": "x", "id": [1, 2, \x01']
+
+
+async def replies_at_once(path: str) -> list[bytes]:
+    """Per input: the reply line received with no byte sent after the input."""
+    lines = []
+    for data in STRAY_INSIDE:
+        qmp = await QemuRawQMP.open(path)
+        try:
+            await qmp.negotiate()
+            await qmp.send(data)
+            lines.append(await qmp.read_line(timeout=5.0))  # nothing more is sent
+            # ... and the monitor goes on (qmp-test.c's assert_recovered).
+            await qmp.send(b"{ 'execute': 'no-such-cmd', 'id': 'next' }\n")
+            assert b'"id": "next"' in await qmp.read_line(timeout=5.0)
+        finally:
+            await qmp.aclose()
+    return lines
+
+
+@pytest.mark.qemu
+@requires_qemu
+async def test_stray_byte_inside_a_message_is_answered_at_once_like_qemu() -> None:
+    async with QemuProcess() as qemu:
+        theirs = await replies_at_once(qemu.socket_path)
+    async with LoopThread() as thread, qmp_server(thread) as path:
+        ours = await replies_at_once(path)
+    assert ours == theirs
+    assert all(b"JSON parse error, stray" in line for line in ours)
