@@ -90,7 +90,7 @@ def check_flat_cost(figures: Figures, big: int, label: str) -> None:
         cost = cost_per_byte(large, split, runs=2 if big <= 8 << 20 else 1)
         figures(f"framing cost per byte, {name}: 64 KiB / {label}",
                 f"{base:.1f} / {cost:.1f} ns ({cost / base:.2f}x)")
-        assert cost <= 2 * base + 5, (name, base, cost)  # 5 ns: timer granularity
+        assert cost <= 2 * base, (name, base, cost)
 
 
 def test_big_message_costs_the_same_per_byte_as_a_small_one(figures: Figures) -> None:

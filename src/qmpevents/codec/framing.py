@@ -24,7 +24,9 @@ between slices (``feed(b"", budget=n)`` goes on).
 
 Answers come when QEMU's would: a message as soon as its last byte arrives
 (no newline needed), a stray byte as soon as it arrives (the scan suspects it
-and the exact path confirms it), even in the middle of a message.
+and the exact path confirms it), even in the middle of a message.  (With a
+*decode_block*, the client's case, a short line cut by a read and not ending
+a message is kept for the next read's block decode: its answer comes then.)
 
 Memory.  The held beginning of a message is bounded by the message size
 limit (beyond it the bytes go to the exact path, which reports QEMU's "token
@@ -64,10 +66,13 @@ _DIGIT_MAP = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _LONG_DIGIT_RUN = b"0" * 19
 # QEMU's lexer ends a number at "0" followed by an exponent ("0e5", "-0E1"):
 # the "e" is then a stray byte; msgspec accepts it.  Such lines take the exact path.
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b"{}[]:,")
 _NUMBER_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.")
 # QEMU's whitespace; bytes.strip() would also drop \x0b and \x0c, stray bytes to QEMU.
 _WS = b" \t\r\n"
 _MESSAGE_START = (b"{", b"[")
+_ENDS = (b"}", b"]")
+_DEFER_MAX = 4096
 _ENCODE = msgspec.json.encode
 
 
@@ -106,6 +111,7 @@ class Framer(Generic[T]):
         self._parts: list[bytes] = []
         self._held = 0
         self._scan: MessageScan | None = None
+        self._deferred = False  # held without a scan yet (see _tail)
         self._out: list[T | ParseError] = []
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
@@ -212,7 +218,7 @@ class Framer(Generic[T]):
         """Work through *buf* from *pos*: where it stopped (before the end: out of budget)."""
         end = len(buf)
         block = self._decode_block is not None and self._block_ok
-        if block and not self._slow and self._scan is None:
+        if block and not self._slow and self._scan is None and not self._deferred:
             pos = self._try_block(buf, pos)
         while pos < end:
             if self._slow:
@@ -220,11 +226,11 @@ class Framer(Generic[T]):
                 if (self._slow and pos < end) or self._parse_job is not None:
                     return pos
                 continue
-            if self._scan is not None:
+            if self._scan is not None or self._deferred:
                 pos = self._continue_held(buf, pos)
                 if pos < 0:
                     return 0  # the queue's head changed
-                if block and self._scan is None and not self._slow:
+                if block and self._scan is None and not self._slow and not self._deferred:
                     pos = self._try_block(buf, pos)  # the lines after a message held over
                 continue
             newline = buf.find(b"\n", pos)
@@ -249,8 +255,12 @@ class Framer(Generic[T]):
             return pos
         return cut
 
-    def _try_fast(self, line: bytes) -> bool:
-        """Decode one message on the fast path; False hands it to the exact path."""
+    def _try_fast(self, line: bytes, depth_checked: bool = False) -> bool:
+        """Decode one message on the fast path; False hands it to the exact path.
+
+        *depth_checked*: a :class:`MessageScan` found the message within the
+        nesting limit already.
+        """
         stripped = line.strip(_WS)
         if not stripped:
             return True
@@ -258,12 +268,17 @@ class Framer(Generic[T]):
         # of exactly the limit's size is already too big.
         if len(stripped) >= self._max_fast_line:
             return False
-        if (stripped.count(b"{") + stripped.count(b"[") > self._max_nesting
+        # One pass keeps the structural bytes: the counts below cost nothing then.
+        structural = stripped.translate(None, _NOT_STRUCTURAL)
+        if (not depth_checked
+                and structural.count(b"{") + structural.count(b"[") > self._max_nesting
                 and nesting_depth(stripped) > self._max_nesting):
             return False
-        if len(stripped) >= self._max_tokens and _token_bound(stripped) >= self._max_tokens:
+        # At most how many tokens: scalars sit between structural bytes.
+        if len(stripped) >= self._max_tokens and 2 * len(structural) + 1 >= self._max_tokens:
             return False
-        if self._qemu_exact and (not stripped.isascii() or b"\\u" in stripped
+        if self._qemu_exact and (not stripped.isascii()
+                                 or (b"\\" in stripped and b"\\u" in stripped)
                                  or _LONG_DIGIT_RUN in stripped.translate(_DIGIT_MAP)
                                  or _zero_exponent(stripped)):
             return False
@@ -272,7 +287,7 @@ class Framer(Generic[T]):
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             return False
         if self._qemu_exact and isinstance(item, dict | list):
-            colons = stripped.count(b":")
+            colons = structural.count(b":")
             # msgspec keeps the last of duplicate keys where QEMU reports an
             # error.  A dropped member takes its ':' with it, so the value
             # re-encoded has fewer ':' than the text (strings keep theirs: no
@@ -287,6 +302,15 @@ class Framer(Generic[T]):
         first = buf[pos:].lstrip(_WS)[:1]
         if not first:
             return len(buf)
+        if (self._decode_block is not None and self._block_ok and first in _MESSAGE_START
+                and len(buf) - pos <= _DEFER_MAX and buf.rstrip(_WS)[-1:] not in _ENDS):
+            # A line of an event stream cut by the read: the next read's block
+            # decode almost always takes it with the lines after it, so it is
+            # held unscanned (it cannot be complete: it does not end a message).
+            self._parts = [buf[pos:]]
+            self._held = len(buf) - pos
+            self._deferred = True
+            return len(buf)
         return self._begin(buf, pos, first)
 
     def _begin(self, buf: bytes, pos: int, first: bytes) -> int:
@@ -300,12 +324,20 @@ class Framer(Generic[T]):
 
     def _continue_held(self, buf: bytes, pos: int) -> int:
         """Scan the held message on in *buf*: where to go on (-1: see the queue's head)."""
+        cut = self._try_block_with_held(buf, pos)
+        if cut:
+            return cut
+        if self._deferred:  # not the usual case: the held line and this read, afresh
+            self._queue[0] = b"".join([*self._parts, buf[pos:]])
+            self._head = 0
+            self._drop_held()
+            return -1
         assert self._scan is not None
         found = self._scan.feed(buf, pos)
         if found >= 0:
             piece = buf[pos:found + 1]
             message = b"".join([*self._parts, piece]) if self._parts else piece
-            if self._try_fast(message):
+            if self._try_fast(message, depth_checked=True):
                 self._drop_held()
                 return found + 1
         elif found == GOES_ON and self._held + len(buf) - pos < self._max_fast_line:
@@ -324,10 +356,29 @@ class Framer(Generic[T]):
         self._drop_held()
         return -1
 
+    def _try_block_with_held(self, buf: bytes, pos: int) -> int:
+        """The held message and the complete lines after it in one block decode,
+        as if the read had not cut the line (the usual case of an event stream):
+        where the block ends, or 0 if refused.  Taken whole, the block held no
+        stray byte and no message ended before its line, so nothing is late."""
+        if self._decode_block is None or not self._block_ok:
+            return 0
+        cut = buf.rfind(b"\n", pos) + 1
+        if not cut or self._held + cut - pos > self._max_fast_line:
+            return 0
+        try:
+            items = self._decode_block(b"".join([*self._parts, buf[pos:cut]]))
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            return 0
+        self._out.extend(items)
+        self._drop_held()
+        return cut
+
     def _drop_held(self) -> None:
         self._parts = []
         self._held = 0
         self._scan = None
+        self._deferred = False
 
     def _run_slow(self, buf: bytes, pos: int) -> int:
         """Feed the exact path up to a newline at a message boundary, within the budget.
@@ -425,12 +476,6 @@ def _zero_exponent(text: bytes) -> bool:
                 return True
             at = text.find(pair, at + 2)
     return False
-
-
-def _token_bound(text: bytes) -> int:
-    """At most how many tokens *text* holds: scalars sit between structural bytes."""
-    structural = sum(text.count(byte) for byte in (b"{", b"}", b"[", b"]", b",", b":"))
-    return 2 * structural + 1
 
 
 def value_framer(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,

@@ -66,7 +66,7 @@ class MessageScan:
     """QEMU's brace/bracket count of one message, fed chunk by chunk.
 
     Start it at the message's first byte (``{`` or ``[``, maybe after
-    whitespace).  :meth:`feed` returns the index in the chunk of the byte that
+    whitespace; anything else is :data:`SUSPECT`).  :meth:`feed` returns the index in the chunk of the byte that
     ends the message, :data:`GOES_ON`, or :data:`SUSPECT`.
     """
 
@@ -142,10 +142,23 @@ class MessageScan:
 
     def _count(self, data: bytes, pos: int, stop: int) -> int:
         """Count the brackets of ``data[pos:stop]`` (valid tokens): an end, GOES_ON or SUSPECT."""
+        if not self._started:
+            # The message's opening bracket, after blanks: from there on, an end
+            # is a count coming back to zero (or below).
+            while pos < stop and data[pos] in b" \t\r\n":
+                pos += 1
+            if pos == stop:
+                return GOES_ON
+            if data[pos] == 0x7B:
+                self._braces = 1
+            elif data[pos] == 0x5B:
+                self._brackets = 1
+            else:
+                return SUSPECT  # the caller starts a scan at a message's '{' or '['
+            self._started = True
+            pos += 1
         if pos == stop:
             return GOES_ON
-        if not self._started:
-            return self._count_exactly(data, pos, stop)
         brackets = _STRINGS.sub(b"", data[pos:stop]).translate(None, _NOT_BRACKETS)
         if not brackets:
             return GOES_ON
@@ -190,7 +203,6 @@ class MessageScan:
                 continue  # a string
             if braces + square > limit:
                 return SUSPECT
-            self._started = True
             if braces < 0 or square < 0 or (braces == 0 and square == 0):
                 return match.start()
         self._braces, self._brackets = braces, square
