@@ -66,8 +66,9 @@ class MessageScan:
     """QEMU's brace/bracket count of one message, fed chunk by chunk.
 
     Start it at the message's first byte (``{`` or ``[``, maybe after
-    whitespace; anything else is :data:`SUSPECT`).  :meth:`feed` returns the index in the chunk of the byte that
-    ends the message, :data:`GOES_ON`, or :data:`SUSPECT`.
+    whitespace; anything else is :data:`SUSPECT`).  :meth:`feed` returns the
+    index in the chunk of the byte that ends the message, :data:`GOES_ON`, or
+    :data:`SUSPECT`.
     """
 
     __slots__ = ("_braces", "_brackets", "_carry", "_max_nesting", "_quote", "_started")
