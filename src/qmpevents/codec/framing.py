@@ -303,7 +303,8 @@ class Framer(Generic[T]):
         if not first:
             return len(buf)
         if (self._decode_block is not None and self._block_ok and first in _MESSAGE_START
-                and len(buf) - pos <= _DEFER_MAX and buf.rstrip(_WS)[-1:] not in _ENDS):
+                and len(buf) - pos <= min(_DEFER_MAX, self._max_fast_line - 1)
+                and buf.rstrip(_WS)[-1:] not in _ENDS):
             # A line of an event stream cut by the read: the next read's block
             # decode almost always takes it with the lines after it, so it is
             # held unscanned (it cannot be complete: it does not end a message).
