@@ -171,8 +171,6 @@ class _Link(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        while self.proto.parse_pending and not self.lost.done():
-            self._take(b"")  # what arrived before the end is delivered
         if self.proto.state not in (ClientState.CLOSED, ClientState.ERROR):
             self.proto.close()
         if not self.lost.done():

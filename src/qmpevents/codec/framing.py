@@ -2,15 +2,15 @@
 
 Two paths give the same result (a property the tests check on random input):
 
-* the fast path hands every complete line, and every message that began with
-  ``{`` or ``[`` as soon as it is complete, to a C-speed msgspec decoder, so
-  ordinary traffic never costs a Python loop per byte; with a *decode_block*
-  function, all the complete lines of a chunk are first tried in one call (no
-  Python loop per line either), falling back to line by line when that call
-  refuses them;
+* the fast path hands every complete line, and every one-line message that
+  began with ``{`` or ``[`` as soon as it is complete, to a C-speed msgspec
+  decoder, so ordinary traffic never costs a Python loop per byte; with a
+  *decode_block* function, all the complete lines of a chunk are first tried
+  in one call (no Python loop per line either), falling back to line by line
+  when that call refuses them;
 * anything the fast path cannot decode with certainty (a syntax error, single
-  quotes, a byte QEMU's lexer refuses, or what QEMU's parser treats
-  differently from msgspec) goes through the exact port of QEMU's lexer and
+  quotes, a message over several lines, a byte QEMU's lexer refuses, or what
+  QEMU's parser treats differently from msgspec) goes through the exact port of QEMU's lexer and
   streamer, from the start of that message until the stream is back at a
   clean message boundary and a newline.
 
@@ -338,7 +338,9 @@ class Framer(Generic[T]):
         if found >= 0:
             piece = buf[pos:found + 1]
             message = b"".join([*self._parts, piece]) if self._parts else piece
-            if self._try_fast(message, depth_checked=True):
+            # *decode_line* takes one line (a client keeps it as the raw text):
+            # a message over several lines is the exact path's, as before.
+            if b"\n" not in message and self._try_fast(message, depth_checked=True):
                 self._drop_held()
                 return found + 1
         elif found == GOES_ON and self._held + len(buf) - pos < self._max_fast_line:
