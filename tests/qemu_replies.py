@@ -387,6 +387,11 @@ DEFAULT_INPUTS: list[bytes] = [
     b'\x00{"execute": "query-status", "id": "after-nul"}' + CRLF,
     b'\xff{"execute": "query-status", "id": "after-ff"}' + CRLF,
     b'\x01{"execute": "query-status", "id": "after-01"}' + CRLF,
+    # a stray byte inside a message, answered at once (tests/qtest/qmp-test.c, qmp_protocol)
+    b"{\xff",
+    b"{\x01",
+    b"{'bad \xff",
+    b'{"execute": "query-status", "id": [1, 2, \x01',
     # nesting limit: total depth 1024 is fine, 1025 is not
     _nested_id(1023),
     _nested_id(1024),

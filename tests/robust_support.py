@@ -31,14 +31,14 @@ def reference(data: bytes, **limits: int) -> list[Any]:
     """Messages of *data* per QEMU's exact algorithm: values or :class:`ParseError`."""
     out: list[Any] = []
 
-    def emit(tokens: Any, error: str | None) -> None:
+    def emit(tokens: Any, error: ParseError | None) -> None:
         if error is not None:
-            out.append(ParseError(error))
+            out.append(error)
             return
         try:
             out.append(parse_tokens(tokens))
         except JSONParseError as exc:
-            out.append(ParseError(exc.desc))
+            out.append(exc.error)
 
     streamer = Streamer(emit, **limits)
     feed = streamer.feed_byte

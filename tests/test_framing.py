@@ -18,8 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, MAX_NESTING, Framer, ParseError, value_framer
-from qmpevents.codec.lexer import Streamer, Tok
+from qmpevents.codec import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_NESTING,
+    Framer,
+    ParseError,
+    ParseErrorKind,
+    value_framer,
+)
+from qmpevents.codec.lexer import Streamer, TokenRun
 from qmpevents.codec.parser import JSONParseError, parse_tokens
 from qmpevents.protocol import messages
 
@@ -35,15 +42,15 @@ class Reference:
         self._streamer = Streamer(self._emit, max_message_size=max_message_size,
                                   max_nesting=max_nesting)
 
-    def _emit(self, tokens: list[tuple[Tok, bytes]] | None, error: str | None) -> None:
+    def _emit(self, tokens: TokenRun | None, error: ParseError | None) -> None:
         if error is not None:
-            self.out.append(ParseError(error))
+            self.out.append(error)
             return
         assert tokens is not None
         try:
             self.out.append(parse_tokens(tokens))
         except JSONParseError as exc:
-            self.out.append(ParseError(exc.desc))
+            self.out.append(exc.error)
 
     def feed(self, data: bytes) -> None:
         for byte in data:
@@ -149,7 +156,108 @@ def test_read_ending_on_a_brace_inside_a_message_stays_buffered() -> None:
 def test_complete_message_of_the_exact_path_without_newline_is_answered_at_once() -> None:
     framer = value_framer()
     assert framer.feed('{"execute": "\u00e9"}'.encode()) == [{"execute": "\u00e9"}]
-    assert framer.feed(b'{"a": 1, "a": 2}') == [ParseError("JSON parse error, duplicate key")]
+    assert framer.feed(b'{"a": 1, "a": 2}') == [
+        ParseError(ParseErrorKind.SYNTAX, "JSON parse error, duplicate key")]
+
+
+@pytest.mark.parametrize("data", [
+    b"{\xff", b"{\x01", b"{'bad \xff",  # QEMU's tests/qtest/qmp-test.c, qmp_protocol
+    b'{"execute": "x", "id": [1, 2, \x01', b'[{"a": "b\xfe', b"[1, 01", b"{ %",
+])
+def test_stray_byte_inside_a_message_is_answered_at_once(data: bytes) -> None:
+    # QEMU's lexer reports a stray byte when it arrives, not when more bytes do.
+    framer = value_framer()
+    out = framer.feed(data)
+    assert [canon(item) for item in out] == [canon(item) for item in reference(data)]
+    assert out and isinstance(out[0], ParseError), data
+    assert out[0].kind is ParseErrorKind.LEXICAL
+    assert framer.feed(b'\n{"execute": "ok"}\n') == [{"execute": "ok"}]
+    # The client's framer may keep a short cut line for its next read's block
+    # decode: the error comes with that read.
+    client = client_framer()
+    out = client.feed(data) + client.feed(b'\n{"return": {}, "id": "a"}\n')
+    assert isinstance(out[0], ParseError) and out[0].kind is ParseErrorKind.LEXICAL
+    assert out[-1] == messages.Return({}, "a")
+
+
+def test_stray_byte_late_in_a_held_message_is_answered_at_once() -> None:
+    framer = value_framer()
+    assert framer.feed(b'{"execute": "x", "id": [') == []
+    for _ in range(50):
+        assert framer.feed(b'"abc", 12, {"k": [true, null]}, ') == []
+    assert framer.buffered > 1000
+    out = framer.feed(b"1, \x7f")
+    assert errors(out) == ["JSON parse error, stray '\x7f'"]
+    assert framer.buffered == 0
+
+
+def test_message_held_over_many_reads_is_answered_with_its_last_byte() -> None:
+    framer = value_framer()
+    chunks = [b'{"execute": "x", "id": [', *[b'[1, "]"], ' for _ in range(100)], b"[]]}"]
+    out = [item for chunk in chunks for item in framer.feed(chunk)]
+    assert out == [{"execute": "x", "id": [*([[1, "]"]] * 100), []]}]
+    assert framer.feed(b'{"a": [1]}{"b": 2}  {"c"') == [{"a": [1]}, {"b": 2}]
+
+
+def test_thousands_of_brackets_at_depth_3_stay_on_the_fast_path() -> None:
+    # An ordinary 95 KiB reply: 4,002 brackets, nested 3 deep.
+    item = b'["' + b"x" * 42 + b'"]'
+    reply = b'{"return": [' + b", ".join([item] * 1999) + b'], "id": "big"}\r\n'
+    assert sum(map(reply.count, (b"[", b"]", b"{", b"}"))) == 4002 and len(reply) > 95_000
+    for framer in (value_framer(), client_framer()):
+        calls = 0
+        feed_byte = framer._streamer.feed_byte
+
+        def counting(byte: int, feed_byte: Any = feed_byte) -> None:
+            nonlocal calls
+            calls += 1
+            feed_byte(byte)
+
+        framer._streamer.feed_byte = counting  # type: ignore[method-assign]
+        out = feed_all(framer, [reply[i:i + 8192] for i in range(0, len(reply), 8192)])
+        assert len(out) == 1 and calls == 0
+    assert value_framer().feed(reply)[0]["return"][1998] == ["x" * 42]
+
+
+@pytest.mark.parametrize(("data", "kind"), [
+    (b"\xff\n", ParseErrorKind.LEXICAL),
+    (b'{"a" 1}\n', ParseErrorKind.SYNTAX),
+    (b'{"a": 1, "a": 2}\n', ParseErrorKind.SYNTAX),
+    (b"[" * 1025 + b"\n", ParseErrorKind.TOO_DEEP),
+    (b'["' + b"a" * 5000 + b'"]\n', ParseErrorKind.TOO_LARGE),
+])
+def test_parse_errors_carry_their_kind(data: bytes, kind: ParseErrorKind) -> None:
+    framer = value_framer(max_message_size=4096)
+    first = framer.feed(data)[0]
+    assert isinstance(first, ParseError) and first.kind is kind
+    assert first == reference(data, max_message_size=4096)[0]
+
+
+def test_too_large_carries_the_size_reached_and_the_limit() -> None:
+    out = value_framer(max_message_size=64).feed(b'["' + b"a" * 100 + b'"]\n')
+    error = out[0]
+    assert isinstance(error, ParseError) and error.kind is ParseErrorKind.TOO_LARGE
+    assert error.limit == 64 and error.size is not None and error.size > 64
+    assert error.desc == "JSON token size limit exceeded"
+    many = value_framer().feed(b"[" + b"1," * 200 + b"1]\n")
+    tokens: Framer[Any] = Framer(json.loads, lambda value: value, max_tokens=100)
+    assert tokens.feed(b"[" + b"1," * 200 + b"1]\n")[0].kind is ParseErrorKind.TOO_MANY_TOKENS
+    assert many == [[1] * 201]
+
+
+def test_budget_slices_the_exact_path_and_keeps_the_order() -> None:
+    data = b"{'execute': 'x', 'id': '" + b"s" * 50_000 + b"'}\n" + b'{"execute": "after"}\n'
+    framer = value_framer()
+    out = framer.feed(data, budget=4096)
+    assert out == [] and framer.pending > 0
+    assert framer.feed(b'{"execute": "later"}\n', budget=4096) == []  # waits its turn
+    rounds = 2
+    while framer.pending:
+        out.extend(framer.feed(b"", budget=4096))
+        rounds += 1
+    assert out == [{"execute": "x", "id": "s" * 50_000}, {"execute": "after"},
+                   {"execute": "later"}]
+    assert rounds >= 50_000 // 4096
 
 
 def test_leading_whitespace_and_crlf_are_skipped() -> None:
@@ -231,7 +339,7 @@ def test_duplicate_key_is_caught_on_the_fast_path_too() -> None:
     # A complete line msgspec would accept (last key wins) but QEMU refuses.
     framer = value_framer()
     assert framer.feed(b'{"execute": "a", "execute": "b"}\n') == [
-        ParseError("JSON parse error, duplicate key")]
+        ParseError(ParseErrorKind.SYNTAX, "JSON parse error, duplicate key")]
 
 
 def test_form_feed_is_not_whitespace_to_qemu() -> None:
@@ -298,10 +406,9 @@ def test_message_size_limit_in_small_reads() -> None:
 def test_message_just_under_the_limit() -> None:
     # QEMU counts token bytes plus one: a 10-byte compact message needs a limit of 11.
     data = b'{"a":1234}'
-    assert reference(data, max_message_size=10)[0] == ParseError(
-        "JSON token size limit exceeded")
-    assert value_framer(max_message_size=10).feed(data + b"\n")[0] == ParseError(
-        "JSON token size limit exceeded")
+    too_large = ParseError(ParseErrorKind.TOO_LARGE, "JSON token size limit exceeded")
+    assert reference(data, max_message_size=10)[0] == too_large
+    assert value_framer(max_message_size=10).feed(data + b"\n")[0] == too_large
     assert value_framer(max_message_size=11).feed(data + b"\n") == [{"a": 1234}]
 
 
@@ -428,6 +535,12 @@ def check_exact(data: bytes, cuts: list[int], framer: Framer[Any], ref: Referenc
             assert got == want, (fed, got, want)
         else:
             assert got == want[:len(got)], (fed, got, want)
+        # A stray byte is answered as soon as it arrives, as QEMU does, with
+        # everything before it: only what follows the last one may lag.
+        lexical = [i for i, item in enumerate(ref.out)
+                   if isinstance(item, ParseError) and item.kind is ParseErrorKind.LEXICAL]
+        if lexical:
+            assert len(got) > lexical[-1], (fed, got, want)
         assert framer.buffered <= framer._max_fast_line
 
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from qmpevents.codec.lexer import Streamer, Tok
+from qmpevents.codec import ParseError
+from qmpevents.codec.lexer import Streamer, Tok, TokenRun
 from qmpevents.codec.parser import JSONParseError, parse_string, parse_tokens
 
 
@@ -14,8 +15,8 @@ def lex(data: bytes, **limits: int) -> list[Any]:
     """Every message (token list) or error text the streamer emits for *data*."""
     out: list[Any] = []
 
-    def emit(tokens: list[tuple[Tok, bytes]] | None, error: str | None) -> None:
-        out.append(error if error is not None else list(tokens or []))
+    def emit(tokens: TokenRun | None, error: ParseError | None) -> None:
+        out.append(error.desc if error is not None else list(tokens or []))
 
     streamer = Streamer(emit, **limits)
     for byte in data:

@@ -344,3 +344,4 @@ def test_end_of_input_is_an_event_after_everything_received() -> None:
     stop, closed = drain(conn)
     assert isinstance(stop, Stop) and closed == ConnectionClosed()
     assert conn.state is ClientState.CLOSED
+

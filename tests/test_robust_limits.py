@@ -27,7 +27,7 @@ from robust_support import (
     server,
 )
 
-from qmpevents.codec import MAX_NESTING, ParseError, value_framer
+from qmpevents.codec import MAX_NESTING, ParseError, ParseErrorKind, value_framer
 from qmpevents.codec.framing import Framer
 from qmpevents.protocol import Command, CommandFailure
 from qmpevents.server import QMPServer, ServerOptions, UnixAddress
@@ -77,7 +77,8 @@ def test_token_count_limit_with_qemus_text() -> None:
     framer: Framer[Any] = Framer(json.loads, lambda value: value, max_tokens=100,
                                  qemu_exact=True)
     items = framer.feed(b"[" + b"1," * 200 + b"1]\n" + b'{"execute": "stop"}\n')
-    assert items[0] == ParseError("JSON token count limit exceeded")
+    assert items[0] == ParseError(ParseErrorKind.TOO_MANY_TOKENS,
+                                 "JSON token count limit exceeded")
     assert items[-1] == {"execute": "stop"}
     assert framer.buffered == 0
 

@@ -2,57 +2,78 @@
 
 Two paths give the same result (a property the tests check on random input):
 
-* the fast path hands every complete line (and a trailing unterminated
-  ``{...}``) to a C-speed msgspec decoder, so newline-terminated traffic never
-  costs a Python loop per byte; with a *decode_block* function, all the
-  complete lines of a chunk are first tried in one call (no Python loop per
-  line either), falling back to line by line when that call refuses them;
-* anything the fast path cannot decode with certainty (a syntax error, two
-  messages on one line, a message spread over lines, single quotes, or what
-  QEMU's parser treats differently from msgspec) goes through the exact port
-  of QEMU's lexer and streamer, from the start of that line until the stream is
-  back at a clean message boundary.
+* the fast path hands every complete line, and every one-line message that
+  began with ``{`` or ``[`` as soon as it is complete, to a C-speed msgspec
+  decoder, so ordinary traffic never costs a Python loop per byte; with a
+  *decode_block* function, all the complete lines of a chunk are first tried
+  in one call (no Python loop per line either), falling back to line by line
+  when that call refuses them;
+* anything the fast path cannot decode with certainty (a syntax error, single
+  quotes, a message over several lines, a byte QEMU's lexer refuses, or what
+  QEMU's parser treats differently from msgspec) goes through the exact port of QEMU's lexer and
+  streamer, from the start of that message until the stream is back at a
+  clean message boundary and a newline.
 
-The buffered partial line is bounded by the message size limit: beyond it the
-bytes go to the exact path, which reports QEMU's "token size limit" error and
-resynchronises instead of growing.
+Cost.  A message that spans reads is held as the reads came
+(:class:`~qmpevents.codec.scan.MessageScan` finds its end, looking at each
+byte once), then joined and decoded once: the cost is linear in the bytes
+received, whatever the read boundaries.  The exact path costs a Python loop
+per byte; ``feed(data, budget=n)`` runs at most *n* bytes of it per call and
+keeps the rest (:attr:`Framer.pending`), so an event loop can serve others
+between slices (``feed(b"", budget=n)`` goes on).
+
+Answers come when QEMU's would: a message as soon as its last byte arrives
+(no newline needed), a stray byte as soon as it arrives (the scan suspects it
+and the exact path confirms it), even in the middle of a message.  (With a
+*decode_block*, the client's case, a short line cut by a read and not ending
+a message is kept for the next read's block decode: its answer comes then.)
+
+Memory.  The held beginning of a message is bounded by the message size
+limit (beyond it the bytes go to the exact path, which reports QEMU's "token
+size limit" error and resynchronises instead of growing); the exact path
+holds at most two bytes per byte of an unfinished message
+(:mod:`qmpevents.codec.lexer`).  Framers sharing a
+:class:`~qmpevents.codec.budget.HeldInputBudget` also bound what they hold
+together.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from qmpevents.codec.budget import HeldInputBudget
+from qmpevents.codec.errors import ParseError
 from qmpevents.codec.lexer import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_NESTING,
     MAX_TOKEN_COUNT,
     Streamer,
-    Tok,
+    TokenRun,
 )
-from qmpevents.codec.parser import JSONParseError, parse_tokens
+from qmpevents.codec.parser import STEP_TOKENS, JSONParseError, parse_steps, parse_tokens
+from qmpevents.codec.scan import GOES_ON, MessageScan, nesting_depth
 
 T = TypeVar("T")
 
 # Integers of 19+ digits may lie outside int64/uint64, where QEMU switches to
 # doubles; msgspec would keep them exact.  Such lines take the exact path.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# (Found with translate + find: a regular expression tries every position.)
+_DIGIT_MAP = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
 # QEMU's lexer ends a number at "0" followed by an exponent ("0e5", "-0E1"):
 # the "e" is then a stray byte; msgspec accepts it.  Such lines take the exact path.
-_ZERO_EXPONENT = re.compile(rb"(?<![0-9A-Za-z_.])0[eE]")
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b"{}[]:,")
+_NUMBER_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.")
 # QEMU's whitespace; bytes.strip() would also drop \x0b and \x0c, stray bytes to QEMU.
 _WS = b" \t\r\n"
-
-
-@dataclass(frozen=True, slots=True)
-class ParseError:
-    """A message that could not be parsed; ``desc`` is QEMU's text for it."""
-
-    desc: str
+_MESSAGE_START = (b"{", b"[")
+_ENDS = (b"}", b"]")
+_DEFER_MAX = 4096
+_ENCODE = msgspec.json.encode
 
 
 class Framer(Generic[T]):
@@ -67,13 +88,15 @@ class Framer(Generic[T]):
     so it must give exactly what the line-by-line path would).  With
     *qemu_exact* set, inputs on which msgspec and QEMU's parser could disagree
     (non-ASCII, ``\\u`` escapes, very long digit runs) always take the exact
-    path, so a server built on this answers as QEMU does.
+    path, so a server built on this answers as QEMU does.  *held_budget* is
+    shared with other framers (see :mod:`qmpevents.codec.budget`).
     """
 
     def __init__(self, decode_line: Callable[[bytes], T], from_value: Callable[[Any], T], *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, qemu_exact: bool = False,
                  max_nesting: int = MAX_NESTING, max_tokens: int = MAX_TOKEN_COUNT,
-                 decode_block: Callable[[bytes], list[T]] | None = None) -> None:
+                 decode_block: Callable[[bytes], list[T]] | None = None,
+                 held_budget: HeldInputBudget | None = None) -> None:
         self._decode_line = decode_line
         self._decode_block = decode_block
         self._from_value = from_value
@@ -81,70 +104,90 @@ class Framer(Generic[T]):
         self._max_fast_line = max_message_size
         self._max_tokens = max_tokens
         self._qemu_exact = qemu_exact
-        # The unterminated last line, as received: joined only when it may be
-        # complete, so a big message arriving in many reads costs O(n), not O(n^2).
+        # Input not processed yet (a budget ran out): chunks, the first one from _head.
+        self._queue: deque[bytes] = deque()
+        self._head = 0
+        # The beginning of a message the fast path holds, as received, and its scan.
         self._parts: list[bytes] = []
         self._held = 0
+        self._scan: MessageScan | None = None
+        self._deferred = False  # held without a scan yet (see _tail)
         self._out: list[T | ParseError] = []
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
         self._slow = False
         self.dropped_at_end = 0
+        self._exact_left: int | None = None
+        # A huge message the exact path completed under a budget, parsed a step at a time.
+        self._parse_job: Generator[None, None, Any] | None = None
+        self._job_tokens = 0
+        self._budget = held_budget
+        self._charged = 0
         # The block decoder relies on msgspec's own depth limit (< 1024) and
         # does none of the qemu_exact checks.
         self._block_ok = not qemu_exact and max_nesting >= MAX_NESTING
 
     @property
     def buffered(self) -> int:
-        """Bytes held while waiting for the rest of a message."""
+        """Bytes of a message the fast path holds while waiting for the rest of it."""
         return self._held
 
-    def feed(self, data: bytes) -> list[T | ParseError]:
-        """Consume *data*; return every message completed by it, in order."""
+    @property
+    def pending(self) -> int:
+        """Work left because a ``budget`` ran out: bytes not processed yet, and
+        the tokens of a message still being parsed."""
+        return sum(map(len, self._queue)) - self._head + self._job_tokens
+
+    @property
+    def held(self) -> int:
+        """Memory held for unfinished input: the fast path's, the exact path's, the pending."""
+        return self._held + self._streamer.held + self.pending
+
+    def feed(self, data: bytes, *, budget: int | None = None) -> list[T | ParseError]:
+        """Consume *data*; return every message completed by it, in order.
+
+        With *budget*, at most that many bytes go through the exact (byte by
+        byte) path in this call; the rest of the input waits, in order, for
+        the next call (``feed(b"", budget=...)`` just goes on): see
+        :attr:`pending`.
+        """
         out = self._out = []
-        if self._parts:
-            if (b"\n" not in data and data.rstrip(_WS)[-1:] not in (b"}", b"]")
-                    and self._held + len(data) < self._max_fast_line):
-                self._parts.append(data)  # still inside the same line
-                self._held += len(data)
-                return out
-            buf = b"".join([*self._parts, data])
-            self._parts = []
-            self._held = 0
-        else:
-            buf = data
-        pos = 0
-        if self._decode_block is not None and not self._slow and self._block_ok:
-            pos = self._try_block(buf)
-        end = len(buf)
-        while pos < end:
-            if self._slow:
-                pos = self._run_slow(buf, pos)
-                continue
-            newline = buf.find(b"\n", pos)
-            if newline < 0:
-                pos = self._tail(buf, pos)
+        queue = self._queue
+        if data:
+            queue.append(data)
+        self._exact_left = budget
+        while queue or self._parse_job is not None:
+            if self._parse_job is not None and not self._parse_on():
                 break
-            if self._try_fast(buf[pos:newline]):
-                pos = newline + 1
-            else:
-                self._slow = True
-        if self._slow and self._streamer.idle:
-            # The next chunk starts afresh on the fast path.
-            self._slow = False
+            if not queue:
+                break
+            buf = queue[0]
+            pos = self._process(buf, self._head)
+            if queue[0] is not buf:  # the held message went back to the exact path
+                continue
+            if pos < len(buf):  # the budget ran out
+                self._head = pos
+                break
+            queue.popleft()
+            self._head = 0
+            if self._slow and self._streamer.idle:
+                # The next chunk starts afresh on the fast path.
+                self._slow = False
+        self._charge()
         return out
 
     def end(self) -> list[T | ParseError]:
         """The input ended: every message complete in what is held (an unfinished one is dropped).
 
-        The fast path holds an unterminated last line until it may be complete;
-        QEMU's streamer has answered each message of it already, so at the end
-        the held bytes go through the exact path, as QEMU saw them.
+        What is pending is processed first.  Then the beginning of a message the
+        fast path holds goes through the exact path, as QEMU saw it; the bytes
+        of an unfinished message that are left are counted in
+        :attr:`dropped_at_end`.
         """
+        out = self.feed(b"")
         held = b"".join(self._parts)
-        self._parts = []
-        self._held = 0
-        out = self._out = []
+        self._drop_held()
+        self._out = out
         streamer = self._streamer
         boundary = 0
         for pos, byte in enumerate(held):
@@ -156,85 +199,192 @@ class Framer(Generic[T]):
         self._streamer = Streamer(self._emit_tokens, max_message_size=self._max_fast_line,
                                   max_nesting=self._max_nesting, max_tokens=self._max_tokens)
         self._slow = False
+        self._charge()
         return out
 
-    def _try_block(self, buf: bytes) -> int:
-        """Decode all complete lines of *buf* in one call; where they end, or 0 if refused."""
+    def close(self) -> None:
+        """Drop everything held and give its share of the budget back."""
+        self._queue.clear()
+        self._head = 0
+        self._parse_job = None
+        self._job_tokens = 0
+        self._drop_held()
+        self._streamer = Streamer(self._emit_tokens, max_message_size=self._max_fast_line,
+                                  max_nesting=self._max_nesting, max_tokens=self._max_tokens)
+        self._slow = False
+        self._charge()
+
+    def _process(self, buf: bytes, pos: int) -> int:
+        """Work through *buf* from *pos*: where it stopped (before the end: out of budget)."""
+        end = len(buf)
+        block = self._decode_block is not None and self._block_ok
+        if block and not self._slow and self._scan is None and not self._deferred:
+            pos = self._try_block(buf, pos)
+        while pos < end:
+            if self._slow:
+                pos = self._run_slow(buf, pos)
+                if (self._slow and pos < end) or self._parse_job is not None:
+                    return pos
+                continue
+            if self._scan is not None or self._deferred:
+                pos = self._continue_held(buf, pos)
+                if pos < 0:
+                    return 0  # the queue's head changed
+                if block and self._scan is None and not self._slow and not self._deferred:
+                    pos = self._try_block(buf, pos)  # the lines after a message held over
+                continue
+            newline = buf.find(b"\n", pos)
+            if newline < 0:
+                pos = self._tail(buf, pos)
+            elif self._try_fast(buf[pos:newline]):
+                pos = newline + 1
+            else:
+                pos = self._begin(buf, pos, buf[pos:newline].lstrip(_WS)[:1])
+        return pos
+
+    def _try_block(self, buf: bytes, pos: int) -> int:
+        """Decode all complete lines of *buf* in one call; where they end, or *pos* if refused."""
         assert self._decode_block is not None
-        cut = buf.rfind(b"\n") + 1
-        if cut == 0 or cut > self._max_fast_line:
-            return 0
+        cut = buf.rfind(b"\n", pos) + 1
+        if cut == 0 or cut - pos > self._max_fast_line:
+            return pos
         try:
-            self._out.extend(self._decode_block(buf if cut == len(buf) else buf[:cut]))
+            block = buf if pos == 0 and cut == len(buf) else buf[pos:cut]
+            self._out.extend(self._decode_block(block))
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-            return 0
+            return pos
         return cut
 
-    def _try_fast(self, line: bytes) -> bool:
-        """Decode one line on the fast path; False hands it to the exact path."""
+    def _try_fast(self, line: bytes, depth_checked: bool = False) -> bool:
+        """Decode one message on the fast path; False hands it to the exact path.
+
+        *depth_checked*: a :class:`MessageScan` found the message within the
+        nesting limit already.
+        """
         stripped = line.strip(_WS)
         if not stripped:
             return True
         # QEMU counts every token's bytes plus one against the limit: a message
         # of exactly the limit's size is already too big.
-        if len(stripped) >= self._max_fast_line or (
-                stripped.count(b"{") + stripped.count(b"[") > self._max_nesting):
+        if len(stripped) >= self._max_fast_line:
             return False
-        if len(stripped) >= self._max_tokens and _token_bound(stripped) >= self._max_tokens:
+        # One pass keeps the structural bytes: the counts below cost nothing then.
+        structural = stripped.translate(None, _NOT_STRUCTURAL)
+        if (not depth_checked
+                and structural.count(b"{") + structural.count(b"[") > self._max_nesting
+                and nesting_depth(stripped) > self._max_nesting):
             return False
-        if self._qemu_exact and (not stripped.isascii() or b"\\u" in stripped
-                                 or _LONG_DIGITS.search(stripped)
-                                 or _ZERO_EXPONENT.search(stripped)):
+        # At most how many tokens: scalars sit between structural bytes.
+        if len(stripped) >= self._max_tokens and 2 * len(structural) + 1 >= self._max_tokens:
+            return False
+        if self._qemu_exact and (not stripped.isascii()
+                                 or (b"\\" in stripped and b"\\u" in stripped)
+                                 or _LONG_DIGIT_RUN in stripped.translate(_DIGIT_MAP)
+                                 or _zero_exponent(stripped)):
             return False
         try:
             item = self._decode_line(stripped)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             return False
-        if self._qemu_exact and isinstance(item, dict | list) and (
-                _key_count(item) != stripped.count(b":")):
+        if self._qemu_exact and isinstance(item, dict | list):
+            colons = structural.count(b":")
             # msgspec keeps the last of duplicate keys where QEMU reports an
-            # error (or a ':' inside a string): let the exact path decide.
-            return False
+            # error.  A dropped member takes its ':' with it, so the value
+            # re-encoded has fewer ':' than the text (strings keep theirs: no
+            # \\u escapes here).
+            if colons and _ENCODE(item).count(b":") != colons:
+                return False
         self._out.append(item)
         return True
 
     def _tail(self, buf: bytes, pos: int) -> int:
         """An unterminated last line: QEMU does not need the newline."""
-        rest = buf[pos:]
-        stripped = rest.strip(_WS)
-        if not stripped:
+        first = buf[pos:].lstrip(_WS)[:1]
+        if not first:
             return len(buf)
-        if stripped[:1] not in (b"{", b"["):
+        if (self._decode_block is not None and self._block_ok and first in _MESSAGE_START
+                and len(buf) - pos <= min(_DEFER_MAX, self._max_fast_line - 1)
+                and buf.rstrip(_WS)[-1:] not in _ENDS):
+            # A line of an event stream cut by the read: the next read's block
+            # decode almost always takes it with the lines after it, so it is
+            # held unscanned (it cannot be complete: it does not end a message).
+            self._parts = [buf[pos:]]
+            self._held = len(buf) - pos
+            self._deferred = True
+            return len(buf)
+        return self._begin(buf, pos, first)
+
+    def _begin(self, buf: bytes, pos: int, first: bytes) -> int:
+        """A message the fast path did not take whole starts at *pos*."""
+        if first not in _MESSAGE_START:
             # Garbage or a bare scalar: QEMU reacts byte by byte, so do we.
             self._slow = True
-            return self._run_slow(buf, pos)
-        if stripped[-1:] in (b"}", b"]"):
-            if self._try_fast(stripped):
-                return len(buf)
-            if len(rest) < self._max_fast_line and _truncated(stripped):
-                # A valid beginning of a JSON text (the read ended on a '}'
-                # inside it): QEMU has nothing to say yet either.
-                self._hold(rest)
-                return len(buf)
-            # Several messages without a newline, an error, or input the fast
-            # path may not take: QEMU would answer now, not at the next newline.
-            self._slow = True
-            return self._run_slow(buf, pos)
-        if len(rest) >= self._max_fast_line or (self._qemu_exact and (
-                b"}" in stripped or b"]" in stripped)):
-            # Maybe complete messages before an unfinished one: a server answers those
-            # now, as QEMU does (a client can wait for the line: nothing is owed).
-            self._slow = True
-            return self._run_slow(buf, pos)
-        self._hold(rest)
-        return len(buf)
+            return pos
+        self._scan = MessageScan(self._max_nesting)
+        return self._continue_held(buf, pos)
 
-    def _hold(self, rest: bytes) -> None:
-        self._parts = [rest]
-        self._held = len(rest)
+    def _continue_held(self, buf: bytes, pos: int) -> int:
+        """Scan the held message on in *buf*: where to go on (-1: see the queue's head)."""
+        cut = self._try_block_with_held(buf, pos)
+        if cut:
+            return cut
+        if self._deferred:  # not the usual case: the held line and this read, afresh
+            self._queue[0] = b"".join([*self._parts, buf[pos:]])
+            self._head = 0
+            self._drop_held()
+            return -1
+        assert self._scan is not None
+        found = self._scan.feed(buf, pos)
+        if found >= 0:
+            piece = buf[pos:found + 1]
+            message = b"".join([*self._parts, piece]) if self._parts else piece
+            # *decode_line* takes one line (a client keeps it as the raw text):
+            # a message over several lines is the exact path's, as before.
+            if b"\n" not in message and self._try_fast(message, depth_checked=True):
+                self._drop_held()
+                return found + 1
+        elif found == GOES_ON and self._held + len(buf) - pos < self._max_fast_line:
+            self._parts.append(buf[pos:] if pos else buf)
+            self._held += len(buf) - pos
+            self._charge()
+            return len(buf)
+        # An error, a stray byte, or input the fast path may not take: the exact
+        # path goes through the message from its start, now.
+        self._slow = True
+        if not self._parts:
+            self._scan = None
+            return pos
+        self._queue[0] = b"".join([*self._parts, buf[pos:]])
+        self._head = 0
+        self._drop_held()
+        return -1
+
+    def _try_block_with_held(self, buf: bytes, pos: int) -> int:
+        """The held message and the complete lines after it in one block decode,
+        as if the read had not cut the line (the usual case of an event stream):
+        where the block ends, or 0 if refused.  Taken whole, the block held no
+        stray byte and no message ended before its line, so nothing is late."""
+        if self._decode_block is None or not self._block_ok:
+            return 0
+        cut = buf.rfind(b"\n", pos) + 1
+        if not cut or self._held + cut - pos > self._max_fast_line:
+            return 0
+        try:
+            items = self._decode_block(b"".join([*self._parts, buf[pos:cut]]))
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            return 0
+        self._out.extend(items)
+        self._drop_held()
+        return cut
+
+    def _drop_held(self) -> None:
+        self._parts = []
+        self._held = 0
+        self._scan = None
+        self._deferred = False
 
     def _run_slow(self, buf: bytes, pos: int) -> int:
-        """Feed the exact path up to a newline at a message boundary.
+        """Feed the exact path up to a newline at a message boundary, within the budget.
 
         Staying on it to the end of the line keeps a long line of garbage
         linear: the fast path is not retried at every token.
@@ -242,6 +392,10 @@ class Framer(Generic[T]):
         streamer = self._streamer
         feed = streamer.feed_byte
         end = len(buf)
+        left = self._exact_left
+        if left is not None:
+            end = min(end, pos + left)
+        start = pos
         while pos < end:
             byte = buf[pos]
             feed(byte)
@@ -249,61 +403,91 @@ class Framer(Generic[T]):
             if byte == 0x0A and streamer.idle:
                 self._slow = False
                 break
+            if self._parse_job is not None:
+                break  # a huge message to parse first, in steps
+        if left is not None:
+            self._exact_left = left - (pos - start)
+        self._charge()
         return pos
 
-    def _emit_tokens(self, tokens: list[tuple[Tok, bytes]] | None, error: str | None) -> None:
+    def _charge(self) -> None:
+        """Keep the shared budget up to date; refuse this message if it went over."""
+        budget = self._budget
+        if budget is None:
+            return
+        now = self._held + self._streamer.held
+        if budget.charge(now - self._charged):
+            self._charged = now
+            return
+        self._charged = now
+        budget.refused += 1
+        error = ParseError.too_large(now, budget.limit)
+        if self._streamer.held:
+            self._streamer.reject(now, budget.limit)
+        else:
+            # What follows of the message is garbage to QEMU's lexer, as after
+            # its own size limit.
+            self._drop_held()
+            self._slow = True
+            self._out.append(error)
+        budget.charge(-now)
+        self._charged = 0
+
+    def _emit_tokens(self, tokens: TokenRun | None, error: ParseError | None) -> None:
         if error is not None:
-            self._out.append(ParseError(error))
+            self._out.append(error)
             return
         assert tokens is not None
+        if self._exact_left is not None and len(tokens) > STEP_TOKENS:
+            self._parse_job = parse_steps(tokens)
+            self._job_tokens = len(tokens)
+            return
         try:
             value = parse_tokens(tokens)
         except JSONParseError as exc:
-            self._out.append(ParseError(exc.desc))
+            self._out.append(exc.error)
             return
         self._out.append(self._from_value(value))
 
+    def _parse_on(self) -> bool:
+        """Advance the parse of a huge message within the budget; True once it is done."""
+        job = self._parse_job
+        assert job is not None
+        try:
+            while self._exact_left is None or self._exact_left > 0:
+                next(job)
+                if self._exact_left is not None:
+                    self._exact_left -= STEP_TOKENS  # a step costs about what a slice lexes
+                self._job_tokens = max(0, self._job_tokens - STEP_TOKENS)
+        except StopIteration as done:
+            self._out.append(self._from_value(done.value))
+        except JSONParseError as exc:
+            self._out.append(exc.error)
+        else:
+            return False
+        self._parse_job = None
+        self._job_tokens = 0
+        return True
 
-_JSON = msgspec.json.Decoder()
 
-
-def _truncated(text: bytes) -> bool:
-    """Whether *text* is valid JSON cut short (msgspec's error says so)."""
-    try:
-        _JSON.decode(text)
-    except msgspec.DecodeError as exc:
-        return "truncated" in str(exc)
-    except (RecursionError, UnicodeDecodeError):  # msgspec: invalid UTF-8 in a string
-        return False
+def _zero_exponent(text: bytes) -> bool:
+    """Whether *text* has a number "0" followed by "e" or "E" (see above)."""
+    for pair in (b"0e", b"0E"):
+        at = text.find(pair)
+        while at >= 0:
+            if at == 0 or text[at - 1] not in _NUMBER_BYTES:
+                return True
+            at = text.find(pair, at + 2)
     return False
 
 
-def _token_bound(text: bytes) -> int:
-    """At most how many tokens *text* holds: scalars sit between structural bytes."""
-    structural = sum(text.count(byte) for byte in (b"{", b"}", b"[", b"]", b",", b":"))
-    return 2 * structural + 1
-
-
-def _key_count(value: dict[str, Any] | list[Any]) -> int:
-    """Members of every object inside *value* (iterative: values nest 1024 deep)."""
-    count = 0
-    stack: list[Any] = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            count += len(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
-
-
 def value_framer(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 qemu_exact: bool = True) -> Framer[Any]:
+                 qemu_exact: bool = True,
+                 held_budget: HeldInputBudget | None = None) -> Framer[Any]:
     """A framer yielding plain JSON values, as QEMU's monitor sees its input."""
     decoder = msgspec.json.Decoder()
     return Framer(decoder.decode, _identity, max_message_size=max_message_size,
-                  qemu_exact=qemu_exact)
+                  qemu_exact=qemu_exact, held_budget=held_budget)
 
 
 def _identity(value: Any) -> Any:

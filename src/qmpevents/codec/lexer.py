@@ -7,13 +7,28 @@ when a run of tokens becomes a message (brackets balanced, or a scalar at top
 level).  The limits and their error texts are QEMU's too.
 
 It costs a Python loop per byte, so :mod:`qmpevents.codec.framing` only sends
-it what the C-speed fast path cannot decode on its own.
+it what the C-speed fast path cannot decode on its own, in slices.
+
+Memory.  QEMU keeps a queue of token objects per unfinished message; here the
+tokens of an unfinished message are one ``bytearray``: each token's text
+followed by one byte giving its type (a token's text never holds a byte below
+0x20: those are lexical errors).  So an unfinished message costs at most two
+bytes of memory per input byte, whatever its tokens (:attr:`Streamer.held`),
+and the bytes go back to the allocator in one piece when it ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from enum import IntEnum
+
+from qmpevents.codec.errors import (
+    TOO_DEEP_TEXT,
+    TOO_MANY_TOKENS_TEXT,
+    ParseError,
+    ParseErrorKind,
+)
 
 MAX_NESTING = 1024
 MAX_TOKEN_COUNT = 2 * 1024 * 1024
@@ -65,8 +80,30 @@ _LOWER = frozenset(b"abcdefghijklmnopqrstuvwxyz")
 # Bytes that end error recovery (and are then lexed again from START).
 _RESYNC = frozenset([*range(0x20), 0xFE, 0xFF, *b"[]{}:,"]) - {ord("\t")}
 
-#: Callback receiving one message: (tokens, None) or (None, error text).
-Emit = Callable[[list[tuple[Tok, bytes]] | None, str | None], None]
+_TOKS = tuple(Tok)
+_TOKEN_RE = re.compile(rb"([^\x00-\x1f]*)([\x00-\x1f])")
+
+
+class TokenRun:
+    """The tokens of one complete message, stored compactly (see the module doc)."""
+
+    __slots__ = ("_raw", "count")
+
+    def __init__(self, raw: bytearray, count: int) -> None:
+        self._raw = raw
+        self.count = count
+
+    def __iter__(self) -> Iterator[tuple[Tok, bytes]]:
+        toks = _TOKS
+        for match in _TOKEN_RE.finditer(self._raw):
+            yield toks[match[2][0]], match[1]
+
+    def __len__(self) -> int:
+        return self.count
+
+
+#: Callback receiving one message: (tokens, None) or (None, error).
+Emit = Callable[[TokenRun | None, ParseError | None], None]
 
 
 class Streamer:
@@ -80,7 +117,8 @@ class Streamer:
         self._max_tokens = max_tokens
         self._state = _S.START
         self._token = bytearray()
-        self._tokens: list[tuple[Tok, bytes]] = []
+        self._raw = bytearray()  # the unfinished message's tokens: text + type byte each
+        self._count = 0
         self._token_size = 0
         self._braces = 0
         self._brackets = 0
@@ -88,7 +126,19 @@ class Streamer:
     @property
     def idle(self) -> bool:
         """No partial token and no partial message: a clean message boundary."""
-        return self._state is _S.START and not self._tokens
+        return self._state is _S.START and not self._count
+
+    @property
+    def held(self) -> int:
+        """Bytes held for the unfinished message (its tokens and the partial one)."""
+        return len(self._raw) + len(self._token)
+
+    def reject(self, size: int, limit: int) -> None:
+        """Refuse the unfinished message as too large (a budget ran out), as QEMU
+        does with an oversized token: report it and lex what follows afresh."""
+        self._token = bytearray()
+        self._state = _S.START
+        self._deliver(None, ParseError.too_large(size, limit))
 
     def feed_byte(self, byte: int) -> None:
         """Lex one byte (QEMU's ``json_lexer_feed_char``)."""
@@ -145,7 +195,7 @@ class Streamer:
         if len(self._token) > self._max_size:
             # QEMU hands the oversized token to the streamer, which rejects it.
             self._process(Tok.OVERSIZED, bytes(self._token))
-            self._token.clear()
+            self._token = bytearray()  # give the memory back, not just the length
             self._state = _S.START
 
     def _start_state(self, byte: int) -> _S | None:
@@ -227,26 +277,32 @@ class Streamer:
         elif tok is Tok.ERROR:
             # QEMU formats the token with %s: a NUL byte ends it.
             stray = text.split(b"\0", 1)[0].decode("utf-8", "replace")
-            self._deliver(None, f"JSON parse error, stray '{stray}'")
+            self._deliver(None, ParseError(ParseErrorKind.LEXICAL,
+                                           f"JSON parse error, stray '{stray}'"))
             return
-        if self._token_size + len(text) + 1 > self._max_size:
-            self._deliver(None, "JSON token size limit exceeded")
+        size = self._token_size + len(text) + 1
+        if size > self._max_size:
+            self._deliver(None, ParseError.too_large(size, self._max_size))
             return
-        if len(self._tokens) + 1 > self._max_tokens:
-            self._deliver(None, "JSON token count limit exceeded")
+        if self._count + 1 > self._max_tokens:
+            self._deliver(None, ParseError(ParseErrorKind.TOO_MANY_TOKENS, TOO_MANY_TOKENS_TEXT))
             return
         if self._braces + self._brackets > self._max_nesting:
-            self._deliver(None, "JSON nesting depth limit exceeded")
+            self._deliver(None, ParseError(ParseErrorKind.TOO_DEEP, TOO_DEEP_TEXT))
             return
-        self._tokens.append((tok, text))
+        raw = self._raw
+        raw += text
+        raw.append(tok)
+        self._count += 1
         self._token_size += len(text)
         if (self._braces > 0 or self._brackets > 0) and self._braces >= 0 \
                 and self._brackets >= 0:
             return
-        self._deliver(self._tokens, None)
+        self._deliver(TokenRun(raw, self._count), None)
 
-    def _deliver(self, tokens: list[tuple[Tok, bytes]] | None, error: str | None) -> None:
-        self._tokens = []
+    def _deliver(self, tokens: TokenRun | None, error: ParseError | None) -> None:
+        self._raw = bytearray()
+        self._count = 0
         self._token_size = 0
         self._braces = 0
         self._brackets = 0

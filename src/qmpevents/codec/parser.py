@@ -8,8 +8,10 @@ integers beyond the int64/uint64 range become floats as QEMU's do.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterable
 from typing import Any
 
+from qmpevents.codec.errors import JSONParseError, ParseError, ParseErrorKind
 from qmpevents.codec.lexer import Tok
 
 _INT64_MIN = -(2**63)
@@ -19,16 +21,11 @@ _ESCAPES = {ord('"'): '"', ord("'"): "'", ord("\\"): "\\", ord("/"): "/", ord("b
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
-class JSONParseError(Exception):
-    """A message that is not valid JSON; ``desc`` is QEMU's error text."""
-
-    def __init__(self, desc: str) -> None:
-        super().__init__(desc)
-        self.desc = desc
+__all__ = ["STEP_TOKENS", "JSONParseError", "parse_steps", "parse_string", "parse_tokens"]
 
 
 def _fail(message: str) -> JSONParseError:
-    return JSONParseError(f"JSON parse error, {message}")
+    return JSONParseError(ParseError(ParseErrorKind.SYNTAX, f"JSON parse error, {message}"))
 
 
 def _valid_codepoint(cp: int) -> bool:
@@ -141,25 +138,51 @@ class _Frame:
         self.key: str | None = None
 
 
-def parse_tokens(tokens: list[tuple[Tok, bytes]]) -> Any:
+STEP_TOKENS = 4096
+"""Values :func:`parse_steps` parses between two of its pauses."""
+
+
+def parse_tokens(tokens: Iterable[tuple[Tok, bytes]]) -> Any:
     """Parse one streamer message; raises :class:`JSONParseError`."""
-    pos = 0
-    count = len(tokens)
+    steps = parse_steps(tokens)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def parse_steps(tokens: Iterable[tuple[Tok, bytes]]) -> Generator[None, None, Any]:
+    """Parse one streamer message, pausing (``yield``) every :data:`STEP_TOKENS` values.
+
+    The generator's return value is the message's value; it raises
+    :class:`JSONParseError`.  Pausing lets a caller parse a huge message a
+    slice at a time.  The tokens are read once, in order, with one of
+    look-ahead: a :class:`~qmpevents.codec.lexer.TokenRun` is parsed without
+    ever being expanded into a list.
+    """
+    source = iter(tokens)
+    countdown = STEP_TOKENS
+    ahead: tuple[Tok, bytes] | None = next(source, None)
     stack: list[_Frame] = []
 
     def take() -> tuple[Tok, bytes]:
-        nonlocal pos
-        if pos >= count:
+        nonlocal ahead
+        token = ahead
+        if token is None:
             raise _fail("premature EOI")
-        token = tokens[pos]
-        pos += 1
+        ahead = next(source, None)
         return token
 
     def peek() -> Tok | None:
-        return tokens[pos][0] if pos < count else None
+        return ahead[0] if ahead is not None else None
 
     result: Any = None
     while True:
+        countdown -= 1
+        if not countdown:
+            countdown = STEP_TOKENS
+            yield
         # Parse a value (possibly opening a container).
         tok, text = take()
         if tok is Tok.LCURLY or tok is Tok.LSQUARE:
@@ -169,7 +192,7 @@ def parse_tokens(tokens: list[tuple[Tok, bytes]]) -> Any:
                 raise _fail("premature EOI")
             closer = Tok.RCURLY if tok is Tok.LCURLY else Tok.RSQUARE
             if nxt is closer:
-                pos += 1
+                take()
                 value: Any = frame.container
             else:
                 stack.append(frame)

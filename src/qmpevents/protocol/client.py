@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from qmpevents.catalog import Event, UnknownEvent
-from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, Framer, ParseError, encode_message
+from qmpevents.codec import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Framer,
+    ParseError,
+    ParseErrorKind,
+    encode_message,
+)
 from qmpevents.errors import LocalProtocolError, MessageTooLarge
 from qmpevents.protocol.messages import (
     EVENT_CLASSES,
@@ -158,27 +164,43 @@ class ClientConnection:
 
     # -- receiving ----------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes, *, budget: int | None = None) -> None:
         """Take bytes from the server, in any split; ``b""`` means the input ended.
 
         Raises :class:`MessageTooLarge` when a message exceeds the limit:
-        loudly, never by dropping the connection silently.
+        loudly, never by dropping the connection silently.  With *budget*, at
+        most that many bytes go through the byte-by-byte parser now; the rest
+        waits for :meth:`continue_parsing` (see :attr:`parse_pending`).
         """
         if self._input_ended:
             raise LocalProtocolError("the client cannot receive data after the end of input")
         self._machine.fire(ClientInput.RECEIVE_DATA)
         if not data:
             self._input_ended = True
+            if self._framer.pending:  # what came before the end, first
+                self._take(self._framer.feed(b""))
             self._inbox.append(_CLOSED)
             self._non_events += 1
             return
-        items = self._framer.feed(data)
+        self._take(self._framer.feed(data, budget=budget))
+
+    def continue_parsing(self, budget: int | None = None) -> None:
+        """Parse on what :meth:`receive_data` left pending, within *budget*."""
+        self._take(self._framer.feed(b"", budget=budget))
+
+    def _take(self, items: list[Any]) -> None:
         if not only_events(items):
             for item in items:
-                if isinstance(item, ParseError) and _too_large(item):
-                    raise MessageTooLarge(self._max_size + 1, self._max_size)
+                if isinstance(item, ParseError) and item.kind is ParseErrorKind.TOO_LARGE:
+                    raise MessageTooLarge(item.size or self._max_size + 1,
+                                          item.limit or self._max_size)
             self._non_events += sum(type(item) not in EVENT_CLASSES for item in items)
         self._inbox.extend(items)
+
+    @property
+    def parse_pending(self) -> bool:
+        """Bytes received and not parsed yet (a ``budget`` ran out)."""
+        return self._framer.pending > 0
 
     def next_event(self) -> ClientEvent | Sentinel:
         """The next thing the server said, or :data:`NEED_DATA`."""
@@ -278,10 +300,6 @@ class ClientConnection:
 def only_events(items: list[Any]) -> bool:
     """Whether every item is a decoded event: the reader's one-test bulk path."""
     return set(map(type, items)) <= EVENT_CLASSES
-
-
-def _too_large(error: ParseError) -> bool:
-    return "size limit" in error.desc
 
 
 __all__ = ["HELD_LIMIT", "NEED_DATA", "ClientConnection", "ClientEvent", "ClientState",

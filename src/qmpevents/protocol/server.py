@@ -19,7 +19,10 @@ commands of a negotiated session.  QEMU's input rules are here too:
   turns False until the queue is drained, so the adapter stops reading its
   socket and the kernel pushes back on the client;
 * input is parsed *input_slice* bytes at a time, so one burst of garbage
-  costs a bounded amount of work (and of error replies) per request taken;
+  costs a bounded amount of work (and of error replies) per request taken,
+  and at most *exact_slice* bytes per refill go through the byte-by-byte
+  (exact) parser: a big message on that path is parsed over many calls, each
+  a few milliseconds, so an adapter serving many peers stays responsive;
 * after the end of input every request already received is still handed out
   and answered (a half-closed client gets all its replies), then
   :class:`ConnectionClosed`.
@@ -34,6 +37,7 @@ from typing import Any, Final
 
 from qmpevents.codec import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    HeldInputBudget,
     ParseError,
     encode_message,
     qdict_order,
@@ -58,6 +62,9 @@ QUEUE_DEPTH: Final = 8
 
 INPUT_SLICE: Final = 8 * 1024
 """Bytes parsed at a time: bounds the replies one burst of garbage produces at once."""
+
+EXACT_SLICE: Final = 4 * 1024
+"""Bytes of the exact (byte-by-byte) parser's work per refill, about 5 ms."""
 
 _CAPABILITY_VALUES: Final = ("oob",)
 _CLOSED: Final = ConnectionClosed()
@@ -85,14 +92,17 @@ class ServerConnection:
 
     def __init__(self, *, version: Mapping[str, Any], capabilities: Sequence[str] = ("oob",),
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 queue_depth: int = QUEUE_DEPTH, input_slice: int = INPUT_SLICE) -> None:
+                 queue_depth: int = QUEUE_DEPTH, input_slice: int = INPUT_SLICE,
+                 exact_slice: int | None = EXACT_SLICE,
+                 held_budget: HeldInputBudget | None = None) -> None:
         self._machine: StateMachine[ServerState, ServerInput] = StateMachine(
             "the server", SERVER_TRANSITIONS, ServerState.GREETING, ServerState.ERROR)
         self._version = dict(version)
         self._capabilities = list(capabilities)
-        self._framer = value_framer(max_message_size=max_message_size)
+        self._framer = value_framer(max_message_size=max_message_size, held_budget=held_budget)
         self._queue_depth = queue_depth
         self._slice = input_slice
+        self._exact_slice = exact_slice
         self._inbox: deque[Any] = deque()
         self._backlog = bytearray()  # received, not parsed yet (the queue is full)
         self._backlog_pos = 0
@@ -154,7 +164,7 @@ class ServerConnection:
     def close(self) -> None:
         """This side ends the session: no more input is taken, events are dropped."""
         self._machine.fire(ServerInput.CLOSE)
-        self._discard_input()
+        self.discard_input()
 
     # -- input --------------------------------------------------------------
 
@@ -185,8 +195,8 @@ class ServerConnection:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes received and not parsed into messages yet."""
-        return self._framer.buffered + len(self._backlog) - self._backlog_pos
+        """Bytes held for input not parsed into messages yet (the framer's memory included)."""
+        return self._framer.held + len(self._backlog) - self._backlog_pos
 
     @property
     def has_unparsed_input(self) -> bool:
@@ -196,7 +206,7 @@ class ServerConnection:
         peers yields between calls and one peer's burst cannot stall the rest.
         """
         return bool(self._inbox) or self._backlog_pos < len(self._backlog) or (
-            self._input_ended and not self._framer_ended)
+            self._framer.pending > 0) or (self._input_ended and not self._framer_ended)
 
     @property
     def unfinished_at_end(self) -> int:
@@ -230,7 +240,7 @@ class ServerConnection:
         self._reading = True
         if self._input_ended:
             self._machine.fire(ServerInput.END_OF_INPUT)
-            self._discard_input()
+            self.discard_input()
             return _CLOSED
         return NEED_DATA
 
@@ -252,14 +262,24 @@ class ServerConnection:
     def _fill(self) -> bool:
         """Parse backlog slices until the queue holds *queue_depth*; whether any was parsed."""
         backlog = self._backlog
+        framer = self._framer
         parsed = False
-        while self._backlog_pos < len(backlog) and len(self._inbox) < self._queue_depth:
+        budget = self._exact_slice  # the exact parser's work for this refill, in all
+        if framer.pending:
+            self._inbox.extend(framer.feed(b"", budget=budget))
+            budget = 0 if budget is not None else None
+            parsed = True
+        while (not framer.pending and self._backlog_pos < len(backlog)
+               and len(self._inbox) < self._queue_depth):
             start = self._backlog_pos
             end = min(start + self._slice, len(backlog))
-            self._inbox.extend(self._framer.feed(bytes(backlog[start:end])))
+            self._inbox.extend(framer.feed(bytes(backlog[start:end]), budget=budget))
+            budget = 0 if budget is not None else None
             self._backlog_pos = end
             parsed = True
-        if self._backlog_pos >= len(backlog):
+        if framer.pending:
+            self._reading = False
+        elif self._backlog_pos >= len(backlog):
             backlog.clear()
             self._backlog_pos = 0
             if self._input_ended and not self._framer_ended:
@@ -272,10 +292,13 @@ class ServerConnection:
             self._reading = False
         return parsed
 
-    def _discard_input(self) -> None:
+    def discard_input(self) -> None:
+        """Drop the input not handed out yet, and what the framer holds (and its share
+        of a held-input budget): for a connection that is gone."""
         self._inbox.clear()
         self._backlog.clear()
         self._backlog_pos = 0
+        self._framer.close()
 
     def _check(self, message: Any) -> Command | None:
         """Validate one request as ``qmp_dispatch`` does; answer it if it fails."""
@@ -375,5 +398,5 @@ class ServerConnection:
         self._out.append(data)
 
 
-__all__ = ["INPUT_SLICE", "NEED_DATA", "QUEUE_DEPTH", "Command", "CommandFailure",
+__all__ = ["EXACT_SLICE", "INPUT_SLICE", "NEED_DATA", "QUEUE_DEPTH", "Command", "CommandFailure",
            "ConnectionClosed", "ServerConnection", "ServerEvent", "ServerState"]

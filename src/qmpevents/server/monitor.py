@@ -10,7 +10,10 @@ Input.  Received bytes go to the connection; its
 :attr:`~qmpevents.protocol.ServerConnection.wants_data` says when to pause
 and resume reading the socket (the kernel's socket buffer then pushes back on
 the client).  Requests run one per event-loop iteration, like QEMU's
-dispatcher, so one monitor flooding commands cannot starve the others.
+dispatcher, so one monitor flooding commands cannot starve the others; a big
+message on the byte-by-byte parser is parsed a few KiB per iteration too
+(``EXACT_SLICE``).  What all monitors hold of unfinished messages is bounded
+together by the server's :class:`~qmpevents.codec.HeldInputBudget`.
 
 Replies are the client's own doing, so they are paced, not punished: while
 the transport holds more than its high-water mark (the client is not reading
@@ -46,7 +49,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
+from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, HeldInputBudget
 from qmpevents.codec.encoder import pretty_wire
 from qmpevents.errors import CommandFailure
 from qmpevents.protocol import QUEUE_DEPTH, Command, ConnectionClosed, ServerConnection
@@ -94,7 +97,8 @@ class Monitor(asyncio.Protocol):
                  version: Mapping[str, Any], max_outbound: int,
                  on_open: Callable[[Monitor], bool], on_close: Callable[[Monitor], None],
                  queue_depth: int = QUEUE_DEPTH,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, pretty: bool = False) -> None:
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, pretty: bool = False,
+                 held_budget: HeldInputBudget | None = None) -> None:
         self._executor = executor
         self._broadcaster = broadcaster
         self._flusher = flusher
@@ -104,6 +108,7 @@ class Monitor(asyncio.Protocol):
         self._on_close = on_close
         self._queue_depth = queue_depth
         self._max_message_size = max_message_size
+        self._held_budget = held_budget  # shared by the server's monitors
         self._transport: asyncio.Transport | None = None
         self._conn: ServerConnection | None = None
         self._unsent = 0  # an upper bound: queued + held by the transport at the last flush
@@ -132,7 +137,8 @@ class Monitor(asyncio.Protocol):
         if self.closed or self._conn is not None or self._transport is None:
             return
         self._conn = ServerConnection(version=self._version, queue_depth=self._queue_depth,
-                                      max_message_size=self._max_message_size)
+                                      max_message_size=self._max_message_size,
+                                      held_budget=self._held_budget)
         self._conn.send_greeting()
         self._queue_flush()
         self._update_reading()
@@ -149,6 +155,8 @@ class Monitor(asyncio.Protocol):
                       conn.pending_requests)
         self.closed = True
         self._broadcaster.discard(self)
+        if conn is not None:
+            conn.discard_input()  # frees unfinished input and its share of the held budget
         self._transport = None
         self._on_close(self)
 

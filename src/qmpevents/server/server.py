@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qmpevents.addresses import Address, check_allowed
-from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
+from qmpevents.codec import DEFAULT_MAX_HELD_INPUT, DEFAULT_MAX_MESSAGE_SIZE, HeldInputBudget
 from qmpevents.protocol import QUEUE_DEPTH
 from qmpevents.server.broadcaster import Broadcaster
 from qmpevents.server.listeners import Listener
@@ -39,6 +39,9 @@ class ServerOptions:
     * *queue_depth* -- parsed requests queued per monitor before reading stops;
     * *max_message_size* -- QEMU's JSON token size limit (64 MiB), lower it to
       bound what one message may cost;
+    * *max_held_input* -- bytes of unfinished messages all monitors may hold
+      together (256 MiB); the message that would go beyond is refused with
+      QEMU's size-limit error (see SECURITY.md);
     * *tls* -- a server :class:`ssl.SSLContext` for every TCP listener (Unix
       sockets stay plain: file permissions guard them), as QEMU's
       ``tls-creds-x509``; :func:`qmpevents.tls.server_context` builds
@@ -53,6 +56,7 @@ class ServerOptions:
     max_outbound: int = DEFAULT_MAX_OUTBOUND
     queue_depth: int = QUEUE_DEPTH
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_held_input: int = DEFAULT_MAX_HELD_INPUT
     tls: ssl.SSLContext | None = None
     tls_handshake_timeout: float = 10.0
 
@@ -72,6 +76,7 @@ class QMPServer:
                                    tls_handshake_timeout=options.tls_handshake_timeout)
                           for address in addresses]
         self.broadcaster = Broadcaster()
+        self.held_input = HeldInputBudget(options.max_held_input)
         self._monitors: set[Monitor] = set()
         self._flusher: FlushQueue | None = None
         self._all_closed = asyncio.Event()
@@ -124,7 +129,8 @@ class QMPServer:
                           on_open=on_open, on_close=on_close,
                           queue_depth=self._options.queue_depth,
                           max_message_size=self._options.max_message_size,
-                          pretty=listener.address.pretty)
+                          pretty=listener.address.pretty,
+                          held_budget=self.held_input)
         return monitor
 
     async def close(self, timeout: float = 5.0) -> None:

@@ -1,0 +1,225 @@
+"""Where an unfinished message ends, found at C speed and chunk by chunk.
+
+The framer holds a message that began with ``{`` or ``[`` until it is
+complete.  QEMU's streamer says when: it counts braces and brackets (apart,
+outside strings) and delivers the message at the token that brings both to
+zero or either below it.  :class:`MessageScan` keeps that count across
+chunks, so each byte of a held message is looked at once, whatever the
+chunk boundaries -- never the whole message again at every read.
+
+It also watches for what QEMU answers at once, before a message ends: a
+byte its lexer refuses, or nesting deeper than the limit.  It reports
+:data:`SUSPECT` then, and the framer runs the exact lexer from the start of
+the message (which says precisely what QEMU says).  The check is
+conservative: it may suspect a valid input (the exact path then decodes it,
+slowly but correctly), it does not miss a stray byte.
+
+The work is regular expressions and ``bytes`` methods over each chunk; the
+interpreter steps once per bracket only in the chunk where the message ends
+(or the first one), and over what is left of the brackets once innermost
+``{}``/``[]`` pairs are removed otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import accumulate
+from typing import Final
+
+# QEMU's strings: bytes 0x20..0xFD, backslash escapes any byte of that range.
+_DQ = rb'"[\x20\x21\x23-\x5b\x5d-\xfd]*+(?:\\[\x20-\xfd][\x20\x21\x23-\x5b\x5d-\xfd]*+)*+"'
+_SQ = rb"'[\x20-\x26\x28-\x5b\x5d-\xfd]*+(?:\\[\x20-\xfd][\x20-\x26\x28-\x5b\x5d-\xfd]*+)*+'"
+_STRING = _DQ + rb"|" + _SQ
+# A number or keyword, only when the byte after it ends it without a lexical
+# error (at the end of the data it may go on: that is an unfinished token).
+_NUMBER = rb"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+(?=[^0-9.eE])"
+_KEYWORD = rb"[a-z]++(?=[^a-z])"
+#: A run of tokens QEMU's lexer takes without error (whitespace included).
+_RUN: Final = re.compile(rb"(?:[ \t\r\n]++|[{}\[\]:,]|" + _STRING + rb"|" + _NUMBER + rb"|"
+                         + _KEYWORD + rb")*+")
+_STRINGS: Final = re.compile(_STRING)
+_STRING_OR_BRACKET: Final = re.compile(_STRING + rb"|[{}\[\]]")
+_PAIRS: Final = re.compile(rb"\{\}|\[\]")
+# What may follow, up to the end of the data, as the beginning of one token.
+_UNFINISHED_SCALAR: Final = re.compile(
+    rb"-|-?(?:0|[1-9][0-9]*)(?:\.(?:[0-9]+(?:[eE][+-]?[0-9]*)?)?|[eE][+-]?[0-9]*)?|[a-z]+")
+_DQ_BODY: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\xfd]*+(?:\\[\x20-\xfd]"
+                             rb"[\x20\x21\x23-\x5b\x5d-\xfd]*+)*+")
+_SQ_BODY: Final = re.compile(rb"[\x20-\x26\x28-\x5b\x5d-\xfd]*+(?:\\[\x20-\xfd]"
+                             rb"[\x20-\x26\x28-\x5b\x5d-\xfd]*+)*+")
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"{}[]")
+_MAX_CARRY = 64  # an unfinished number or keyword longer than this is not JSON a peer means
+
+#: :meth:`MessageScan.feed` results other than an end position.
+GOES_ON: Final = -1
+SUSPECT: Final = -2
+
+
+def _end_of(pattern: re.Pattern[bytes], data: bytes, pos: int, end: int | None = None) -> int:
+    """Where *pattern* (which also matches nothing) stops matching from *pos*."""
+    match = pattern.match(data, pos) if end is None else pattern.match(data, pos, end)
+    assert match is not None
+    return match.end()
+
+
+class MessageScan:
+    """QEMU's brace/bracket count of one message, fed chunk by chunk.
+
+    Start it at the message's first byte (``{`` or ``[``, maybe after
+    whitespace; anything else is :data:`SUSPECT`).  :meth:`feed` returns the
+    index in the chunk of the byte that ends the message, :data:`GOES_ON`, or
+    :data:`SUSPECT`.
+    """
+
+    __slots__ = ("_braces", "_brackets", "_carry", "_max_nesting", "_quote", "_started")
+
+    def __init__(self, max_nesting: int) -> None:
+        self._max_nesting = max_nesting
+        self._braces = 0
+        self._brackets = 0
+        self._started = False
+        self._quote = 0  # inside a string: its quote byte
+        self._carry = b""  # an unfinished token's bytes from the previous chunk
+
+    def feed(self, chunk: bytes, start: int = 0) -> int:
+        """Scan ``chunk[start:]``: where the message ends, or GOES_ON / SUSPECT."""
+        carry = self._carry
+        if carry:
+            data = carry + chunk[start:]
+            shift = start - len(carry)
+            pos = 0
+        else:
+            data, shift, pos = chunk, 0, start
+        self._carry = b""
+        end = len(data)
+        if self._quote:
+            body = _DQ_BODY if self._quote == 0x22 else _SQ_BODY
+            pos = _end_of(body, data, pos)
+            if pos == end:
+                return GOES_ON
+            byte = data[pos]
+            if byte == 0x5C and pos == end - 1:  # an escape cut by the chunk boundary
+                self._carry = b"\\"
+                return GOES_ON
+            if byte != self._quote:
+                return SUSPECT
+            self._quote = 0
+            pos += 1
+        # Line by line: a message usually ends with its line, and nothing
+        # beyond its end is looked at.  (A line ends outside any string: a raw
+        # newline inside one is a stray byte.)
+        while True:
+            newline = data.find(b"\n", pos)
+            window = end if newline < 0 else newline + 1
+            stop = _end_of(_RUN, data, pos, window)
+            found = self._count(data, pos, stop)
+            if found >= 0:
+                return found + shift
+            if found == SUSPECT:
+                return SUSPECT
+            if stop == end:
+                return GOES_ON
+            if stop < window:
+                break
+            pos = window
+        if window < end:
+            return SUSPECT
+        byte = data[stop]
+        if byte == 0x22 or byte == 0x27:  # a string that goes on past this chunk
+            body = _DQ_BODY if byte == 0x22 else _SQ_BODY
+            after = _end_of(body, data, stop + 1)
+            if after == end:
+                self._quote = byte
+                return GOES_ON
+            if after == end - 1 and data[after] == 0x5C:
+                self._quote = byte
+                self._carry = b"\\"
+                return GOES_ON
+            return SUSPECT
+        if end - stop <= _MAX_CARRY and _UNFINISHED_SCALAR.fullmatch(data, stop):
+            self._carry = data[stop:]
+            return GOES_ON
+        return SUSPECT
+
+    def _count(self, data: bytes, pos: int, stop: int) -> int:
+        """Count the brackets of ``data[pos:stop]`` (valid tokens): an end, GOES_ON or SUSPECT."""
+        if not self._started:
+            # The message's opening bracket, after blanks: from there on, an end
+            # is a count coming back to zero (or below).
+            while pos < stop and data[pos] in b" \t\r\n":
+                pos += 1
+            if pos == stop:
+                return GOES_ON
+            if data[pos] == 0x7B:
+                self._braces = 1
+            elif data[pos] == 0x5B:
+                self._brackets = 1
+            else:
+                return SUSPECT  # the caller starts a scan at a message's '{' or '['
+            self._started = True
+            pos += 1
+        if pos == stop:
+            return GOES_ON
+        brackets = _STRINGS.sub(b"", data[pos:stop]).translate(None, _NOT_BRACKETS)
+        if not brackets:
+            return GOES_ON
+        # Removing an innermost pair moves no count across an end (both sides of
+        # the pair are at a count the message had already passed without ending)
+        # and lowers the deepest nesting by at most one.
+        reduced = _PAIRS.sub(b"", brackets)
+        braces, square = self._braces, self._brackets
+        deepest = braces + square
+        for byte in reduced:
+            if byte == 0x7B:
+                braces += 1
+            elif byte == 0x7D:
+                braces -= 1
+            elif byte == 0x5B:
+                square += 1
+            else:
+                square -= 1
+            if braces < 0 or square < 0 or (braces == 0 and square == 0):
+                return self._count_exactly(data, pos, stop)
+            deepest = max(deepest, braces + square)
+        if deepest + (len(reduced) != len(brackets)) > self._max_nesting:
+            return SUSPECT  # maybe too deep: QEMU answers at once, let the exact path say
+        self._braces, self._brackets = braces, square
+        return GOES_ON
+
+    def _count_exactly(self, data: bytes, pos: int, stop: int) -> int:
+        """Bracket by bracket: the index of the ending byte, GOES_ON or SUSPECT."""
+        braces, square = self._braces, self._brackets
+        limit = self._max_nesting
+        for match in _STRING_OR_BRACKET.finditer(data, pos, stop):
+            byte = data[match.start()]
+            if byte == 0x7B:
+                braces += 1
+            elif byte == 0x7D:
+                braces -= 1
+            elif byte == 0x5B:
+                square += 1
+            elif byte == 0x5D:
+                square -= 1
+            else:
+                continue  # a string
+            if braces + square > limit:
+                return SUSPECT
+            if braces < 0 or square < 0 or (braces == 0 and square == 0):
+                return match.start()
+        self._braces, self._brackets = braces, square
+        return GOES_ON
+
+
+_DELTA: Final = [0] * 256
+_DELTA[0x7B] = _DELTA[0x5B] = 1
+_DELTA[0x7D] = _DELTA[0x5D] = -1
+
+
+def nesting_depth(text: bytes) -> int:
+    """The deepest nesting of brackets in *text*, strings aside (a C-speed pass).
+
+    What QEMU's limit applies to; a message with thousands of brackets at
+    depth 3 is at depth 3, however many brackets it counts.
+    """
+    brackets = _STRINGS.sub(b"", text).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DELTA.__getitem__, brackets), initial=0))

@@ -1,0 +1,458 @@
+"""Big and hostile messages: framing cost per byte, slices that yield, memory held.
+
+The cost of a message must not depend on how its bytes were split (a read
+ending on ``]`` used to make the framer re-scan all it held: quadratic), nor
+grow per byte with its size.  The byte-by-byte path runs in slices, so one
+monitor's big message never holds up the others, and the client's timers
+fire on time while it parses a huge line.  Unfinished messages hold at most
+two bytes per byte on the exact path, and a server bounds what all its
+monitors hold together.
+
+Costs are CPU time (``time.process_time``) and compared as ratios; waits are
+measured as the loop thread's CPU time between two of its iterations, which
+stays meaningful on a loaded machine.  The figures go to the "robustness
+figures" section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from qemu_support import QemuProcess, requires_qemu
+from robust_support import answer_all, server
+
+import qmpevents
+from qmpevents.codec import HeldInputBudget, value_framer
+from qmpevents.codec.lexer import Streamer
+from qmpevents.protocol import Command, CommandFailure
+from qmpevents.testing import RawQMP
+
+Figures = Callable[[str, object], None]
+T = TypeVar("T")
+SLICE = 8 * 1024
+
+
+def big_command(size: int) -> bytes:
+    """A command of about *size* bytes: lists of 100-byte strings, a ``]`` every 8 KiB."""
+    text = b'"' + b"a" * 98 + b'"'
+    sub = b"[" + b",".join([text] * 80) + b"]"
+    count = max(1, size // (len(sub) + 1))
+    return (b'{"execute": "big", "arguments": {"data": [' + b",".join([sub] * count)
+            + b']}, "id": 1}\n')
+
+
+def slices_ending_in_bracket(data: bytes) -> list[bytes]:
+    """Reads of about 8 KiB, each ending just after a ``]``: the worst case of old."""
+    out, start = [], 0
+    while start < len(data):
+        cut = data.find(b"]", start + SLICE // 2)
+        cut = len(data) if cut < 0 else cut + 1
+        out.append(data[start:cut])
+        start = cut
+    return out
+
+
+def plain_slices(data: bytes) -> list[bytes]:
+    return [data[i:i + SLICE] for i in range(0, len(data), SLICE)]
+
+
+def cost_per_byte(data: bytes, split: Callable[[bytes], list[bytes]], runs: int) -> float:
+    """Best CPU nanoseconds per byte of the server's framer over *runs* runs."""
+    chunks = split(data)
+    best = float("inf")
+    for _ in range(runs):
+        framer = value_framer()
+        started = time.process_time()
+        out = [item for chunk in chunks for item in framer.feed(chunk)]
+        best = min(best, time.process_time() - started)
+        assert len(out) == 1 and isinstance(out[0], dict) and out[0]["execute"] == "big"
+    return best * 1e9 / len(data)
+
+
+def check_flat_cost(figures: Figures, big: int, label: str) -> None:
+    small = big_command(64 * 1024)
+    large = big_command(big)
+    for name, split in (("reads ending in ']'", slices_ending_in_bracket),
+                        ("8 KiB reads", plain_slices)):
+        base = cost_per_byte(small, split, runs=30)
+        cost = cost_per_byte(large, split, runs=2 if big <= 8 << 20 else 1)
+        figures(f"framing cost per byte, {name}: 64 KiB / {label}",
+                f"{base:.1f} / {cost:.1f} ns ({cost / base:.2f}x)")
+        assert cost <= 2 * base, (name, base, cost)
+
+
+def test_big_message_costs_the_same_per_byte_as_a_small_one(figures: Figures) -> None:
+    check_flat_cost(figures, 4 << 20, "4 MiB")
+
+
+@pytest.mark.slow
+def test_64_mib_message_costs_the_same_per_byte_as_a_small_one(figures: Figures) -> None:
+    check_flat_cost(figures, (64 << 20) - 4096, "64 MiB")
+
+
+# -- the exact path's memory, per monitor and in all --------------------------------
+
+def unfinished(size: int) -> bytes:
+    """The start of a command over several lines (the old exact path), never ended."""
+    return b'{"execute": "x",\n "id": [' + b"1, " * (size // 3)
+
+
+def feed_slices(conn: Any, data: bytes) -> None:
+    for i in range(0, len(data), SLICE):
+        conn.receive_data(data[i:i + SLICE])
+
+
+_MEMORY_PROBE = """
+import sys
+sys.path[:0] = sys.argv[1:]
+from robust_support import answer_all, rss_kib, server
+from test_robust_framing import feed_slices, unfinished
+from qmpevents.codec import HeldInputBudget
+
+budget = HeldInputBudget()
+data = unfinished(2 << 20)
+before = rss_kib()
+figures = []
+for _round in range(2):  # the second round must reuse what the first gave back
+    conns = [server(negotiated=False, held_budget=budget) for _ in range(4)]
+    for conn in conns:
+        feed_slices(conn, data)
+        assert answer_all(conn) == []
+    figures.append(rss_kib() - before)
+    held = max(conn.buffered_bytes for conn in conns) / len(data)
+    charged = budget.held
+    for conn in conns:
+        conn.close()
+print(*figures, held, charged, budget.held)
+"""
+
+
+@pytest.mark.subprocess
+def test_four_unfinished_2_mib_messages_hold_little_memory(figures: Figures) -> None:
+    # In a fresh process, so that memory freed by other tests does not hide growth.
+    here = os.path.dirname(__file__)
+    probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, here],
+                           capture_output=True, text=True, timeout=120, check=True)
+    first, second, per_byte, charged, left = map(float, probe.stdout.split())
+    figures("4 unfinished 2 MiB messages: server RSS growth (first / second round)",
+            f"+{first / 1024:.1f} MiB / +{second / 1024:.1f} MiB "
+            f"({per_byte:.2f} bytes held per byte)")
+    assert first < 64 * 1024, first  # was ~125 bytes per byte: 940 MiB
+    assert second < first + 4 * 1024, (first, second)  # given back and reused
+    assert per_byte <= 2 and charged > 4 * (2 << 20) * 0.9 and left == 0
+
+
+def test_exact_path_holds_at_most_two_bytes_per_byte_of_an_unfinished_message() -> None:
+    for body in (b"1, ", b'"ab", ', b"{}, ", b",", b"[], "):
+        streamer = Streamer(lambda tokens, error: None)
+        data = b"[" + body * (100_000 // len(body))
+        for byte in data:
+            streamer.feed_byte(byte)
+        assert not streamer.idle
+        assert streamer.held <= 2 * len(data), (body, streamer.held / len(data))
+
+
+def test_server_wide_budget_refuses_the_message_that_goes_over() -> None:
+    budget = HeldInputBudget(100_000)
+    first, second, third = (server(held_budget=budget) for _ in range(3))
+    # Non-ASCII in a message over the size of the fast path: the exact path.
+    feed_slices(first, b'{"execute": "\xc3\xa9", "id": [' + b"1, " * 13_000)
+    feed_slices(second, b'{"execute": "x", "id": "' + b"s" * 40_000)  # held on the fast path
+    assert answer_all(first) == answer_all(second) == []
+    feed_slices(third, unfinished(40_000))
+    replies = answer_all(third)
+    assert replies[0] == (b'{"error": {"class": "GenericError", '
+                          b'"desc": "JSON token size limit exceeded"}}\r\n')
+    assert budget.refused == 1 and budget.held <= 100_000
+    # The others are untouched: their messages complete normally.
+    first.receive_data(b"1]}\n")
+    second.receive_data(b'"}\n')
+    assert answer_all(first)[0].startswith(b'{"return": {}, "id": [1, 1, ')
+    assert answer_all(second)[0].startswith(b'{"return": {}, "id": "sss')
+    assert budget.held == 0
+    # With room again, the third monitor's next big message goes through.
+    third.receive_data(b"\n\xff\n" + unfinished(40_000) + b"1]}\n")
+    assert answer_all(third)[-1].startswith(b'{"return": {}, "id": [1, 1, ')
+
+
+# -- a big message on one monitor, the others' waits --------------------------------
+
+class _Echo:
+    def execute(self, command: Command) -> Any:
+        if command.name == "fail":
+            raise CommandFailure("GenericError", "no")
+        return {}
+
+
+class LoopStalls:
+    """The most CPU time the loop thread spent between two iterations of this ticker."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            began = time.thread_time()
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, time.thread_time() - began)
+
+    def __enter__(self) -> LoopStalls:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+class LoopThread:
+    """An event loop in its own thread, so that its stalls are its own work only
+    (``thread_time``), not that of the test's peers in the main loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.stalls = LoopStalls()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def __aenter__(self) -> LoopThread:
+        self._thread.start()
+
+        async def start() -> None:
+            self.stalls.__enter__()
+
+        await self.run(start())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            self.stalls.__exit__()
+
+        await self.run(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self._thread.join, 10)
+        self.loop.close()
+
+
+_SERVER = """
+import asyncio, sys
+sys.path[:0] = sys.argv[2:]
+from test_robust_framing import LoopStalls, _Echo
+from qmpevents.server import QMPServer, UnixAddress
+
+async def main():
+    qmp = QMPServer([UnixAddress(sys.argv[1])], _Echo(), version={})
+    await qmp.start()
+    with LoopStalls() as stalls:
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await qmp.close()
+    print(stalls.worst, flush=True)
+
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def qmp_server_process() -> AsyncIterator[tuple[str, list[float]]]:
+    """A QMP server in a child process (so that its waits are its own); yields its
+    socket path and a list that gets its loop's worst stall (CPU seconds) at the end."""
+    path = f"/tmp/qmpev-framing-{os.getpid()}.sock"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SERVER, path, os.path.dirname(__file__),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    stall: list[float] = []
+    try:
+        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
+        yield path, stall
+        child.stdin.write(b"stop\n")
+        stall.append(float(await asyncio.wait_for(child.stdout.readline(), 30)))
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+
+
+async def second_monitor_waits(path: str, big: list[bytes]) -> tuple[float, int]:
+    """(worst reply wait of a second monitor while *big* is sent, its round trips)."""
+    sender = await RawQMP.unix(path)
+    await sender.negotiate()
+    other = await RawQMP.unix(path)
+    await other.negotiate()
+    done = asyncio.Event()
+    waits: list[float] = []
+
+    async def ping() -> None:
+        n = 0
+        while not done.is_set():
+            n += 1
+            began = time.perf_counter()
+            await other.send(b'{"execute": "query-status", "id": %d}\n' % n)
+            assert await other.line() == b'{"return": {}, "id": %d}\r\n' % n
+            waits.append(time.perf_counter() - began)
+
+    async def send() -> None:
+        for chunk in big:
+            sender.writer.write(chunk)
+            await sender.writer.drain()
+        await sender.send(b'{"execute": "query-status", "id": "end"}\n')
+        while b'"end"' not in await sender.line():
+            pass
+        done.set()
+
+    pinger = asyncio.create_task(ping())
+    await asyncio.wait_for(send(), 120)
+    await pinger
+    for peer in (sender, other):
+        peer.writer.close()
+    return max(waits), len(waits)
+
+
+@pytest.mark.subprocess
+async def test_second_monitor_waits_little_during_one_big_message(figures: Figures) -> None:
+    cases = {
+        "4 MiB, reads ending in ']'": slices_ending_in_bracket(big_command(4 << 20)),
+        # Non-ASCII: the exact (byte-by-byte) path, sliced.
+        "1 MiB on the exact path": plain_slices(
+            b'{"execute": "big", "arguments": {"data": ["\xc3\xa9", '
+            + b"1, " * (1 << 18) + b'1]}, "id": 1}\n'),
+    }
+    for name, big in cases.items():
+        async with qmp_server_process() as (path, stalls):
+            wait, trips = await second_monitor_waits(path, big)
+        stall = stalls[0]
+        figures(f"one big message ({name}): second monitor's worst wait / server loop stall",
+                f"{wait * 1000:.0f} ms wall / {stall * 1000:.0f} ms CPU over {trips} round trips")
+        # CPU time: what the server does in one go, whatever the machine's load.
+        assert stall < 0.050, (name, stall)  # was 15 s (reads ending in ']'), 4.4 s
+        assert wait < 1.0, (name, wait)  # wall time: loose, for a loaded machine
+
+
+# -- the client's timers while it parses a huge line ----------------------------------
+
+@contextlib.asynccontextmanager
+async def raw_server(greeting: bytes, after_negotiation: bytes = b"") -> AsyncIterator[str]:
+    """A peer that sends *greeting*, answers ``qmp_capabilities``, then sends
+    *after_negotiation* for the next command and never answers it (in its own
+    thread, so the client's loop does only the client's work)."""
+    async with LoopThread() as thread, _raw_server(thread, greeting, after_negotiation) as path:
+        yield path
+
+
+@contextlib.asynccontextmanager
+async def _raw_server(thread: LoopThread, greeting: bytes,
+                      after_negotiation: bytes) -> AsyncIterator[str]:
+    path = f"/tmp/qmpev-framing-client-{os.getpid()}.sock"
+
+    sessions: set[asyncio.Task[Any]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        sessions.add(task)
+        with contextlib.suppress(ConnectionError):
+            writer.write(greeting)
+            await writer.drain()
+            while line := await reader.readline():
+                request = json.loads(line)
+                if request["execute"] == "qmp_capabilities":
+                    writer.write(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode())
+                else:
+                    writer.write(after_negotiation)
+                await writer.drain()
+
+    async def close() -> None:
+        listener.close()
+        for task in sessions:
+            task.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
+
+    listener = await thread.run(asyncio.start_unix_server(serve, path))
+    try:
+        yield path
+    finally:
+        await thread.run(close())
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+# Single quotes: the fast path cannot take it, so it goes through the exact
+# lexer, byte by byte (about 8 s of CPU in all, in slices).
+HUGE = b"{'QMP': {'version': {'package': '" + b"p" * (6 << 20) + b"'}, 'capabilities': []}}"
+GREETING = b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, ' \
+           b'"package": ""}, "capabilities": []}}\r\n'
+
+
+async def test_connect_timeout_holds_while_a_huge_greeting_is_parsed(figures: Figures) -> None:
+    async with raw_server(HUGE) as path:
+        with LoopStalls() as stalls:
+            began = time.perf_counter()
+            with pytest.raises(TimeoutError):
+                await qmpevents.connect(f"unix:{path}", connect_timeout=1.0).connect()
+            late = time.perf_counter() - began - 1.0
+        figures("client: connect_timeout=1 during a 6 MiB greeting on the exact path",
+                f"raised {late * 1000:+.0f} ms late; loop stall {stalls.worst * 1000:.0f} ms CPU")
+        assert stalls.worst < 0.050 and late < 0.25, (stalls.worst, late)  # was 8 s late
+
+
+async def test_execute_timeout_holds_while_a_huge_line_is_parsed(figures: Figures) -> None:
+    line = b"{'event': 'X', 'data': '" + b"d" * (6 << 20) + b"'}\r\n"
+    async with raw_server(GREETING, after_negotiation=line) as path:
+        async with qmpevents.connect(f"unix:{path}", connect_timeout=5.0) as qmp:
+            with LoopStalls() as stalls:
+                began = time.perf_counter()
+                with pytest.raises(TimeoutError):
+                    await qmp.execute("query-status", timeout=1.0)
+                late = time.perf_counter() - began - 1.0
+        figures("client: execute(timeout=1) during a 6 MiB line on the exact path",
+                f"raised {late * 1000:+.0f} ms late; loop stall {stalls.worst * 1000:.0f} ms CPU")
+        assert stalls.worst < 0.050 and late < 0.25, (stalls.worst, late)
+
+
+# -- a stray byte inside a message: answered at once, as QEMU does --------------------
+
+STRAY_INSIDE = [b"{\xff", b"{\x01", b"{'bad \xff", b'{"execute": "x", "id": [1, 2, \x01']
+
+
+async def replies_at_once(path: str) -> list[bytes]:
+    """Per input: the reply line received with no byte sent after the input."""
+    lines = []
+    for data in STRAY_INSIDE:
+        qmp = await RawQMP.unix(path, retry=True)
+        try:
+            await qmp.negotiate()
+            await qmp.send(data)
+            lines.append(await qmp.line(timeout=5.0))  # nothing more is sent
+            # ... and the monitor goes on (qmp-test.c's assert_recovered).
+            await qmp.send(b"{ 'execute': 'no-such-cmd', 'id': 'next' }\n")
+            assert b'"id": "next"' in await qmp.line(timeout=5.0)
+            qmp.writer.write_eof()  # QEMU serves the next client once this one is gone
+            await qmp.eof()
+        finally:
+            qmp.writer.close()
+    return lines
+
+
+@pytest.mark.qemu
+@requires_qemu
+async def test_stray_byte_inside_a_message_is_answered_at_once_like_qemu() -> None:
+    async with QemuProcess() as qemu:
+        theirs = await replies_at_once(qemu.socket_path)
+    async with qmp_server_process() as (path, _stall):
+        ours = await replies_at_once(path)
+    assert ours == theirs
+    assert all(b"JSON parse error, stray" in line for line in ours)
