@@ -29,7 +29,7 @@ from qmpevents import (
     RtcChange,
     Stop,
 )
-from qmpevents.catalog import decode_event
+from qmpevents.catalog import PROFILE_FIELDS, decode_event
 from qmpevents.client import QMPClient
 from qmpevents.sim import SimulatedVM
 from qmpevents.testing.fake import FakeQMP, event_line
@@ -139,7 +139,14 @@ def test_received_events_are_frozen() -> None:
         stop.stamp = stop.stamp  # type: ignore[misc]  # what the test checks: it is refused
 
 
-@pytest.mark.parametrize("name", ["STOP", "RESUME", "POWERDOWN"])
+DATA_LESS = sorted(name for name, table in PROFILE_FIELDS["qemu-7.2"].items() if table is None)
+
+
+def test_the_data_less_events_include_the_schema_ones() -> None:
+    assert {"STOP", "RESUME", "POWERDOWN", "SUSPEND", "WAKEUP"} <= set(DATA_LESS)
+
+
+@pytest.mark.parametrize("name", DATA_LESS)
 def test_a_data_less_event_with_data_stays_known(name: str) -> None:
     line = (b'{"event": "%s", "data": {"added-in": "qemu 99"}, '
             b'"timestamp": {"seconds": 1, "microseconds": 2}}' % name.encode())

@@ -21,7 +21,7 @@ derives the strict per-profile validators, the shaping of outgoing event data
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, Union
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
@@ -218,10 +218,19 @@ class VncDisconnected(Event, tag="VNC_DISCONNECTED", frozen=True):
 
 
 class UnknownEvent(_Received, kw_only=True, dict=True, frozen=True):
-    """An event the catalog does not know (or that does not fit it): raw data kept."""
+    """An event the catalog does not know (or that does not fit it): raw data kept.
+
+    ``data`` is a dict (or None) at run time.  The type checker sees ``Any``:
+    nothing is known statically of an unknown event's members, and code that
+    subscribes by name (``listen("DEVICE_DELETED")``) must type-check without
+    casts; subscribe by class (``listen(BlockIoError)``) for exact types.
+    """
 
     event: str
-    data: dict[str, Any] | None = None
+    if TYPE_CHECKING:
+        data: Any = None
+    else:
+        data: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
