@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 from cli_process import DEADLINE, joined, run, running, short_dir
@@ -23,7 +24,9 @@ from qmpevents.client.targets import (
     is_pattern,
     split_name,
 )
+from qmpevents.recording import RecordingWriter
 from qmpevents.sim import SimulatedVM
+from qmpevents.testing import RawQMP
 
 
 @pytest.mark.parametrize(("path", "name"), [
@@ -143,3 +146,69 @@ async def test_watch_names_a_real_vm_by_its_query_name() -> None:
                     line = await cli.line(timeout=0.2)
         assert await cli.wait() == 0
     assert json.loads(line)["vm"] == "qemu-web"
+
+
+async def test_serve_names_the_address_it_cannot_listen_on() -> None:
+    status, _, err = await run("serve", "--qmp", "unix:/nonexistent/x.sock")
+    assert status == 1
+    assert err.strip() == ("qmpevents serve: error: cannot listen on unix:/nonexistent/x.sock: "
+                           "No such file or directory")
+
+
+async def test_replay_vm_matching_nothing_says_so(tmp_path: Path) -> None:
+    recording = tmp_path / "r.jsonl"
+    async with SimulatedVM(qmp=f"unix:{tmp_path}/a.sock") as vm, \
+            running("record", f"{tmp_path}/a.sock", "-o", str(recording), "--count", "1") as cli:
+        await cli.wait_line("recording to", "err")
+        vm.machine.rtc_change(1)
+        assert await cli.wait() == 0
+    status, out, err = await run("replay", str(recording), "--print", "--vm", "zzz")
+    assert (status, out) == (1, "")
+    assert "no event of VM zzz" in err
+    status, out, _ = await run("replay", str(recording), "--print", "--vm", "a")
+    assert status == 0 and "RTC_CHANGE" in out
+
+
+REPLAYED = [b'{"timestamp": {"seconds": 1000, "microseconds": 0}, "event": "STOP"}',
+            b'{"timestamp": {"seconds": 1002, "microseconds": 0}, "event": "RESUME"}',
+            b'{"timestamp": {"seconds": 1004, "microseconds": 0}, "event": "STOP"}']
+
+
+def _recording(path: Path) -> None:
+    writer = RecordingWriter(str(path), fsync="never")
+    for number, line in enumerate(REPLAYED):
+        writer.write("vm1", line, received=1000.0 + 2 * number)
+    writer.close()
+
+
+async def test_replay_a_probe_does_not_use_up_the_timeline(tmp_path: Path) -> None:
+    _recording(tmp_path / "r.jsonl")
+    with short_dir("replay") as directory:
+        sock = f"{directory}/r.sock"
+        async with running("replay", str(tmp_path / "r.jsonl"), "--serve", f"unix:{sock}",
+                           "--speed", "10") as cli:
+            await cli.wait_line("waiting for a client", "err")
+            status, _, err = await run("exec", sock, "query-status")  # a probe
+            assert status == 0, err
+            client = await RawQMP.unix(sock)
+            await client.greeting()
+            await client.send(b'{"execute": "qmp_capabilities"}\r\n')
+            assert await client.line() == b'{"return": {}}\r\n'
+            got = [await client.line() for _ in REPLAYED]  # the whole timeline, from its start
+            assert got == [line + b"\r\n" for line in REPLAYED]
+            assert await client.eof() == b""
+            await client.close()
+            assert await cli.wait() == 0
+
+
+async def test_replay_as_fast_as_possible_still_answers_a_command(tmp_path: Path) -> None:
+    _recording(tmp_path / "r.jsonl")
+    with short_dir("replay") as directory:
+        sock = f"{directory}/r.sock"
+        async with running("replay", str(tmp_path / "r.jsonl"), "--serve", f"unix:{sock}",
+                           "--as-fast-as-possible") as cli:
+            await cli.wait_line("waiting for a client", "err")
+            status, out, err = await run("exec", sock, "query-status")
+            assert status == 0, err
+            assert json.loads(out)["status"] == "running"
+            assert await cli.wait() == 0
