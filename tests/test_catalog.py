@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
@@ -39,6 +39,8 @@ from qmpevents.catalog import (
 from qmpevents.codec import encode_message
 from qmpevents.errors import EventValidationError
 from qmpevents.qapi import qemu72_schema
+
+T = TypeVar("T", bound=Event)
 
 # The spec documents live in shared/spec beside the repository (as in CI).
 SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec"
@@ -117,6 +119,12 @@ def test_spec_examples_validate_in_the_seed_profile(name: str) -> None:
     validate(decode_event(EXAMPLES[name]), "seed")
 
 
+def _typed(event: Event | UnknownEvent, cls: type[T]) -> T:
+    """*event*, checked to be of *cls* (for the type checker: no cast)."""
+    assert isinstance(event, cls)
+    return event
+
+
 def test_wire_doc_lines_decode_to_typed_events() -> None:
     events = [decode_event(line) for line in WIRE_LINES]
     names = [event.name for event in events]
@@ -125,15 +133,20 @@ def test_wire_doc_lines_decode_to_typed_events() -> None:
                      "BLOCK_IO_ERROR", "VNC_CONNECTED", "VNC_INITIALIZED", "VNC_DISCONNECTED"]
     for event in events:
         assert type(event) is EVENT_TYPES[event.name]
-    resume, stop, reset_host, reset_guest, powerdown, quit_, guest_off, rtc = events[:8]
+    resume, stop, powerdown = events[0], events[1], events[4]
     assert resume.data is None and powerdown.data is None and stop.data is None
+    reset_host, reset_guest = _typed(events[2], Reset), _typed(events[3], Reset)
+    quit_, guest_off = _typed(events[5], Shutdown), _typed(events[6], Shutdown)
+    assert reset_host.data is not None and reset_guest.data is not None
+    assert quit_.data is not None and guest_off.data is not None
+    rtc = _typed(events[7], RtcChange)
     assert stop.stamp == Timestamp(1795701760, 257350)
     assert (reset_host.data.guest, reset_host.data.reason) == (False, "host-qmp-system-reset")
     assert (reset_guest.data.guest, reset_guest.data.reason) == (True, "guest-reset")
     assert (quit_.data.guest, quit_.data.reason) == (False, "host-qmp-quit")
     assert (guest_off.data.guest, guest_off.data.reason) == (True, "guest-shutdown")
     assert (rtc.data.offset, rtc.data.qom_path) == (97754175, "/machine/unattached/device[9]")
-    stop_fmt, report, ignore, enospc = events[8:12]
+    stop_fmt, report, ignore, enospc = (_typed(event, BlockIoError) for event in events[8:12])
     assert stop_fmt.data == catalog.BlockIoErrorData(
         device="", operation="write", action="stop", node_name="d_stop-fmt",
         reason="Input/output error", nospace=False)
@@ -141,7 +154,7 @@ def test_wire_doc_lines_decode_to_typed_events() -> None:
             report.data.nospace) == ("d_report", "#block290", "report", None)
     assert (ignore.data.operation, ignore.data.action) == ("read", "ignore")
     assert enospc.data.nospace is True and enospc.data.reason == "No space left on device"
-    conn = events[12]
+    conn = _typed(events[12], VncConnected)
     assert conn.data.server == catalog.VncServerInfo(
         host="127.0.0.1", service="5910", family="ipv4", auth="none", websocket=False)
     assert conn.data.client == catalog.VncClientInfo(

@@ -55,7 +55,8 @@ async def _wait_for(qmp: RawQMP, name: str, lines: list[bytes], timeout: float =
     """Read until an event *name* with *data* arrived (unplug and migration end later)."""
     def arrived(line: bytes) -> bool:
         message = json.loads(line)
-        return message.get("event") == name and data.items() <= message.get("data", {}).items()
+        return bool(message.get("event") == name
+                    and data.items() <= message.get("data", {}).items())
 
     while not any(arrived(line) for line in lines):
         line = await qmp.line(timeout)

@@ -45,7 +45,7 @@ def test_names_are_case_insensitive_globs() -> None:
     ("data.server.host=127.0.0.1", ["VNC_CONNECTED"]),
     ("server.websocket=false", ["VNC_CONNECTED"]),
     ("server.websocket=False", []),
-    ("missing=null", []),                     # a missing field never matches
+    ("nospace=true", []),                     # a member absent from this event never matches
 ])
 def test_match(match: str, expected: list[str]) -> None:
     assert passing([], [match]) == expected
@@ -53,7 +53,17 @@ def test_match(match: str, expected: list[str]) -> None:
 
 def test_all_conditions_must_hold() -> None:
     assert passing(["BLOCK_*"], ["action=stop", "operation=write"]) == ["BLOCK_IO_ERROR"]
-    assert passing(["RTC_*"], ["action=stop"]) == []
+    assert passing(["BLOCK_*"], ["action=stop", "operation=read"]) == []
+
+
+@pytest.mark.parametrize(("names", "spec"), [
+    ([], "missing=null"),              # no catalog event has it: an error, not silence
+    (["RTC_*"], "action=stop"),        # the listed events do not have it
+    (["BLOCK_IO_ERROR"], "data.actoin=stop"),
+])
+def test_a_key_no_listed_event_has_is_a_usage_error(names: list[str], spec: str) -> None:
+    with pytest.raises(FilterError, match="no member of that name"):
+        build_filter(names, [spec])
 
 
 @pytest.mark.parametrize("spec", ["action", "=stop", "data.=x", "data=x", "a..b=1"])

@@ -98,8 +98,9 @@ async def test_all_messages_both_ways_in_wire_order(vm: SimulatedVM, tmp_path: P
         assert await cli.wait() == 0
     found, _ = records(out)
     directions = [r.direction for r in found]
-    assert directions == ["in", "out", "in", "event", "event"]
-    greeting, capabilities, reply, *events = (r.message_value() for r in found)
+    assert directions == ["in", "out", "in", "out", "in", "event", "event"]
+    greeting, capabilities, reply, name, _, *events = (r.message_value() for r in found)
+    assert name["execute"] == "query-name"  # the VM's own name names it
     assert "QMP" in greeting
     assert capabilities["execute"] == "qmp_capabilities"
     assert reply["return"] == {}

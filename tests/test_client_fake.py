@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 import qmpevents
+from qmpevents import ManualClock
 from qmpevents.catalog import BlockIoError, Reset, RtcChange, Stop, UnknownEvent, VncConnected
 from qmpevents.client import RECONNECTED, ConnectionResumed, QMPClient
+from qmpevents.client.filters import E
 from qmpevents.errors import ConnectionLost, ExpectationFailed, MessageTooLarge, QMPError
 from qmpevents.testing.fake import VNC_CLIENT, VNC_SERVER, FakeQMP
 
@@ -84,10 +86,14 @@ async def test_subscribe_before_act_is_race_free(server: FakeQMP) -> None:
 
 
 async def test_get_timeout(server: FakeQMP) -> None:
-    async with qmpevents.connect(server.address) as qmp, qmp.listen("STOP") as events:
+    clock = ManualClock()
+    async with qmpevents.connect(server.address, clock=clock) as qmp, \
+            qmp.listen("STOP") as events:
         await emit(qmp, ev("RESUME"))
+        getting = asyncio.create_task(events.get(timeout=5))
+        await clock.advance_when_waiting(5)
         with pytest.raises(TimeoutError):
-            await events.get(timeout=0.05)
+            await getting
 
 
 async def test_name_filters_and_globs(server: FakeQMP) -> None:
@@ -106,7 +112,7 @@ async def test_name_filters_and_globs(server: FakeQMP) -> None:
                          "X_NEW_EVENT"]
 
 
-def drain(subscription: qmpevents.client.Subscription) -> list[Any]:
+def drain(subscription: qmpevents.client.Subscription[E]) -> list[E]:
     out = []
     while subscription.qsize():
         out.append(subscription.get_nowait())
@@ -130,7 +136,8 @@ async def test_match_and_predicate(server: FakeQMP) -> None:
                    ev("RTC_CHANGE", {"offset": 50, "qom-path": "/r"}))
         await qmp.execute("x-sim-io-error", {"device": "d0", "operation": "read"})
         [reset] = drain(guest)
-        assert isinstance(reset, Reset) and reset.data.reason == "guest-reset"
+        assert isinstance(reset, Reset) and reset.data is not None
+        assert reset.data.reason == "guest-reset"
         [vnc] = drain(nested)
         assert isinstance(vnc, VncConnected) and vnc.data.server.host == "10.0.0.1"
         [io_error] = drain(by_attr)
@@ -138,18 +145,21 @@ async def test_match_and_predicate(server: FakeQMP) -> None:
         [x_two] = drain(unknown)
         assert isinstance(x_two, UnknownEvent) and x_two.data == {"a": {"b": 2}}
         [rtc] = drain(big)
-        assert rtc.data.offset == 50
+        assert isinstance(rtc, RtcChange) and rtc.data.offset == 50
 
 
 async def test_wait_for_with_match(server: FakeQMP) -> None:
-    async with qmpevents.connect(server.address) as qmp:
-        waiter = qmp.wait_for("RESET", timeout=5, match={"guest": True})  # subscribed now
+    clock = ManualClock()
+    async with qmpevents.connect(server.address, clock=clock) as qmp:
+        waiter = qmp.wait_for(Reset, timeout=5, match={"guest": True})  # subscribed now
         await emit(qmp, ev("RESET", {"guest": False, "reason": "host-qmp-system-reset"}),
                    ev("RESET", {"guest": True, "reason": "guest-reset"}))
         found = await waiter
-        assert found.data.guest is True
+        assert found.data is not None and found.data.guest is True
+        waiting = asyncio.ensure_future(qmp.wait_for("SHUTDOWN", timeout=5))
+        await clock.advance_when_waiting(5)
         with pytest.raises(TimeoutError):
-            await qmp.wait_for("SHUTDOWN", timeout=0.05)
+            await waiting
 
 
 async def test_expect_success(server: FakeQMP) -> None:
@@ -164,10 +174,17 @@ async def test_expect_success(server: FakeQMP) -> None:
 
 
 async def test_expect_failure_lists_what_arrived(server: FakeQMP) -> None:
-    async with qmpevents.connect(server.address) as qmp:
-        with pytest.raises(ExpectationFailed) as info:
-            async with qmp.expect("STOP", "BLOCK_IO_ERROR", timeout=0.1):
+    clock = ManualClock()
+    async with qmpevents.connect(server.address, clock=clock) as qmp:
+
+        async def expect_in_order() -> None:
+            async with qmp.expect("STOP", "BLOCK_IO_ERROR", timeout=5):
                 await qmp.execute("x-sim-io-error", {"device": "d", "operation": "write"})
+
+        expecting = asyncio.create_task(expect_in_order())
+        await clock.advance_when_waiting(5)
+        with pytest.raises(ExpectationFailed) as info:
+            await expecting
         assert info.value.expected == ["STOP", "BLOCK_IO_ERROR"]
         assert info.value.received == ["BLOCK_IO_ERROR", "STOP"]
         assert str(info.value) == ("expected STOP -> BLOCK_IO_ERROR; "
@@ -183,7 +200,7 @@ async def test_expect_body_error_propagates(server: FakeQMP) -> None:
 
 async def test_drop_oldest_counts(server: FakeQMP) -> None:
     async with qmpevents.connect(server.address) as qmp:
-        async with qmp.listen("RTC_CHANGE", maxsize=10, overflow="drop-oldest") as events:
+        async with qmp.listen(RtcChange, maxsize=10, overflow="drop-oldest") as events:
             await qmp.execute("blast", {"count": 100})
             assert events.dropped == 90
             offsets = [e.data.offset for e in drain(events)]
@@ -193,7 +210,7 @@ async def test_drop_oldest_counts(server: FakeQMP) -> None:
 async def test_block_backpressure_pauses_reader_and_loses_nothing(server: FakeQMP) -> None:
     count, maxsize = 20_000, 5
     async with qmpevents.connect(server.address) as qmp:
-        async with qmp.listen("RTC_CHANGE", maxsize=maxsize) as events:
+        async with qmp.listen(RtcChange, maxsize=maxsize) as events:
             blast = asyncio.ensure_future(qmp.execute("blast", {"count": count}, timeout=20))
             offsets = []
             paused_seen = False
@@ -238,9 +255,12 @@ async def test_pending_execute_fails_with_connection_lost(server: FakeQMP) -> No
 
 
 async def test_execute_timeout(server: FakeQMP) -> None:
-    async with qmpevents.connect(server.address) as qmp:
+    clock = ManualClock()
+    async with qmpevents.connect(server.address, clock=clock) as qmp:
+        hanging = asyncio.create_task(qmp.execute("hang", timeout=5))
+        await clock.advance_when_waiting(5)
         with pytest.raises(TimeoutError):
-            await qmp.execute("hang", timeout=0.05)
+            await hanging
 
 
 async def test_message_too_large_is_loud(server: FakeQMP, caplog: pytest.LogCaptureFixture,
@@ -269,15 +289,18 @@ async def test_event_before_capabilities_reply() -> None:
 
 
 async def test_reconnect_marker_and_status(server: FakeQMP) -> None:
-    async with qmpevents.connect(server.address, reconnect=True, reconnect_delay=0.01) as qmp:
+    clock = ManualClock()
+    async with qmpevents.connect(server.address, reconnect=True, reconnect_delay=0.5,
+                                 clock=clock) as qmp:
         assert qmp.last_status == server.status
         stream = qmp.events()
         resets = qmp.listen("RESET")
         server.drop()
+        await clock.advance_when_waiting(0.5)  # the back-off before reconnecting
         marker = await stream.get(timeout=5)
         assert isinstance(marker, ConnectionResumed)
         assert marker.name == RECONNECTED
-        assert marker.data["status"] == server.status
+        assert marker.data is not None and marker.data["status"] == server.status
         assert marker.data["reconnects"] == 1
         assert marker.raw is None
         assert qmp.last_status == server.status
@@ -311,7 +334,7 @@ async def test_sync_facade_blocking_calls(server: FakeQMP) -> None:
                 assert isinstance(first, BlockIoError)
                 assert events.get(timeout=5).name == "STOP"
                 with pytest.raises(TimeoutError):
-                    events.get(timeout=0.05)
+                    events.get(timeout=0)  # nothing queued: at once
             with qmp.expect("RESET", timeout=5) as expectation:
                 qmp.execute("emit", {"events": [ev("RESET", {"guest": True,
                                                              "reason": "guest-reset"})]})

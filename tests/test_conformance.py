@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from conformance.compare import Row, compare, format_result
 from conformance.differences import DIFFERENCES, Difference
-from conformance.harness import EOF_LINE, record_both
+from conformance.harness import EOF_LINE, Scenario, record_both
 from conformance.masking import mask
 from conformance.scenarios import FAST
 from qemu_support import requires_qemu
@@ -20,7 +20,7 @@ pytestmark = [requires_qemu, pytest.mark.qemu]
 
 
 @pytest.mark.parametrize("scenario", FAST, ids=[s.name for s in FAST])
-async def test_scenario_matches_qemu(scenario) -> None:
+async def test_scenario_matches_qemu(scenario: Scenario) -> None:
     recordings = await record_both(scenario)
     result = compare(scenario.name, recordings["qemu"], recordings["sim"])
     assert result.total > 0

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_process import one_line_error, run, running
@@ -35,7 +36,7 @@ async def host(tmp_path: Path, broker: NatsServer) -> AsyncIterator[Host]:
         yield made[0]
 
 
-def json_lines(text: str) -> list[dict[str, object]]:
+def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 

@@ -8,6 +8,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_process import Cli, short_dir
@@ -124,7 +125,7 @@ async def test_prometheus_scrapes_the_injected_fault(vm_dir: str, tmp_path: Path
             await cli.kill()
 
 
-async def until_query(api: str, query: str, timeout: float = 30) -> list[dict[str, object]]:
+async def until_query(api: str, query: str, timeout: float = 30) -> list[dict[str, Any]]:
     """Ask Prometheus's HTTP API until the query has a result (scrapes are periodic)."""
     url = f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": query})
     async with asyncio.timeout(timeout):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from enum import Enum
+from typing import Any
 
 import pytest
 
@@ -50,8 +52,10 @@ def test_every_pair_is_either_a_transition_or_a_named_local_error(
 
 
 def test_every_state_is_reachable_and_every_row_leads_somewhere() -> None:
-    for table, start in ((SERVER_TRANSITIONS, ServerState.GREETING),
-                         (CLIENT_TRANSITIONS, ClientState.AWAITING_GREETING)):
+    tables: tuple[tuple[Mapping[Any, Mapping[Any, Any]], Any], ...] = (
+        (SERVER_TRANSITIONS, ServerState.GREETING),
+        (CLIENT_TRANSITIONS, ClientState.AWAITING_GREETING))
+    for table, start in tables:
         seen = {start}
         frontier = [start]
         while frontier:

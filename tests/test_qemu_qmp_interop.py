@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
-from qmpevents.catalog import SPEC_EVENTS
+from qmpevents.catalog import SPEC_EVENTS, Profile
 from qmpevents.sim import SimulatedVM
 from qmpevents.vnc_client import handshake
 
@@ -26,7 +26,7 @@ async def _next(listener: EventListener) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("profile", ["seed", "qemu-7.2"])
-async def test_qemu_qmp_client_receives_every_event(profile: str) -> None:
+async def test_qemu_qmp_client_receives_every_event(profile: Profile) -> None:
     async with SimulatedVM(profile=profile, drives=["disk0,werror=report"], no_shutdown=True,
                            ignore_acpi=True, vnc="127.0.0.1:0", vnc_port=0) as vm:
         client = QMPClient("conformance")
@@ -36,9 +36,9 @@ async def test_qemu_qmp_client_receives_every_event(profile: str) -> None:
             await asyncio.wait_for(client.connect(vm.socket_path), DEADLINE)
             assert client.greeting is not None
             version = client.greeting.QMP.version["qemu"]
-            assert (version["major"], version["minor"]) == (7, 2)
+            assert isinstance(version, dict) and (version["major"], version["minor"]) == (7, 2)
             status = await client.execute("query-status")
-            assert status["status"] == "running"
+            assert isinstance(status, dict) and status["status"] == "running"
             with pytest.raises(ExecuteError) as caught:
                 await client.execute("no-such-command")
             assert caught.value.error_class == "CommandNotFound"
@@ -79,7 +79,8 @@ async def test_qemu_qmp_client_receives_every_event(profile: str) -> None:
             assert io_error["data"]["action"] == "report"
             rtc = next(e for e in seen if e["event"] == "RTC_CHANGE")
             assert rtc["data"]["offset"] == 42
-            assert (await client.execute("query-status"))["status"] == "shutdown"
+            status = await client.execute("query-status")
+            assert isinstance(status, dict) and status["status"] == "shutdown"
         finally:
             await asyncio.wait_for(client.disconnect(), DEADLINE)
         assert client.runstate.name == "IDLE"

@@ -40,8 +40,15 @@ def test_async_client_example_runs(tmp_path: Path) -> None:
     assert '"event": "SHUTDOWN"' in result.stdout
 
 
+def test_many_vms_example_runs(tmp_path: Path) -> None:
+    (code,) = [b for b in BLOCKS if "watch_vms" in b]
+    result = _run(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["101 attached", "101 STOP"]
+
+
 def test_sync_client_example_runs(tmp_path: Path) -> None:
-    (code,) = [b for b in BLOCKS if "connect_sync" in b]
+    (code,) = [b for b in BLOCKS if "connect_sync" in b and "simulated_vm" not in b]
     sock = tmp_path / "vm.sock"
     server = subprocess.Popen([sys.executable, "-m", "qmpevents", "serve",
                                "--qmp", f"unix:{sock}"], stderr=subprocess.PIPE, text=True)
@@ -50,20 +57,51 @@ def test_sync_client_example_runs(tmp_path: Path) -> None:
         assert "listening" in server.stderr.readline()  # the socket exists from here on
         result = _run(code.replace("/tmp/vm.sock", str(sock)), tmp_path)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["STOP", "paused"]
+        assert result.stdout.split() == ["STOP", "paused", "RESET"]
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
-def test_pytest_fixture_example_passes(tmp_path: Path) -> None:
+def _pytest(test_file: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options,
+         str(test_file)],
+        capture_output=True, text=True, timeout=60, cwd=test_file.parent,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_pytest_fixture_example_passes(tmp_path: Path, mode: str) -> None:
     (code,) = [b for b in BLOCKS if "simulated_vm" in b]
     (tmp_path / "test_example.py").write_text(code)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
-         "asyncio_mode=auto", str(tmp_path / "test_example.py")],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    result = _pytest(tmp_path / "test_example.py", "-o", f"asyncio_mode={mode}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+NO_PYTEST_ASYNCIO = """
+import sys
+
+class NotInstalled:  # as if pytest-asyncio were not installed: importing it fails
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pytest_asyncio":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+import pytest
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:asyncio", sys.argv[1]]))
+"""
+
+
+def test_the_plugin_loads_without_pytest_asyncio(tmp_path: Path) -> None:
+    (code,) = [b for b in BLOCKS if "simulated_vm" in b]
+    sync_only = code.split("@pytest.mark.asyncio")[0] + code.split("\n\n\n")[-1]
+    (tmp_path / "test_example.py").write_text(sync_only)
+    result = subprocess.run([sys.executable, "-c", NO_PYTEST_ASYNCIO,
+                             str(tmp_path / "test_example.py")],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
 
@@ -85,3 +123,13 @@ def test_testing_kit_example_runs(tmp_path: Path) -> None:
         "['POWERDOWN'] b'{\"return\": {}, \"id\": 1}\\r\\n'", "running", "guest-shutdown",
         "guest-reset", "GenericError"]
     assert result.stderr == ""  # FakeQMP shuts down without asyncio complaining
+
+
+def test_python_examples_pass_mypy_strict(tmp_path: Path) -> None:
+    for number, block in enumerate(BLOCKS):
+        (tmp_path / f"example_{number}.py").write_text(block)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+         *sorted(str(p) for p in tmp_path.glob("example_*.py"))],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -137,7 +137,8 @@ async def test_all_messages_cannot_forge_record_fields(vm: SimulatedVM, tmp_path
     assert {record.direction for record in found} <= {"in", "out", "event"}
     assert any(b"other-vm" in r.message_bytes() for r in found)  # kept, inside a message
     status, shown, err = await run("replay", str(out), "--print", "--vm", "other-vm")
-    assert (status, shown) == (0, ""), err
+    assert (status, shown) == (1, ""), err  # no event of that VM: said, and exit 1
+    assert "no event of VM other-vm" in err
     status, shown, err = await run("replay", str(out), "--print")
     assert {line.split()[1] for line in shown.splitlines()} == {"qmp"}, err
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pki_support import make_pki
 
 import qmpevents
 from qmpevents.addresses import AddressError, TcpAddress
@@ -33,46 +34,10 @@ QMPEVENTS = (sys.executable, "-c", "import sys; from qmpevents.cli import main; 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _issue(directory: Path, name: str, subject: str, ext: str) -> None:
-    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr",
-             "-subj", subject, cwd=directory)
-    (directory / f"{name}.ext").write_text(ext)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
-             "-CAcreateserial", "-out", f"{name}-cert.pem", "-days", "2",
-             "-extfile", f"{name}.ext", cwd=directory)
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """QEMU-layout directories: ``server`` (with the CA), ``client`` (CA + client cert),
-    ``anonymous`` (CA only), ``stranger`` (a client cert from another CA)."""
-    root = tmp_path_factory.mktemp("pki")
-    dirs = {name: root / name for name in ("ca", "other", "server", "client", "anonymous",
-                                           "stranger")}
-    for path in dirs.values():
-        path.mkdir()
-    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    for ca, subject in (("ca", "/CN=qmpevents test CA"), ("other", "/CN=another CA")):
-        _openssl("req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca-cert.pem",
-                 "-days", "2", "-subj", subject, cwd=dirs[ca])
-    _issue(dirs["ca"], "server", "/CN=localhost",
-           "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    _issue(dirs["ca"], "client", "/CN=manager",
-           "extendedKeyUsage=clientAuth\n")
-    _issue(dirs["other"], "client", "/CN=intruder", "extendedKeyUsage=clientAuth\n")
-    for name in ("server", "client", "anonymous", "stranger"):
-        shutil.copy(dirs["ca"] / "ca-cert.pem", dirs[name])
-    for file in ("server-cert.pem", "server-key.pem"):
-        shutil.copy(dirs["ca"] / file, dirs["server"])
-    for file in ("client-cert.pem", "client-key.pem"):
-        shutil.copy(dirs["ca"] / file, dirs["client"])
-        shutil.copy(dirs["other"] / file, dirs["stranger"])
-    return dirs
+    """QEMU-layout directories (see :func:`pki_support.make_pki`)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def _tls_vm(pki: dict[str, Path], verify_peer: bool) -> SimulatedVM:

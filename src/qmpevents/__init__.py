@@ -17,38 +17,61 @@ from typing import TYPE_CHECKING, Any
 
 from qmpevents.catalog import (
     PROFILES,
+    BlockIoError,
     Event,
+    Powerdown,
+    Reset,
+    Resume,
+    RtcChange,
+    Shutdown,
+    Stop,
     Timestamp,
     UnknownEvent,
+    VncConnected,
+    VncDisconnected,
+    VncInitialized,
     decode_event,
     validate,
 )
 from qmpevents.errors import (
+    AddressError,
     CommandFailure,
     ConnectionLost,
     EventValidationError,
+    ExecuteError,
     ExpectationFailed,
+    FilterError,
+    InvalidArguments,
     LocalProtocolError,
     MessageTooLarge,
+    MonitorBusy,
     ProtocolError,
     QMPError,
     QMPEventsError,
     RemoteProtocolError,
+    SendQueueFull,
+    SubscriberStalled,
+    TLSCredsError,
 )
 
 if TYPE_CHECKING:
     from qmpevents.client import (
+        ConnectionResumed,
         QMPClient,
         Subscription,
         SyncQMPClient,
         connect,
         connect_sync,
+        watch_vms,
     )
+    from qmpevents.clock import ManualClock
 
 __version__ = "0.1.0"
 
 _LAZY = {name: "qmpevents.client" for name in
-         ("QMPClient", "Subscription", "SyncQMPClient", "connect", "connect_sync")}
+         ("ConnectionResumed", "QMPClient", "Subscription", "SyncQMPClient", "connect",
+          "connect_sync", "watch_vms")}
+_LAZY["ManualClock"] = "qmpevents.clock"
 
 
 def __getattr__(name: str) -> Any:
@@ -62,25 +85,46 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "PROFILES",
+    "AddressError",
+    "BlockIoError",
     "CommandFailure",
     "ConnectionLost",
+    "ConnectionResumed",
     "Event",
     "EventValidationError",
+    "ExecuteError",
     "ExpectationFailed",
+    "FilterError",
+    "InvalidArguments",
     "LocalProtocolError",
+    "ManualClock",
     "MessageTooLarge",
+    "MonitorBusy",
+    "Powerdown",
     "ProtocolError",
     "QMPClient",
     "QMPError",
     "QMPEventsError",
     "RemoteProtocolError",
+    "Reset",
+    "Resume",
+    "RtcChange",
+    "SendQueueFull",
+    "Shutdown",
+    "Stop",
+    "SubscriberStalled",
     "Subscription",
     "SyncQMPClient",
+    "TLSCredsError",
     "Timestamp",
     "UnknownEvent",
+    "VncConnected",
+    "VncDisconnected",
+    "VncInitialized",
     "__version__",
     "connect",
     "connect_sync",
     "decode_event",
     "validate",
+    "watch_vms",
 ]

@@ -20,9 +20,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-
-class AddressError(ValueError):
-    """An address that cannot be parsed or that the policy forbids."""
+from qmpevents.errors import AddressError as AddressError  # re-exported: its old home
 
 
 @dataclass(frozen=True, slots=True)

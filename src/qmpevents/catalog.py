@@ -21,7 +21,7 @@ derives the strict per-profile validators, the shaping of outgoing event data
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, Union
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
@@ -113,11 +113,17 @@ class VncEventData(EventData, frozen=True):
 
 # --- events -----------------------------------------------------------------
 
-class _Received(Struct, kw_only=True, dict=True):
+NoData = dict[str, Any] | None
+"""The ``data`` of an event that has none: None, or the members a newer QEMU
+added (as 4.0 did to RESET and SHUTDOWN), kept as a dict -- the event stays
+known whatever it carries."""
+
+class _Received(Struct, kw_only=True, dict=True, frozen=True):
     """What every event has, known to the catalog or not.
 
     ``stamp`` keeps QMP's exact seconds/microseconds; :attr:`raw` is the exact
-    line it was decoded from (None for an event built locally).
+    line it was decoded from (None for an event built locally).  Frozen, so
+    that :attr:`raw` can never disagree with the fields.
     """
 
     stamp: Timestamp = field(name="timestamp")
@@ -141,7 +147,7 @@ class _Received(Struct, kw_only=True, dict=True):
         return wire
 
 
-class Event(_Received, tag_field="event", kw_only=True, dict=True):
+class Event(_Received, tag_field="event", kw_only=True, dict=True, frozen=True):
     """A catalog event: ``name``, ``timestamp`` (float seconds), typed ``data``."""
 
     data: Any = None
@@ -151,71 +157,80 @@ class Event(_Received, tag_field="event", kw_only=True, dict=True):
         return str(self.__struct_config__.tag)
 
 
-class BlockIoError(Event, tag="BLOCK_IO_ERROR"):
+class BlockIoError(Event, tag="BLOCK_IO_ERROR", frozen=True):
     """Emitted when a disk I/O error occurs (a STOP follows when action is stop)."""
 
     data: BlockIoErrorData
 
 
-class Reset(Event, tag="RESET"):
+class Reset(Event, tag="RESET", frozen=True):
     """Emitted when the virtual machine is reset."""
 
     data: GuestCauseData | None = None
 
 
-class RtcChange(Event, tag="RTC_CHANGE"):
+class RtcChange(Event, tag="RTC_CHANGE", frozen=True):
     """Emitted when the guest changes its RTC time."""
 
     data: RtcChangeData
 
 
-class Shutdown(Event, tag="SHUTDOWN"):
+class Shutdown(Event, tag="SHUTDOWN", frozen=True):
     """Emitted when the virtual machine is powered down (STOP follows under -no-shutdown)."""
 
     data: GuestCauseData | None = None
 
 
-class Stop(Event, tag="STOP"):
+class Stop(Event, tag="STOP", frozen=True):
     """Emitted when the virtual machine is stopped."""
 
-    data: None = None
+    data: NoData = None
 
 
-class Resume(Event, tag="RESUME"):
+class Resume(Event, tag="RESUME", frozen=True):
     """Emitted when the virtual machine resumes execution (qemu-7.2)."""
 
-    data: None = None
+    data: NoData = None
 
 
-class Powerdown(Event, tag="POWERDOWN"):
+class Powerdown(Event, tag="POWERDOWN", frozen=True):
     """Emitted when the guest is asked to power down by ACPI (qemu-7.2)."""
 
-    data: None = None
+    data: NoData = None
 
 
-class VncConnected(Event, tag="VNC_CONNECTED"):
+class VncConnected(Event, tag="VNC_CONNECTED", frozen=True):
     """Emitted when a VNC client connects, before any authentication."""
 
     data: VncEventData
 
 
-class VncInitialized(Event, tag="VNC_INITIALIZED"):
+class VncInitialized(Event, tag="VNC_INITIALIZED", frozen=True):
     """Emitted when a VNC session is active, after authentication if any."""
 
     data: VncEventData
 
 
-class VncDisconnected(Event, tag="VNC_DISCONNECTED"):
+class VncDisconnected(Event, tag="VNC_DISCONNECTED", frozen=True):
     """Emitted when a VNC connection is closed."""
 
     data: VncEventData
 
 
-class UnknownEvent(_Received, kw_only=True, dict=True):
-    """An event the catalog does not know (or that does not fit it): raw data kept."""
+class UnknownEvent(_Received, kw_only=True, dict=True, frozen=True):
+    """An event the catalog does not know (or that does not fit it): raw data kept.
+
+    ``data`` is a dict (or None) at run time.  The type checker sees ``Any``:
+    nothing is known statically of an unknown event's members, and code that
+    subscribes by name (``listen("DEVICE_DELETED")``) must type-check without
+    casts; subscribe by class (``listen(BlockIoError)``) for exact types.
+    """
 
     event: str
-    data: dict[str, Any] | None = None
+    if TYPE_CHECKING:
+        data: Any = None
+    else:
+        data: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:

@@ -167,7 +167,9 @@ def build_schema_events(schema: QapiSchema, *, skip: set[str], event_base: type[
         strict_fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
             ("timestamp", _STRICT_TIMESTAMP)]
         if data_type is None:
-            model = msgspec.defstruct(cls, [("data", None, None)], bases=(event_base,),
+            # A newer QEMU may add data to an event that has none: keep it, stay known.
+            model = msgspec.defstruct(cls, [("data", dict[str, Any] | None, None)],
+                                      bases=(event_base,),
                                       tag=name, module="qmpevents.catalog_schema")
             table = None
         else:

@@ -14,6 +14,14 @@ class QMPEventsError(Exception):
     """Base class of every exception raised by qmpevents."""
 
 
+class AddressError(QMPEventsError, ValueError):
+    """An address that cannot be parsed or that the policy forbids."""
+
+
+class TLSCredsError(QMPEventsError, ValueError):
+    """A credentials directory that lacks a file the endpoint needs."""
+
+
 class QMPError(QMPEventsError):
     """A command got an error reply: carries QMP's ``class`` and ``desc``."""
 
@@ -25,6 +33,10 @@ class QMPError(QMPEventsError):
         self.desc = desc
         self.command = command
         self.id = id
+
+
+ExecuteError = QMPError
+"""qemu.qmp's name for an error reply: the same class, for users coming from it."""
 
 
 class CommandFailure(QMPEventsError):
@@ -48,6 +60,22 @@ class LocalProtocolError(ProtocolError):
     """This side tried something QMP does not allow in the current state."""
 
 
+class InvalidArguments(LocalProtocolError, TypeError):
+    """``execute()`` arguments that are not a JSON object (a mapping with string keys)."""
+
+
+class FilterError(LocalProtocolError, ValueError):
+    """A subscription filter that could never match: an unknown event or ``match`` key."""
+
+
+class SendQueueFull(LocalProtocolError):
+    """The server stopped reading and the unsent output reached its bound.
+
+    Raised by ``execute`` instead of queueing without limit; the connection
+    stays up, so a command may succeed once the server reads again.
+    """
+
+
 class MessageTooLarge(RemoteProtocolError):
     """The peer sent a message over the configured size limit.
 
@@ -63,6 +91,22 @@ class MessageTooLarge(RemoteProtocolError):
 
 class ConnectionLost(QMPEventsError):
     """The connection ended: pending commands and event iterators end with this."""
+
+
+class MonitorBusy(QMPEventsError, ConnectionError):
+    """The socket accepted the connection but no greeting came.
+
+    QEMU serves one client per QMP socket: a second client waits in the
+    backlog, silently, until the first leaves.  Add another ``-qmp`` socket.
+    """
+
+
+class SubscriberStalled(QMPEventsError):
+    """A subscription stayed full too long and was cut off so that others keep going.
+
+    Raised by its ``get()`` and iteration once the events it had queued are
+    read; the connection and every other subscriber carry on.
+    """
 
 
 class EventValidationError(QMPEventsError):

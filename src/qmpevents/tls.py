@@ -20,15 +20,13 @@ from __future__ import annotations
 import os
 import ssl
 
+from qmpevents.errors import TLSCredsError as TLSCredsError  # re-exported: its old home
+
 CA_CERT = "ca-cert.pem"
 SERVER_CERT = "server-cert.pem"
 SERVER_KEY = "server-key.pem"
 CLIENT_CERT = "client-cert.pem"
 CLIENT_KEY = "client-key.pem"
-
-
-class TLSCredsError(ValueError):
-    """A credentials directory that lacks a file the endpoint needs."""
 
 
 def _need(directory: str, name: str) -> str:

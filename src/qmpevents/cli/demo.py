@@ -43,7 +43,9 @@ def register(subparsers: Any) -> None:
         epilog="examples:\n  qmpevents demo\n  qmpevents demo --profile qemu-7.2 --json")
     parser.add_argument("--profile", choices=("seed", "qemu-7.2"), default="seed",
                         help="wire shape of the events (default: seed, the spec document)")
-    parser.add_argument("--json", action="store_true", help="print events as JSON lines")
+    parser.add_argument("--json", action="store_true",
+                        help="print events as JSON lines: stdout then holds only JSON "
+                             "(narration and summary go to stderr)")
     parser.add_argument("--pace", type=non_negative_float, default=0.4, metavar="S",
                         help="pause between scenario steps, for reading (default 0.4)")
     parser.set_defaults(handler=run)
@@ -94,8 +96,11 @@ class Watcher:
             await self._progress.wait_for(lambda: self.seen >= count)
 
 
-def _say(text: str, colour: bool) -> None:
-    print(f"\x1b[2m# {text}\x1b[0m" if colour else f"# {text}", flush=True)
+def _say(text: str, colour: bool, *, json_lines: bool = False) -> None:
+    """Narration: on stdout with the text tail, on stderr with --json (stdout is data)."""
+    out = sys.stderr if json_lines else sys.stdout
+    print(f"\x1b[2m# {text}\x1b[0m" if colour and not json_lines else f"# {text}",
+          file=out, flush=True)
 
 
 async def _demo(args: argparse.Namespace, colour: bool) -> int:
@@ -163,13 +168,13 @@ async def _run_demo(args: argparse.Namespace, colour: bool) -> int:
                            multi_client=True) as vm:
         address = f"unix:{vm.socket_path}"
         _say(f"simulated VM on {vm.socket_path}, VNC on 127.0.0.1:{5900 + display}, "
-             f"profile {args.profile}", colour)
+             f"profile {args.profile}", colour, json_lines=args.json)
         watcher = Watcher(args.json, colour)
         watching = await _watch_in_background(watcher, address)
         try:
             async with qmpevents.connect(address) as qmp, qmp.listen() as caused:
                 for text, action, expected in _scenario(qmp, display):
-                    _say(text, colour)
+                    _say(text, colour, json_lines=args.json)
                     if not expected:
                         await action()
                         continue
@@ -191,9 +196,10 @@ async def _run_demo(args: argparse.Namespace, colour: bool) -> int:
     missing = [name for name in SPEC_EVENTS if not watcher.counts[name]]
     verdict = (f"all {len(SPEC_EVENTS)} spec events seen" if not missing
                else f"missing {', '.join(missing)}")
-    _say(f"done in {elapsed:.1f} s: {watcher.seen} events, {verdict}", colour)
+    _say(f"done in {elapsed:.1f} s: {watcher.seen} events, {verdict}", colour,
+         json_lines=args.json)
     for name in SPEC_EVENTS + tuple(sorted(set(watcher.counts) - set(SPEC_EVENTS))):
-        print(f"  {name:<18} {watcher.counts[name]}")
+        print(f"  {name:<18} {watcher.counts[name]}", file=sys.stderr if args.json else None)
     if missing:
         print(f"qmpevents demo: missing events: {', '.join(missing)}", file=sys.stderr)
         return 1

@@ -26,26 +26,34 @@ examples:
   qmpevents exec /tmp/vm.sock query-status
   qmpevents exec unix:/tmp/vm.sock x-sim-io-error device=ide0-hd1 operation=write
   qmpevents exec tcp:127.0.0.1:4444 x-sim-rtc-change --args '{"offset": 78}'
+  qmpevents exec /tmp/vm.sock system_powerdown --wait SHUTDOWN --timeout 60
 
-VALUE is read as JSON when it parses (78, true, null, [..]) and as a string otherwise.
-exit status: 0 success, 1 QMP error reply (class and description on stderr)
-or no reply, 2 usage error, 3 target unreachable
+KEY=VALUE arguments are optional; VALUE is read as JSON when it parses (78,
+true, null, [..]) and as a string otherwise.  --wait listens before the
+command is sent, so the event it causes cannot be missed; the event is
+printed (one JSON line, as received) after the reply.
+exit status: 0 success, 1 QMP error reply (class and description on stderr),
+no reply or no --wait event within --timeout, 2 usage error, 3 target unreachable
 """
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "exec", help="run one QMP command and print its reply", epilog=EXAMPLES,
+        usage="qmpevents exec [options] TARGET COMMAND [KEY=VALUE ...]",
         description="Run one QMP command and print its reply: indented JSON on a "
                     "terminal, one JSON line when piped.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="unix:PATH, tcp:HOST:PORT or a socket path")
     parser.add_argument("qmp_command", metavar="COMMAND")
-    parser.add_argument("arguments", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("arguments", nargs="*", metavar="KEY=VALUE",
+                        help="the command's arguments, if it takes any")
     parser.add_argument("--args", dest="json_args", metavar="JSON",
                         help="the arguments as one JSON object")
     parser.add_argument("--timeout", type=positive_float, default=10.0, metavar="S",
                         help="give up after S seconds (default 10)")
+    parser.add_argument("--wait", metavar="EVENT",
+                        help="then wait for this event (a name or glob) and print it")
     add_tls_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -85,12 +93,13 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     address = targets[0].address
+    wait = args.wait.upper() if args.wait else None
     return asyncio.run(_exec(address, args.qmp_command, arguments, args.timeout,
-                             options.for_address(address)))
+                             options.for_address(address), wait))
 
 
 async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: float,
-                options: dict[str, Any]) -> int:
+                options: dict[str, Any], wait: str | None) -> int:
     client = QMPClient(address, connect_timeout=timeout, **options)
     try:
         await client.connect()
@@ -98,7 +107,22 @@ async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: 
         print(f"qmpevents exec: cannot reach {address}: {describe_error(exc)}", file=sys.stderr)
         return 3
     try:
-        reply = await client.execute(command, arguments or None, timeout=timeout)
+        waiter = client.wait_for(wait, timeout=timeout) if wait is not None else None
+        try:
+            reply = await client.execute(command, arguments or None, timeout=timeout)
+        except BaseException:
+            if waiter is not None:
+                waiter.close()  # never awaited: stop listening
+            raise
+        _print_reply(reply)
+        if waiter is not None:
+            try:
+                event = await waiter
+            except (OSError, TimeoutError, QMPEventsError) as exc:
+                print(f"qmpevents exec: no {wait} event: {describe_error(exc)}",
+                      file=sys.stderr)
+                return 1
+            print((event.raw or msgspec.json.encode(event.to_wire())).decode(), flush=True)
     except QMPError as exc:
         print(f"qmpevents exec: {exc.error_class}: {exc.desc}", file=sys.stderr)
         return 1
@@ -107,8 +131,11 @@ async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: 
         return 1
     finally:
         await client.close()
-    if sys.stdout.isatty():
-        print(json.dumps(reply, indent=2, ensure_ascii=False))
-    else:
-        print(msgspec.json.encode(reply).decode())
     return 0
+
+
+def _print_reply(reply: Any) -> None:
+    if sys.stdout.isatty():
+        print(json.dumps(reply, indent=2, ensure_ascii=False), flush=True)
+    else:
+        print(msgspec.json.encode(reply).decode(), flush=True)

@@ -16,10 +16,8 @@ from typing import Any
 import msgspec
 
 from qmpevents.client import EventFilter
-
-
-class FilterError(ValueError):
-    """A filter the user wrote wrongly (a usage error)."""
+from qmpevents.client.filters import match_path
+from qmpevents.errors import FilterError as FilterError  # re-exported for the commands
 
 
 class Loose:
@@ -47,20 +45,18 @@ class Loose:
 
 
 def parse_match(spec: str) -> tuple[str, Any]:
-    """``data.action=stop`` -> ("action", "stop"); ``data.offset=78`` -> ("offset", 78~"78")."""
+    """``action=stop`` -> ("data.action", "stop"); ``data.offset=78`` -> ("data.offset", 78~"78").
+
+    The key is the client's match syntax (:func:`~qmpevents.client.filters.match_path`)."""
     key, sep, raw = spec.partition("=")
     if not sep or not key:
         raise FilterError(f"bad --match {spec!r}: expected KEY=VALUE")
-    path = key.split(".")
-    if path[0] == "data":
-        path = path[1:]
-    if not path or not all(path):
-        raise FilterError(f"bad --match {spec!r}: empty key")
+    key = "data." + ".".join(match_path(key))
     try:
         value: Any = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        return ".".join(path), raw
-    return ".".join(path), value if isinstance(value, str) else Loose(value, raw)
+        return key, raw
+    return key, value if isinstance(value, str) else Loose(value, raw)
 
 
 def build_filter(names: Sequence[str], matches: Sequence[str]) -> EventFilter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from typing import Any
 
@@ -27,16 +28,22 @@ examples:
   qmpevents replay incident.jsonl --serve unix:/tmp/replay.sock --as-fast-as-possible
 
 Serving waits for a client to negotiate, replays, then closes and exits 0.
+The timeline starts when a client negotiates; if every client leaves before
+its end (a probe such as `qmpevents exec ... query-status`), it starts again
+from the beginning for the next client.  After the last event the server
+still answers commands for 1 s, then closes.
 The replay server answers query-status and query-version; other commands get
 CommandNotFound.  A torn last line (a crash while recording) is reported
 on stderr and skipped.  --print shows a recorded message that is not an
 event (a list, a string, no timestamp) raw, or with --json skips it; either
 way they are counted on stderr.
 
-exit status: 0 done, 2 usage error or unreadable FILE
+exit status: 0 done, 1 --vm matched no event, 2 usage error or unreadable FILE
 """
 
 REPLAY_VERSION = {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "qmpevents replay"}
+LINGER = 1.0
+"""Seconds the server still answers commands after the last event, before it closes."""
 
 
 def register(subparsers: Any) -> None:
@@ -78,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"qmpevents replay: error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    if args.vm and not records:
+        print(f"qmpevents replay: no event of VM {', '.join(args.vm)} in {args.file}",
+              file=sys.stderr)
+        return 1
     if args.print:
         _print(records, args.json)
         return 0
@@ -124,21 +135,42 @@ def _commands() -> CommandTable:
 
 async def _serve(address: Any, records: list[Record], scale: float) -> int:
     server = QMPServer([address], _commands(), version=REPLAY_VERSION)
-    audience = asyncio.Event()
+    audience, emptied = asyncio.Event(), asyncio.Event()
     server.broadcaster.on_join(audience.set)
+
+    def left() -> None:
+        if not len(server.broadcaster):
+            emptied.set()
+
+    server.broadcaster.on_leave(left)
     await server.start()
     print(f"qmpevents replay: {len(records)} events; waiting for a client on {address}",
           file=sys.stderr)
     try:
-        await audience.wait()
-        previous = records[0].received if records else 0.0
-        for record in records:
-            delay = (record.received - previous) * scale
-            previous = record.received
-            if delay > 0:
-                await asyncio.sleep(delay)
-            server.broadcaster.publish_line(record.message_bytes() + b"\r\n")
+        while True:
+            await audience.wait()
+            emptied.clear()
+            if await _play(server, emptied, records, scale):
+                break
+            audience.clear()  # everyone left before the end: start again for the next client
         print("qmpevents replay: done", file=sys.stderr)
+        await asyncio.sleep(LINGER)  # commands sent with the last events still get replies
     finally:
         await server.close()
     return 0
+
+
+async def _play(server: QMPServer, emptied: asyncio.Event, records: list[Record],
+                scale: float) -> bool:
+    """One run of the timeline from its start; False as soon as the audience has left."""
+    previous = records[0].received if records else 0.0
+    for record in records:
+        delay = (record.received - previous) * scale
+        previous = record.received
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):  # the recording's own pacing
+                await asyncio.wait_for(emptied.wait(), delay)
+        if emptied.is_set() or not len(server.broadcaster):
+            return False
+        server.broadcaster.publish_line(record.message_bytes() + b"\r\n")
+    return True

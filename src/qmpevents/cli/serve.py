@@ -178,8 +178,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     try:
         return asyncio.run(_serve(vm))
-    except OSError as exc:
-        return _fail(str(exc), 1)
+    except OSError as exc:  # a bind that failed: say where (asyncio's error does not)
+        where = exc.filename or " or ".join(str(address) for address in vm.addresses)
+        return _fail(f"cannot listen on {where}: {exc.strerror or exc}", 1)
 
 
 async def _serve(vm: SimulatedVM) -> int:

@@ -1,74 +1,25 @@
-"""Where the VMs are: QMP addresses given on the command line.
+"""Targets on the command line: the library's target strings, plus TLS options.
 
-A target is ``unix:PATH``, ``tcp:HOST:PORT``, a plain socket path, or a
-directory / glob of sockets.  Directories and globs are *re-scanned*: a VM
-whose socket appears later is attached, as a host-wide watcher (Proxmox's
-qmeventd) must do.
+Expansion and naming live in :mod:`qmpevents.client.targets` (re-exported
+here for the commands); this module adds what only a command line has.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import ssl
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from qmpevents.addresses import AddressError, TcpAddress, parse_address
+from qmpevents.client.targets import (
+    Target,
+    TargetError,
+    display_name,
+    expand,
+    is_pattern,
+    split_name,
+)
 from qmpevents.tls import TLSCredsError, client_context
-
-
-class TargetError(ValueError):
-    """A target that cannot be understood (a usage error)."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """One VM's QMP address and the name it is shown under."""
-
-    address: str
-    name: str
-
-
-def _is_socket(path: str) -> bool:
-    try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _vm_name(path: str) -> str:
-    """``/run/qemu-server/101.qmp`` -> ``101``: the socket's stem names the VM."""
-    return Path(path).stem or path
-
-
-def is_pattern(spec: str) -> bool:
-    """True for a directory or glob, which is re-scanned for new sockets."""
-    if spec.startswith(("unix:", "tcp:")):
-        return False
-    return os.path.isdir(spec) or glob.has_magic(spec)
-
-
-def expand(spec: str) -> list[Target]:
-    """The VMs *spec* names right now."""
-    if spec.startswith(("tcp:", "unix:")):
-        try:
-            address = parse_address(spec)
-        except AddressError as exc:
-            raise TargetError(str(exc)) from None
-        if isinstance(address, TcpAddress):
-            return [Target(spec, f"{address.host}:{address.port}")]
-        return [Target(spec, _vm_name(address.path))]
-    if os.path.isdir(spec):
-        paths = sorted(os.path.join(spec, entry) for entry in os.listdir(spec))
-        return [Target(f"unix:{p}", _vm_name(p)) for p in paths if _is_socket(p)]
-    if glob.has_magic(spec):
-        return [Target(f"unix:{p}", _vm_name(p)) for p in sorted(glob.glob(spec))
-                if _is_socket(p)]
-    return [Target(f"unix:{spec}", _vm_name(spec))]
 
 
 def describe_error(exc: BaseException) -> str:
@@ -114,3 +65,7 @@ class ClientOptions:
         if self.ssl is None or not address.startswith("tcp:"):
             return {}
         return {"ssl": self.ssl, "server_hostname": self.server_hostname}
+
+
+__all__ = ["ClientOptions", "Target", "TargetError", "add_tls_arguments", "client_options",
+           "describe_error", "display_name", "expand", "is_pattern", "split_name"]

@@ -29,8 +29,10 @@ from qmpevents.cli.targets import (
     add_tls_arguments,
     client_options,
     describe_error,
+    display_name,
     expand,
     is_pattern,
+    split_name,
 )
 from qmpevents.client import EventFilter, QMPClient, QMPEvent, Subscription
 from qmpevents.errors import QMPEventsError
@@ -42,6 +44,12 @@ examples:
   qmpevents watch unix:/tmp/a.sock tcp:127.0.0.1:4444 --event 'VNC_*' --count 3
   qmpevents watch /tmp/vm.sock --match data.action=stop --until SHUTDOWN --timeout 30
   qmpevents watch '/tmp/vms/*.sock' --rescan 0.2
+  qmpevents watch web1=/var/lib/libvirt/qemu/domain-3-web1/monitor.sock --exit-on-disconnect
+  qmpevents watch /run/qemu-server/      # a trailing / : a directory, waited for if missing
+
+VMs are named NAME (NAME=ADDRESS), else by their own query-name, else by the
+distinguishing part of the path (libvirt's domain-N-NAME directory for a
+generic monitor.sock).
 
 Filters: --event (a glob, repeatable) and --match (repeatable) must all hold;
 --match VALUE is JSON when it parses (offset=78) and text otherwise
@@ -83,6 +91,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour the text output (auto: on a terminal without NO_COLOR)")
     add_stream_arguments(parser)
+    parser.add_argument("--exit-on-disconnect", action="store_true",
+                        help="exit 0 when a VM named by a plain target (not a directory or "
+                             "glob) disconnects, e.g. after quit, instead of retrying")
     parser.set_defaults(handler=run)
 
 
@@ -113,9 +124,11 @@ class Attachments:
     def __init__(self, specs: list[str], rescan: float, on_event: OnEvent, note: Note,
                  trace: Callable[[Target], Trace] | None = None,
                  options: ClientOptions | None = None,
-                 on_link: OnLink | None = None) -> None:
+                 on_link: OnLink | None = None,
+                 on_disconnect: Callable[[str], None] | None = None) -> None:
         self._specs = specs
         self._on_link = on_link
+        self._on_disconnect = on_disconnect  # a fixed target's VM went away
         self._options = options or ClientOptions()
         self._rescan = rescan
         self._on_event = on_event
@@ -123,6 +136,7 @@ class Attachments:
         self._trace = trace
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lost: set[str] = set()  # addresses reported lost and not back yet
+        self._names: dict[str, str] = {}  # address -> name shown (see targets.display_name)
 
     async def start(self) -> list[Target]:
         """Connect every fixed target once; returns those that could not be reached.
@@ -148,15 +162,22 @@ class Attachments:
         for target, first in zip(fixed, opened, strict=True):
             self._attach(target, pattern=False, first=first)
         self._scan()
+        for spec in self._specs:
+            if is_pattern(spec) and not expand(spec):
+                path = split_name(spec)[1]
+                what = ("no such directory yet" if path.endswith("/") and not os.path.isdir(path)
+                        else "no VM socket matches yet")
+                self._note(f"{spec}: {what}; waiting (re-scanned every {self._rescan:g} s)")
         return []
 
-    async def _open(self, target: Target) -> tuple[QMPClient, Subscription]:
+    async def _open(self, target: Target) -> tuple[QMPClient, Subscription[QMPEvent]]:
         """Subscribe, then connect: no event after negotiation can slip by."""
         trace = self._trace(target) if self._trace is not None else None
         client = QMPClient(target.address, trace=trace,
                            **self._options.for_address(target.address))
         events = client.events()
         await client.connect()
+        self._names[target.address] = await display_name(client, target)
         return client, events
 
     def _scan(self) -> None:
@@ -172,7 +193,7 @@ class Attachments:
             self._scan()
 
     def _attach(self, target: Target, *, pattern: bool,
-                first: tuple[QMPClient, Subscription] | None = None) -> None:
+                first: tuple[QMPClient, Subscription[QMPEvent]] | None = None) -> None:
         task = asyncio.create_task(self._follow(target, pattern, first))
         self._tasks[target.address] = task
         task.add_done_callback(lambda done: self._ended(target, done))
@@ -184,7 +205,7 @@ class Attachments:
             self._note(f"{target.name}: no longer followed: internal error: {exc!r}")
 
     async def _follow(self, target: Target, pattern: bool,
-                      opened: tuple[QMPClient, Subscription] | None) -> None:
+                      opened: tuple[QMPClient, Subscription[QMPEvent]] | None) -> None:
         """Stream one VM's events; report losses and returns; retry."""
         delay = RETRY_DELAY
         failing = False  # a failure has been reported and nothing has worked since
@@ -194,21 +215,24 @@ class Attachments:
                     opened = await self._open(target)
                 client, events = opened
                 try:
+                    name = self._names.get(target.address, target.name)
                     if target.address in self._lost:
                         self._lost.discard(target.address)
-                        self._note(f"{target.name}: back")
+                        self._note(f"{name}: back")
                     elif pattern:
-                        self._note(f"{target.name}: attached ({target.address})")
+                        self._note(f"{name}: attached ({target.address})")
                     failing = False
                     delay = RETRY_DELAY
                     if self._on_link is not None:
                         self._on_link(target, client)
                     async for event in events:
-                        await self._on_event(target.name, event)
+                        await self._on_event(name, event)
                 finally:
                     if self._on_link is not None:
                         self._on_link(target, None)
                     await client.close()
+                if not pattern and self._on_disconnect is not None:
+                    self._on_disconnect(name)
                 reason = "disconnected"
                 connected = True
             except (OSError, QMPEventsError, TimeoutError) as exc:
@@ -346,8 +370,13 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
     def on_signal(signum: int) -> int:
         return 128 + signum if has_condition else 0
 
+    def on_disconnect(vm: str) -> None:
+        if args.exit_on_disconnect and not done.done():
+            note(f"{vm}: disconnected; exiting (--exit-on-disconnect)")
+            done.set_result(0)
+
     attachments = Attachments(args.targets, args.rescan, on_event, note,
-                              options=args.client_options)
+                              options=args.client_options, on_disconnect=on_disconnect)
     try:
         return await run_session(attachments, done, args.timeout, on_timeout=on_timeout,
                                  on_signal=on_signal)

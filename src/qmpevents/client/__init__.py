@@ -3,7 +3,8 @@
 * :func:`connect` / :class:`QMPClient` -- asyncio;
 * :func:`connect_sync` / :class:`SyncQMPClient` -- the blocking facade;
 * :class:`Subscription` -- a bounded queue with an overflow policy;
-* :class:`ConnectionResumed` (name :data:`RECONNECTED`) -- the reconnect marker.
+* :class:`ConnectionResumed` (name :data:`RECONNECTED`) -- the reconnect marker;
+* :func:`watch_vms` / :class:`VMs` -- many VMs, directories and reconnects at once.
 """
 
 from qmpevents.addresses import TcpAddress, UnixAddress, parse_address
@@ -17,7 +18,8 @@ from qmpevents.client.subscriptions import (
     Overflow,
     Subscription,
 )
-from qmpevents.client.sync import SyncQMPClient, SyncSubscription, connect_sync
+from qmpevents.client.sync import SyncQMPClient, SyncSubscription, SyncWaiter, connect_sync
+from qmpevents.client.vms import VMEvent, VMs, watch_vms
 
 __all__ = [
     "DEFAULT_MAXSIZE",
@@ -31,9 +33,13 @@ __all__ = [
     "Subscription",
     "SyncQMPClient",
     "SyncSubscription",
+    "SyncWaiter",
     "TcpAddress",
     "UnixAddress",
+    "VMEvent",
+    "VMs",
     "connect",
     "connect_sync",
     "parse_address",
+    "watch_vms",
 ]

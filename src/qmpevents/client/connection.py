@@ -10,6 +10,14 @@ a task: no extra wake-up per read, and backpressure is
 Within a read, messages are processed in arrival order: events that came
 before a command's reply are in the subscribers' queues before ``execute``
 returns, which is what makes "subscribe, act, then wait" race-free.
+
+Events sent right after negotiation are held (the reader pauses) until the
+code that called ``connect()`` next yields to the event loop, so a
+subscription made straight after ``connect()`` -- ``async with connect(a) as
+qmp: async for ev in qmp.events():`` -- gets every one of them.
+
+The library logs through ``logging.getLogger("qmpevents")``, which has a
+``NullHandler``: nothing is printed unless the application configures logging.
 """
 
 from __future__ import annotations
@@ -17,15 +25,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Protocol, Self, overload
 
 from qmpevents.addresses import Address, AddressLike, TcpAddress, UnixAddress, parse_address
 from qmpevents.client.expect import Expectation, FirstMatch
-from qmpevents.client.filters import EventFilter, Predicate, QMPEvent
+from qmpevents.client.filters import E2, E, EventFilter, EventSpec, Predicate, QMPEvent
+from qmpevents.client.ratelimit import RateLimitedLog
 from qmpevents.client.subscriptions import (
     DEFAULT_MAXSIZE,
     ConnectionResumed,
@@ -33,13 +41,18 @@ from qmpevents.client.subscriptions import (
     Sink,
     Subscription,
 )
+from qmpevents.clock import REAL_CLOCK, Clock, Timer, deadline, sleep
 from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
 from qmpevents.errors import (
     ConnectionLost,
+    InvalidArguments,
     MessageTooLarge,
+    MonitorBusy,
     QMPError,
     QMPEventsError,
     RemoteProtocolError,
+    SendQueueFull,
+    SubscriberStalled,
 )
 from qmpevents.protocol import (
     EVENT_CLASSES,
@@ -53,6 +66,7 @@ from qmpevents.protocol import (
     only_events,
 )
 
+logging.getLogger("qmpevents").addHandler(logging.NullHandler())
 logger = logging.getLogger("qmpevents.client")
 
 READ_SIZE: Final = 64 * 1024
@@ -63,6 +77,14 @@ PARSE_SLICE: Final = 4 * 1024
 """Bytes of the byte-by-byte parser's work per loop iteration (a message the
 fast path cannot take, such as an oversized one): about 5 ms, so timers
 (``connect_timeout``, ``execute(timeout=)``) fire on time meanwhile."""
+MAX_UNSENT: Final = 1024 * 1024
+"""Default bound on output the server has not read: ``execute`` raises beyond it."""
+TLS_NUDGE: Final = b"\n"
+"""Written as its own TLS record after every command.  QEMU (7.2) over TLS reads
+its monitor one byte per wake-up of the socket: the rest of a command's TLS
+record sits decrypted in GnuTLS's buffer, unseen, until more bytes arrive.
+A following record keeps the socket readable until the command is consumed;
+whitespace between JSON messages is ignored by every QMP server."""
 
 
 class LinkHost(Protocol):
@@ -71,6 +93,10 @@ class LinkHost(Protocol):
     address: Address
     max_message_size: int
     trace: Callable[[str, bytes], None] | None
+    ssl: _ssl.SSLContext | None
+    max_unsent: int
+    clock: Clock
+    warnings: RateLimitedLog
 
     @property
     def reading_blocked(self) -> bool:
@@ -88,6 +114,9 @@ class LinkHost(Protocol):
     def on_lost(self, link: _Link, exc: Exception | None) -> None:
         """*link*'s connection ended."""
 
+    def on_reader_held(self, held: bool) -> None:
+        """The reader is paused by a full subscriber (True) or no longer (False)."""
+
 
 class _Link(asyncio.Protocol):
     """One connection's lifetime: moves bytes between a socket and the sans-IO client.
@@ -96,7 +125,7 @@ class _Link(asyncio.Protocol):
     next connection's state.
     """
 
-    def __init__(self, host: LinkHost, *, resync: bool) -> None:
+    def __init__(self, host: LinkHost, *, resync: bool, hold: bool = False) -> None:
         self.host = host
         self.proto = ClientConnection(max_message_size=host.max_message_size, resync=resync)
         self.transport: asyncio.Transport | None = None
@@ -106,9 +135,16 @@ class _Link(asyncio.Protocol):
         self.ready: asyncio.Future[None] = loop.create_future()
         self.ready.add_done_callback(_retrieve)
         self.lost: asyncio.Future[None] = loop.create_future()
+        #: Resolved by the greeting: a socket that accepts and stays silent is busy.
+        self.greeted: asyncio.Future[None] = loop.create_future()
+        self.received_any = False
         self.negotiated = False
         self.paused = False
         self._parsing = False  # the parser's leftover work is scheduled
+        self.quit_sent = False  # a connection lost after "quit" is an orderly end
+        #: Events after negotiation, held until connect() returns (see the module doc).
+        self.early: list[QMPEvent] | None = None
+        self._hold = hold
         self._resync = resync
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -123,6 +159,7 @@ class _Link(asyncio.Protocol):
         host = self.host
         if host.trace is not None:
             host.trace("in", data)
+        self.received_any = True
         self._take(data)
 
     def _take(self, data: bytes) -> None:
@@ -143,20 +180,41 @@ class _Link(asyncio.Protocol):
             return
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: %d bytes, %d messages", host.address, len(data), len(items))
-        if only_events(items):
+        if self.early is None and only_events(items):
             host.on_events(items)  # type: ignore[arg-type]  # all events: checked
         else:
             self._process(items)
-        if host.reading_blocked and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """Pause while the parser has work left, events are held or a subscriber is
+        full -- but never for a full subscriber while a command waits for its reply:
+        replies are always read."""
+        if self.transport is None or self.lost.done():
+            return
+        blocked = self.host.reading_blocked
+        pause = self._parsing or self.early is not None or (blocked and not self.pending)
+        if pause != self.paused:
+            self.paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+        self.host.on_reader_held(pause and blocked)  # a full subscriber: for so long only
+
+    def release_early(self) -> None:
+        """connect() has returned and its caller subscribed: hand over what was held."""
+        early, self.early = self.early, None
+        if early:
+            self.host.on_events(early)
+        self.update_reading()
 
     def _parse_later(self) -> None:
         """The parser has work left: go on in the next loop iteration, not reading meanwhile."""
         if self._parsing or self.transport is None:
             return
         self._parsing = True
-        self.transport.pause_reading()
+        self.update_reading()
         asyncio.get_running_loop().call_soon(self._parse_on)
 
     def _parse_on(self) -> None:
@@ -164,8 +222,7 @@ class _Link(asyncio.Protocol):
         if self.lost.done():
             return
         self._take(b"")  # no new bytes: the parser goes on
-        if not self._parsing and not self.paused and self.transport is not None:
-            self.transport.resume_reading()
+        self.update_reading()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -187,7 +244,7 @@ class _Link(asyncio.Protocol):
                 run.append(item)  # type: ignore[arg-type]
                 continue
             if run:
-                self.host.on_events(run)
+                self._events(run)
                 run = []
             if isinstance(item, Reply):
                 self._reply(item)
@@ -197,15 +254,24 @@ class _Link(asyncio.Protocol):
             elif isinstance(item, Greeting):
                 self._greeted()
             elif isinstance(item, ProtocolViolation):
-                logger.warning("%s: protocol violation: %s", self.host.address, item.problem)
+                self.host.warnings.warning(
+                    "protocol", f"{self.host.address}: protocol violation: {item.problem}")
                 if self.proto.greeting is None:  # not a QMP server: say so now, not at timeout
                     self._fail_ready(RemoteProtocolError(
                         f"{self.host.address} is not a QMP server: {item.problem}"))
                     return
         if run:
-            self.host.on_events(run)
+            self._events(run)
+
+    def _events(self, events: list[QMPEvent]) -> None:
+        if self.early is not None:
+            self.early.extend(events)  # at most the rest of this read: reading is paused
+        else:
+            self.host.on_events(events)
 
     def _greeted(self) -> None:
+        if not self.greeted.done():
+            self.greeted.set_result(None)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: greeting %r", self.host.address, self.proto.greeting)
         self._send("qmp_capabilities")
@@ -226,10 +292,15 @@ class _Link(asyncio.Protocol):
 
     def _set_ready(self) -> None:
         self.negotiated = True
+        if self._hold:
+            self._hold = False
+            self.early = []  # the first connect: events wait for connect()'s caller
         if not self.ready.done():
             self.ready.set_result(None)
 
     def _fail_ready(self, error: BaseException) -> None:
+        if not self.greeted.done():
+            self.greeted.set_result(None)  # stop waiting for a greeting: ready says why
         if not self.ready.done():
             self.ready.set_exception(error)
         if self.transport is not None:
@@ -237,6 +308,8 @@ class _Link(asyncio.Protocol):
 
     def _send(self, command: str, arguments: Mapping[str, Any] | None = None) -> str:
         request_id = self.proto.send_command(command, dict(arguments) if arguments else None)
+        if command == "quit":
+            self.quit_sent = True
         self._write()
         return request_id
 
@@ -244,6 +317,8 @@ class _Link(asyncio.Protocol):
         data = self.proto.data_to_send()
         assert self.transport is not None
         self.transport.write(data)
+        if self.host.ssl is not None:
+            self.transport.write(TLS_NUDGE)
         if self.host.trace is not None:
             self.host.trace("out", data)
 
@@ -251,11 +326,18 @@ class _Link(asyncio.Protocol):
 
     async def execute(self, command: str, arguments: Mapping[str, Any] | None,
                       timeout: float | None) -> Any:
+        transport = self.transport
+        assert transport is not None
+        unsent = transport.get_write_buffer_size()
+        if unsent > self.host.max_unsent:
+            raise SendQueueFull(f"{self.host.address}: {unsent} bytes unsent (the bound is "
+                                f"{self.host.max_unsent}): the server is not reading")
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         request_id = self._send(command, arguments)
         self.pending[request_id] = future
+        self.update_reading()  # replies are always read
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline(self.host.clock, timeout, f"no reply to {command}"):
                 reply = await future
         finally:
             if self.pending.pop(request_id, None) is not None:
@@ -306,6 +388,19 @@ class QMPClient:
       (QEMU's ``tls-creds-x509``); :func:`qmpevents.tls.client_context`
       builds one from QEMU's credentials directory.  *server_hostname* is the
       name the server's certificate must carry (default: the address's host).
+    * *greeting_timeout* -- seconds to wait for the greeting once the socket
+      is connected: a socket that accepts and says nothing is a QEMU monitor
+      busy with another client (:class:`~qmpevents.errors.MonitorBusy`).
+    * *stall_timeout* -- how long a full ``overflow="block"`` subscription may
+      hold the reader before it is cut off
+      (:class:`~qmpevents.errors.SubscriberStalled`); None: never.
+    * *max_unsent* -- bytes of output the server has not read beyond which
+      ``execute`` raises :class:`~qmpevents.errors.SendQueueFull`.
+    * *close_grace* -- seconds :meth:`close` waits for unsent output to drain
+      before it aborts the connection.
+    * *clock* -- a :class:`~qmpevents.clock.Clock` for every timeout, back-off
+      and the reconnect marker's times; tests pass a
+      :class:`~qmpevents.clock.ManualClock`.
     * *trace* -- called as ``trace("in", data)`` with every chunk of bytes
       received and ``trace("out", data)`` with every message sent, in wire
       order (``qmpevents record --all-messages``).  Chunks are socket reads:
@@ -318,7 +413,12 @@ class QMPClient:
                  connect_timeout: float = 10.0,
                  trace: Callable[[str, bytes], None] | None = None,
                  ssl: _ssl.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
+                 server_hostname: str | None = None,
+                 greeting_timeout: float = 3.0,
+                 stall_timeout: float | None = 10.0,
+                 max_unsent: int = MAX_UNSENT,
+                 close_grace: float = 1.0,
+                 clock: Clock | None = None) -> None:
         self.address = parse_address(address)
         if ssl is not None and not isinstance(self.address, TcpAddress):
             raise ValueError(f"{self.address}: TLS is for tcp: addresses")
@@ -331,6 +431,13 @@ class QMPClient:
         self.reconnect_max_delay = reconnect_max_delay
         self.max_message_size = max_message_size
         self.connect_timeout = connect_timeout
+        self.greeting_timeout = greeting_timeout
+        self.stall_timeout = stall_timeout
+        self.max_unsent = max_unsent
+        self.close_grace = close_grace
+        self.clock: Clock = clock or REAL_CLOCK
+        #: Warnings about what the server sent, rate-limited; ``.counts`` counts them all.
+        self.warnings = RateLimitedLog(logger, self.clock)
         #: The latest ``query-status`` result from a (re)connect with *reconnect* on.
         self.last_status: Any = None
         #: How many times the connection has been re-established.
@@ -343,6 +450,7 @@ class QMPClient:
         self._fatal_error: BaseException | None = None
         self._reconnector: asyncio.Task[None] | None = None
         self._lost_at = 0.0
+        self._stall_timer: Timer | None = None
 
     # -- life cycle -----------------------------------------------------------
 
@@ -365,14 +473,15 @@ class QMPClient:
         self._ended = None
         self._fatal_error = None  # a new connection: an old one's fatal error is history
         self._lost_at = 0.0
-        await self._open()
+        link = await self._open(hold=True)
+        asyncio.get_running_loop().call_soon(link.release_early)  # once the caller subscribed
         return self
 
-    async def _open(self) -> None:
+    async def _open(self, *, hold: bool = False) -> _Link:
         loop = asyncio.get_running_loop()
-        link = _Link(self, resync=self.reconnect)
+        link = _Link(self, resync=self.reconnect, hold=hold)
         address = self.address
-        async with asyncio.timeout(self.connect_timeout):
+        async with deadline(self.clock, self.connect_timeout, f"{address}: not connected"):
             if isinstance(address, UnixAddress):
                 await loop.create_unix_connection(lambda: link, address.path)
             else:
@@ -382,9 +491,11 @@ class QMPClient:
                 else:
                     await loop.create_connection(
                         lambda: link, address.host, address.port, ssl=self.ssl,
-                        server_hostname=self.server_hostname or address.host)
+                        server_hostname=self.server_hostname or address.host,
+                        ssl_handshake_timeout=self.connect_timeout)
             self._link = link
             try:
+                await self._await_greeting(link)
                 await asyncio.shield(link.ready)
             except BaseException:
                 self._link = None
@@ -392,6 +503,19 @@ class QMPClient:
                     link.transport.abort()
                 raise
         logger.info("%s: connected", address)
+        return link
+
+    async def _await_greeting(self, link: _Link) -> None:
+        try:
+            async with deadline(self.clock, self.greeting_timeout):
+                await asyncio.shield(link.greeted)
+        except TimeoutError:
+            if link.received_any:
+                raise  # something that is not a greeting: the usual timeout
+            raise MonitorBusy(
+                f"{self.address}: connected, but no QMP greeting within "
+                f"{self.greeting_timeout:g} s: the monitor is busy (QEMU serves one client "
+                f"per socket; add another -qmp socket) or this is not a QMP server") from None
 
     async def close(self) -> None:
         """Close the connection; pending commands fail, iterators end.  Idempotent."""
@@ -402,7 +526,14 @@ class QMPClient:
         link = self._link
         if link is not None and link.transport is not None:
             link.transport.close()
-            await link.lost
+            try:
+                async with deadline(self.clock, self.close_grace):
+                    await asyncio.shield(link.lost)
+            except TimeoutError:  # the server stopped reading: do not wait for a drain
+                logger.info("%s: output not drained in %g s; aborting", self.address,
+                            self.close_grace)
+                link.transport.abort()
+                await link.lost
         self._end_all(ConnectionLost("the connection was closed"))
 
     async def __aenter__(self) -> Self:
@@ -429,28 +560,64 @@ class QMPClient:
         link = self._link
         if self._fatal_error is not None:
             raise self._fatal_error
+        if not isinstance(command, str):
+            raise InvalidArguments(f"the command is a string, not {type(command).__name__}")
+        if arguments is not None and (not isinstance(arguments, Mapping)
+                                      or not all(isinstance(key, str) for key in arguments)):
+            raise InvalidArguments(f"{command}: arguments are a JSON object (a mapping with "
+                                   f"string keys), not {type(arguments).__name__}")
         if link is None or not self.connected:
             raise ConnectionLost(f"not connected to {self.address}")
         return await link.execute(command, arguments, timeout)
 
     # -- events ---------------------------------------------------------------
 
-    def listen(self, *names: str, match: Mapping[str, Any] | None = None,
+    @overload
+    def listen(self, event: type[E], /, *, match: Mapping[str, Any] | None = None,
                predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
-               overflow: Overflow = "block") -> Subscription:
-        """Subscribe now to events by name (globs allowed), data *match* and *predicate*.
+               overflow: Overflow = "block") -> Subscription[E]: ...
+    @overload
+    def listen(self, event: type[E], other: type[E2], /, *,
+               match: Mapping[str, Any] | None = None, predicate: Predicate | None = None,
+               maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> Subscription[E | E2]: ...
+    @overload
+    def listen(self, *names: EventSpec, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> Subscription[QMPEvent]: ...
+
+    def listen(self, *names: Any, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> Subscription[Any]:
+        """Subscribe now to events by name (globs allowed) or class, data *match*, *predicate*.
 
         Use as ``async with qmp.listen("STOP") as events:``, then act, then
         ``await events.get(timeout=5)``: events are queued from this call on.
+        With event classes (``listen(BlockIoError)``) the subscription is
+        typed: ``get()`` returns a BlockIoError to the type checker too.
         """
-        subscription = Subscription(self, EventFilter(names, match, predicate),
-                                    maxsize=maxsize, overflow=overflow)
+        subscription: Subscription[Any] = Subscription(
+            self, EventFilter(names, match, predicate), maxsize=maxsize, overflow=overflow)
         self._subscribe(subscription)
         return subscription
 
-    def events(self, *names: str, match: Mapping[str, Any] | None = None,
+    @overload
+    def events(self, event: type[E], /, *, match: Mapping[str, Any] | None = None,
                predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
-               overflow: Overflow = "block") -> Subscription:
+               overflow: Overflow = "block") -> Subscription[E]: ...
+    @overload
+    def events(self, event: type[E], other: type[E2], /, *,
+               match: Mapping[str, Any] | None = None, predicate: Predicate | None = None,
+               maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> Subscription[E | E2]: ...
+    @overload
+    def events(self, *names: EventSpec, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> Subscription[QMPEvent]: ...
+
+    def events(self, *names: Any, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> Subscription[Any]:
         """Every event (or those passing the filters), for ``async for``.
 
         The iteration ends normally when the connection ends (after the queued
@@ -459,29 +626,45 @@ class QMPClient:
         return self.listen(*names, match=match, predicate=predicate, maxsize=maxsize,
                            overflow=overflow)
 
-    def wait_for(self, *names: str, timeout: float | None = None,
+    @overload
+    def wait_for(self, event: type[E], /, *, timeout: float | None = None,
                  match: Mapping[str, Any] | None = None,
-                 predicate: Predicate | None = None) -> Coroutine[Any, Any, QMPEvent]:
+                 predicate: Predicate | None = None) -> Coroutine[Any, Any, E]: ...
+    @overload
+    def wait_for(self, event: type[E], other: type[E2], /, *, timeout: float | None = None,
+                 match: Mapping[str, Any] | None = None,
+                 predicate: Predicate | None = None) -> Coroutine[Any, Any, E | E2]: ...
+    @overload
+    def wait_for(self, *names: EventSpec, timeout: float | None = None,
+                 match: Mapping[str, Any] | None = None,
+                 predicate: Predicate | None = None) -> Coroutine[Any, Any, QMPEvent]: ...
+
+    def wait_for(self, *names: Any, timeout: float | None = None,
+                 match: Mapping[str, Any] | None = None,
+                 predicate: Predicate | None = None) -> Coroutine[Any, Any, Any]:
         """The next event passing the filters: ``ev = await qmp.wait_for("RESET")``.
 
         Listening starts when this is called, not when it is awaited, so
         ``w = qmp.wait_for(...)``, then a command, then ``await w`` cannot
-        miss the event.  Raises TimeoutError or ConnectionLost.
+        miss the event.  ``wait_for(Reset)`` returns a Reset.  Raises
+        TimeoutError or ConnectionLost.
         """
-        waiter = FirstMatch(EventFilter(names, match, predicate))
+        waiter: FirstMatch[Any] = FirstMatch(EventFilter(names, match, predicate))
         self._subscribe(waiter)
         return self._first_match(waiter, timeout)
 
-    async def _first_match(self, waiter: FirstMatch, timeout: float | None) -> QMPEvent:
+    async def _first_match(self, waiter: FirstMatch[E], timeout: float | None) -> E:
         try:
-            async with asyncio.timeout(timeout):
+            names = ", ".join(waiter.filter.names) or "any event"
+            async with deadline(self.clock, timeout, f"no {names}"):
                 return await waiter.result
         finally:
             self._unsubscribe(waiter)
 
-    def expect(self, *names: str, timeout: float | None = 10.0) -> Expectation:
+    def expect(self, *names: EventSpec, timeout: float | None = 10.0,
+               match: Mapping[str, Any] | None = None) -> Expectation:
         """``async with qmp.expect("A", "B", timeout=5): ...`` -- see :class:`Expectation`."""
-        return Expectation(self, names, timeout)
+        return Expectation(self, names, timeout, match)
 
     # -- the hub: subscribers and flow control --------------------------------
 
@@ -510,10 +693,33 @@ class QMPClient:
             return
         blocked.discard(key)
         link = self._link
-        if not blocked and link is not None and link.paused:
-            link.paused = False
-            if link.transport is not None:
-                link.transport.resume_reading()
+        if not blocked and link is not None:
+            link.update_reading()
+
+    def _stalled(self, sink: Subscription[Any]) -> None:
+        """Cut off a subscriber that stayed full (see :mod:`.subscriptions`)."""
+        logger.warning("%s: %r stayed full; cut off so that the rest keep receiving",
+                       self.address, sink)
+        sink.cut_off(SubscriberStalled(
+            f"{sink!r} was cut off: it stayed full while the connection had to go on"))
+
+    def on_reader_held(self, held: bool) -> None:
+        if not held:
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
+        elif self.stall_timeout is not None and self._stall_timer is None:
+            self._stall_timer = self.clock.call_later(self.stall_timeout, self._stall_expired)
+
+    def _stall_expired(self) -> None:
+        self._stall_timer = None
+        for key in tuple(self._blocked):
+            ref = self._sinks.get(key)
+            sink = None if ref is None else ref()
+            if isinstance(sink, Subscription):
+                self._stalled(sink)
+            else:
+                self._unblock_key(key)
 
     def _live_sinks(self) -> list[Sink]:
         sinks = [ref() for ref in self._sinks.values()]
@@ -538,12 +744,12 @@ class QMPClient:
         self.last_status = status
         if self._lost_at == 0.0:
             return  # the first connection: nothing was missed
-        downtime = time.monotonic() - self._lost_at
+        downtime = self.clock.monotonic() - self._lost_at
         self._lost_at = 0.0
         self.reconnects += 1
         logger.info("%s: reconnected after %.3f s; events may have been missed",
                     self.address, downtime)
-        marker = ConnectionResumed.make(time.time(), status, self.reconnects, downtime)
+        marker = ConnectionResumed.make(self.clock.time(), status, self.reconnects, downtime)
         for sink in self._live_sinks():
             sink.resumed(marker)
 
@@ -568,7 +774,11 @@ class QMPClient:
             return
         self._link = None
         self._blocked.clear()
-        if exc is not None:
+        self.on_reader_held(False)
+        if link.quit_sent or self._closing:
+            logger.info("%s: connection closed after %s", self.address,
+                        "quit" if link.quit_sent else "close()")
+        elif exc is not None:
             logger.warning("%s: connection lost: %s", self.address, exc)
         else:
             logger.info("%s: connection closed", self.address)
@@ -581,13 +791,13 @@ class QMPClient:
             if self._fatal_error is None:
                 self._end_all(lost)
             return
-        self._lost_at = time.monotonic()
+        self._lost_at = self.clock.monotonic()
         self._reconnector = asyncio.get_running_loop().create_task(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
         delay = self.reconnect_delay
         while not self._closing:
-            await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
+            await sleep(self.clock, delay)  # backoff between attempts, not synchronisation
             try:
                 await self._open()
             except (OSError, TimeoutError, QMPEventsError) as exc:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, cast
 
-from qmpevents.client.filters import EventFilter, QMPEvent, event_name
+from qmpevents.client.filters import E, EventFilter, EventSpec, QMPEvent, event_name
 from qmpevents.client.subscriptions import ConnectionResumed
+from qmpevents.clock import deadline
 from qmpevents.errors import ConnectionLost, ExpectationFailed
 
 if TYPE_CHECKING:
@@ -25,19 +26,19 @@ RECEIVED_KEPT: Final = 64
 """How many received event names an :class:`ExpectationFailed` lists (the latest)."""
 
 
-class FirstMatch:
+class FirstMatch(Generic[E]):
     """Resolves a future with the first event that passes a filter."""
 
     def __init__(self, event_filter: EventFilter) -> None:
         self.filter = event_filter
-        self.result: asyncio.Future[QMPEvent] = asyncio.get_running_loop().create_future()
+        self.result: asyncio.Future[E] = asyncio.get_running_loop().create_future()
 
     def deliver(self, events: list[QMPEvent]) -> None:
         if self.result.done():
             return
         for event in events:
             if self.filter(event):
-                self.result.set_result(event)
+                self.result.set_result(cast("E", event))  # the filter passes only E
                 return
 
     def resumed(self, marker: ConnectionResumed) -> None:
@@ -53,19 +54,22 @@ class Expectation:
 
     Listening starts on entry, so events caused by the body cannot be missed.
     On a normal exit it waits up to *timeout* seconds for the names to arrive
-    in that order (other events may come in between; names may be globs),
-    then :attr:`events` holds the matched events.  Otherwise it raises
+    in that order (other events may come in between; names may be globs or
+    event classes; *match* must hold for each of them, see
+    :class:`~qmpevents.client.EventFilter`), then :attr:`events` holds the
+    matched events.  Otherwise it raises
     :class:`~qmpevents.errors.ExpectationFailed` listing what did arrive (the
     latest :data:`RECEIVED_KEPT` names), also when the connection ends first.
     If the body raises, its exception propagates and nothing is awaited.
     """
 
-    def __init__(self, hub: Hub, names: Sequence[str], timeout: float | None) -> None:
+    def __init__(self, hub: Hub, names: Sequence[EventSpec], timeout: float | None,
+                 match: Mapping[str, Any] | None = None) -> None:
         if not names:
             raise ValueError("expect() needs at least one event name")
         self._hub = hub
-        self.expected = list(names)
-        self._steps = [EventFilter((name,)) for name in names]
+        self._steps = [EventFilter((name,), match) for name in names]
+        self.expected = [step.names[0] for step in self._steps]
         self.timeout = timeout
         #: The matched events, one per expected name, once complete.
         self.events: list[QMPEvent] = []
@@ -85,7 +89,7 @@ class Expectation:
             name = event_name(event)
             self._received.append(name)
             step = len(self.events)
-            if self._steps[step].wants_name(name):
+            if self._steps[step](event):
                 self.events.append(event)
                 if self.complete:
                     self._finish(None)
@@ -127,7 +131,7 @@ class Expectation:
             if exc_type is not None or self.complete:
                 return
             try:
-                async with asyncio.timeout(self.timeout):
+                async with deadline(self._hub.clock, self.timeout):
                     await done
             except TimeoutError:
                 raise self._failure() from None

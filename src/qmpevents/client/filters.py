@@ -1,29 +1,47 @@
-"""Which events a subscriber wants: names (globs allowed), data fields, a predicate.
+"""Which events a subscriber wants: names or classes, data fields, a predicate.
 
 Filters run on the reader's path, once per delivered batch, so the common
 cases stay cheap: no filter at all passes the batch through untouched, and a
 name test is one dictionary lookup per event (glob results are cached).
+
+``match`` has one syntax, shared with the CLI's ``--match KEY=VALUE``: a key
+is a path into the event's ``data`` (``data.action``, ``data.server.host``;
+the ``data.`` prefix may be left out), each part a JSON member name
+(``node-name``) or its attribute spelling (``node_name``).  A key that no
+event the filter can select has is an error (:class:`FilterError`), never a
+filter that silently matches nothing.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Iterable, Mapping
 from fnmatch import fnmatchcase
-from typing import Any, Final
+from typing import Any, Final, TypeVar, Union, get_args, get_origin
 
 import msgspec
 
 from qmpevents.catalog import EVENT_TYPES, Event, UnknownEvent
+from qmpevents.errors import FilterError
 
 QMPEvent = Event | UnknownEvent
 """What subscribers receive: a typed catalog event, or an event the catalog does not know."""
 
+E = TypeVar("E", bound=QMPEvent)
+"""The type of event a typed subscription yields (``listen(BlockIoError)``: BlockIoError)."""
+E2 = TypeVar("E2", bound=QMPEvent)
+"""The second event class of a typed subscription (``listen(Stop, Resume)``)."""
+
 Predicate = Callable[[QMPEvent], bool]
+EventSpec = str | type[Event] | type[UnknownEvent]
+"""An event name or glob (``"STOP"``, ``"VNC_*"``) or an event class (``Stop``)."""
 
 _NAME_OF_TYPE: Final[dict[type, str]] = {cls: name for name, cls in EVENT_TYPES.items()}
 _GLOB_CHARS: Final = frozenset("*?[")
 _CACHE_LIMIT: Final = 1024
 _MISSING: Final = object()
+RECONNECTED: Final = "QMPEVENTS_RECONNECTED"
+"""Name of the marker event delivered to subscribers after a reconnect."""
 
 
 def event_name(event: QMPEvent) -> str:
@@ -31,29 +49,70 @@ def event_name(event: QMPEvent) -> str:
     return _NAME_OF_TYPE.get(type(event)) or event.name
 
 
+def _spec_name(spec: EventSpec) -> str:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, type):
+        name = _NAME_OF_TYPE.get(spec)
+        if name is not None:
+            return name
+        if issubclass(spec, UnknownEvent) and spec is not UnknownEvent:
+            return RECONNECTED  # ConnectionResumed: the reconnect marker
+    raise TypeError(f"events are named by a string or a catalog event class, not {spec!r}")
+
+
+def match_path(key: str) -> tuple[str, ...]:
+    """``"data.server.host"`` (or ``"server.host"``) -> ``("server", "host")``."""
+    if not isinstance(key, str):
+        raise FilterError(f"match keys are strings, not {type(key).__name__}")
+    path = key.split(".")
+    if path[0] == "data":
+        path = path[1:]
+    if not path or not all(path):
+        raise FilterError(f"match key {key!r}: empty path; use data.MEMBER[.MEMBER...]")
+    return tuple(path)
+
+
 class EventFilter:
     """Selects events by name, by data fields and by a predicate; all must hold.
 
-    *names* are exact event names or shell globs (``VNC_*``); none means every
-    event.  *match* maps data fields to required values; a key may be a JSON
-    member name (``node-name``), its attribute spelling (``node_name``) or a
-    dotted path into nested members (``server.host``).  A missing field never
-    matches.
+    *names* are exact event names, shell globs (``VNC_*``) or catalog event
+    classes; none means every event.  *match* maps data paths (see the module
+    docstring) to required values.  A missing field never matches.
+    :attr:`classes_only` is true when every name was a class: such a
+    subscription is typed and gets the reconnect marker only if it lists
+    :class:`~qmpevents.client.ConnectionResumed`.
     """
 
-    def __init__(self, names: Iterable[str] = (), match: Mapping[str, Any] | None = None,
+    def __init__(self, names: Iterable[EventSpec] = (), match: Mapping[str, Any] | None = None,
                  predicate: Predicate | None = None) -> None:
-        names = tuple(names)
-        for name in names:
-            if not isinstance(name, str):
-                raise TypeError(f"event names are strings, not {type(name).__name__}")
-        self.names = names
-        self._exact = frozenset(n for n in names if not _GLOB_CHARS.intersection(n))
-        self._globs = tuple(n for n in names if _GLOB_CHARS.intersection(n))
-        self._match = [(tuple(key.split(".")), value) for key, value in (match or {}).items()]
+        specs = tuple(names)
+        resolved = tuple(_spec_name(spec) for spec in specs)
+        self.classes_only = bool(specs) and not any(isinstance(s, str) for s in specs)
+        self.wants_marker = not self.classes_only or RECONNECTED in resolved
+        self.names = resolved
+        self._exact = frozenset(n for n in resolved if not _GLOB_CHARS.intersection(n))
+        self._globs = tuple(n for n in resolved if _GLOB_CHARS.intersection(n))
+        self._match = [(match_path(key), value) for key, value in (match or {}).items()]
         self._predicate = predicate
         self._cache: dict[str, bool] = {}
-        self.passes_all = not names and not self._match and predicate is None
+        self._check_match_keys()
+        self.passes_all = not resolved and not self._match and predicate is None
+
+    def _check_match_keys(self) -> None:
+        """Every match key must exist in at least one catalog event this filter selects."""
+        if not self._match:
+            return
+        if any(name not in EVENT_TYPES and name != RECONNECTED for name in self._exact):
+            return  # an event the catalog does not know: its data cannot be checked
+        candidates = [name for name in EVENT_TYPES if not self.names or self.wants_name(name)]
+        if not candidates:
+            return  # globs matching no catalog event: nothing to check against
+        for path, _value in self._match:
+            if not any(_has_path(EVENT_TYPES[name], path) for name in candidates):
+                listed = ", ".join(candidates) if self.names else "any catalog event"
+                raise FilterError(f"match key data.{'.'.join(path)}: no member of that name "
+                                  f"in {listed}")
 
     def wants_name(self, name: str) -> bool:
         """Whether *name* passes the name part of the filter."""
@@ -88,6 +147,33 @@ class EventFilter:
         if isinstance(data, msgspec.Struct):
             data = msgspec.to_builtins(data)
         return all(_lookup(data, path) == value for path, value in self._match)
+
+
+def _struct_in(tp: Any) -> type[msgspec.Struct] | None:
+    """The Struct type in *tp* (``X | None`` -> X), or None if it holds none."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return tp
+    if get_origin(tp) in (Union, types.UnionType):
+        for arg in get_args(tp):
+            found = _struct_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _has_path(event_class: type[Event], path: tuple[str, ...]) -> bool:
+    data_type: Any = next(info.type for info in msgspec.structs.fields(event_class)
+                          if info.name == "data")
+    for part in path:
+        struct = _struct_in(data_type)
+        if struct is None:
+            return False
+        members = {name: info.type for info in msgspec.structs.fields(struct)
+                   for name in (info.name, info.encode_name)}
+        if part not in members and part.replace("_", "-") not in members:
+            return False
+        data_type = members.get(part, members.get(part.replace("_", "-")))
+    return True
 
 
 def _lookup(data: Any, path: tuple[str, ...]) -> Any:

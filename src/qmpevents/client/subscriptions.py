@@ -5,12 +5,21 @@ decodes (one batch per socket read).  A subscriber never makes the reader
 buffer without bound:
 
 * ``overflow="block"`` (the default): the queue holds *maxsize* events; what
-  does not fit is parked on the subscription (at most the rest of one read)
-  and the reader stops reading the socket until the consumer catches up.
-  Nothing is lost; the server is slowed down by TCP/unix flow control.  A
-  consumer that stops reading therefore also delays command replies that come
-  after the events -- pair it with ``execute(timeout=...)`` or use
-  ``drop-oldest``.
+  does not fit is parked on the subscription and the reader stops reading the
+  socket until the consumer catches up: nothing is lost, the server is slowed
+  down by TCP/unix flow control.  A consumer that stops reading never blocks
+  command replies or the other subscribers for long:
+
+  - while a command waits for its reply the reader keeps reading (replies are
+    always read), and a subscription whose parked events reach another
+    *maxsize* is cut off;
+  - a paused reader resumes after the client's *stall_timeout* (default
+    10 s) by cutting off the subscriptions still full.
+
+  A subscription cut off keeps the events it had queued; once they are read,
+  ``get()`` and iteration raise :class:`~qmpevents.errors.SubscriberStalled`
+  (logged once as a WARNING).  Every other subscriber and the connection
+  carry on.
 * ``overflow="drop-oldest"``: the queue keeps the newest *maxsize* events and
   counts what it discarded in :attr:`Subscription.dropped`.  The reader never
   waits.
@@ -27,27 +36,27 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, Self
+from typing import Any, Final, Generic, Literal, Protocol, Self, cast
 
 from qmpevents.catalog import Timestamp, UnknownEvent
-from qmpevents.client.filters import EventFilter, QMPEvent
-from qmpevents.errors import ConnectionLost, LocalProtocolError
+from qmpevents.client.filters import RECONNECTED as RECONNECTED
+from qmpevents.client.filters import E, EventFilter, QMPEvent
+from qmpevents.clock import Clock, deadline
+from qmpevents.errors import ConnectionLost, LocalProtocolError, SubscriberStalled
 
 Overflow = Literal["block", "drop-oldest"]
 OVERFLOW_POLICIES: Final[tuple[Overflow, ...]] = ("block", "drop-oldest")
 DEFAULT_MAXSIZE: Final = 4096
 
-RECONNECTED: Final = "QMPEVENTS_RECONNECTED"
-"""Name of the marker event delivered to every subscriber after a reconnect."""
-
-
-class ConnectionResumed(UnknownEvent, kw_only=True, dict=True):
+class ConnectionResumed(UnknownEvent, kw_only=True, dict=True, frozen=True):
     """Marker delivered to every subscription after a reconnect: events may be missing.
 
     Its name is :data:`RECONNECTED`; it is not a QMP event and has no ``raw``.
     ``data`` holds ``status`` (the fresh ``query-status`` result, or None if
     that failed), ``reconnects`` (how many reconnects so far) and ``downtime``
-    (seconds without a connection).  Subscribers get it whatever their filters.
+    (seconds without a connection).  Subscribers by name get it whatever their
+    filters; a typed subscription (``listen(BlockIoError)``) gets it only when
+    it lists this class, and counts reconnects in ``.reconnects`` either way.
     """
 
     @classmethod
@@ -59,10 +68,13 @@ class ConnectionResumed(UnknownEvent, kw_only=True, dict=True):
 class Hub(Protocol):
     """What a subscriber needs from the connection that feeds it."""
 
+    clock: Clock
+
     def _subscribe(self, sink: Sink) -> None: ...
     def _unsubscribe(self, sink: Sink) -> None: ...
     def _block(self, sink: Sink) -> None: ...
     def _unblock(self, sink: Sink) -> None: ...
+    def _stalled(self, sink: Subscription[Any]) -> None: ...
 
 
 class Sink(Protocol):
@@ -82,13 +94,15 @@ class _ClosedLocally(Exception):
     """Marks a subscription closed by its owner (never raised as is)."""
 
 
-class Subscription:
+class Subscription(Generic[E]):
     """A bounded queue of the events that pass a filter; read it with ``get`` or ``async for``.
 
     Made by ``QMPClient.listen()`` / ``QMPClient.events()``; it receives events
     from the moment it is created, so subscribe first and act second.  Use it
     as an async context manager (or call :meth:`close`) to unsubscribe; one
     that is simply dropped is unsubscribed when it is garbage-collected.
+    ``listen(BlockIoError)`` is a ``Subscription[BlockIoError]``: what it
+    yields is typed for the type checker too.
     """
 
     def __init__(self, hub: Hub, event_filter: EventFilter, *, maxsize: int = DEFAULT_MAXSIZE,
@@ -102,39 +116,44 @@ class Subscription:
         self.maxsize = maxsize
         self.overflow: Overflow = overflow
         self._drop = overflow == "drop-oldest"
-        self._queue: deque[QMPEvent] = deque(maxlen=maxsize if self._drop else None)
-        self._excess: list[QMPEvent] = []  # block policy: the part of a read that did not fit
+        self._queue: deque[E] = deque(maxlen=maxsize if self._drop else None)
+        self._excess: list[E] = []  # block policy: what did not fit, at most maxsize
         self._low_water = maxsize // 2
         self._waiters: list[asyncio.Future[None]] = []
         self._end: BaseException | None = None  # why no more events will come
         self._iter_raises = False
-        #: Events discarded by the ``drop-oldest`` policy so far.
+        #: Events discarded by the ``drop-oldest`` policy (or when cut off) so far.
         self.dropped = 0
+        #: Reconnects seen (each also queues a marker unless the subscription is typed).
+        self.reconnects = 0
 
     # -- reader side ----------------------------------------------------------
 
     def deliver(self, events: list[QMPEvent]) -> None:
         if self._end is not None:
             return
-        events = self.filter.select(events)
-        if not events:
+        selected = cast("list[E]", self.filter.select(events))  # the filter passes only E
+        if not selected:
             return
         queue = self._queue
         if self._drop:
-            over = len(queue) + len(events) - self.maxsize
+            over = len(queue) + len(selected) - self.maxsize
             if over > 0:
                 self.dropped += over
-            queue.extend(events)
+            queue.extend(selected)
         elif self._excess:
-            self._excess.extend(events)
+            self._excess.extend(selected)
+            if len(self._excess) > self.maxsize:
+                self._hub._stalled(self)  # the reader had to go on: cut off
+                return
             self._hub._block(self)
         else:
             room = self.maxsize - len(queue)
-            if len(events) <= room:
-                queue.extend(events)
+            if len(selected) <= room:
+                queue.extend(selected)
             else:
-                queue.extend(events[:room])
-                self._excess = events[room:]
+                queue.extend(selected[:room])
+                self._excess = selected[room:]
                 self._hub._block(self)
         if self._waiters:
             self._wake()
@@ -142,16 +161,20 @@ class Subscription:
     def resumed(self, marker: ConnectionResumed) -> None:
         if self._end is not None:
             return
+        self.reconnects += 1
+        if not self.filter.wants_marker:
+            return
+        item = cast("E", marker)  # named subscriptions yield QMPEvent, which includes it
         if self._drop:
             if len(self._queue) == self.maxsize:
                 self.dropped += 1
-            self._queue.append(marker)
+            self._queue.append(item)
         elif self._excess or len(self._queue) >= self.maxsize:
             # One marker beyond the bound rather than blocking the reconnect.
-            self._excess.append(marker)
+            self._excess.append(item)
             self._hub._block(self)
         else:
-            self._queue.append(marker)
+            self._queue.append(item)
         self._wake()
 
     def end(self, error: BaseException) -> None:
@@ -159,6 +182,13 @@ class Subscription:
             self._end = error
             self._iter_raises = not isinstance(error, ConnectionLost | _ClosedLocally)
         self._wake()
+
+    def cut_off(self, error: SubscriberStalled) -> None:
+        """Stop feeding a subscriber that stayed full: keep its queue, drop the parked rest."""
+        self.dropped += len(self._excess)
+        self._excess.clear()
+        self.end(error)
+        self._detach()
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -177,14 +207,14 @@ class Subscription:
         """Events ready to be read now (including any the reader parked)."""
         return len(self._queue) + len(self._excess)
 
-    def get_nowait(self) -> QMPEvent:
+    def get_nowait(self) -> E:
         """The next queued event; IndexError if none is queued right now."""
         event = self._queue.popleft()
         if self._excess:
             self._refill()
         return event
 
-    async def get(self, timeout: float | None = None) -> QMPEvent:
+    async def get(self, timeout: float | None = None) -> E:
         """The next event.
 
         Raises :class:`TimeoutError` if none arrives within *timeout* seconds,
@@ -198,10 +228,10 @@ class Subscription:
             raise self._end_error()
         return event
 
-    def __aiter__(self) -> AsyncIterator[QMPEvent]:
+    def __aiter__(self) -> AsyncIterator[E]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[QMPEvent]:
+    async def _iterate(self) -> AsyncIterator[E]:
         """What ``async for`` runs: an async generator costs less per event than
         an ``__anext__`` coroutine.  Ends (or raises) as :meth:`__anext__` does."""
         queue = self._queue
@@ -217,7 +247,7 @@ class Subscription:
                 return
             yield event
 
-    async def __anext__(self) -> QMPEvent:
+    async def __anext__(self) -> E:
         """Iteration ends normally at disconnect; a fatal error is raised."""
         queue = self._queue
         if queue:
@@ -233,24 +263,20 @@ class Subscription:
             raise StopAsyncIteration
         return waited
 
-    async def _next(self, timeout: float | None) -> QMPEvent | None:
+    async def _next(self, timeout: float | None) -> E | None:
         """Wait for an event; None when the subscription has ended."""
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while not self._queue:
-            if self._end is not None:
-                return None
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                if deadline is None:
+        async with deadline(self._hub.clock, timeout, f"no event for {self!r}"):
+            while not self._queue:
+                if self._end is not None:
+                    return None
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+                try:
                     await waiter
-                else:
-                    async with asyncio.timeout_at(deadline):
-                        await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                finally:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
         return self.get_nowait()
 
     def _end_error(self) -> BaseException:
@@ -258,8 +284,8 @@ class Subscription:
         end = self._end
         if isinstance(end, _ClosedLocally):
             return LocalProtocolError("the subscription is closed")
-        if isinstance(end, ConnectionLost):
-            error = ConnectionLost(*end.args)
+        if isinstance(end, ConnectionLost | SubscriberStalled):
+            error = type(end)(*end.args)
             error.__cause__ = end.__cause__
             return error
         assert isinstance(end, BaseException)

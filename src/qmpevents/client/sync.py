@@ -12,12 +12,12 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Coroutine, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, overload
 
 from qmpevents.addresses import AddressLike
 from qmpevents.client.connection import QMPClient
 from qmpevents.client.expect import Expectation
-from qmpevents.client.filters import Predicate, QMPEvent
+from qmpevents.client.filters import E2, E, EventSpec, Predicate, QMPEvent
 from qmpevents.client.subscriptions import DEFAULT_MAXSIZE, Overflow, Subscription
 from qmpevents.protocol import Greeting
 
@@ -53,14 +53,14 @@ async def _await(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
-class SyncSubscription:
+class SyncSubscription(Generic[E]):
     """Blocking view of a :class:`~qmpevents.client.subscriptions.Subscription`.
 
     ``for ev in sub`` ends when the connection ends; ``get(timeout)`` raises
     TimeoutError or ConnectionLost, exactly as the async methods do.
     """
 
-    def __init__(self, runner: _LoopThread, subscription: Subscription) -> None:
+    def __init__(self, runner: _LoopThread, subscription: Subscription[E]) -> None:
         self._runner = runner
         self.subscription = subscription
 
@@ -68,13 +68,13 @@ class SyncSubscription:
     def dropped(self) -> int:
         return self.subscription.dropped
 
-    def get(self, timeout: float | None = None) -> QMPEvent:
+    def get(self, timeout: float | None = None) -> E:
         return self._runner.run(self.subscription.get(timeout))
 
-    def __iter__(self) -> Iterator[QMPEvent]:
+    def __iter__(self) -> Iterator[E]:
         return self
 
-    def __next__(self) -> QMPEvent:
+    def __next__(self) -> E:
         try:
             return self._runner.run(_await(self.subscription.__anext__()))
         except StopAsyncIteration:
@@ -84,6 +84,40 @@ class SyncSubscription:
         if self._runner.loop.is_closed():
             return  # the client closed first: the subscription has ended with it
         self._runner.loop.call_soon_threadsafe(self.subscription.close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class SyncWaiter(Generic[E]):
+    """``w = qmp.wait_for("SHUTDOWN", timeout=5)``, act, then ``ev = w.wait()``.
+
+    Listening starts when :meth:`SyncQMPClient.wait_for` is called, so the
+    event caused by a command run in between cannot be missed -- the async
+    idiom, with ``w.wait()`` for ``await w``.  :meth:`wait` raises
+    TimeoutError (after the *timeout* given to ``wait_for``) or
+    ConnectionLost; :meth:`close` (or leaving ``with``) stops listening.
+    """
+
+    def __init__(self, runner: _LoopThread, pending: Coroutine[Any, Any, E]) -> None:
+        self._runner = runner
+        self._pending: Coroutine[Any, Any, E] | None = pending
+
+    def wait(self) -> E:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("wait() was already called")
+        return self._runner.run(pending)
+
+    def close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._runner.loop.is_closed():
+            # closing the unstarted coroutine unsubscribes through its finally
+            self._runner.loop.call_soon_threadsafe(pending.close)
 
     def __enter__(self) -> Self:
         return self
@@ -183,34 +217,80 @@ class SyncQMPClient:
                 timeout: float | None = None) -> Any:
         return self._run(self.client.execute(command, arguments, timeout=timeout))
 
-    def listen(self, *names: str, match: Mapping[str, Any] | None = None,
+    @overload
+    def listen(self, event: type[E], /, *, match: Mapping[str, Any] | None = None,
                predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
-               overflow: Overflow = "block") -> SyncSubscription:
-        async def subscribe() -> Subscription:
+               overflow: Overflow = "block") -> SyncSubscription[E]: ...
+    @overload
+    def listen(self, event: type[E], other: type[E2], /, *,
+               match: Mapping[str, Any] | None = None, predicate: Predicate | None = None,
+               maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> SyncSubscription[E | E2]: ...
+    @overload
+    def listen(self, *names: EventSpec, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> SyncSubscription[QMPEvent]: ...
+
+    def listen(self, *names: Any, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> SyncSubscription[Any]:
+        async def subscribe() -> Subscription[Any]:
             return self.client.listen(*names, match=match, predicate=predicate,
                                       maxsize=maxsize, overflow=overflow)
         subscription = self._run(subscribe())
         assert self._runner is not None
         return SyncSubscription(self._runner, subscription)
 
-    def events(self, *names: str, match: Mapping[str, Any] | None = None,
+    @overload
+    def events(self, event: type[E], /, *, match: Mapping[str, Any] | None = None,
                predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
-               overflow: Overflow = "block") -> SyncSubscription:
+               overflow: Overflow = "block") -> SyncSubscription[E]: ...
+    @overload
+    def events(self, event: type[E], other: type[E2], /, *,
+               match: Mapping[str, Any] | None = None, predicate: Predicate | None = None,
+               maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> SyncSubscription[E | E2]: ...
+    @overload
+    def events(self, *names: EventSpec, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> SyncSubscription[QMPEvent]: ...
+
+    def events(self, *names: Any, match: Mapping[str, Any] | None = None,
+               predicate: Predicate | None = None, maxsize: int = DEFAULT_MAXSIZE,
+               overflow: Overflow = "block") -> SyncSubscription[Any]:
         return self.listen(*names, match=match, predicate=predicate, maxsize=maxsize,
                            overflow=overflow)
 
-    def wait_for(self, *names: str, timeout: float | None = None,
+    @overload
+    def wait_for(self, event: type[E], /, *, timeout: float | None = None,
                  match: Mapping[str, Any] | None = None,
-                 predicate: Predicate | None = None) -> QMPEvent:
-        async def wait() -> QMPEvent:
-            return await self.client.wait_for(*names, timeout=timeout, match=match,
-                                              predicate=predicate)
-        return self._run(wait())
+                 predicate: Predicate | None = None) -> SyncWaiter[E]: ...
+    @overload
+    def wait_for(self, event: type[E], other: type[E2], /, *, timeout: float | None = None,
+                 match: Mapping[str, Any] | None = None,
+                 predicate: Predicate | None = None) -> SyncWaiter[E | E2]: ...
+    @overload
+    def wait_for(self, *names: EventSpec, timeout: float | None = None,
+                 match: Mapping[str, Any] | None = None,
+                 predicate: Predicate | None = None) -> SyncWaiter[QMPEvent]: ...
 
-    def expect(self, *names: str, timeout: float | None = 10.0) -> SyncExpectation:
+    def wait_for(self, *names: Any, timeout: float | None = None,
+                 match: Mapping[str, Any] | None = None,
+                 predicate: Predicate | None = None) -> SyncWaiter[Any]:
+        """Start listening now; ``.wait()`` later returns the event (see :class:`SyncWaiter`)."""
+        async def subscribe() -> Coroutine[Any, Any, Any]:
+            return self.client.wait_for(*names, timeout=timeout, match=match,
+                                        predicate=predicate)
+        pending = self._run(subscribe())
+        assert self._runner is not None
+        return SyncWaiter(self._runner, pending)
+
+    def expect(self, *names: EventSpec, timeout: float | None = 10.0,
+               match: Mapping[str, Any] | None = None) -> SyncExpectation:
         if self._runner is None:
             raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
-        return SyncExpectation(self._runner, self.client.expect(*names, timeout=timeout))
+        return SyncExpectation(self._runner,
+                               self.client.expect(*names, timeout=timeout, match=match))
 
 
 def connect_sync(address: AddressLike, **options: Any) -> SyncQMPClient:

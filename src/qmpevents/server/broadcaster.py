@@ -30,12 +30,17 @@ class Broadcaster:
         # A dict rather than a set: insertion-ordered, O(1) removal, fast iteration.
         self._recipients: dict[Recipient, None] = {}
         self._on_join: list[Callable[[], None]] = []
+        self._on_leave: list[Callable[[], None]] = []
         self.events_encoded = 0
         self.deliveries = 0
 
     def on_join(self, callback: Callable[[], None]) -> None:
         """Call *callback* whenever a monitor negotiates (a replay waits for its audience)."""
         self._on_join.append(callback)
+
+    def on_leave(self, callback: Callable[[], None]) -> None:
+        """Call *callback* whenever a negotiated monitor leaves (a replay sees its audience go)."""
+        self._on_leave.append(callback)
 
     def __len__(self) -> int:
         return len(self._recipients)
@@ -46,7 +51,10 @@ class Broadcaster:
             callback()
 
     def discard(self, recipient: Recipient) -> None:
-        self._recipients.pop(recipient, None)
+        if recipient in self._recipients:
+            del self._recipients[recipient]
+            for callback in self._on_leave:
+                callback()
 
     def publish(self, message: Mapping[str, Any]) -> bytes:
         """Encode *message* once and queue it on every negotiated monitor; returns the line.

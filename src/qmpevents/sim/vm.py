@@ -73,7 +73,7 @@ def _chardev_filename(address: Address) -> str:
 class SimulatedVM:
     """A running simulated VM: :attr:`machine`, its QMP :attr:`server`, maybe VNC."""
 
-    def __init__(self, *, qmp: Sequence[str | Address] = (),
+    def __init__(self, *, qmp: Sequence[str | Address] | str | Address = (),
                  drives: Sequence[str | DriveConfig] = (), no_shutdown: bool = False,
                  start_paused: bool = False, profile: Profile = "seed",
                  vnc: str | None = None, vnc_password: str | None = None,
@@ -86,6 +86,8 @@ class SimulatedVM:
                  clock: Clock | None = None, tls: ssl.SSLContext | None = None,
                  commands: UserCommands | None = None) -> None:
         # Everything that can refuse the options comes before the temporary directory.
+        if not isinstance(qmp, Sequence) or isinstance(qmp, str):
+            qmp = [qmp]  # one address given alone, not as a list of characters
         addresses = [parse_address(a) if isinstance(a, str) else a for a in qmp]
         configs = [parse_drive(d) if isinstance(d, str) else d for d in drives]
         self._vnc_spec = parse_vnc(vnc) if vnc is not None else None

@@ -88,9 +88,14 @@ class FakeSession:
                 while True:
                     negotiating = not self.conn.accepts_events
                     command = self.conn.next_event()  # answers negotiation and bad input
-                    if negotiating and self.conn.accepts_events and self.server.event_before_reply:
+                    just_negotiated = negotiating and self.conn.accepts_events
+                    if just_negotiated and self.server.event_before_reply:
                         writer.write(event_line("RESUME"))
                     writer.write(self.conn.data_to_send())
+                    if just_negotiated:
+                        writer.write(b"".join(
+                            event_line("RTC_CHANGE", {"offset": i, "qom-path": "/machine/rtc"})
+                            for i in range(self.server.events_after_negotiation)))
                     if command is NEED_DATA:
                         break
                     assert isinstance(command, Command)
@@ -153,9 +158,12 @@ class FakeQMP:
     RESUME event is written right before the reply to ``qmp_capabilities``.
     """
 
-    def __init__(self, *, tcp: bool = False, event_before_reply: bool = False) -> None:
+    def __init__(self, *, tcp: bool = False, event_before_reply: bool = False,
+                 events_after_negotiation: int = 0) -> None:
         self.tcp = tcp
         self.event_before_reply = event_before_reply
+        #: RTC_CHANGE events (offset 0, 1, ...) written right after the negotiation reply.
+        self.events_after_negotiation = events_after_negotiation
         self.status: dict[str, Any] = dict(STATUS)
         #: The connected clients.
         self.sessions: list[FakeSession] = []

@@ -1,0 +1,408 @@
+"""The client's promises from issue 14 and issue 13's client part, on an in-test server.
+
+Timeouts, grace periods and the stall cut-off run on a ManualClock that the
+test advances: nothing here waits for real time to pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, assert_type
+
+import pytest
+
+import qmpevents
+from qmpevents import (
+    BlockIoError,
+    ManualClock,
+    Reset,
+    RtcChange,
+    Stop,
+)
+from qmpevents.catalog import PROFILE_FIELDS, decode_event
+from qmpevents.client import QMPClient
+from qmpevents.sim import SimulatedVM
+from qmpevents.testing.fake import FakeQMP, event_line
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeQMP]:
+    async with FakeQMP() as fake:
+        yield fake
+
+
+def ev(name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "data": data}
+
+
+IO_ERROR = ev("BLOCK_IO_ERROR", {"device": "d0", "node-name": "#b1", "operation": "write",
+                                 "action": "stop", "reason": "Input/output error"})
+
+
+# -- nothing lost right after negotiation -------------------------------------
+
+async def test_events_sent_right_after_negotiation_reach_the_obvious_loop() -> None:
+    async with FakeQMP(events_after_negotiation=50) as fake, \
+            qmpevents.connect(fake.address) as qmp:
+        offsets = []
+        async for event in qmp.events("RTC_CHANGE"):
+            assert isinstance(event, RtcChange)
+            offsets.append(event.data.offset)
+            if len(offsets) == 50:
+                break
+    assert offsets == list(range(50))
+
+
+async def test_events_after_negotiation_with_await_connect() -> None:
+    async with FakeQMP(events_after_negotiation=50) as fake:
+        qmp = await qmpevents.connect(fake.address)
+        events = qmp.listen(RtcChange)
+        got = [(await events.get(timeout=5)).data.offset for _ in range(50)]
+        await qmp.close()
+    assert got == list(range(50))
+
+
+# -- typed subscriptions --------------------------------------------------------
+
+async def test_typed_subscriptions_and_waits(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp, \
+            qmp.listen(BlockIoError) as errors, qmp.listen(Stop, Reset) as run:
+        waiter = qmp.wait_for(Reset, timeout=5)
+        await qmp.execute("emit", {"events": [IO_ERROR, ev("STOP"), ev("RESET", {
+            "guest": True, "reason": "guest-reset"})]})
+        error = await errors.get(timeout=5)
+        assert_type(error, BlockIoError)
+        assert error.data.action == "stop"          # typed: no cast, no isinstance
+        reset = await waiter
+        assert_type(reset, Reset)
+        assert reset.data is not None and reset.data.guest is True
+        first = await run.get(timeout=5)
+        assert_type(first, Stop | Reset)
+        assert [type(first), type(await run.get(timeout=5))] == [Stop, Reset]
+
+
+async def test_names_and_globs_keep_working(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp, qmp.listen("BLOCK_*", "STOP") as sub:
+        await qmp.execute("emit", {"events": [IO_ERROR, ev("STOP")]})
+        assert [(await sub.get(timeout=5)).name for _ in range(2)] == ["BLOCK_IO_ERROR", "STOP"]
+
+
+# -- one match syntax -----------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["action", "data.action"])
+async def test_match_takes_the_cli_syntax(server: FakeQMP, key: str) -> None:
+    async with qmpevents.connect(server.address) as qmp, \
+            qmp.listen("BLOCK_IO_ERROR", match={key: "stop"}) as sub:
+        await qmp.execute("emit", {"events": [IO_ERROR]})
+        assert (await sub.get(timeout=5)).name == "BLOCK_IO_ERROR"
+
+
+@pytest.mark.parametrize(("names", "match"), [
+    (("BLOCK_IO_ERROR",), {"data.actoin": "stop"}),
+    ((BlockIoError,), {"data.server.host": "x"}),
+    (("STOP",), {"data.action": "stop"}),
+    ((), {"nonsense": 1}),
+])
+async def test_a_key_no_listed_event_has_is_an_error(server: FakeQMP, names: tuple[Any, ...],
+                                                     match: dict[str, Any]) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        with pytest.raises(qmpevents.FilterError, match="no member of that name"):
+            qmp.listen(*names, match=match)
+        with pytest.raises(qmpevents.FilterError):
+            qmp.expect(*names or ("STOP",), match=match)
+
+
+async def test_expect_takes_match(server: FakeQMP) -> None:
+    other = ev("BLOCK_IO_ERROR", {**IO_ERROR["data"], "device": "d1"})
+    async with qmpevents.connect(server.address) as qmp:
+        async with qmp.expect("BLOCK_IO_ERROR", match={"data.device": "d1"}, timeout=5) as seen:
+            await qmp.execute("emit", {"events": [IO_ERROR, other]})
+        assert isinstance(seen.events[0], BlockIoError)
+        assert seen.events[0].data.device == "d1"
+
+
+# -- received events --------------------------------------------------------------
+
+def test_received_events_are_frozen() -> None:
+    stop = decode_event(event_line("STOP").rstrip())
+    with pytest.raises(AttributeError):
+        stop.stamp = stop.stamp  # type: ignore[misc]  # what the test checks: it is refused
+
+
+DATA_LESS = sorted(name for name, table in PROFILE_FIELDS["qemu-7.2"].items() if table is None)
+
+
+def test_the_data_less_events_include_the_schema_ones() -> None:
+    assert {"STOP", "RESUME", "POWERDOWN", "SUSPEND", "WAKEUP"} <= set(DATA_LESS)
+
+
+@pytest.mark.parametrize("name", DATA_LESS)
+def test_a_data_less_event_with_data_stays_known(name: str) -> None:
+    line = (b'{"event": "%s", "data": {"added-in": "qemu 99"}, '
+            b'"timestamp": {"seconds": 1, "microseconds": 2}}' % name.encode())
+    event = decode_event(line)
+    assert type(event).__name__ != "UnknownEvent" and event.name == name
+    assert event.data == {"added-in": "qemu 99"}
+
+
+def test_a_known_event_with_new_members_stays_known() -> None:
+    line = (b'{"event": "RESET", "data": {"guest": true, "reason": "guest-reset", "new": [1]}, '
+            b'"timestamp": {"seconds": 1, "microseconds": 2}}')
+    assert isinstance(decode_event(line), Reset)
+
+
+# -- errors -----------------------------------------------------------------------
+
+def test_every_error_is_a_qmpevents_error_exported_at_the_top() -> None:
+    from qmpevents.protocol import CommandFailure
+
+    for name in ("AddressError", "TLSCredsError", "FilterError", "MonitorBusy",
+                 "SubscriberStalled", "SendQueueFull", "InvalidArguments", "ConnectionLost",
+                 "QMPError", "ExpectationFailed", "MessageTooLarge", "EventValidationError"):
+        assert issubclass(getattr(qmpevents, name), qmpevents.QMPEventsError), name
+    assert issubclass(CommandFailure, qmpevents.QMPEventsError)
+    assert qmpevents.ExecuteError is qmpevents.QMPError
+    with pytest.raises(qmpevents.AddressError):
+        qmpevents.connect("tcp:nowhere")
+
+
+async def test_execute_with_a_list_says_what_is_wrong(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        with pytest.raises(qmpevents.InvalidArguments, match="arguments are a JSON object"):
+            await qmp.execute("query-status", ["a"])  # type: ignore[arg-type]
+        assert (await qmp.execute("query-status"))["status"] == "running"
+
+
+async def test_timeouts_run_on_the_clock_and_say_what_timed_out(server: FakeQMP) -> None:
+    clock = ManualClock()
+    async with qmpevents.connect(server.address, clock=clock) as qmp:
+        sub = qmp.listen("STOP")
+        get = asyncio.create_task(sub.get(timeout=30))
+        await clock.advance_when_waiting(30)
+        with pytest.raises(TimeoutError, match="no event for <Subscription STOP"):
+            await get
+        hang = asyncio.create_task(qmp.execute("hang", timeout=60))
+        await clock.advance_when_waiting(60)
+        with pytest.raises(TimeoutError, match="no reply to hang within 60 s"):
+            await hang
+
+
+# -- a subscriber that never reads ------------------------------------------------
+
+async def test_a_stalled_subscriber_never_blocks_replies_or_others(
+        server: FakeQMP, caplog: pytest.LogCaptureFixture) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        stalled = qmp.listen(RtcChange, maxsize=16)
+        reader = qmp.listen("RTC_CHANGE", overflow="drop-oldest", maxsize=10_000)
+        with caplog.at_level(logging.WARNING, logger="qmpevents"):
+            await qmp.execute("blast", {"count": 5000}, timeout=10)  # the reply arrives
+        assert reader.qsize() == 5000 and reader.dropped == 0
+        assert [stalled.get_nowait().data.offset for _ in range(16)] == list(range(16))
+        with pytest.raises(qmpevents.SubscriberStalled, match="cut off"):
+            await stalled.get(timeout=5)
+        assert len([r for r in caplog.records if "cut off" in r.getMessage()]) == 1
+        assert (await qmp.execute("query-status"))["status"] == "running"
+
+
+async def test_a_stalled_subscriber_is_cut_off_after_stall_timeout(server: FakeQMP) -> None:
+    clock = ManualClock()
+    async with qmpevents.connect(server.address, clock=clock, stall_timeout=10) as qmp:
+        stalled = qmp.listen("RTC_CHANGE", maxsize=4)
+        reader = qmp.listen("RTC_CHANGE", overflow="drop-oldest", maxsize=10_000)
+        rtc = RtcChange
+
+        async def emit_unprompted() -> None:  # events no command of the client waits for
+            for offset in range(3000):
+                await server.emit("RTC_CHANGE", {"offset": offset, "qom-path": "/machine/rtc"})
+
+        emitting = asyncio.create_task(emit_unprompted())
+        await clock.advance_when_waiting(10)  # the stall timer: the reader paused
+        offsets: list[int] = []
+        while len(offsets) < 3000:
+            event = await reader.get(timeout=None)
+            assert isinstance(event, rtc)
+            offsets.append(event.data.offset)
+        await emitting
+        assert offsets == list(range(3000))
+        assert [stalled.get_nowait().name for _ in range(stalled.qsize())] == ["RTC_CHANGE"] * 4
+        with pytest.raises(qmpevents.SubscriberStalled):
+            await stalled.get()
+
+
+# -- close and unsent output ------------------------------------------------------
+
+async def test_close_does_not_hang_when_the_server_stopped_reading(server: FakeQMP) -> None:
+    clock = ManualClock()
+    qmp = await qmpevents.connect(server.address, clock=clock, max_unsent=64 * 1024)
+    hung = asyncio.create_task(qmp.execute("hang"))
+    await server.hung.wait()  # the server reads no more
+    blob = {"data": "x" * 32 * 1024}
+    sent: list[asyncio.Task[Any]] = []
+    for _ in range(10_000):  # bounded: the kernel's buffers fill, then the bound holds
+        sent.append(asyncio.create_task(qmp.execute("echo", blob)))
+        await asyncio.sleep(0)  # let it write (or refuse)
+        if sent[-1].done():
+            break
+    with pytest.raises(qmpevents.SendQueueFull, match="the server is not reading"):
+        sent[-1].result()
+    assert len(sent) < 100  # refused at the bound, not after growing memory
+    closing = asyncio.create_task(qmp.close())
+    await clock.advance_when_waiting(qmp.close_grace)
+    await closing
+    with pytest.raises(qmpevents.ConnectionLost):
+        await hung
+    outcomes = await asyncio.gather(*sent[:-1], return_exceptions=True)
+    assert all(isinstance(outcome, qmpevents.ConnectionLost) for outcome in outcomes)
+
+
+# -- bad server messages: one warning per second, all counted -----------------------
+
+async def test_bad_messages_are_logged_rate_limited_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock()
+    bad = b'{"event": "STOP"}\n' * 20_000  # events without a timestamp
+    async with _OneShotServer(bad) as address, \
+            qmpevents.connect(address, clock=clock) as qmp:
+        with caplog.at_level(logging.WARNING, logger="qmpevents"):
+            await qmp.execute("query-status", timeout=None)
+        assert qmp.warnings.counts["protocol"] == 20_000
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+class _OneShotServer:
+    """Greets, negotiates, then sends *payload* before the reply to the next command."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self._dir = tempfile.mkdtemp(prefix="qmpev-")
+        self.path = os.path.join(self._dir, "qmp.sock")
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+                     b'"package": ""}, "capabilities": []}}\r\n')
+        for reply in (b"", self.payload):
+            line = await reader.readline()
+            request_id = json.loads(line)["id"]
+            writer.write(reply + b'{"return": {}, "id": "%s"}\r\n' % request_id.encode())
+        await reader.read()
+        writer.close()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_unix_server(self._serve, self.path)
+        return self.path
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        Path(self.path).unlink(missing_ok=True)
+        os.rmdir(self._dir)
+
+
+# -- a socket that accepts and stays silent ---------------------------------------
+
+async def test_a_silent_monitor_is_reported_busy_fast() -> None:
+    clock = ManualClock()
+    directory = tempfile.mkdtemp(prefix="qmpev-")
+    path = os.path.join(directory, "qmp.sock")
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+
+    silent = await asyncio.start_unix_server(accept_and_say_nothing, path)
+    try:
+        client = QMPClient(path, clock=clock, greeting_timeout=3)
+        connecting = asyncio.create_task(client.connect())
+        await clock.advance_when_waiting(3, timers=2)  # connect_timeout and greeting_timeout
+        with pytest.raises(qmpevents.MonitorBusy, match="QEMU serves one client per socket"):
+            await connecting
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+        os.unlink(path)
+        os.rmdir(directory)
+
+
+# -- reconnect back-off on the clock ----------------------------------------------
+
+async def test_reconnect_backs_off_on_the_clock(server: FakeQMP) -> None:
+    clock = ManualClock()
+    async with qmpevents.connect(server.address, reconnect=True, reconnect_delay=5,
+                                 clock=clock) as qmp:
+        events = qmp.listen()
+        server.drop()
+        await clock.advance_when_waiting(5)  # the back-off before the first attempt
+        marker = await events.get(timeout=None)
+        assert isinstance(marker, qmpevents.ConnectionResumed)
+        assert marker.data is not None and marker.data["downtime"] == 5
+        assert qmp.reconnects == 1
+
+
+# -- the blocking facade ------------------------------------------------------------
+
+def test_sync_wait_for_keeps_subscribe_then_act(simulated_vm_thread: SimulatedVM) -> None:
+    with qmpevents.connect_sync(simulated_vm_thread.socket_path) as qmp:
+        reset = qmp.wait_for(Reset, timeout=5)         # listening from here
+        qmp.execute("system_reset")                      # the event comes before the reply
+        event = reset.wait()
+        assert_type(event, Reset)
+        assert event.name == "RESET"
+        with qmp.wait_for("STOP", timeout=5) as stopped:
+            qmp.execute("stop")
+            assert stopped.wait().name == "STOP"
+        with qmp.listen(Stop) as stops:
+            qmp.execute("cont")
+            qmp.execute("stop")
+            assert_type(stops.get(timeout=5), Stop)
+
+
+def test_sync_exit_does_not_hang_when_the_server_stopped_reading(tmp_path: Path) -> None:
+    path = str(tmp_path / "qmp.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    negotiated = threading.Event()
+    served: list[socket.socket] = []
+
+    def greet_negotiate_then_stop_reading() -> None:
+        peer, _ = listener.accept()
+        served.append(peer)
+        peer.sendall(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+                     b'"package": ""}, "capabilities": []}}\r\n')
+        request = json.loads(peer.makefile("rb").readline())
+        peer.sendall(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode())
+        negotiated.set()
+
+    server = threading.Thread(target=greet_negotiate_then_stop_reading, daemon=True)
+    server.start()
+    started = time.monotonic()
+    with qmpevents.connect_sync(path, max_unsent=64 * 1024, close_grace=0.5) as qmp:
+        assert negotiated.wait(timeout=10)
+        with pytest.raises(qmpevents.SendQueueFull):
+            for _ in range(1000):  # fills the kernel's buffers, then hits the bound
+                with contextlib.suppress(TimeoutError):  # nothing ever replies
+                    qmp.execute("echo", {"pad": "x" * 65536}, timeout=0.001)
+    assert time.monotonic() - started < 10  # the exit aborted after the grace period
+    server.join(timeout=10)
+    for peer in served:
+        peer.close()
+    listener.close()
+
+
+async def test_events_after_negotiation_are_kept_with_reconnect_on_too() -> None:
+    async with FakeQMP(events_after_negotiation=50) as fake, \
+            qmpevents.connect(fake.address, reconnect=True) as qmp:
+        events = qmp.listen(RtcChange)
+        assert [(await events.get(timeout=5)).data.offset for _ in range(50)] == list(range(50))
