@@ -346,3 +346,12 @@ def test_end_of_input_is_an_event_after_everything_received() -> None:
     assert isinstance(stop, Stop) and closed == ConnectionClosed()
     assert conn.state is ClientState.CLOSED
 
+
+
+def test_end_of_input_hands_out_a_complete_message_held_for_the_next_read() -> None:
+    conn = ready()
+    request_id = conn.send_command("query-status")
+    conn.receive_data(reply_line(request_id, {}).rstrip(b"\r\n") + b' {"ev')
+    conn.receive_data(b"")
+    items = drain(conn)
+    assert items == [Reply("query-status", request_id, value={}), ConnectionClosed()]

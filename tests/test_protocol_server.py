@@ -426,3 +426,28 @@ def test_each_call_does_bounded_work_on_a_burst_of_garbage() -> None:
         if not conn.has_unparsed_input:
             break
     assert calls > 10 and conn.wants_data and conn.buffered_bytes == 0
+
+
+def test_half_close_after_a_big_unfinished_message_costs_no_byte_by_byte_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from qmpevents.codec.lexer import Streamer
+
+    lexed = 0
+    feed_byte = Streamer.feed_byte
+
+    def counting(self: Streamer, byte: int) -> None:
+        nonlocal lexed
+        lexed += 1
+        feed_byte(self, byte)
+
+    monkeypatch.setattr(Streamer, "feed_byte", counting)
+    conn = fresh()
+    message = b'{"execute": "x", "arguments": {"a": "' + b"y" * (1 << 20)
+    for start in range(0, len(message), 65536):
+        conn.receive_data(message[start:start + 65536])
+        while conn.has_unparsed_input:
+            conn.next_event()
+    lexed = 0
+    conn.receive_data(b"")
+    assert isinstance(conn.next_event(), ConnectionClosed)
+    assert lexed == 0 and conn.unfinished_at_end == len(message)

@@ -81,3 +81,16 @@ async def test_fake_server_commands_and_shutdown_with_a_hung_command() -> None:
         await fake.hung.wait()
     assert await raw.eof() == b""  # the fake's exit ended the hung session
     await raw.close()
+
+
+async def test_fake_server_answers_after_a_burst_of_bad_input() -> None:
+    async with FakeQMP() as fake:
+        raw = await RawQMP.connect(fake.address)
+        await raw.negotiate()
+        await raw.send(b'"bad"\n' * 4000 + b'{"execute": "query-status", "id": 1}\n')
+        errors = 0
+        while b'"id": 1' not in (line := await raw.line()):
+            assert b"QMP input must be a JSON object" in line
+            errors += 1
+        assert errors == 4000
+        await raw.aclose()

@@ -225,7 +225,18 @@ class _Link(asyncio.Protocol):
         self.update_reading()
 
     def eof_received(self) -> bool | None:
-        return False  # close our side too
+        """The server ended its output: hand out what it sent before, then close our side."""
+        proto = self.proto
+        if proto.state not in (ClientState.CLOSED, ClientState.ERROR):
+            try:
+                proto.receive_data(b"")
+            except MessageTooLarge as exc:
+                self.host.on_fatal(self, exc)
+                return False
+            items = proto.next_events()
+            if items:
+                self._process(items)
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.proto.state not in (ClientState.CLOSED, ClientState.ERROR):

@@ -177,8 +177,7 @@ class ClientConnection:
         self._machine.fire(ClientInput.RECEIVE_DATA)
         if not data:
             self._input_ended = True
-            if self._framer.pending:  # what came before the end, first
-                self._take(self._framer.feed(b""))
+            self._take(self._framer.end())  # what came before the end, first
             self._inbox.append(_CLOSED)
             self._non_events += 1
             return
