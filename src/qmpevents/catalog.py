@@ -123,7 +123,10 @@ class _Received(Struct, kw_only=True, dict=True, frozen=True):
 
     ``stamp`` keeps QMP's exact seconds/microseconds; :attr:`raw` is the exact
     line it was decoded from (None for an event built locally).  Frozen, so
-    that :attr:`raw` can never disagree with the fields.
+    that :attr:`raw` can never disagree with the fields.  A plain-dict
+    ``data`` (an unknown event's, or members a newer QEMU added to an event
+    that has none) is shared by every subscriber and not copied: treat it as
+    read-only, as the typed data is.
     """
 
     stamp: Timestamp = field(name="timestamp")
