@@ -22,8 +22,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "qmpevents"
 
 CORE = ("qmpevents.catalog", "qmpevents.codec", "qmpevents.protocol", "qmpevents.errors")
-CLIENT = ("qmpevents.client",)
-SERVER_SIDE = ("qmpevents.server", "qmpevents.sim")
+CLIENT = ("qmpevents.client", "qmpevents.fleet")
+SERVER_SIDE = ("qmpevents.server", "qmpevents.sim", "qmpevents.qemu_compat")
 JOINERS = ("qmpevents.cli", "qmpevents.pytest_plugin", "qmpevents.testing")
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qmpevents.catalog import BlockIoError
-from qmpevents.cli.targets import Target
+from qmpevents.client.targets import Target
 from qmpevents.client import QMPClient, QMPEvent
 from qmpevents.errors import QMPEventsError
 from qmpevents.fleet.deps import require
