@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qmpevents.catalog import BlockIoError
-from qmpevents.client.targets import Target
 from qmpevents.client import QMPClient, QMPEvent
+from qmpevents.client.targets import Target
 from qmpevents.errors import QMPEventsError
 from qmpevents.fleet.deps import require
 
