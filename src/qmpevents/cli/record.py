@@ -19,17 +19,12 @@ import msgspec
 
 from qmpevents.cli import stream
 from qmpevents.cli.argtypes import positive_float, positive_int
+from qmpevents.cli.common import add_command, fail, make_note
+from qmpevents.cli.follow import add_target_arguments, check_targets, follow_vms, run_session
 from qmpevents.cli.stream import add_stream_arguments, is_stream
-from qmpevents.cli.targets import Target, TargetError, client_options
-from qmpevents.cli.watch import (
-    Attachments,
-    Trace,
-    add_target_arguments,
-    check_targets,
-    make_note,
-    run_session,
-)
+from qmpevents.cli.targets import Target, TargetError
 from qmpevents.client import QMPEvent
+from qmpevents.client.vms import Trace
 from qmpevents.codec import Framer, ParseError, encode_json
 from qmpevents.recording import Direction, RecordingWriter
 
@@ -57,12 +52,11 @@ exit status: 0 stopped (--count, --timeout, signal), 1 write error,
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "record", help="record every event of one or many VMs to a JSON-lines file",
+    parser = add_command(
+        subparsers, "record", help="record every event of one or many VMs to a JSON-lines file",
         description="Record every event of one or many VMs as JSON lines, with the "
                     "source VM and the time received; --all-messages records the "
-                    "whole conversation both ways.", epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "whole conversation both ways.", epilog=EXAMPLES)
     add_target_arguments(parser)
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="append records to FILE")
@@ -84,18 +78,13 @@ def run(args: argparse.Namespace) -> int:
     if is_stream(args.targets):  # the fleet stream: cli/stream.py
         return stream.record(args)
     if (misplaced := stream.check_local(args)) is not None:
-        print(f"qmpevents record: error: {misplaced}", file=sys.stderr)
-        return 2
+        return fail("record", misplaced)
     try:
-        check_targets(args.targets)
-        args.client_options = client_options(args)
+        check_targets(args)
     except TargetError as exc:
-        print(f"qmpevents record: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        writer = RecordingWriter(args.output, fsync=args.fsync, interval=args.fsync_interval)
-    except OSError as exc:
-        print(f"qmpevents record: error: {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return fail("record", exc)
+    writer = open_writer(args)
+    if writer is None:
         return 2
     recorder = Recorder(writer)
     status = 1
@@ -106,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             writer.close()
         except OSError as exc:
             if status != 1:  # not said yet: the last records could not be written
-                _write_error(args.output, exc)
+                write_error(args.output, exc)
             status = 1
         if status != 1:
             print(f"qmpevents record: {recorder.events} events ({writer.records} records) "
@@ -114,9 +103,18 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def _write_error(output: str, exc: OSError) -> None:
+def open_writer(args: argparse.Namespace) -> RecordingWriter | None:
+    """``-o FILE`` opened for appending as ``--fsync`` says; None once the error is said."""
+    try:
+        return RecordingWriter(args.output, fsync=args.fsync, interval=args.fsync_interval)
+    except OSError as exc:
+        write_error(args.output, exc)
+        return None
+
+
+def write_error(output: str, exc: OSError) -> None:
     """The one line a write error gets (the recording ends with exit status 1)."""
-    print(f"qmpevents record: error: {output}: {exc.strerror or exc}", file=sys.stderr)
+    fail("record", f"{output}: {exc.strerror or exc}")
 
 
 class Recorder:
@@ -244,17 +242,15 @@ async def _record(args: argparse.Namespace, recorder: Recorder) -> int:
     async def ignore(vm: str, event: QMPEvent) -> None:
         return None  # --all-messages: the tracer has written the event already
 
-    attachments = Attachments(args.targets, args.rescan,
-                              ignore if args.all_messages else recorder.on_event, note,
-                              trace=recorder.tracer if args.all_messages else None,
-                              options=args.client_options)
+    vms = follow_vms(args, ignore if args.all_messages else recorder.on_event, note,
+                     trace=recorder.tracer if args.all_messages else None)
     try:
         return await run_session(
-            attachments, done, args.timeout, on_timeout=lambda: 0, on_signal=lambda _: 0,
+            vms, done, args.timeout, note,
             started=lambda: note(f"recording to {args.output} (Ctrl-C to stop)"))
     except OSError as exc:
         recorder.stopped = True
-        _write_error(args.output, exc)
+        write_error(args.output, exc)
         return 1
     finally:
         recorder.stop_syncing()
