@@ -15,10 +15,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from qmpevents.cli.argtypes import positive_float, positive_int
-from qmpevents.cli.common import add_command, fail, make_note
+from qmpevents.cli.argtypes import positive_int
+from qmpevents.cli.common import add_fsync_arguments, fail, make_note
 from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, duration, size
-from qmpevents.cli.follow import add_target_arguments, check_targets, follow_vms, run_session
+from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
 from qmpevents.cli.targets import TargetError
 from qmpevents.client import QMPEvent
 from qmpevents.fleet.broker import DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_AGE, StreamSettings
@@ -55,12 +55,11 @@ def _default_spool(stream: str) -> str:
 
 
 def register(subparsers: Any) -> None:
-    parser = add_command(
+    parser = add_follower_command(
         subparsers, "agent", help="publish this host's VM events to NATS JetStream",
         epilog=EXAMPLES,
         description="Follow this host's VMs as watch does and publish every event to "
                     "NATS JetStream, at least once, through a durable local spool.")
-    add_target_arguments(parser)
     parser.add_argument("--nats", action="append", required=True, metavar="URL",
                         help="a NATS server, nats://HOST:PORT (repeatable: a cluster)")
     parser.add_argument("--host", default=socket.gethostname().split(".")[0], metavar="NAME",
@@ -79,10 +78,7 @@ def register(subparsers: Any) -> None:
                              "agent-STREAM)")
     parser.add_argument("--spool-max-bytes", type=size, default=DEFAULT_MAX_BYTES,
                         metavar="SIZE", help="bound of the spool on disk (default 1G)")
-    parser.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
-                        help="when to force spooled events to disk (default interval)")
-    parser.add_argument("--fsync-interval", type=positive_float, default=1.0, metavar="S",
-                        help="with --fsync interval: at most S seconds between fsyncs")
+    add_fsync_arguments(parser, "spooled events")
     parser.add_argument("--listen", metavar="HOST:PORT",
                         help="also serve Prometheus metrics (as the exporter command)")
     add_credentials_arguments(parser, tls_prefix="nats-")

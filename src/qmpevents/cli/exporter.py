@@ -12,8 +12,8 @@ import argparse
 import asyncio
 from typing import Any
 
-from qmpevents.cli.common import add_command, fail, make_note
-from qmpevents.cli.follow import add_target_arguments, check_targets, follow_vms, run_session
+from qmpevents.cli.common import fail, make_note
+from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
 from qmpevents.cli.targets import TargetError
 from qmpevents.fleet.deps import MissingDependency, require
 
@@ -34,12 +34,11 @@ exit status: 0 stopped by Ctrl-C/SIGTERM, 1 cannot listen, 2 usage error,
 
 
 def register(subparsers: Any) -> None:
-    parser = add_command(
+    parser = add_follower_command(
         subparsers, "exporter", help="serve Prometheus metrics of one or many VMs",
         epilog=EXAMPLES,
         description="Follow VMs as watch does and serve their events, run states, VNC "
                     "clients and connection states as Prometheus metrics.")
-    add_target_arguments(parser)
     parser.add_argument("--listen", default="127.0.0.1:9650", metavar="HOST:PORT",
                         help="serve /metrics here (default 127.0.0.1:9650; port 0: any)")
     parser.set_defaults(handler=run)

@@ -14,14 +14,23 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from qmpevents.cli.argtypes import positive_float
-from qmpevents.cli.common import Note
+from qmpevents.cli.common import Note, add_command
 from qmpevents.cli.targets import add_tls_arguments, client_options, describe_error, expand
 from qmpevents.client.targets import Target
 from qmpevents.client.vms import OnEvent, OnLink, Trace, VMs, VMState
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def add_follower_command(subparsers: Any, name: str, *, help: str, description: str,
+                         epilog: str) -> argparse.ArgumentParser:
+    """The parser of a command that follows VMs: its targets and their options first."""
+    parser = add_command(subparsers, name, help=help, description=description, epilog=epilog)
+    add_target_arguments(parser)
+    return parser
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:

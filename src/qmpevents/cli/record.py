@@ -19,9 +19,9 @@ import msgspec
 
 from qmpevents.cli import stream
 from qmpevents.cli.argtypes import positive_float, positive_int
-from qmpevents.cli.common import add_command, fail, make_note
-from qmpevents.cli.follow import add_target_arguments, check_targets, follow_vms, run_session
-from qmpevents.cli.stream import add_stream_arguments, is_stream
+from qmpevents.cli.common import add_fsync_arguments, fail, make_note
+from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
+from qmpevents.cli.stream import add_stream_arguments
 from qmpevents.cli.targets import Target, TargetError
 from qmpevents.client import QMPEvent
 from qmpevents.client.vms import Trace
@@ -52,20 +52,16 @@ exit status: 0 stopped (--count, --timeout, signal), 1 write error,
 
 
 def register(subparsers: Any) -> None:
-    parser = add_command(
+    parser = add_follower_command(
         subparsers, "record", help="record every event of one or many VMs to a JSON-lines file",
         description="Record every event of one or many VMs as JSON lines, with the "
                     "source VM and the time received; --all-messages records the "
                     "whole conversation both ways.", epilog=EXAMPLES)
-    add_target_arguments(parser)
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="append records to FILE")
     parser.add_argument("--all-messages", action="store_true",
                         help="record every message both ways, not only events")
-    parser.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
-                        help="when to force records to disk (default interval)")
-    parser.add_argument("--fsync-interval", type=positive_float, default=1.0, metavar="S",
-                        help="with --fsync interval: at most S seconds between fsyncs")
+    add_fsync_arguments(parser, "records")
     parser.add_argument("--count", type=positive_int, metavar="N",
                         help="stop after N events")
     parser.add_argument("--timeout", type=positive_float, metavar="S",
@@ -75,10 +71,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if is_stream(args.targets):  # the fleet stream: cli/stream.py
-        return stream.record(args)
-    if (misplaced := stream.check_local(args)) is not None:
-        return fail("record", misplaced)
+    return stream.run(args, "record", _run_local)
+
+
+def _run_local(args: argparse.Namespace) -> int:
     try:
         check_targets(args)
     except TargetError as exc:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from qmpevents.cli.common import colour_wanted, fail, make_note
+from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, since
 from qmpevents.cli.follow import outcome, signals_resolve
@@ -47,10 +47,8 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
                             "2026-12-01T15:00:00, all); default: new events only")
     group.add_argument("--durable", metavar="NAME",
                        help="a durable consumer: resumes after the last event it handled")
-    group.add_argument("--host", action="append", default=[], metavar="NAME",
-                       help="only events of this host (glob, repeatable)")
-    group.add_argument("--vm", action="append", default=[], metavar="NAME",
-                       help="only events of this VM (glob, repeatable)")
+    add_globs(group, "--host", "only events of this host (glob, repeatable)")
+    add_globs(group, "--vm", "only events of this VM (glob, repeatable)")
     group.add_argument("--stream", default=DEFAULT_STREAM, metavar="NAME",
                        help=f"the JetStream stream (default {DEFAULT_STREAM})")
     add_credentials_arguments(parser, tls_prefix="")
@@ -77,6 +75,16 @@ def parse_targets(targets: list[str]) -> tuple[list[str], str]:
     if len(filters) > 1:
         raise StreamTargetError("the nats:// targets name different subject filters")
     return servers, filters.pop() if filters else STREAM_SUBJECTS
+
+
+def run(args: argparse.Namespace, command: str,
+        local: Callable[[argparse.Namespace], int]) -> int:
+    """``watch``/``record``: nats:// targets read the stream; local ones are *local*'s."""
+    if is_stream(args.targets):
+        return watch(args) if command == "watch" else record(args)
+    if (misplaced := check_local(args)) is not None:
+        return fail(command, misplaced)
+    return local(args)
 
 
 def check_local(args: argparse.Namespace) -> str | None:

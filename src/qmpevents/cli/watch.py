@@ -16,11 +16,11 @@ from typing import Any
 
 from qmpevents.cli import stream
 from qmpevents.cli.argtypes import positive_float, positive_int
-from qmpevents.cli.common import add_command, colour_wanted, fail, make_note
+from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note
 from qmpevents.cli.filters import FilterError, build_filter
-from qmpevents.cli.follow import add_target_arguments, check_targets, follow_vms, run_session
+from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
 from qmpevents.cli.render import json_line, raw_line, text_line
-from qmpevents.cli.stream import add_stream_arguments, is_stream
+from qmpevents.cli.stream import add_stream_arguments
 from qmpevents.cli.targets import TargetError
 from qmpevents.client import EventFilter, QMPEvent
 
@@ -49,17 +49,15 @@ cannot be reached at start; 128+N stopped by signal N before the condition
 """
 
 def register(subparsers: Any) -> None:
-    parser = add_command(
+    parser = add_follower_command(
         subparsers, "watch", help="live event tail from one or many VMs", epilog=EXAMPLES,
         description="A live event tail from one or many VMs: one line per event "
                     "(coloured on a terminal), or JSON lines with the source VM.")
-    add_target_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help="print JSON lines with the source VM added")
-    parser.add_argument("--event", action="append", default=[], metavar="NAME",
-                        help="only events whose name matches (glob, repeatable)")
-    parser.add_argument("--match", action="append", default=[], metavar="KEY=VALUE",
-                        help="only events whose data field matches (data.action=stop)")
+    add_globs(parser, "--event", "only events whose name matches (glob, repeatable)")
+    add_globs(parser, "--match", "only events whose data field matches (data.action=stop)",
+              metavar="KEY=VALUE")
     parser.add_argument("--count", type=positive_int, metavar="N",
                         help="exit 0 after N events")
     parser.add_argument("--until", metavar="EVENT", help="exit 0 after this event")
@@ -76,10 +74,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if is_stream(args.targets):  # the fleet stream: cli/stream.py
-        return stream.watch(args)
-    if (misplaced := stream.check_local(args)) is not None:
-        return fail("watch", misplaced)
+    return stream.run(args, "watch", _run_local)
+
+
+def _run_local(args: argparse.Namespace) -> int:
     try:
         check_targets(args)
         event_filter = build_filter(args.event, args.match)
