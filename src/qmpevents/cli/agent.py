@@ -17,7 +17,13 @@ from typing import Any
 
 from qmpevents.cli.argtypes import positive_int
 from qmpevents.cli.common import add_fsync_arguments, fail, make_note
-from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, duration, size
+from qmpevents.cli.fleet_args import (
+    add_credentials_arguments,
+    add_listen_argument,
+    broker_options,
+    duration,
+    size,
+)
 from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
 from qmpevents.cli.targets import TargetError
 from qmpevents.client import QMPEvent
@@ -25,6 +31,10 @@ from qmpevents.fleet.broker import DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_AGE, St
 from qmpevents.fleet.deps import MissingDependency, require
 from qmpevents.fleet.spool import DEFAULT_MAX_BYTES, Spool, SpoolLocked
 from qmpevents.fleet.subjects import DEFAULT_STREAM
+
+HELP = "publish this host's VM events to NATS JetStream"
+DESCRIPTION = ("Follow this host's VMs as watch does and publish every event to NATS "
+               "JetStream, at least once, through a durable local spool.")
 
 EXAMPLES = """\
 examples:
@@ -55,11 +65,8 @@ def _default_spool(stream: str) -> str:
 
 
 def register(subparsers: Any) -> None:
-    parser = add_follower_command(
-        subparsers, "agent", help="publish this host's VM events to NATS JetStream",
-        epilog=EXAMPLES,
-        description="Follow this host's VMs as watch does and publish every event to "
-                    "NATS JetStream, at least once, through a durable local spool.")
+    parser = add_follower_command(subparsers, "agent", run, help=HELP,
+                                  description=DESCRIPTION, epilog=EXAMPLES)
     parser.add_argument("--nats", action="append", required=True, metavar="URL",
                         help="a NATS server, nats://HOST:PORT (repeatable: a cluster)")
     parser.add_argument("--host", default=socket.gethostname().split(".")[0], metavar="NAME",
@@ -79,10 +86,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--spool-max-bytes", type=size, default=DEFAULT_MAX_BYTES,
                         metavar="SIZE", help="bound of the spool on disk (default 1G)")
     add_fsync_arguments(parser, "spooled events")
-    parser.add_argument("--listen", metavar="HOST:PORT",
-                        help="also serve Prometheus metrics (as the exporter command)")
+    add_listen_argument(parser, "also serve Prometheus metrics (as the exporter command)")
     add_credentials_arguments(parser, tls_prefix="nats-")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,9 +13,14 @@ import asyncio
 from typing import Any
 
 from qmpevents.cli.common import fail, make_note
+from qmpevents.cli.fleet_args import add_listen_argument
 from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
 from qmpevents.cli.targets import TargetError
 from qmpevents.fleet.deps import MissingDependency, require
+
+HELP = "serve Prometheus metrics of one or many VMs"
+DESCRIPTION = ("Follow VMs as watch does and serve their events, run states, VNC clients "
+               "and connection states as Prometheus metrics.")
 
 EXAMPLES = """\
 examples:
@@ -34,14 +39,10 @@ exit status: 0 stopped by Ctrl-C/SIGTERM, 1 cannot listen, 2 usage error,
 
 
 def register(subparsers: Any) -> None:
-    parser = add_follower_command(
-        subparsers, "exporter", help="serve Prometheus metrics of one or many VMs",
-        epilog=EXAMPLES,
-        description="Follow VMs as watch does and serve their events, run states, VNC "
-                    "clients and connection states as Prometheus metrics.")
-    parser.add_argument("--listen", default="127.0.0.1:9650", metavar="HOST:PORT",
-                        help="serve /metrics here (default 127.0.0.1:9650; port 0: any)")
-    parser.set_defaults(handler=run)
+    parser = add_follower_command(subparsers, "exporter", run, help=HELP,
+                                  description=DESCRIPTION, epilog=EXAMPLES)
+    add_listen_argument(parser, "serve /metrics here (default 127.0.0.1:9650; port 0: any)",
+                        default="127.0.0.1:9650")
 
 
 def run(args: argparse.Namespace) -> int:

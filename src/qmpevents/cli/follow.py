@@ -25,11 +25,15 @@ from qmpevents.client.vms import OnEvent, OnLink, Trace, VMs, VMState
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def add_follower_command(subparsers: Any, name: str, *, help: str, description: str,
+def add_follower_command(subparsers: Any, name: str, handler: Callable[[Any], int] | None,
+                         *, help: str, description: str,
                          epilog: str) -> argparse.ArgumentParser:
-    """The parser of a command that follows VMs: its targets and their options first."""
+    """The parser of a command that follows VMs: its targets and their options first;
+    *handler* runs the command (None: one is set later, see ``add_stream_arguments``)."""
     parser = add_command(subparsers, name, help=help, description=description, epilog=epilog)
     add_target_arguments(parser)
+    if handler is not None:
+        parser.set_defaults(handler=handler)
     return parser
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import msgspec
 
-from qmpevents.cli import stream
 from qmpevents.cli.argtypes import positive_float, positive_int
 from qmpevents.cli.common import add_fsync_arguments, fail, make_note
 from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
@@ -53,7 +52,8 @@ exit status: 0 stopped (--count, --timeout, signal), 1 write error,
 
 def register(subparsers: Any) -> None:
     parser = add_follower_command(
-        subparsers, "record", help="record every event of one or many VMs to a JSON-lines file",
+        subparsers, "record", None,
+        help="record every event of one or many VMs to a JSON-lines file",
         description="Record every event of one or many VMs as JSON lines, with the "
                     "source VM and the time received; --all-messages records the "
                     "whole conversation both ways.", epilog=EXAMPLES)
@@ -66,12 +66,7 @@ def register(subparsers: Any) -> None:
                         help="stop after N events")
     parser.add_argument("--timeout", type=positive_float, metavar="S",
                         help="stop after S seconds")
-    add_stream_arguments(parser)
-    parser.set_defaults(handler=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    return stream.run(args, "record", _run_local)
+    add_stream_arguments(parser, "record", _run_local)
 
 
 def _run_local(args: argparse.Namespace) -> int:

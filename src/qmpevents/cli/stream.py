@@ -39,8 +39,11 @@ def is_stream(targets: list[str]) -> bool:
     return any(t.startswith(SCHEMES) for t in targets)
 
 
-def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of a nats:// source (``--tls-creds`` is the target's TLS option)."""
+def add_stream_arguments(parser: argparse.ArgumentParser, command: str,
+                         local: Callable[[argparse.Namespace], int]) -> None:
+    """The options of a nats:// source (``--tls-creds`` is the target's TLS option), and
+    the command's handler: the stream for nats:// targets, else *local* (see :func:`run`)."""
+    parser.set_defaults(handler=lambda args: run(args, command, local))
     group = parser.add_argument_group("nats:// targets (the fleet stream)")
     group.add_argument("--since", type=since, metavar="DURATION|TIME|all",
                        help="start with the stream's events since then (10m, "

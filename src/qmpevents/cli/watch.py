@@ -14,7 +14,6 @@ import sys
 from fnmatch import fnmatchcase
 from typing import Any
 
-from qmpevents.cli import stream
 from qmpevents.cli.argtypes import positive_float, positive_int
 from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note
 from qmpevents.cli.filters import FilterError, build_filter
@@ -50,7 +49,7 @@ cannot be reached at start; 128+N stopped by signal N before the condition
 
 def register(subparsers: Any) -> None:
     parser = add_follower_command(
-        subparsers, "watch", help="live event tail from one or many VMs", epilog=EXAMPLES,
+        subparsers, "watch", None, help="live event tail from one or many VMs", epilog=EXAMPLES,
         description="A live event tail from one or many VMs: one line per event "
                     "(coloured on a terminal), or JSON lines with the source VM.")
     parser.add_argument("--json", action="store_true",
@@ -65,16 +64,10 @@ def register(subparsers: Any) -> None:
                         help="exit 1 if the condition is not met within S seconds")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour the text output (auto: on a terminal without NO_COLOR)")
-    add_stream_arguments(parser)
+    add_stream_arguments(parser, "watch", _run_local)
     parser.add_argument("--exit-on-disconnect", action="store_true",
                         help="exit 0 when a VM named by a plain target (not a directory or "
                              "glob) disconnects, e.g. after quit, instead of retrying")
-    parser.set_defaults(handler=run)
-
-
-
-def run(args: argparse.Namespace) -> int:
-    return stream.run(args, "watch", _run_local)
 
 
 def _run_local(args: argparse.Namespace) -> int:

@@ -122,13 +122,11 @@ class VMs:
         for spec in self.specs:
             expand(spec)  # a target that cannot be understood fails here
         self._events = tuple(events)
-        self._match = match
-        self._predicate = predicate
+        self._filters: dict[str, Any] = {"match": match, "predicate": predicate}
         self._rescan = rescan
-        self._retry_delay = retry_delay
-        self._max_retry_delay = max_retry_delay
-        self._ssl = ssl
-        self._server_hostname = server_hostname
+        self._backoff = (retry_delay, max_retry_delay)  # first delay, longest delay
+        #: tcp: targets also get these (TLS); a unix socket is never TLS.
+        self._tls = {"ssl": ssl, "server_hostname": server_hostname} if ssl is not None else {}
         self._client_options = client_options
         #: Called on every change of a VM's state (see :data:`Status`); also logged.
         self.on_status = on_status
@@ -223,11 +221,11 @@ class VMs:
     async def _open(self, target: Target) -> tuple[QMPClient, Subscription[QMPEvent], str]:
         """Subscribe, then connect: no event after negotiation can slip by."""
         options = dict(self._client_options)
-        if self._ssl is not None and target.address.startswith("tcp:"):
-            options.update(ssl=self._ssl, server_hostname=self._server_hostname)
+        if target.address.startswith("tcp:"):
+            options.update(self._tls)
         trace = self._trace(target) if self._trace is not None else None
         client = QMPClient(target.address, clock=self.clock, trace=trace, **options)
-        events = client.events(*self._events, match=self._match, predicate=self._predicate)
+        events = client.events(*self._events, **self._filters)
         try:
             await client.connect()
             name = await display_name(client, target)
@@ -271,7 +269,8 @@ class VMs:
     async def _follow(self, target: Target, pattern: bool,
                       opened: tuple[QMPClient, Subscription[QMPEvent], str] | None) -> None:
         """Stream one VM's events; say losses and returns; retry with back-off."""
-        delay = self._retry_delay
+        first_delay, max_delay = self._backoff
+        delay = first_delay
         failing = False  # a failure has been said and nothing has worked since
         while True:
             try:
@@ -285,7 +284,7 @@ class VMs:
                     elif pattern:
                         self._status(VMState(name, "attached", target.address, target, pattern))
                     failing = False
-                    delay = self._retry_delay
+                    delay = first_delay
                     if self._on_link is not None:
                         self._on_link(target, client)
                     async for event in events:
@@ -316,7 +315,7 @@ class VMs:
                 self._status(VMState(target.name, "gone", "socket removed", target, pattern))
                 return
             await sleep(self.clock, delay)  # retry back-off
-            delay = min(delay * 2, self._max_retry_delay)
+            delay = min(delay * 2, max_delay)
 
 
 def watch_vms(*targets: str, **options: Any) -> VMs:
