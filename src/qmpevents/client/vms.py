@@ -304,7 +304,9 @@ class VMs:
                     self._status(VMState(target.name, "unreachable", detail, target, pattern,
                                          exc))
             except Exception as exc:  # e.g. the predicate raised: say so, stop this VM only
-                logger.exception("%s: following stopped", target.name)
+                heard = self.on_state is not None or self.on_status is not None
+                logger.log(logging.DEBUG if heard else logging.ERROR,  # a hook says it
+                           "%s: following stopped", target.name, exc_info=True)
                 self._status(VMState(target.name, "failed", f"{type(exc).__name__}: {exc}",
                                      target, pattern, exc))
                 return
