@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from qmpevents.cli.argtypes import positive_float
+
 Note = Callable[[str], None]
 
 
@@ -24,16 +26,14 @@ def add_command(subparsers: Any, name: str, *, help: str, description: str,
     return parser
 
 
-def add_globs(parser: argparse.ArgumentParser | Any, flag: str, help: str,
-              metavar: str = "NAME") -> None:
-    """A repeatable option collecting its values in a list (empty when not given)."""
+def add_globs(parser: Any, flag: str, help: str, metavar: str = "NAME") -> None:
+    """A repeatable option collecting its values in a list (empty when not given), on a
+    parser or an argument group."""
     parser.add_argument(flag, action="append", default=[], metavar=metavar, help=help)
 
 
 def add_fsync_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """``--fsync always|interval|never`` and ``--fsync-interval S``: when *what* is synced."""
-    from qmpevents.cli.argtypes import positive_float
-
     parser.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
                         help=f"when to force {what} to disk (default interval)")
     parser.add_argument("--fsync-interval", type=positive_float, default=1.0, metavar="S",
