@@ -95,3 +95,92 @@ async def test_an_unreachable_fixed_target_fails_on_entry(directory: Path) -> No
 def test_targets_are_checked_at_once() -> None:
     with pytest.raises(qmpevents.AddressError):
         qmpevents.watch_vms("tcp:nowhere")
+
+
+async def test_hooks_see_each_connection_its_traffic_and_its_events(directory: Path) -> None:
+    """on_event instead of the queue; on_link up and down; trace per connection; on_state."""
+    clock = ManualClock()
+    path = f"{directory}/vm.sock"
+    states: list[qmpevents.client.VMState] = []
+    links: list[tuple[str, bool]] = []
+    traffic: list[tuple[str, str]] = []
+    got: list[tuple[str, int]] = []
+
+    async def on_event(vm: str, event: qmpevents.QMPEvent) -> None:
+        assert isinstance(event, RtcChange)
+        got.append((vm, event.data.offset))
+
+    def trace(target: qmpevents.client.Target) -> Callable[[str, bytes], None]:
+        return lambda direction, data: traffic.append((target.name, direction))
+
+    async with SimulatedVM(qmp=f"unix:{path}") as vm:
+        vms = qmpevents.watch_vms(
+            path, f"{directory}/later/", f"{directory}/*.nothing", clock=clock,
+            on_event=on_event, on_state=states.append, trace=trace,
+            on_link=lambda target, client: links.append((target.name, client is not None)))
+        assert await vms.start() == []
+        try:
+            assert [(s.vm, s.status, s.detail, s.target) for s in states] == [
+                (f"{directory}/later/", "waiting", "no such directory yet", None),
+                (f"{directory}/*.nothing", "waiting", "no VM socket matches yet", None)]
+            await until(lambda: links == [("vm", True)])  # the follower's first step
+            assert ("vm", "in") in traffic and ("vm", "out") in traffic  # greeting, capabilities
+            vm.machine.rtc_change(4)
+            await until(lambda: got == [("vm", 4)])
+            assert vms._queue.empty()  # delivered to on_event, not queued
+        finally:
+            await vm.close()
+            await until(lambda: any(s.status == "lost" for s in states))
+            await vms.close()
+    assert links == [("vm", True), ("vm", False)]
+    lost = states[-1]
+    assert (lost.status, lost.detail, lost.error, lost.scanned) == (
+        "lost", "disconnected", None, False)
+
+
+async def test_start_reports_every_unreachable_fixed_target(directory: Path) -> None:
+    async with SimulatedVM(qmp=f"unix:{directory}/up.sock"):
+        vms = qmpevents.watch_vms(f"{directory}/up.sock", f"{directory}/a.sock",
+                                  f"b={directory}/b.sock")
+        unreachable = await vms.start()
+        await vms.close()
+    assert [(u.target.name, type(u.error)) for u in unreachable] == [
+        ("a", FileNotFoundError), ("b", FileNotFoundError)]
+    assert vms.followed == []  # the reachable one is not followed either
+
+
+async def test_a_scanned_vm_whose_socket_comes_back_is_back(directory: Path) -> None:
+    clock = ManualClock()
+    statuses: list[str] = []
+    async with qmpevents.watch_vms(f"{directory}/", clock=clock, rescan=1.0,
+                                   on_status=lambda _vm, status, _: statuses.append(status)):
+        for _ in range(2):
+            vm = SimulatedVM(qmp=f"unix:{directory}/101.qmp")
+            await vm.start()
+            await clock.advance_when_waiting(1.0)  # the re-scan finds it
+            await until(lambda: statuses[-1:] in (["attached"], ["back"]))
+            await vm.close()
+            await until(lambda: statuses[-1:] == ["gone"])
+    assert statuses == ["attached", "lost", "gone", "back", "lost", "gone"]
+
+
+async def test_an_on_event_that_raises_stops_that_vm_only(directory: Path) -> None:
+    states: list[qmpevents.client.VMState] = []
+    got: list[str] = []
+
+    async def on_event(vm: str, event: qmpevents.QMPEvent) -> None:
+        if vm == "bad":
+            raise RuntimeError("a bug in the handler")
+        got.append(vm)
+
+    async with SimulatedVM(qmp=f"unix:{directory}/bad.sock") as bad, \
+            SimulatedVM(qmp=f"unix:{directory}/good.sock") as good, \
+            qmpevents.watch_vms(f"{directory}/bad.sock", f"{directory}/good.sock",
+                                on_event=on_event, on_state=states.append) as vms:
+        bad.machine.rtc_change(1)
+        await until(lambda: any(s.status == "failed" for s in states))
+        good.machine.rtc_change(2)
+        await until(lambda: got == ["good"])
+        assert [a.rsplit("/", 1)[1] for a in vms.followed] == ["good.sock"]
+    failed = next(s for s in states if s.status == "failed")
+    assert failed.vm == "bad" and isinstance(failed.error, RuntimeError)

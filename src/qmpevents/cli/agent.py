@@ -1,6 +1,6 @@
 """``qmpevents agent TARGET... --nats URL``: every event of this host's VMs into JetStream.
 
-The VMs are followed as ``watch`` follows them (:class:`Attachments`); each
+The VMs are followed as ``watch`` follows them (:mod:`qmpevents.cli.follow`); each
 event is appended to the durable spool, then published from it in order
 (:mod:`qmpevents.fleet`), so a broker outage or an agent restart loses
 nothing that was spooled.
@@ -12,25 +12,29 @@ import argparse
 import asyncio
 import os
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from qmpevents.cli.argtypes import positive_float, positive_int
-from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, duration, size
-from qmpevents.cli.targets import TargetError, client_options
-from qmpevents.cli.watch import (
-    Attachments,
-    add_target_arguments,
-    check_targets,
-    make_note,
-    run_session,
+from qmpevents.cli.argtypes import positive_int
+from qmpevents.cli.common import add_fsync_arguments, fail, make_note
+from qmpevents.cli.fleet_args import (
+    add_credentials_arguments,
+    add_listen_argument,
+    broker_options,
+    duration,
+    size,
 )
+from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
+from qmpevents.cli.targets import TargetError
 from qmpevents.client import QMPEvent
 from qmpevents.fleet.broker import DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_AGE, StreamSettings
 from qmpevents.fleet.deps import MissingDependency, require
 from qmpevents.fleet.spool import DEFAULT_MAX_BYTES, Spool, SpoolLocked
 from qmpevents.fleet.subjects import DEFAULT_STREAM
+
+HELP = "publish this host's VM events to NATS JetStream"
+DESCRIPTION = ("Follow this host's VMs as watch does and publish every event to NATS "
+               "JetStream, at least once, through a durable local spool.")
 
 EXAMPLES = """\
 examples:
@@ -61,12 +65,8 @@ def _default_spool(stream: str) -> str:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "agent", help="publish this host's VM events to NATS JetStream", epilog=EXAMPLES,
-        description="Follow this host's VMs as watch does and publish every event to "
-                    "NATS JetStream, at least once, through a durable local spool.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_arguments(parser)
+    parser = add_follower_command(subparsers, "agent", run, help=HELP,
+                                  description=DESCRIPTION, epilog=EXAMPLES)
     parser.add_argument("--nats", action="append", required=True, metavar="URL",
                         help="a NATS server, nats://HOST:PORT (repeatable: a cluster)")
     parser.add_argument("--host", default=socket.gethostname().split(".")[0], metavar="NAME",
@@ -85,21 +85,15 @@ def register(subparsers: Any) -> None:
                              "agent-STREAM)")
     parser.add_argument("--spool-max-bytes", type=size, default=DEFAULT_MAX_BYTES,
                         metavar="SIZE", help="bound of the spool on disk (default 1G)")
-    parser.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
-                        help="when to force spooled events to disk (default interval)")
-    parser.add_argument("--fsync-interval", type=positive_float, default=1.0, metavar="S",
-                        help="with --fsync interval: at most S seconds between fsyncs")
-    parser.add_argument("--listen", metavar="HOST:PORT",
-                        help="also serve Prometheus metrics (as the exporter command)")
+    add_fsync_arguments(parser, "spooled events")
+    add_listen_argument(parser, "also serve Prometheus metrics (as the exporter command)")
     add_credentials_arguments(parser, tls_prefix="nats-")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     note = make_note("agent")
     try:
-        check_targets(args.targets)
-        args.client_options = client_options(args)
+        check_targets(args)
         args.broker = broker_options(args, args.nats, tls_prefix="nats-",
                                      name=f"qmpevents agent {args.host}")
         if any(not url.startswith(("nats://", "tls://")) for url in args.nats):
@@ -108,22 +102,17 @@ def run(args: argparse.Namespace) -> int:
         if args.listen is not None:
             require("prometheus_client")
     except (TargetError, ValueError) as exc:
-        print(f"qmpevents agent: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("agent", exc)
     except MissingDependency as exc:
-        print(f"qmpevents agent: error: {exc}", file=sys.stderr)
-        return 1
+        return fail("agent", exc, 1)
     spool = Spool(args.spool or _default_spool(args.stream), max_bytes=args.spool_max_bytes,
                   fsync=args.fsync, interval=args.fsync_interval)
     try:
         spool.open()
     except SpoolLocked as exc:
-        print(f"qmpevents agent: error: {exc}", file=sys.stderr)
-        return 1
+        return fail("agent", exc, 1)
     except OSError as exc:
-        print(f"qmpevents agent: error: {spool.directory}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
+        return fail("agent", f"{spool.directory}: {exc.strerror or exc}", 1)
     try:
         return asyncio.run(_agent(args, spool, note))
     finally:
@@ -178,11 +167,10 @@ async def _agent(args: argparse.Namespace, spool: Spool, note: Callable[[str], N
             done.set_exception(task.exception())  # type: ignore[arg-type]
 
     publishing.add_done_callback(publisher_ended)
-    attachments = Attachments(args.targets, args.rescan, on_event, note,
-                              options=args.client_options, on_link=on_link)
+    vms = follow_vms(args, on_event, note, on_link=on_link)
     try:
         return await run_session(
-            attachments, done, None, on_timeout=lambda: 0, on_signal=lambda _: 0,
+            vms, done, None, note,
             started=lambda: note(f"publishing as host {args.host} to stream {args.stream}; "
                                  f"spool {spool.directory}"))
     finally:

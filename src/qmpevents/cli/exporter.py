@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
-from qmpevents.cli.targets import TargetError, client_options
-from qmpevents.cli.watch import (
-    Attachments,
-    add_target_arguments,
-    check_targets,
-    make_note,
-    run_session,
-)
+from qmpevents.cli.common import fail, make_note
+from qmpevents.cli.fleet_args import add_listen_argument
+from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
+from qmpevents.cli.targets import TargetError
 from qmpevents.fleet.deps import MissingDependency, require
+
+HELP = "serve Prometheus metrics of one or many VMs"
+DESCRIPTION = ("Follow VMs as watch does and serve their events, run states, VNC clients "
+               "and connection states as Prometheus metrics.")
 
 EXAMPLES = """\
 examples:
@@ -40,28 +39,20 @@ exit status: 0 stopped by Ctrl-C/SIGTERM, 1 cannot listen, 2 usage error,
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "exporter", help="serve Prometheus metrics of one or many VMs", epilog=EXAMPLES,
-        description="Follow VMs as watch does and serve their events, run states, VNC "
-                    "clients and connection states as Prometheus metrics.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_arguments(parser)
-    parser.add_argument("--listen", default="127.0.0.1:9650", metavar="HOST:PORT",
-                        help="serve /metrics here (default 127.0.0.1:9650; port 0: any)")
-    parser.set_defaults(handler=run)
+    parser = add_follower_command(subparsers, "exporter", run, help=HELP,
+                                  description=DESCRIPTION, epilog=EXAMPLES)
+    add_listen_argument(parser, "serve /metrics here (default 127.0.0.1:9650; port 0: any)",
+                        default="127.0.0.1:9650")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        check_targets(args.targets)
-        args.client_options = client_options(args)
+        check_targets(args)
         require("prometheus_client")
     except TargetError as exc:
-        print(f"qmpevents exporter: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("exporter", exc)
     except MissingDependency as exc:
-        print(f"qmpevents exporter: error: {exc}", file=sys.stderr)
-        return 1
+        return fail("exporter", exc, 1)
     return asyncio.run(_export(args))
 
 
@@ -79,11 +70,10 @@ async def _export(args: argparse.Namespace) -> int:
         note(f"error: --listen {args.listen}: {exc.strerror or exc}")
         return 1
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    attachments = Attachments(args.targets, args.rescan, metrics.on_event, note,
-                              options=args.client_options, on_link=metrics.on_link)
+    vms = follow_vms(args, metrics.on_event, note, on_link=metrics.on_link)
     try:
         return await run_session(
-            attachments, done, None, on_timeout=lambda: 0, on_signal=lambda _: 0,
+            vms, done, None, note,
             started=lambda: note(f"metrics on http://{args.listen.rpartition(':')[0]}:{port}"
                                  "/metrics"))
     finally:

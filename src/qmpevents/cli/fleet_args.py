@@ -50,6 +50,12 @@ def since(text: str) -> float | str:
     return when.timestamp()  # a naive time is local time
 
 
+def add_listen_argument(parser: argparse.ArgumentParser, help: str,
+                        default: str | None = None) -> None:
+    """``--listen HOST:PORT``: where the Prometheus metrics are served."""
+    parser.add_argument("--listen", default=default, metavar="HOST:PORT", help=help)
+
+
 def add_credentials_arguments(parser: argparse.ArgumentParser, *, tls_prefix: str) -> None:
     """NATS authentication; TLS as ``--{tls_prefix}tls-creds DIR``."""
     group = parser.add_argument_group("NATS credentials")

@@ -17,19 +17,13 @@ from typing import Any
 
 import msgspec
 
-from qmpevents.cli import stream
 from qmpevents.cli.argtypes import positive_float, positive_int
-from qmpevents.cli.stream import add_stream_arguments, is_stream
-from qmpevents.cli.targets import Target, TargetError, client_options
-from qmpevents.cli.watch import (
-    Attachments,
-    Trace,
-    add_target_arguments,
-    check_targets,
-    make_note,
-    run_session,
-)
+from qmpevents.cli.common import add_fsync_arguments, fail, make_note
+from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
+from qmpevents.cli.stream import add_stream_arguments
+from qmpevents.cli.targets import Target, TargetError
 from qmpevents.client import QMPEvent
+from qmpevents.client.vms import Trace
 from qmpevents.codec import Framer, ParseError, encode_json
 from qmpevents.recording import Direction, RecordingWriter
 
@@ -57,45 +51,31 @@ exit status: 0 stopped (--count, --timeout, signal), 1 write error,
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "record", help="record every event of one or many VMs to a JSON-lines file",
+    parser = add_follower_command(
+        subparsers, "record", None,
+        help="record every event of one or many VMs to a JSON-lines file",
         description="Record every event of one or many VMs as JSON lines, with the "
                     "source VM and the time received; --all-messages records the "
-                    "whole conversation both ways.", epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_arguments(parser)
+                    "whole conversation both ways.", epilog=EXAMPLES)
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="append records to FILE")
     parser.add_argument("--all-messages", action="store_true",
                         help="record every message both ways, not only events")
-    parser.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
-                        help="when to force records to disk (default interval)")
-    parser.add_argument("--fsync-interval", type=positive_float, default=1.0, metavar="S",
-                        help="with --fsync interval: at most S seconds between fsyncs")
+    add_fsync_arguments(parser, "records")
     parser.add_argument("--count", type=positive_int, metavar="N",
                         help="stop after N events")
     parser.add_argument("--timeout", type=positive_float, metavar="S",
                         help="stop after S seconds")
-    add_stream_arguments(parser)
-    parser.set_defaults(handler=run)
+    add_stream_arguments(parser, "record", _run_local)
 
 
-def run(args: argparse.Namespace) -> int:
-    if is_stream(args.targets):  # the fleet stream: cli/stream.py
-        return stream.record(args)
-    if (misplaced := stream.check_local(args)) is not None:
-        print(f"qmpevents record: error: {misplaced}", file=sys.stderr)
-        return 2
+def _run_local(args: argparse.Namespace) -> int:
     try:
-        check_targets(args.targets)
-        args.client_options = client_options(args)
+        check_targets(args)
     except TargetError as exc:
-        print(f"qmpevents record: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        writer = RecordingWriter(args.output, fsync=args.fsync, interval=args.fsync_interval)
-    except OSError as exc:
-        print(f"qmpevents record: error: {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return fail("record", exc)
+    writer = open_writer(args)
+    if writer is None:
         return 2
     recorder = Recorder(writer)
     status = 1
@@ -106,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             writer.close()
         except OSError as exc:
             if status != 1:  # not said yet: the last records could not be written
-                _write_error(args.output, exc)
+                write_error(args.output, exc)
             status = 1
         if status != 1:
             print(f"qmpevents record: {recorder.events} events ({writer.records} records) "
@@ -114,9 +94,18 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def _write_error(output: str, exc: OSError) -> None:
+def open_writer(args: argparse.Namespace) -> RecordingWriter | None:
+    """``-o FILE`` opened for appending as ``--fsync`` says; None once the error is said."""
+    try:
+        return RecordingWriter(args.output, fsync=args.fsync, interval=args.fsync_interval)
+    except OSError as exc:
+        write_error(args.output, exc)
+        return None
+
+
+def write_error(output: str, exc: OSError) -> None:
     """The one line a write error gets (the recording ends with exit status 1)."""
-    print(f"qmpevents record: error: {output}: {exc.strerror or exc}", file=sys.stderr)
+    fail("record", f"{output}: {exc.strerror or exc}")
 
 
 class Recorder:
@@ -244,17 +233,15 @@ async def _record(args: argparse.Namespace, recorder: Recorder) -> int:
     async def ignore(vm: str, event: QMPEvent) -> None:
         return None  # --all-messages: the tracer has written the event already
 
-    attachments = Attachments(args.targets, args.rescan,
-                              ignore if args.all_messages else recorder.on_event, note,
-                              trace=recorder.tracer if args.all_messages else None,
-                              options=args.client_options)
+    vms = follow_vms(args, ignore if args.all_messages else recorder.on_event, note,
+                     trace=recorder.tracer if args.all_messages else None)
     try:
         return await run_session(
-            attachments, done, args.timeout, on_timeout=lambda: 0, on_signal=lambda _: 0,
+            vms, done, args.timeout, note,
             started=lambda: note(f"recording to {args.output} (Ctrl-C to stop)"))
     except OSError as exc:
         recorder.stopped = True
-        _write_error(args.output, exc)
+        write_error(args.output, exc)
         return 1
     finally:
         recorder.stop_syncing()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import sys
 from collections.abc import Callable
 from fnmatch import fnmatchcase
@@ -20,8 +18,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, since
+from qmpevents.cli.follow import outcome, signals_resolve
 from qmpevents.cli.render import json_line, text_line
 from qmpevents.client import EventFilter
 from qmpevents.fleet.subjects import DEFAULT_STREAM, STREAM_SUBJECTS
@@ -35,30 +35,23 @@ class StreamTargetError(ValueError):
     """A nats:// target that cannot be understood (a usage error)."""
 
 
-def make_note(command: str) -> Callable[[str], None]:
-    """``qmpevents COMMAND: message`` on stderr (as cli.watch's, which imports this module)."""
-    def note(message: str) -> None:
-        sys.stderr.write(f"qmpevents {command}: {message}\n")
-        sys.stderr.flush()
-    return note
-
-
 def is_stream(targets: list[str]) -> bool:
     return any(t.startswith(SCHEMES) for t in targets)
 
 
-def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of a nats:// source (``--tls-creds`` is the target's TLS option)."""
+def add_stream_arguments(parser: argparse.ArgumentParser, command: str,
+                         local: Callable[[argparse.Namespace], int]) -> None:
+    """The options of a nats:// source (``--tls-creds`` is the target's TLS option), and
+    the command's handler: the stream for nats:// targets, else *local* (see :func:`run`)."""
+    parser.set_defaults(handler=lambda args: run(args, command, local))
     group = parser.add_argument_group("nats:// targets (the fleet stream)")
     group.add_argument("--since", type=since, metavar="DURATION|TIME|all",
                        help="start with the stream's events since then (10m, "
                             "2026-12-01T15:00:00, all); default: new events only")
     group.add_argument("--durable", metavar="NAME",
                        help="a durable consumer: resumes after the last event it handled")
-    group.add_argument("--host", action="append", default=[], metavar="NAME",
-                       help="only events of this host (glob, repeatable)")
-    group.add_argument("--vm", action="append", default=[], metavar="NAME",
-                       help="only events of this VM (glob, repeatable)")
+    add_globs(group, "--host", "only events of this host (glob, repeatable)")
+    add_globs(group, "--vm", "only events of this VM (glob, repeatable)")
     group.add_argument("--stream", default=DEFAULT_STREAM, metavar="NAME",
                        help=f"the JetStream stream (default {DEFAULT_STREAM})")
     add_credentials_arguments(parser, tls_prefix="")
@@ -85,6 +78,16 @@ def parse_targets(targets: list[str]) -> tuple[list[str], str]:
     if len(filters) > 1:
         raise StreamTargetError("the nats:// targets name different subject filters")
     return servers, filters.pop() if filters else STREAM_SUBJECTS
+
+
+def run(args: argparse.Namespace, command: str,
+        local: Callable[[argparse.Namespace], int]) -> int:
+    """``watch``/``record``: nats:// targets read the stream; local ones are *local*'s."""
+    if is_stream(args.targets):
+        return watch(args) if command == "watch" else record(args)
+    if (misplaced := check_local(args)) is not None:
+        return fail(command, misplaced)
+    return local(args)
 
 
 def check_local(args: argparse.Namespace) -> str | None:
@@ -123,16 +126,8 @@ async def _follow(args: argparse.Namespace, source: _Source, command: str,
     from qmpevents.fleet.consumer import fleet_events
 
     note = make_note(command)
-    loop = asyncio.get_running_loop()
-    stopped: asyncio.Future[int] = loop.create_future()
-
-    def interrupted(signum: int) -> None:
-        if not stopped.done():
-            stopped.set_result(on_signal(signum))
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, interrupted, signum)
-    try:
+    stopped: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    with signals_resolve(stopped, on_signal):
         events = fleet_events(source.options, subject=source.subject, stream=args.stream,
                               since=args.since, durable=args.durable)
         try:
@@ -141,29 +136,28 @@ async def _follow(args: argparse.Namespace, source: _Source, command: str,
             note(f"error: {exc}")
             return 3
 
-        async def read() -> int:
+        async def read() -> None:
             async for fleet_event in events:
                 if source.wanted(fleet_event.host, fleet_event.vm) and handle(fleet_event):
-                    return 0
-            return 0
+                    break
+            if not stopped.done():  # the condition, or the end of the stream
+                stopped.set_result(0)
 
         started()
         reader = asyncio.ensure_future(read())
+        reader.add_done_callback(lambda _: _raise_into(reader, stopped))
         try:
-            finished, _ = await asyncio.wait({reader, stopped}, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            if reader in finished:
-                return reader.result()
-            if stopped in finished:
-                return stopped.result()
-            return on_timeout()
+            return await outcome(stopped, timeout, on_timeout)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await events.close()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+
+
+def _raise_into(task: asyncio.Future[None], done: asyncio.Future[int]) -> None:
+    """A reader that failed fails the command (its exception is raised by *done*)."""
+    if not task.cancelled() and (exc := task.exception()) is not None and not done.done():
+        done.set_exception(exc)
 
 
 def watch(args: argparse.Namespace) -> int:
@@ -175,15 +169,12 @@ def watch(args: argparse.Namespace) -> int:
         source = _Source(args, "watch")
         event_filter: EventFilter = build_filter(args.event, args.match)
     except (ValueError, FilterError) as exc:
-        print(f"qmpevents watch: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("watch", exc)
     try:
         require("nats")
     except MissingDependency as exc:
-        print(f"qmpevents watch: error: {exc}", file=sys.stderr)
-        return 1
-    colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
-                                        and "NO_COLOR" not in os.environ)
+        return fail("watch", exc, 1)
+    colour = colour_wanted(args.color)
     until = args.until.upper() if args.until else None
     has_condition = args.count is not None or until is not None
     seen = 0
@@ -217,27 +208,22 @@ def watch(args: argparse.Namespace) -> int:
 
 def record(args: argparse.Namespace) -> int:
     """``qmpevents record nats://... -o FILE``: a recording of the stream's events."""
+    from qmpevents.cli.record import open_writer, write_error
     from qmpevents.fleet.consumer import FleetEvent
     from qmpevents.fleet.deps import MissingDependency, require
-    from qmpevents.recording import RecordingWriter
 
     if args.all_messages:
-        print("qmpevents record: error: --all-messages needs local targets (the stream holds "
-              "events only)", file=sys.stderr)
-        return 2
+        return fail("record", "--all-messages needs local targets (the stream holds events "
+                              "only)")
     try:
         source = _Source(args, "record")
         require("nats")
     except ValueError as exc:
-        print(f"qmpevents record: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("record", exc)
     except MissingDependency as exc:
-        print(f"qmpevents record: error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        writer = RecordingWriter(args.output, fsync=args.fsync, interval=args.fsync_interval)
-    except OSError as exc:
-        print(f"qmpevents record: error: {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return fail("record", exc, 1)
+    writer = open_writer(args)
+    if writer is None:
         return 2
     written = 0
     failure: list[OSError] = []
@@ -264,7 +250,6 @@ def record(args: argparse.Namespace) -> int:
         writer.close()
         print(f"qmpevents record: {written} events written to {args.output}", file=sys.stderr)
     if failure:
-        print(f"qmpevents record: error: {args.output}: {failure[0].strerror or failure[0]}",
-              file=sys.stderr)
+        write_error(args.output, failure[0])
         return 1
     return status

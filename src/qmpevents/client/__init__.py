@@ -19,7 +19,8 @@ from qmpevents.client.subscriptions import (
     Subscription,
 )
 from qmpevents.client.sync import SyncQMPClient, SyncSubscription, SyncWaiter, connect_sync
-from qmpevents.client.vms import VMEvent, VMs, watch_vms
+from qmpevents.client.targets import Target
+from qmpevents.client.vms import Unreachable, VMEvent, VMs, VMState, watch_vms
 
 __all__ = [
     "DEFAULT_MAXSIZE",
@@ -34,9 +35,12 @@ __all__ = [
     "SyncQMPClient",
     "SyncSubscription",
     "SyncWaiter",
+    "Target",
     "TcpAddress",
     "UnixAddress",
+    "Unreachable",
     "VMEvent",
+    "VMState",
     "VMs",
     "connect",
     "connect_sync",

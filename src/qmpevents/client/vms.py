@@ -18,7 +18,18 @@ VM that was away may have missed events -- :attr:`VMs.on_status` hears of it.
 
 Every VM feeds one bounded queue of ``(vm, event)`` pairs: a consumer that
 does not keep up slows the VMs' readers down (each subscription's ``block``
-policy), it never grows memory.
+policy), it never grows memory.  A program that would rather be called
+passes *on_event*: each VM's follower awaits it (instead of queueing), so a
+VM's events and its state changes (*on_state*) reach the program in the order
+they happened -- the CLI's ``watch``, ``record``, ``agent`` and ``exporter``
+follow VMs this way.
+
+Hooks, all optional: *on_status* ``(vm, status, detail)`` and *on_state*
+(a :class:`VMState`, with the target, the error and whether a scan found the
+VM) on each change of a VM's state; *on_link* ``(target, client)`` when a
+connection comes up (its client, for queries) and ``(target, None)`` when it
+goes down; *trace* ``(target) -> observer`` makes each new connection's
+traffic observer (:class:`~qmpevents.client.QMPClient`'s ``trace``).
 """
 
 from __future__ import annotations
@@ -27,14 +38,14 @@ import asyncio
 import logging
 import os
 import ssl as _ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self
 
 from qmpevents.client.connection import QMPClient
 from qmpevents.client.filters import EventSpec, Predicate, QMPEvent
 from qmpevents.client.subscriptions import DEFAULT_MAXSIZE, Subscription
-from qmpevents.client.targets import Target, display_name, expand, is_pattern
+from qmpevents.client.targets import Target, display_name, expand, is_pattern, split_name
 from qmpevents.clock import REAL_CLOCK, Clock, deadline, sleep
 from qmpevents.errors import QMPEventsError
 
@@ -44,9 +55,45 @@ RETRY_DELAY: Final = 0.5
 MAX_RETRY_DELAY: Final = 5.0
 
 Status = Callable[[str, str, str], None]
-"""``on_status(vm, status, detail)``: status is ``attached``, ``lost``, ``back``,
-``unreachable`` (a retry failed; said once until it works), ``gone`` or
-``failed`` (following raised, e.g. the predicate: that VM is no longer followed)."""
+"""``on_status(vm, status, detail)``: status is ``attached`` (found by a scan),
+``lost``, ``back``, ``unreachable`` (a retry failed; said once until it works,
+and not after ``lost``), ``gone`` (a scanned VM's socket was removed)
+or ``failed`` (following raised, e.g. the predicate or *on_event*: that VM is
+no longer followed).  *on_state* also hears ``waiting``: a directory or glob
+that names no VM yet (said once, on entry; *detail* says which)."""
+
+OnEvent = Callable[[str, QMPEvent], Awaitable[None]]
+"""``await on_event(vm, event)``, called by the VM's follower instead of queueing."""
+OnLink = Callable[[Target, QMPClient | None], None]
+"""``on_link(target, client)``: a connection came up; ``(target, None)``: it went down."""
+Trace = Callable[[str, bytes], None]
+"""A connection's traffic observer, ``trace(direction, data)`` (``in`` / ``out``)."""
+
+
+class VMState(NamedTuple):
+    """One change of a VM's state, as *on_state* hears of it."""
+
+    #: The name shown: the connected VM's name (explicit, ``query-name`` or path),
+    #: the target's own name before it ever connected, the spec for ``waiting``.
+    vm: str
+    #: One of the :data:`Status` values, or ``waiting``.
+    status: str
+    #: What ``on_status`` gets as its detail (an address, a reason).
+    detail: str
+    #: The VM's target (None for ``waiting``, which is about a spec).
+    target: Target | None
+    #: True for a VM found by scanning a directory or glob, False for a fixed target.
+    scanned: bool
+    #: The error behind ``lost``, ``unreachable`` and ``failed``; None when the
+    #: connection simply ended (``lost`` with detail ``disconnected``).
+    error: BaseException | None = None
+
+
+class Unreachable(NamedTuple):
+    """A fixed target that could not be reached on entry, and why."""
+
+    target: Target
+    error: Exception
 
 
 class VMEvent(NamedTuple):
@@ -65,6 +112,9 @@ class VMs:
                  max_retry_delay: float = MAX_RETRY_DELAY, maxsize: int = DEFAULT_MAXSIZE,
                  ssl: _ssl.SSLContext | None = None, server_hostname: str | None = None,
                  on_status: Status | None = None, clock: Clock | None = None,
+                 on_event: OnEvent | None = None, on_state: Callable[[VMState], None] | None
+                 = None, on_link: OnLink | None = None,
+                 trace: Callable[[Target], Trace] | None = None,
                  **client_options: Any) -> None:
         self.specs = list(targets)
         if not self.specs:
@@ -72,38 +122,66 @@ class VMs:
         for spec in self.specs:
             expand(spec)  # a target that cannot be understood fails here
         self._events = tuple(events)
-        self._match = match
-        self._predicate = predicate
+        self._filters: dict[str, Any] = {"match": match, "predicate": predicate}
         self._rescan = rescan
-        self._retry_delay = retry_delay
-        self._max_retry_delay = max_retry_delay
-        self._ssl = ssl
-        self._server_hostname = server_hostname
+        self._backoff = (retry_delay, max_retry_delay)  # first delay, longest delay
+        #: tcp: targets also get these (TLS); a unix socket is never TLS.
+        self._tls = {"ssl": ssl, "server_hostname": server_hostname} if ssl is not None else {}
         self._client_options = client_options
         #: Called on every change of a VM's state (see :data:`Status`); also logged.
         self.on_status = on_status
+        #: Called with a :class:`VMState` on every change of a VM's state.
+        self.on_state = on_state
         self.clock: Clock = clock or REAL_CLOCK
+        self._on_event = on_event
+        self._on_link = on_link
+        self._trace = trace
         self._queue: asyncio.Queue[VMEvent] = asyncio.Queue(maxsize)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lost: set[str] = set()  # addresses said lost (or gone) and not back yet
         self._scanner: asyncio.Task[None] | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        unreachable = await self.start()
+        if unreachable:
+            raise unreachable[0].error
+        return self
+
+    async def start(self) -> list[Unreachable]:
+        """Connect every fixed target, then follow them and start scanning.
+
+        Returns the fixed targets that could not be reached (a connection
+        error: OSError, QMPEventsError, TimeoutError); then nothing is
+        followed.  ``async with`` raises the first one's error instead.  The
+        first connection is kept and followed: probing then reconnecting
+        would lose the events sent in between.
+        """
         fixed = [t for spec in self.specs if not is_pattern(spec) for t in expand(spec)]
-        opened = await asyncio.gather(*(self._open(t) for t in fixed), return_exceptions=True)
-        failure = next((r for r in opened if isinstance(r, BaseException)), None)
-        if failure is not None:
-            for result in opened:
-                if not isinstance(result, BaseException):
-                    await result[0].close()
-            raise failure
+        results = await asyncio.gather(*(self._open(t) for t in fixed), return_exceptions=True)
+        opened = [r for r in results if not isinstance(r, BaseException)]
+        failures = [(t, r) for t, r in zip(fixed, results, strict=True)
+                    if isinstance(r, BaseException)]
+        unexpected = next((r for _, r in failures
+                           if not isinstance(r, OSError | QMPEventsError | TimeoutError)), None)
+        if failures:
+            for client, _, _ in opened:
+                await client.close()
+            if unexpected is not None:
+                raise unexpected
+            return [Unreachable(t, r) for t, r in failures if isinstance(r, Exception)]
         for target, first in zip(fixed, opened, strict=True):
-            assert not isinstance(first, BaseException)
             self._attach(target, pattern=False, first=first)
         self._scan()
+        for spec in self.specs:
+            if is_pattern(spec) and not expand(spec):
+                path = split_name(spec)[1]
+                what = ("no such directory yet" if path.endswith("/") and not os.path.isdir(path)
+                        else "no VM socket matches yet")
+                self._status(VMState(spec, "waiting", what, None, scanned=True))
         self._scanner = asyncio.create_task(self._rescan_forever())
-        return self
+        return []
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -143,10 +221,11 @@ class VMs:
     async def _open(self, target: Target) -> tuple[QMPClient, Subscription[QMPEvent], str]:
         """Subscribe, then connect: no event after negotiation can slip by."""
         options = dict(self._client_options)
-        if self._ssl is not None and target.address.startswith("tcp:"):
-            options.update(ssl=self._ssl, server_hostname=self._server_hostname)
-        client = QMPClient(target.address, clock=self.clock, **options)
-        events = client.events(*self._events, match=self._match, predicate=self._predicate)
+        if target.address.startswith("tcp:"):
+            options.update(self._tls)
+        trace = self._trace(target) if self._trace is not None else None
+        client = QMPClient(target.address, clock=self.clock, trace=trace, **options)
+        events = client.events(*self._events, **self._filters)
         try:
             await client.connect()
             name = await display_name(client, target)
@@ -173,58 +252,80 @@ class VMs:
         self._tasks[target.address] = task
         task.add_done_callback(lambda _: self._tasks.pop(target.address, None))
 
-    def _status(self, vm: str, status: str, detail: str = "") -> None:
-        logger.info("%s: %s%s", vm, status, f" ({detail})" if detail else "")
-        if self.on_status is not None:
-            self.on_status(vm, status, detail)
+    def _status(self, state: VMState) -> None:
+        logger.info("%s: %s%s", state.vm, state.status,
+                    f" ({state.detail})" if state.detail else "")
+        if self.on_state is not None:
+            self.on_state(state)
+        if self.on_status is not None and state.target is not None:
+            self.on_status(state.vm, state.status, state.detail)
+
+    async def _deliver(self, vm: str, event: QMPEvent) -> None:
+        if self._on_event is not None:
+            await self._on_event(vm, event)
+        else:
+            await self._queue.put(VMEvent(vm, event))
 
     async def _follow(self, target: Target, pattern: bool,
                       opened: tuple[QMPClient, Subscription[QMPEvent], str] | None) -> None:
-        delay = self._retry_delay
-        lost = failing = False
+        """Stream one VM's events; say losses and returns; retry with back-off."""
+        first_delay, max_delay = self._backoff
+        delay = first_delay
+        failing = False  # a failure has been said and nothing has worked since
         while True:
             try:
                 if opened is None:
                     opened = await self._open(target)
                 client, events, name = opened
                 try:
-                    if lost:
-                        self._status(name, "back", target.address)
+                    if target.address in self._lost:
+                        self._lost.discard(target.address)
+                        self._status(VMState(name, "back", target.address, target, pattern))
                     elif pattern:
-                        self._status(name, "attached", target.address)
-                    lost = failing = False
-                    delay = self._retry_delay
+                        self._status(VMState(name, "attached", target.address, target, pattern))
+                    failing = False
+                    delay = first_delay
+                    if self._on_link is not None:
+                        self._on_link(target, client)
                     async for event in events:
-                        await self._queue.put(VMEvent(name, event))
+                        await self._deliver(name, event)
                 finally:
+                    if self._on_link is not None:
+                        self._on_link(target, None)
                     await client.close()
-                lost = True
-                self._status(name, "lost", "disconnected")
+                self._lost.add(target.address)
+                self._status(VMState(name, "lost", "disconnected", target, pattern))
             except (OSError, QMPEventsError, TimeoutError) as exc:
+                detail = str(exc) or type(exc).__name__
                 if opened is not None:
-                    lost = True
-                    self._status(opened[2], "lost", str(exc) or type(exc).__name__)
+                    self._lost.add(target.address)
+                    self._status(VMState(opened[2], "lost", detail, target, pattern, exc))
                 elif not failing:
-                    self._status(target.name, "unreachable", str(exc) or type(exc).__name__)
-                failing = True
+                    self._status(VMState(target.name, "unreachable", detail, target, pattern,
+                                         exc))
             except Exception as exc:  # e.g. the predicate raised: say so, stop this VM only
-                logger.exception("%s: following stopped", target.name)
-                self._status(target.name, "failed", f"{type(exc).__name__}: {exc}")
+                heard = self.on_state is not None or self.on_status is not None
+                logger.log(logging.DEBUG if heard else logging.ERROR,  # a hook says it
+                           "%s: following stopped", target.name, exc_info=True)
+                self._status(VMState(target.name, "failed", f"{type(exc).__name__}: {exc}",
+                                     target, pattern, exc))
                 return
+            failing = True
             opened = None
             path = target.address[5:] if target.address.startswith("unix:") else None
             if pattern and path is not None and not os.path.exists(path):
-                self._status(target.name, "gone", "socket removed")
+                self._status(VMState(target.name, "gone", "socket removed", target, pattern))
                 return
             await sleep(self.clock, delay)  # retry back-off
-            delay = min(delay * 2, self._max_retry_delay)
+            delay = min(delay * 2, max_delay)
 
 
 def watch_vms(*targets: str, **options: Any) -> VMs:
     """``async with watch_vms(target, ...) as vms: async for vm, event in vms:``.
 
     *options* are :class:`VMs`' (``events``, ``match``, ``predicate``,
-    ``rescan``, ``on_status``, ``ssl``, ``clock``...), and any other keyword
+    ``rescan``, ``on_status``, ``on_state``, ``on_event``, ``on_link``,
+    ``trace``, ``ssl``, ``clock``...), and any other keyword
     goes to each VM's :class:`~qmpevents.client.QMPClient`.
     """
     return VMs(targets, **options)

@@ -19,7 +19,7 @@ from qmpevents.fleet.subjects import message_id
 
 
 class Intake:
-    """``on_event(vm, event)`` for :class:`~qmpevents.cli.watch.Attachments`: spool it."""
+    """``on_event(vm, event)`` for :class:`~qmpevents.client.vms.VMs`: spool it."""
 
     def __init__(self, host: str, spool: Spool) -> None:
         self.host = host

@@ -47,7 +47,7 @@ RUN_STATES = ("debug", "inmigrate", "internal-error", "io-error", "paused", "pos
 
 
 class FleetMetrics:
-    """The exporter's series in their own registry, fed by :class:`Attachments` hooks."""
+    """The exporter's series in their own registry, fed by :class:`~qmpevents.client.VMs` hooks."""
 
     def __init__(self) -> None:
         prom = require("prometheus_client")

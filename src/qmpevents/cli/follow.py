@@ -1,0 +1,152 @@
+"""The commands that follow VMs (watch, record, agent, exporter) follow them one way.
+
+The following itself is the library's :class:`~qmpevents.client.vms.VMs`
+(sockets, directories waited for, globs, VMs coming and going, reconnects,
+naming, TLS); this module adds the command line's side: the target
+arguments, the notes on stderr for each change of a VM's state, and the
+session (signals, ``--timeout``, exit status 3 for an unreachable target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from qmpevents.cli.argtypes import positive_float
+from qmpevents.cli.common import Note, add_command
+from qmpevents.cli.targets import add_tls_arguments, client_options, describe_error, expand
+from qmpevents.client.targets import Target
+from qmpevents.client.vms import OnEvent, OnLink, Trace, VMs, VMState
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def add_follower_command(subparsers: Any, name: str, handler: Callable[[Any], int] | None,
+                         *, help: str, description: str,
+                         epilog: str) -> argparse.ArgumentParser:
+    """The parser of a command that follows VMs: its targets and their options first;
+    *handler* runs the command (None: one is set later, see ``add_stream_arguments``)."""
+    parser = add_command(subparsers, name, help=help, description=description, epilog=epilog)
+    add_target_arguments(parser)
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("targets", nargs="+", metavar="TARGET",
+                        help="unix:PATH, tcp:HOST:PORT, a socket path, a directory or a glob")
+    parser.add_argument("--rescan", type=positive_float, default=1.0, metavar="S",
+                        help="re-scan directories and globs every S seconds (default 1)")
+    add_tls_arguments(parser)
+
+
+def check_targets(args: argparse.Namespace) -> None:
+    """TargetError for a target or a TLS option that cannot be understood (a usage error);
+    else the TLS settings are kept as ``args.client_options``."""
+    for spec in args.targets:
+        expand(spec)
+    args.client_options = client_options(args)
+
+
+def state_notes(note: Note, rescan: float,
+                on_disconnect: Callable[[str], None] | None = None) -> Callable[[VMState], None]:
+    """*on_state* for :class:`VMs`: each change of a VM's state as a note on stderr.
+
+    *on_disconnect* hears of a fixed target's VM whose connection simply ended
+    (``--exit-on-disconnect``), before its note.
+    """
+
+    def on_state(state: VMState) -> None:
+        if state.target is None:  # waiting: a directory or glob that names no VM yet
+            note(f"{state.vm}: {state.detail}; waiting (re-scanned every {rescan:g} s)")
+            return
+        target, error = state.target, state.error
+        reason = describe_error(error) if error is not None else state.detail
+        if state.status == "attached":
+            note(f"{state.vm}: attached ({target.address})")
+        elif state.status == "back":
+            note(f"{state.vm}: back")
+        elif state.status == "lost":
+            if error is None and not state.scanned and on_disconnect is not None:
+                on_disconnect(state.vm)
+            note(f"{target.name}: lost ({reason}); retrying")
+        elif state.status == "unreachable":
+            note(f"{target.name}: cannot connect ({reason}); retrying")
+        elif state.status == "gone":
+            note(f"{target.name}: gone ({reason})")
+        elif state.status == "failed":
+            note(f"{target.name}: no longer followed: internal error: {error!r}")
+
+    return on_state
+
+
+def follow_vms(args: argparse.Namespace, on_event: OnEvent, note: Note, *,
+               trace: Callable[[Target], Trace] | None = None, on_link: OnLink | None = None,
+               on_disconnect: Callable[[str], None] | None = None) -> VMs:
+    """The VMs of ``args.targets`` (checked by :func:`check_targets`), each event to *on_event*."""
+    options = args.client_options
+    return VMs(args.targets, rescan=args.rescan, on_event=on_event,
+               on_state=state_notes(note, args.rescan, on_disconnect), on_link=on_link,
+               trace=trace, ssl=options.ssl, server_hostname=options.server_hostname)
+
+
+@contextlib.contextmanager
+def signals_resolve(done: asyncio.Future[int], on_signal: Callable[[int], int]) -> Iterator[None]:
+    """While inside, SIGINT/SIGTERM resolve *done* with ``on_signal(signum)``."""
+    loop = asyncio.get_running_loop()
+
+    def interrupted(signum: int) -> None:
+        if not done.done():
+            done.set_result(on_signal(signum))
+
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, interrupted, signum)
+    try:
+        yield
+    finally:
+        for signum in SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+async def outcome(done: asyncio.Future[int], timeout: float | None,
+                  on_timeout: Callable[[], int]) -> int:
+    """*done*'s result, or ``on_timeout()`` when *timeout* expires first (an exception
+    set on *done* is raised)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(done)
+    except TimeoutError:
+        if done.done():  # resolved at the deadline: the condition wins
+            return done.result()
+        return on_timeout()
+
+
+async def run_session(vms: VMs, done: asyncio.Future[int], timeout: float | None, note: Note,
+                      *, on_timeout: Callable[[], int] = lambda: 0,
+                      on_signal: Callable[[int], int] = lambda _: 0,
+                      started: Callable[[], None] | None = None) -> int:
+    """Follow the VMs until *done* resolves, *timeout* expires or SIGINT/SIGTERM.
+
+    Returns 3 when a fixed target cannot be reached at start (each said),
+    else *done*'s result, ``on_timeout()`` or ``on_signal(signum)``.
+    *started* is called once every fixed target is connected.  An exception
+    set on *done* (stdout closed, disk full) is raised.
+    """
+    with signals_resolve(done, on_signal):
+        try:
+            unreachable = await vms.start()
+            for target, error in unreachable:
+                note(f"{target.name}: cannot connect to {target.address}: "
+                     f"{describe_error(error)}")
+            if unreachable:
+                return 3
+            if started is not None:
+                started()
+            return await outcome(done, timeout, on_timeout)
+        finally:
+            await vms.close()
