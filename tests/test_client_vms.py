@@ -184,3 +184,29 @@ async def test_an_on_event_that_raises_stops_that_vm_only(directory: Path) -> No
         assert [a.rsplit("/", 1)[1] for a in vms.followed] == ["good.sock"]
     failed = next(s for s in states if s.status == "failed")
     assert failed.vm == "bad" and isinstance(failed.error, RuntimeError)
+
+
+async def test_a_busy_consumer_slows_the_vm_down_and_loses_nothing(directory: Path) -> None:
+    """Backpressure, not a stalled subscriber: the VM is not cut off after stall_timeout."""
+    clock = ManualClock()
+    path = f"{directory}/vm.sock"
+    clients: list[qmpevents.QMPClient] = []
+    statuses: list[str] = []
+
+    def on_link(target: qmpevents.client.Target, client: qmpevents.QMPClient | None) -> None:
+        if client is not None:
+            clients.append(client)
+
+    async with SimulatedVM(qmp=f"unix:{path}") as vm:  # seed: RTC_CHANGE not throttled
+        async with qmpevents.watch_vms(path, clock=clock, maxsize=10, on_link=on_link,
+                                       on_status=lambda name, status, detail:
+                                       statuses.append(status)) as vms:
+            await until(lambda: bool(clients) and clients[0].connected)
+            for offset in range(6000):
+                vm.machine.emit("RTC_CHANGE", {"offset": offset, "qom-path": "/machine/rtc"})
+            await until(lambda: clients[0].reading_blocked)  # every queue on the way is full
+            clock.advance(11)  # longer than the client's default stall_timeout
+            async with asyncio.timeout(30):  # a VM cut off would never deliver the rest
+                offsets = [(await _offset(vms))[1] for _ in range(6000)]
+    assert offsets == list(range(6000))
+    assert "lost" not in statuses

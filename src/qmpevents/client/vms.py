@@ -221,6 +221,9 @@ class VMs:
     async def _open(self, target: Target) -> tuple[QMPClient, Subscription[QMPEvent], str]:
         """Subscribe, then connect: no event after negotiation can slip by."""
         options = dict(self._client_options)
+        # The follower applies backpressure itself (a bounded hand-over): a busy
+        # consumer slows the VM's reader down, it is not a stalled subscriber.
+        options.setdefault("stall_timeout", None)
         if target.address.startswith("tcp:"):
             options.update(self._tls)
         trace = self._trace(target) if self._trace is not None else None
