@@ -197,16 +197,18 @@ async def test_a_busy_consumer_slows_the_vm_down_and_loses_nothing(directory: Pa
         if client is not None:
             clients.append(client)
 
-    async with SimulatedVM(qmp=f"unix:{path}") as vm:  # seed: RTC_CHANGE not throttled
-        async with qmpevents.watch_vms(path, clock=clock, maxsize=10, on_link=on_link,
-                                       on_status=lambda name, status, detail:
-                                       statuses.append(status)) as vms:
-            await until(lambda: bool(clients) and clients[0].connected)
-            for offset in range(6000):
-                vm.machine.emit("RTC_CHANGE", {"offset": offset, "qom-path": "/machine/rtc"})
-            await until(lambda: clients[0].reading_blocked)  # every queue on the way is full
-            clock.advance(11)  # longer than the client's default stall_timeout
-            async with asyncio.timeout(30):  # a VM cut off would never deliver the rest
-                offsets = [(await _offset(vms))[1] for _ in range(6000)]
+    def on_status(name: str, status: str, detail: str) -> None:
+        statuses.append(status)
+
+    async with (SimulatedVM(qmp=f"unix:{path}") as vm,  # seed: RTC_CHANGE not throttled
+                qmpevents.watch_vms(path, clock=clock, maxsize=10, on_link=on_link,
+                                    on_status=on_status) as vms):
+        await until(lambda: bool(clients) and clients[0].connected)
+        for offset in range(6000):
+            vm.machine.emit("RTC_CHANGE", {"offset": offset, "qom-path": "/machine/rtc"})
+        await until(lambda: clients[0].reading_blocked)  # every queue on the way is full
+        clock.advance(11)  # longer than the client's default stall_timeout
+        async with asyncio.timeout(30):  # a VM cut off would never deliver the rest
+            offsets = [(await _offset(vms))[1] for _ in range(6000)]
     assert offsets == list(range(6000))
     assert "lost" not in statuses
