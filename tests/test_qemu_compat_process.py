@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -226,3 +228,20 @@ def test_recorded_commands_with_other_arguments_fail_cleanly(workdir: Path) -> N
         assert monitor.ask("query-target") == {"return": {"arch": "x86_64"}}
     finally:
         _reap(process)
+
+
+def _limit_address_space() -> None:
+    """1 GiB of address space, 8 MiB thread stacks: fewer than 128 threads fit."""
+    resource.setrlimit(resource.RLIMIT_STACK, (8 << 20, 8 << 20))
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def test_a_vcpu_thread_the_host_refuses_is_a_one_line_error(workdir: Path) -> None:
+    """255 vCPUs (the machine's bound) under a real limit: QEMU's bound is not the host's."""
+    done = subprocess.run([EXE, "-qmp", f"unix:{workdir / 'qmp.sock'},server=on,wait=off",
+                           "-smp", "255"], capture_output=True, text=True, timeout=DEADLINE,
+                          check=False, preexec_fn=_limit_address_space)
+    assert done.returncode == 1
+    assert re.fullmatch(r"qmpevents-qemu: cannot start vCPU thread \d+ of 255: .+\n",
+                        done.stderr), done.stderr
+    assert not (workdir / "qmp.sock").exists()  # never listened

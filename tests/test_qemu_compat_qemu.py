@@ -138,3 +138,32 @@ def test_domain_replies_match_real_qemu(workdir: Path) -> None:
             ours = json.loads(json.dumps(ours).replace(str(sim_sock), str(real_sock)))
         assert ours == theirs, f"{name} {arguments}"
     assert os.path.exists(workdir / "disk.raw")
+
+
+@pytest.mark.parametrize("args", [
+    ["-smp", "100000"],
+    ["-smp", "256,sockets=256", "-machine", "pc"],
+    ["-machine", "q35", "-smp", "289"],
+    ["-machine", "pc-q35-2.7", "-smp", "256"],
+    ["-machine", "none", "-smp", "2"],
+    ["-smp", "1,maxcpus=256"],
+    ["-blockdev", "driver=null-co,node-name=a",
+     "-blockdev", '{"driver":"null-co","node-name":"a"}'],
+    ["-smp", "300", "-blockdev", "driver=null-co,node-name=a",
+     "-blockdev", "driver=null-co,node-name=a"],  # QEMU reports the duplicate first
+])
+def test_refused_command_lines_fail_as_real_qemu_does(workdir: Path, args: list[str]) -> None:
+    """Same exit status, same one-line message (after the program name) as QEMU 7.2."""
+    binary = qemu_binary()
+    assert binary is not None
+    results = []
+    for program in (binary, SIM):
+        argv = [program, "-S", "-nodefaults", "-display", "none",
+                "-qmp", f"unix:{workdir / 'qmp.sock'},server=on,wait=off", *args]
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=15, check=False)
+        results.append((done.returncode,
+                        done.stderr.removeprefix(f"{Path(program).name}: ")))
+    real, ours = results
+    assert real[0] == 1 and real[1].count("\n") == 1, real
+    assert ours == real

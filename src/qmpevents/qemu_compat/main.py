@@ -28,7 +28,7 @@ from qmpevents.qemu_compat.blockdev import BlockdevLayer
 from qmpevents.qemu_compat.capture import load
 from qmpevents.qemu_compat.cmdline import CommandLineError, QemuCommandLine, parse_command_line
 from qmpevents.qemu_compat.surface import compat_commands
-from qmpevents.qemu_compat.vcpus import VcpuThreads
+from qmpevents.qemu_compat.vcpus import VcpuStartError, VcpuThreads
 from qmpevents.server.listeners import Listener, MonitorFactory
 from qmpevents.sim.vm import SimulatedVM
 
@@ -109,7 +109,7 @@ async def serve(cmdline: QemuCommandLine, ready: Callable[[], None]) -> int:
 def _run(cmdline: QemuCommandLine, ready: Callable[[], None]) -> int:
     try:
         return asyncio.run(serve(cmdline, ready))
-    except (OSError, ValueError) as exc:  # bind failures, VNC address refused
+    except (OSError, ValueError, VcpuStartError) as exc:  # bind, VNC address, host limits
         sys.stderr.write(f"{PROG}: {exc}\n")
         return 1
 
