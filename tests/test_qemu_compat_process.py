@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from test_qemu_compat_cmdline import DOMAIN, PROBE
+from test_server_one_client import patient_unix_connect
 
 EXE = str(Path(sys.executable).with_name("qmpevents-qemu"))
 DEADLINE = 10.0
@@ -245,3 +246,38 @@ def test_a_vcpu_thread_the_host_refuses_is_a_one_line_error(workdir: Path) -> No
     assert re.fullmatch(r"qmpevents-qemu: cannot start vCPU thread \d+ of 255: .+\n",
                         done.stderr), done.stderr
     assert not (workdir / "qmp.sock").exists()  # never listened
+
+
+def test_the_inherited_monitor_accepts_nothing_while_a_client_is_on(workdir: Path) -> None:
+    """As QEMU: 300 clients that connect and give up meanwhile cost the emulator no fd."""
+    path = str(workdir / "monitor.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    fd = listener.fileno()
+    process = subprocess.Popen([EXE, "-S", "-chardev", f"socket,id=charmonitor,fd={fd},"
+                                "server=on,wait=off", "-mon", "chardev=charmonitor,mode=control"],
+                               pass_fds=[fd])
+    listener.close()
+    try:
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        monitor = Monitor(client)
+        fds = len(os.listdir(f"/proc/{process.pid}/fd"))
+        for index in range(300):
+            gave_up = socket.socket(socket.AF_UNIX)
+            gave_up.setblocking(False)
+            gave_up.connect_ex(path)  # 0, or EAGAIN once the backlog is full
+            gave_up.close()
+            if index % 30 == 29:  # a round trip: the emulator ran with them pending
+                assert monitor.ask("query-status")["return"]["status"] == "prelaunch"
+        assert len(os.listdir(f"/proc/{process.pid}/fd")) == fds
+        monitor.file.close()  # the socket's fd stays open while its file object is
+        client.close()
+        patient = patient_unix_connect(path)  # waits while they are being dropped
+        second = Monitor(patient)
+        assert second.ask("query-status")["return"]["status"] == "prelaunch"
+        second.file.close()
+        patient.close()
+    finally:
+        _reap(process)

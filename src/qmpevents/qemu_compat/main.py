@@ -52,9 +52,7 @@ class InheritedListener(Listener):
                          single_client=True)
 
     async def start(self, factory: MonitorFactory) -> None:
-        loop = asyncio.get_running_loop()
-        self._sock.setblocking(False)
-        self._server = await loop.create_unix_server(lambda: factory(self), sock=self._sock)
+        self._serve([self._sock], factory)  # accepted one at a time, as any one-client socket
 
 
 def build_vm(cmdline: QemuCommandLine) -> tuple[SimulatedVM, VcpuThreads | None]:
