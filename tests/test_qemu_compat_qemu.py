@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,8 @@ from typing import Any
 import pytest
 from qemu_support import qemu_binary, requires_qemu
 from test_qemu_compat_cmdline import DOMAIN
-from test_qemu_compat_process import connect_when_listening
+from test_qemu_compat_process import Monitor, connect_when_listening
+from test_server_one_client import patient_unix_connect
 
 from qmpevents.qemu_compat.capture import capture, load
 
@@ -167,3 +169,35 @@ def test_refused_command_lines_fail_as_real_qemu_does(workdir: Path, args: list[
     real, ours = results
     assert real[0] == 1 and real[1].count("\n") == 1, real
     assert ours == real
+
+
+@pytest.mark.parametrize("emulator", ["qemu", "sim"])
+def test_clients_that_give_up_while_one_is_served_cost_no_descriptor(
+        workdir: Path, emulator: str) -> None:
+    """QEMU accepts nothing while its monitor has a client; qmpevents-qemu does the same."""
+    binary = qemu_binary() if emulator == "qemu" else SIM
+    assert binary is not None
+    path = workdir / "qmp.sock"
+    process = subprocess.Popen([binary, "-S", "-nodefaults", "-display", "none",
+                                "-qmp", f"unix:{path},server=on,wait=off"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        first = Monitor(connect_when_listening(process, path))
+        fds = len(os.listdir(f"/proc/{process.pid}/fd"))
+        for index in range(300):
+            gave_up = socket.socket(socket.AF_UNIX)
+            gave_up.setblocking(False)
+            gave_up.connect_ex(str(path))  # 0, or EAGAIN once the backlog is full
+            gave_up.close()
+            if index % 30 == 29:  # a round trip: the emulator ran with them pending
+                assert first.ask("query-status")["return"]["status"] == "prelaunch"
+        assert len(os.listdir(f"/proc/{process.pid}/fd")) == fds
+        first.file.close()
+        first.sock.close()
+        second = Monitor(patient_unix_connect(str(path)))  # greeted once they are dropped
+        assert second.ask("query-status")["return"]["status"] == "prelaunch"
+        second.file.close()
+        second.sock.close()
+    finally:
+        process.kill()
+        process.wait()
