@@ -11,6 +11,7 @@ import pytest
 from qmpevents.qemu_compat.blockdev import BlockdevLayer
 from qmpevents.qemu_compat.cmdline import (
     CommandLineError,
+    machine_max_cpus,
     parse_command_line,
     parse_keyval,
     split_options,
@@ -135,6 +136,17 @@ def test_keyval_implied_key_and_bare_flag() -> None:
     (["-qmp", "unix:/x", "-device", '{"driver":"virtio-blk-pci","drive":"n"}'],
      "can't find value 'n'"),
     (["-qmp", "unix:/x", "disk.img"], "disk image is not simulated"),
+    (["-qmp", "unix:/x", "-smp", "100000"],
+     r"^Invalid SMP CPUs 100000\. The max CPUs supported by machine 'pc-i440fx-7\.2' is 255$"),
+    (["-qmp", "unix:/x", "-smp", "289", "-machine", "q35"],  # the machine may come after
+     r"^Invalid SMP CPUs 289\. The max CPUs supported by machine 'pc-q35-7\.2' is 288$"),
+    (["-qmp", "unix:/x", "-smp", "1,maxcpus=256"], r"^Invalid SMP CPUs 256\."),
+    (["-qmp", "unix:/x", "-smp", "sockets=300"], r"^Invalid SMP CPUs 300\."),
+    (["-qmp", "unix:/x", "-smp", "4,maxcpus=2"], "Invalid CPU topology"),
+    (["-qmp", "unix:/x", "-blockdev", "driver=file,node-name=a,filename=/x",
+      "-blockdev", '{"driver":"raw","node-name":"a"}'],
+     r"^-blockdev \{\"driver\":\"raw\",\"node-name\":\"a\"\}: "
+     r"Duplicate nodes with node-name='a'$"),
 ])
 def test_bad_command_lines_fail_with_a_message(argv: list[str], message: str) -> None:
     with pytest.raises(CommandLineError, match=message):
@@ -144,3 +156,18 @@ def test_bad_command_lines_fail_with_a_message(argv: list[str], message: str) ->
 def test_double_dash_options_and_memory_suffixes() -> None:
     cmdline = parse_command_line(["--qmp", "unix:/x", "--m", "size=1G", "--no-shutdown"])
     assert cmdline.memory == 1 << 30 and cmdline.no_shutdown
+
+
+@pytest.mark.parametrize(("machine", "bound"), [
+    ("pc", ("pc-i440fx-7.2", 255)), ("pc-i440fx-2.0", ("pc-i440fx-2.0", 255)),
+    ("q35", ("pc-q35-7.2", 288)), ("pc-q35-2.8", ("pc-q35-2.8", 288)),
+    ("pc-q35-2.7", ("pc-q35-2.7", 255)), ("pc-q35-4.0.1", ("pc-q35-4.0.1", 288)),
+    ("microvm", ("microvm", 288)), ("none", ("none", 1)), ("isapc", ("isapc", 1)),
+])
+def test_machine_cpu_bounds_are_qemus(machine: str, bound: tuple[str, int]) -> None:
+    assert machine_max_cpus(machine) == bound
+
+
+def test_the_largest_machine_bound_is_accepted() -> None:
+    cmdline = parse_command_line(["-qmp", "unix:/x", "-machine", "q35", "-smp", "288"])
+    assert (cmdline.smp.cpus, cmdline.max_cpus) == (288, 288)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from test_qemu_compat_cmdline import DOMAIN, PROBE
+from test_server_one_client import patient_unix_connect
 
 EXE = str(Path(sys.executable).with_name("qmpevents-qemu"))
 DEADLINE = 10.0
@@ -224,5 +227,57 @@ def test_recorded_commands_with_other_arguments_fail_cleanly(workdir: Path) -> N
         unknown = monitor.ask("no-such-command")
         assert unknown["error"]["class"] == "CommandNotFound"
         assert monitor.ask("query-target") == {"return": {"arch": "x86_64"}}
+    finally:
+        _reap(process)
+
+
+def _limit_address_space() -> None:
+    """1 GiB of address space, 8 MiB thread stacks: fewer than 128 threads fit."""
+    resource.setrlimit(resource.RLIMIT_STACK, (8 << 20, 8 << 20))
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def test_a_vcpu_thread_the_host_refuses_is_a_one_line_error(workdir: Path) -> None:
+    """255 vCPUs (the machine's bound) under a real limit: QEMU's bound is not the host's."""
+    done = subprocess.run([EXE, "-qmp", f"unix:{workdir / 'qmp.sock'},server=on,wait=off",
+                           "-smp", "255"], capture_output=True, text=True, timeout=DEADLINE,
+                          check=False, preexec_fn=_limit_address_space)
+    assert done.returncode == 1
+    assert re.fullmatch(r"qmpevents-qemu: cannot start vCPU thread \d+ of 255: .+\n",
+                        done.stderr), done.stderr
+    assert not (workdir / "qmp.sock").exists()  # never listened
+
+
+def test_the_inherited_monitor_accepts_nothing_while_a_client_is_on(workdir: Path) -> None:
+    """As QEMU: 300 clients that connect and give up meanwhile cost the emulator no fd."""
+    path = str(workdir / "monitor.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    fd = listener.fileno()
+    process = subprocess.Popen([EXE, "-S", "-chardev", f"socket,id=charmonitor,fd={fd},"
+                                "server=on,wait=off", "-mon", "chardev=charmonitor,mode=control"],
+                               pass_fds=[fd])
+    listener.close()
+    try:
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        monitor = Monitor(client)
+        fds = len(os.listdir(f"/proc/{process.pid}/fd"))
+        for index in range(300):
+            gave_up = socket.socket(socket.AF_UNIX)
+            gave_up.setblocking(False)
+            gave_up.connect_ex(path)  # 0, or EAGAIN once the backlog is full
+            gave_up.close()
+            if index % 30 == 29:  # a round trip: the emulator ran with them pending
+                assert monitor.ask("query-status")["return"]["status"] == "prelaunch"
+        assert len(os.listdir(f"/proc/{process.pid}/fd")) == fds
+        monitor.file.close()  # the socket's fd stays open while its file object is
+        client.close()
+        patient = patient_unix_connect(path)  # waits while they are being dropped
+        second = Monitor(patient)
+        assert second.ask("query-status")["return"]["status"] == "prelaunch"
+        second.file.close()
+        patient.close()
     finally:
         _reap(process)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,8 @@ from typing import Any
 import pytest
 from qemu_support import qemu_binary, requires_qemu
 from test_qemu_compat_cmdline import DOMAIN
-from test_qemu_compat_process import connect_when_listening
+from test_qemu_compat_process import Monitor, connect_when_listening
+from test_server_one_client import patient_unix_connect
 
 from qmpevents.qemu_compat.capture import capture, load
 
@@ -138,3 +140,64 @@ def test_domain_replies_match_real_qemu(workdir: Path) -> None:
             ours = json.loads(json.dumps(ours).replace(str(sim_sock), str(real_sock)))
         assert ours == theirs, f"{name} {arguments}"
     assert os.path.exists(workdir / "disk.raw")
+
+
+@pytest.mark.parametrize("args", [
+    ["-smp", "100000"],
+    ["-smp", "256,sockets=256", "-machine", "pc"],
+    ["-machine", "q35", "-smp", "289"],
+    ["-machine", "pc-q35-2.7", "-smp", "256"],
+    ["-machine", "none", "-smp", "2"],
+    ["-smp", "1,maxcpus=256"],
+    ["-blockdev", "driver=null-co,node-name=a",
+     "-blockdev", '{"driver":"null-co","node-name":"a"}'],
+    ["-smp", "300", "-blockdev", "driver=null-co,node-name=a",
+     "-blockdev", "driver=null-co,node-name=a"],  # QEMU reports the duplicate first
+])
+def test_refused_command_lines_fail_as_real_qemu_does(workdir: Path, args: list[str]) -> None:
+    """Same exit status, same one-line message (after the program name) as QEMU 7.2."""
+    binary = qemu_binary()
+    assert binary is not None
+    results = []
+    for program in (binary, SIM):
+        argv = [program, "-S", "-nodefaults", "-display", "none",
+                "-qmp", f"unix:{workdir / 'qmp.sock'},server=on,wait=off", *args]
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=15, check=False)
+        results.append((done.returncode,
+                        done.stderr.removeprefix(f"{Path(program).name}: ")))
+    real, ours = results
+    assert real[0] == 1 and real[1].count("\n") == 1, real
+    assert ours == real
+
+
+@pytest.mark.parametrize("emulator", ["qemu", "sim"])
+def test_clients_that_give_up_while_one_is_served_cost_no_descriptor(
+        workdir: Path, emulator: str) -> None:
+    """QEMU accepts nothing while its monitor has a client; qmpevents-qemu does the same."""
+    binary = qemu_binary() if emulator == "qemu" else SIM
+    assert binary is not None
+    path = workdir / "qmp.sock"
+    process = subprocess.Popen([binary, "-S", "-nodefaults", "-display", "none",
+                                "-qmp", f"unix:{path},server=on,wait=off"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        first = Monitor(connect_when_listening(process, path))
+        fds = len(os.listdir(f"/proc/{process.pid}/fd"))
+        for index in range(300):
+            gave_up = socket.socket(socket.AF_UNIX)
+            gave_up.setblocking(False)
+            gave_up.connect_ex(str(path))  # 0, or EAGAIN once the backlog is full
+            gave_up.close()
+            if index % 30 == 29:  # a round trip: the emulator ran with them pending
+                assert first.ask("query-status")["return"]["status"] == "prelaunch"
+        assert len(os.listdir(f"/proc/{process.pid}/fd")) == fds
+        first.file.close()
+        first.sock.close()
+        second = Monitor(patient_unix_connect(str(path)))  # greeted once they are dropped
+        assert second.ask("query-status")["return"]["status"] == "prelaunch"
+        second.file.close()
+        second.sock.close()
+    finally:
+        process.kill()
+        process.wait()

@@ -167,6 +167,7 @@ class QemuCommandLine:
     accel: list[str] = field(default_factory=lambda: ["tcg"])
     cpu_model: str = "qemu64"
     smp: Topology = field(default_factory=Topology)
+    max_cpus: int = 1  # -smp maxcpus=, else the CPU count: what the machine bound limits
     memory: int = 128 << 20
     pidfile: str | None = None
     chardevs: dict[str, Chardev] = field(default_factory=dict)
@@ -180,6 +181,36 @@ class QemuCommandLine:
     def probe(self) -> bool:
         """libvirt's capability probe (``-machine none``): no guest at all."""
         return self.machine == "none"
+
+
+_MACHINE_ALIASES = {"pc": "pc-i440fx-7.2", "q35": "pc-q35-7.2"}
+_ONE_CPU_MACHINES = frozenset({"none", "isapc", "x-remote"})
+
+
+def machine_max_cpus(machine: str) -> tuple[str, int]:
+    """QEMU 7.2's ``max_cpus`` of an x86_64 machine type: (its real name, the bound).
+
+    i440fx: 255; q35: 288 since pc-q35-2.8, 255 before; microvm: 288; ``none``,
+    ``isapc``, ``x-remote``: 1.  A name QEMU does not know gets the i440fx bound,
+    so no command line starts more vCPU threads than QEMU could.
+    """
+    name = _MACHINE_ALIASES.get(machine, machine)
+    if name in _ONE_CPU_MACHINES:
+        return name, 1
+    if name == "microvm":
+        return name, 288
+    version = re.fullmatch(r"pc-q35-(\d+)\.(\d+)(?:\.\d+)?", name)
+    if version is not None:
+        return name, 255 if (int(version[1]), int(version[2])) < (2, 8) else 288
+    return name, 255
+
+
+def _check_cpu_count(cmdline: QemuCommandLine) -> None:
+    """QEMU's machine bound on ``-smp`` (``maxcpus`` if given), with QEMU's message."""
+    name, bound = machine_max_cpus(cmdline.machine)
+    if cmdline.max_cpus > bound:
+        raise CommandLineError(f"Invalid SMP CPUs {cmdline.max_cpus}. The max CPUs "
+                               f"supported by machine '{name}' is {bound}")
 
 
 def _socket_chardev(option: str, chardev_id: str, opts: dict[str, str]) -> Chardev:
@@ -208,6 +239,8 @@ def _parse_blockdev(cmdline: QemuCommandLine, value: str) -> None:
     driver = spec.get("driver")
     if not isinstance(node_name, str) or not isinstance(driver, str):
         raise CommandLineError(f"-blockdev {value}: 'driver' and 'node-name' are required")
+    if node_name in cmdline.blockdevs:
+        raise CommandLineError(f"-blockdev {value}: Duplicate nodes with node-name='{node_name}'")
     child = spec.get("file")
     filename = spec.get("filename")
     cmdline.blockdevs[node_name] = BlockNode(
@@ -236,16 +269,19 @@ def _apply(cmdline: QemuCommandLine, option: str, value: str) -> None:
     elif option == "smp":
         opts = parse_keyval(option, value, "cpus")
         try:
-            counts = {key: int(opts[key]) for key in ("cpus", "sockets", "cores", "threads")
+            counts = {key: int(opts[key])
+                      for key in ("cpus", "sockets", "cores", "threads", "maxcpus")
                       if opts.get(key)}
         except ValueError:
             raise CommandLineError(f"-smp {value}: invalid number of CPUs") from None
         cores, threads = counts.get("cores", 1), counts.get("threads", 1)
         cpus = counts.get("cpus", counts.get("sockets", 1) * cores * threads)
         sockets = counts.get("sockets", max(1, cpus // (cores * threads)))
-        if cpus < 1 or sockets * cores * threads < cpus:
+        max_cpus = counts.get("maxcpus", cpus)
+        if cpus < 1 or sockets * cores * threads < cpus or max_cpus < cpus:
             raise CommandLineError(f"-smp {value}: Invalid CPU topology")
         cmdline.smp = Topology(cpus, sockets, cores, threads)
+        cmdline.max_cpus = max_cpus
     elif option == "uuid":
         if not re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", value):
             raise CommandLineError("Fail to parse UUID string. Wrong format.")
@@ -320,6 +356,7 @@ def parse_command_line(argv: list[str]) -> QemuCommandLine:
     if not cmdline.monitors:
         raise CommandLineError("no QMP monitor: pass -qmp unix:PATH,server=on,wait=off or "
                                "-chardev socket,id=ID,... -mon chardev=ID,mode=control")
+    _check_cpu_count(cmdline)  # after -machine, wherever it came on the line
     for device in cmdline.devices:
         drive = device.props.get("drive")
         if isinstance(drive, str) and drive not in cmdline.blockdevs:

@@ -28,7 +28,7 @@ from qmpevents.qemu_compat.blockdev import BlockdevLayer
 from qmpevents.qemu_compat.capture import load
 from qmpevents.qemu_compat.cmdline import CommandLineError, QemuCommandLine, parse_command_line
 from qmpevents.qemu_compat.surface import compat_commands
-from qmpevents.qemu_compat.vcpus import VcpuThreads
+from qmpevents.qemu_compat.vcpus import VcpuStartError, VcpuThreads
 from qmpevents.server.listeners import Listener, MonitorFactory
 from qmpevents.sim.vm import SimulatedVM
 
@@ -52,9 +52,7 @@ class InheritedListener(Listener):
                          single_client=True)
 
     async def start(self, factory: MonitorFactory) -> None:
-        loop = asyncio.get_running_loop()
-        self._sock.setblocking(False)
-        self._server = await loop.create_unix_server(lambda: factory(self), sock=self._sock)
+        self._serve([self._sock], factory)  # accepted one at a time, as any one-client socket
 
 
 def build_vm(cmdline: QemuCommandLine) -> tuple[SimulatedVM, VcpuThreads | None]:
@@ -109,7 +107,7 @@ async def serve(cmdline: QemuCommandLine, ready: Callable[[], None]) -> int:
 def _run(cmdline: QemuCommandLine, ready: Callable[[], None]) -> int:
     try:
         return asyncio.run(serve(cmdline, ready))
-    except (OSError, ValueError) as exc:  # bind failures, VNC address refused
+    except (OSError, ValueError, VcpuStartError) as exc:  # bind, VNC address, host limits
         sys.stderr.write(f"{PROG}: {exc}\n")
         return 1
 

@@ -5,6 +5,12 @@ the domain's ``vcpuN`` cgroup and pins it (``virsh vcpuinfo``/``vcpupin``); a
 thread id equal to the emulator's pid is rejected ("vCPU PID duplicates
 process"), so each vCPU gets a thread of its own, named ``CPU N/TCG`` like
 QEMU's.  The threads only wait: there is no guest code to run.
+
+The number of threads is bounded by the command line (the machine's maximum,
+see :func:`qmpevents.qemu_compat.cmdline.machine_max_cpus`); if the host still
+refuses one (thread or memory limits), :meth:`VcpuThreads.start` ends the
+threads already started and raises :class:`VcpuStartError`, which
+``qmpevents-qemu`` reports in one line before exiting 1.
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from qmpevents.errors import QMPEventsError
+
 _PR_SET_NAME = 15
+
+
+class VcpuStartError(QMPEventsError):
+    """The host refused a vCPU thread (RLIMIT_NPROC, cgroup pids.max, address space)."""
 
 
 def _set_thread_name(name: str) -> None:
@@ -61,20 +73,31 @@ class VcpuThreads:
                                           name=f"CPU {i}/TCG") for i in range(topology.cpus)]
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        """Start every thread; on a refusal, end the ones started and raise VcpuStartError."""
+        for index, thread in enumerate(self._threads):
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread"
+                self._ready.abort()  # the started threads stop waiting for the others
+                self.stop()
+                raise VcpuStartError(f"cannot start vCPU thread {index} of "
+                                     f"{self.topology.cpus}: {exc}") from None
         self._ready.wait()  # every thread id is known before QMP answers
 
     def _run(self, index: int) -> None:
         _set_thread_name(f"CPU {index}/TCG")
         self.thread_ids[index] = threading.get_native_id()
-        self._ready.wait()
+        try:
+            self._ready.wait()
+        except threading.BrokenBarrierError:
+            return  # a later thread could not start: the VM is not coming up
         self._stop.wait()
 
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join()
+            if thread.ident is not None:  # never started: nothing to join
+                thread.join()
 
     def query_cpus_fast(self) -> list[dict[str, Any]]:
         return [{"thread-id": self.thread_ids[i], "props": self.topology.props(i),

@@ -89,8 +89,9 @@ class Monitor(asyncio.Protocol):
     """A QMP monitor on one accepted connection (an :class:`asyncio.Protocol`).
 
     *on_open* / *on_close* let the owner track it; *on_open* returning False
-    holds the connection silent (no greeting, not read) until :meth:`admit`
-    is called, which is how one-client-per-socket is mimicked.
+    refuses the connection (the server is closing): it is closed ungreeted.
+    One client per socket is the listener's business: it does not accept a
+    connection while another is served (:mod:`.listeners`).
     """
 
     def __init__(self, *, executor: Executor, broadcaster: Broadcaster, flusher: FlushQueue,
@@ -126,16 +127,11 @@ class Monitor(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer) if peer else "unix"
-        if self._on_open(self):
-            self.admit()
-        else:
-            self._reading = False
-            transport.pause_reading()  # a waiting client is not read, as in QEMU
-
-    def admit(self) -> None:
-        """Start the QMP session: greeting now, then negotiation."""
-        if self.closed or self._conn is not None or self._transport is None:
+        if not self._on_open(self):
+            self.closed = True
+            transport.close()
             return
+        # The session starts: greeting now, then negotiation.
         self._conn = ServerConnection(version=self._version, queue_depth=self._queue_depth,
                                       max_message_size=self._max_message_size,
                                       held_budget=self._held_budget)

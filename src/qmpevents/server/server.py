@@ -115,7 +115,7 @@ class QMPServer:
                 return False
             self._monitors.add(monitor)
             self._all_closed.clear()
-            return listener.admit(monitor)
+            return True
 
         def on_close(monitor: Monitor) -> None:
             self._monitors.discard(monitor)
