@@ -1,30 +1,35 @@
 """Drains the spool into JetStream, in order: a record is done when JetStream acked it.
 
 Publishing is pipelined: a *sender* publishes spooled records as they come,
-up to a window of unacknowledged ones, and an *acker* takes the
-acknowledgements in order and advances the spool's cursor over the
-acknowledged prefix.  After a failure (broker gone, ack timeout, stream
-missing) everything in flight is abandoned and reading starts again at the
-first unacknowledged record: records that did reach the stream are sent
-again with the same ``Nats-Msg-Id`` and JetStream's duplicate window drops
-them.
+up to a window of unacknowledged ones, and an *acker* advances the spool's
+cursor over the acknowledged prefix.  Each publish is a core NATS publish
+whose reply subject carries its number, so JetStream's acknowledgement is
+matched to it without a future, a timer or a parsed PubAck per message.
+After a failure (broker gone, ack timeout, stream missing) everything in
+flight is abandoned and reading starts again at the first unacknowledged
+record: records that did reach the stream are sent again with the same
+``Nats-Msg-Id`` and JetStream's duplicate window drops them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, describe, ensure_stream
 from qmpevents.fleet.spool import Position, Spool, SpoolRecord
-from qmpevents.fleet.subjects import Headers, subject
+from qmpevents.fleet.subjects import message_headers, subject
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
-    from nats.js.api import PubAck
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,6 @@ RETRY_DELAY = 0.25
 MAX_RETRY_DELAY = 2.0
 
 Note = Callable[[str], None]
-InFlight = tuple["asyncio.Future[PubAck]", Position]
 
 
 class _Failed(Exception):
@@ -90,14 +94,14 @@ class Publisher:
         self._connected.set()
         self.on_link(True)
         self._note(f"connected to {nc.connected_url.netloc if nc.connected_url else 'broker'}")
-        js = nc.jetstream(publish_async_max_pending=self._window)
+        js = nc.jetstream()
         delay = RETRY_DELAY
         try:
             while True:
                 await self._connected.wait()
                 if self._stream_ready or await self._prepare(js):
                     try:
-                        await self._pump(js)
+                        await self._pump(nc)
                     except _Failed as exc:
                         log.debug("publishing interrupted: %s", exc)
                     self._spool.rewind()
@@ -121,13 +125,14 @@ class Publisher:
         self._stream_ready = True
         return True
 
-    async def _pump(self, js: JetStreamContext) -> None:
+    async def _pump(self, nc: NATS) -> None:
         """Send and acknowledge until something fails (raises _Failed)."""
-        in_flight: deque[InFlight] = deque()  # bounded by nats-py's window semaphore
-        sent = asyncio.Event()
-        sender = asyncio.create_task(self._send(js, in_flight, sent))
+        acks = _Acks(self._window)
+        inbox = f"{nc.new_inbox()}."
+        sub = await nc.subscribe(f"{inbox}*", cb=acks.on_reply)
+        sender = asyncio.create_task(self._send(nc, inbox, acks))
         try:
-            await self._ack(in_flight, sent, sender)
+            await self._ack(acks, sender)
         finally:
             while not sender.done():
                 sender.cancel()
@@ -136,67 +141,147 @@ class Publisher:
                 await asyncio.wait({sender}, timeout=1.0)
             if not sender.cancelled():
                 sender.exception()  # retrieved: it is why we stopped, or nothing
-            for future, _ in in_flight:  # abandoned: a late ack changes nothing
-                future.cancel()
+            acks.closed = True  # abandoned: a late ack changes nothing
+            with contextlib.suppress(Exception):  # the connection may be gone
+                await sub.unsubscribe()
 
-    async def _send(self, js: JetStreamContext, in_flight: deque[InFlight],
-                    sent: asyncio.Event) -> None:
+    async def _send(self, nc: NATS, inbox: str, acks: _Acks) -> None:
+        """Publish spooled records with a reply subject each, within the window.
+
+        The reply subject ``<inbox>.<n>`` numbers the publish: the ack says
+        which one it acknowledges without a future per message.
+        """
+        stream = self._stream.name
+        publish = nc.publish
         while True:
             await self._connected.wait()
             for record, position in await self._spool.read(self._window):
-                headers = Headers(record.host, record.vm, record.received, record.seq,
-                                  record.id)
+                while len(acks.positions) >= self._window:
+                    await acks.room.wait()
+                    acks.room.clear()
+                headers = message_headers(record.host, record.vm, record.received,
+                                          record.seq, record.id, stream)
+                number = acks.sent
                 try:
-                    future = await js.publish_async(
-                        subject(record.host, record.vm, _event_name(record)),
-                        bytes(record.message), stream=self._stream.name,
-                        headers=headers.to_nats())  # the window bounds what is in flight
+                    await publish(subject(record.host, record.vm, _event_name(record)),
+                                  bytes(record.message), reply=f"{inbox}{number}",
+                                  headers=headers)
                 except Exception as exc:  # closed, client buffer full
                     raise _Failed(f"publish: {describe(exc)}") from None
-                in_flight.append((future, position))
-                sent.set()
+                if not acks.positions:  # the acker waits for this one from now on
+                    acks.since = time.monotonic()
+                    acks.progress.set()
+                acks.positions.append(position)
+                acks.sent = number + 1
 
-    async def _ack(self, in_flight: deque[InFlight], sent: asyncio.Event,
-                   sender: asyncio.Task[None]) -> None:
-        """Take acknowledgements in publishing order; commit the acknowledged prefix."""
+    async def _ack(self, acks: _Acks, sender: asyncio.Task[None]) -> None:
+        """Follow the acknowledged prefix; commit it; fail when the oldest is overdue."""
         acked = 0
         last: Position | None = None
         while True:
-            if not in_flight:
-                if last is not None:  # idle: record progress now
-                    self._commit(last, acked)
-                    acked, last = 0, None
-                sent.clear()
-                waiting = asyncio.ensure_future(sent.wait())
-                try:
-                    await asyncio.wait({waiting, sender}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiting.cancel()
-                if sender.done():
-                    sender.result()  # raises the sender's _Failed
-                    raise _Failed("sender ended")
-                continue
-            future, position = in_flight[0]
-            try:
-                if not future.done():
-                    async with asyncio.timeout(self._ack_timeout):  # not wait_for: see above
-                        await asyncio.shield(future)
-                future.result()  # an API error (no stream, wrong stream) raises here
-            except Exception as exc:
+            if acks.error is not None:
                 if last is not None:
                     self._commit(last, acked)
-                raise _Failed(f"acknowledgement: {describe(exc)}") from None
-            in_flight.popleft()
-            acked += 1
-            last = position
-            if acked >= COMMIT_EVERY:
-                self._commit(last, acked)
-                acked, last = 0, None
+                raise _Failed(f"acknowledgement: {acks.error}")
+            done = acks.take()
+            if done:
+                acked += len(done)
+                last = done[-1]
+                if acked >= COMMIT_EVERY or not acks.positions:  # or idle: record progress
+                    self._commit(last, acked)
+                    acked, last = 0, None
+                continue
+            if sender.done():
+                sender.result()  # raises the sender's _Failed
+                raise _Failed("sender ended")
+            acks.progress.clear()
+            timeout = None
+            if acks.positions:  # the oldest in flight must be acknowledged in time
+                timeout = acks.since + self._ack_timeout - time.monotonic()
+                if timeout <= 0:
+                    if last is not None:
+                        self._commit(last, acked)
+                    raise _Failed("acknowledgement: timed out")
+            waiting = asyncio.ensure_future(acks.progress.wait())
+            try:
+                await asyncio.wait({waiting, sender}, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=timeout)
+            finally:
+                waiting.cancel()
 
     def _commit(self, position: Position, count: int) -> None:
         self._spool.commit(position)
         self.published += count
         self.on_published(count)
+
+
+class _Acks:
+    """The publishes in flight, numbered from 0, and which of them JetStream acknowledged."""
+
+    def __init__(self, window: int) -> None:
+        #: Spool position after each publish in flight, oldest first (number ``head``).
+        self.positions: deque[Position] = deque()
+        self.head = 0
+        self.sent = 0
+        #: When the oldest in flight became the oldest (its ack timeout runs from then).
+        self.since = 0.0
+        self._early: set[int] = set()  # acknowledged, behind an unacknowledged one
+        self.error: str | None = None
+        self.closed = False
+        #: Set when an ack or a publish happened; *room* when the window has room.
+        self.progress = asyncio.Event()
+        self.room = asyncio.Event()
+        self._window = window
+
+    async def on_reply(self, msg: Msg) -> None:
+        """JetStream's answer to publish number N (the last token of the reply subject)."""
+        if self.closed or self.error is not None:
+            return
+        try:
+            number = int(msg.subject.rpartition(".")[2])
+        except ValueError:
+            return
+        if not self.head <= number < self.sent:
+            return  # not one of ours in flight (a late duplicate)
+        data = msg.data
+        if not data or b'"error"' in data:  # a status (503: no stream), maybe an API error
+            self.error = _reply_error(msg)
+        if self.error is None:
+            self._early.add(number)
+        self.progress.set()
+
+    def take(self) -> list[Position]:
+        """The positions newly acknowledged as a prefix, removed from the window."""
+        done: list[Position] = []
+        early, positions = self._early, self.positions
+        while self.head in early:
+            early.discard(self.head)
+            done.append(positions.popleft())
+            self.head += 1
+        if done:
+            self.since = time.monotonic()
+            self.room.set()
+        return done
+
+
+def _reply_error(msg: Msg) -> str | None:
+    """Why JetStream refused a publish, or None: a PubAck that only looked like an error."""
+    status = (msg.headers or {}).get("Status")
+    if status == "503":
+        return "no stream answers this subject (no responders)"
+    if not msg.data:
+        return f"status {status or 'unknown'}"
+    try:
+        reply = json.loads(msg.data)
+    except ValueError:
+        return "unreadable acknowledgement"
+    if not isinstance(reply, dict):
+        return "unreadable acknowledgement"
+    if "error" not in reply:
+        return None  # e.g. a stream named "error"
+    error = reply["error"]
+    description = error.get("description") if isinstance(error, dict) else None
+    return str(description or error)
 
 
 def _event_name(record: SpoolRecord) -> str:
