@@ -8,7 +8,9 @@
   JetStream publish with acks) into a real nats-server and out again through
   ``qmpevents watch nats://... --json`` to /dev/null.  Both clocks run from
   the first event emitted to the reader's exit after the last one.
-  Target: fleet >= 0.5x local.
+  Target: fleet >= 0.5x local.  Then each half alone, to show where the time
+  goes: the agent (events emitted until the stream stored them) and the
+  consumer (``watch nats:// --since all`` over events already stored).
 * outage: 1,000 VMs attached to one agent; the broker is killed and the VMs
   emit 1,000 events/s for 60 s (10 s with --quick): the events go to the
   spool on disk, the agent's RSS stays flat (<= 100 MiB).  Then the broker
@@ -134,7 +136,13 @@ async def timed_read(reader: asyncio.subprocess.Process, vms: Sequence[Simulated
     return len(vms) * per_vm / elapsed
 
 
-async def throughput(work: Path, vm_count: int, per_vm: int) -> tuple[float, float]:
+async def until_stored(broker: Broker, count: int) -> None:
+    while await broker.stored() < count:
+        await asyncio.sleep(0.02)  # polling the stream's count: JetStream notifies nothing
+
+
+async def throughput(work: Path, vm_count: int, per_vm: int) -> dict[str, float]:
+    """Events/s: local watch, the fleet path, and its two halves alone (where time goes)."""
     total = vm_count * per_vm
     sock_dir = tempfile.mkdtemp(prefix="qmpev-bf-", dir="/tmp")
     vms = await start_vms(sock_dir, vm_count)
@@ -153,10 +161,26 @@ async def throughput(work: Path, vm_count: int, per_vm: int) -> tuple[float, flo
         consumer = await cli("watch", broker.url, "--json", "--count", str(total))
         await wait_err(consumer, "reading stream")
         fleet = await timed_read(consumer, vms, per_vm)
+
+        started = time.perf_counter()  # the agent alone: VMs -> stored in the stream
+        emit(vms, per_vm)
+        await until_stored(broker, 2 * total)
+        agent_alone = total / (time.perf_counter() - started)
+
+        # The consumer alone: the stream's first *total* events, already stored.
+        consumer = await cli("watch", broker.url, "--json", "--since", "all",
+                             "--count", str(total))
+        drained = drain_stderr(consumer)
+        started = time.perf_counter()
+        if await asyncio.wait_for(consumer.wait(), 300) != 0:
+            raise RuntimeError(f"consumer failed: {(await drained).decode()[-500:]}")
+        consumer_alone = total / (time.perf_counter() - started)
+        await drained
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
         await agent_err
-        return local, fleet
+        return {"local": local, "fleet": fleet, "agent": agent_alone,
+                "consumer": consumer_alone}
     finally:
         if agent is not None and agent.returncode is None:
             agent.kill()
@@ -231,11 +255,13 @@ async def main(quick: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="qmpev-bench-fleet-") as tmp:
         work = Path(tmp)
         per_vm = 2_000 if quick else 10_000
-        local, fleet = await throughput(work, 10, per_vm)
-        ratio = fleet / local
-        print(f"throughput, 10 VMs x {per_vm:,} events: local watch --json {local:,.0f}/s, "
-              f"agent -> JetStream -> watch nats:// --json {fleet:,.0f}/s ({ratio:.2f}x; "
-              f"target >= {TARGET_RATIO}x)")
+        rates = await throughput(work, 10, per_vm)
+        ratio = rates["fleet"] / rates["local"]
+        print(f"throughput, 10 VMs x {per_vm:,} events: local watch --json "
+              f"{rates['local']:,.0f}/s, agent -> JetStream -> watch nats:// --json "
+              f"{rates['fleet']:,.0f}/s ({ratio:.2f}x; target >= {TARGET_RATIO}x); alone: "
+              f"agent to stored {rates['agent']:,.0f}/s, watch nats:// --since all "
+              f"{rates['consumer']:,.0f}/s")
         failed |= ratio < TARGET_RATIO
         seconds = 10 if quick else 60
         figures = await outage(work, 1000, seconds)
