@@ -10,7 +10,9 @@
   the first event emitted to the reader's exit after the last one.
   Target: fleet >= 0.5x local.  Then each half alone, to show where the time
   goes: the agent (events emitted until the stream stored them) and the
-  consumer (``watch nats:// --since all`` over events already stored).
+  consumer (``watch nats:// --since all`` over events already stored); and
+  the CPU time per event of each reader process (user + system: a figure
+  that a machine busy with other work changes less than events/s).
 * outage: 1,000 VMs attached to one agent; the broker is killed and the VMs
   emit 1,000 events/s for 60 s (10 s with --quick): the events go to the
   spool on disk, the agent's RSS stays flat (<= 100 MiB).  Then the broker
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -122,10 +125,24 @@ def emit(vms: Sequence[SimulatedVM], per_vm: int) -> None:
             vm.machine.rtc_change(n)
 
 
+def children_cpu() -> float:
+    """CPU seconds of the children that exited (and were waited for) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a running process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def timed_read(reader: asyncio.subprocess.Process, vms: Sequence[SimulatedVM],
-                     per_vm: int) -> float:
-    """Emit, then wait for the reader to exit after the last event: events/s."""
+                     per_vm: int) -> tuple[float, float]:
+    """Emit, then wait for the reader to exit after the last event: events/s, CPU s."""
     drained = drain_stderr(reader)
+    cpu = children_cpu()
     started = time.perf_counter()
     emit(vms, per_vm)
     status = await asyncio.wait_for(reader.wait(), 300)
@@ -133,7 +150,7 @@ async def timed_read(reader: asyncio.subprocess.Process, vms: Sequence[Simulated
     err = await drained
     if status != 0:
         raise RuntimeError(f"reader exited {status}: {err.decode()[-500:]}")
-    return len(vms) * per_vm / elapsed
+    return len(vms) * per_vm / elapsed, children_cpu() - cpu
 
 
 async def until_stored(broker: Broker, count: int) -> None:
@@ -151,7 +168,7 @@ async def throughput(work: Path, vm_count: int, per_vm: int) -> dict[str, float]
     try:
         watch = await cli("watch", sock_dir, "--json", "--count", str(total))
         await wait_err(watch, "attached", vm_count)
-        local = await timed_read(watch, vms, per_vm)
+        local, local_cpu = await timed_read(watch, vms, per_vm)
 
         await broker.start()
         agent = await cli("agent", sock_dir, "--nats", broker.url, "--host", "bench",
@@ -160,7 +177,11 @@ async def throughput(work: Path, vm_count: int, per_vm: int) -> dict[str, float]
         agent_err = drain_stderr(agent)
         consumer = await cli("watch", broker.url, "--json", "--count", str(total))
         await wait_err(consumer, "reading stream")
-        fleet = await timed_read(consumer, vms, per_vm)
+        assert broker.proc is not None
+        broker_cpu = process_cpu(broker.proc.pid)
+        fleet, consumer_cpu = await timed_read(consumer, vms, per_vm)
+        agent_cpu = process_cpu(agent.pid)
+        broker_cpu = process_cpu(broker.proc.pid) - broker_cpu
 
         started = time.perf_counter()  # the agent alone: VMs -> stored in the stream
         emit(vms, per_vm)
@@ -180,7 +201,9 @@ async def throughput(work: Path, vm_count: int, per_vm: int) -> dict[str, float]
         await agent.wait()
         await agent_err
         return {"local": local, "fleet": fleet, "agent": agent_alone,
-                "consumer": consumer_alone}
+                "consumer": consumer_alone, "local_cpu": local_cpu / total * 1e6,
+                "agent_cpu": agent_cpu / total * 1e6, "consumer_cpu": consumer_cpu / total * 1e6,
+                "broker_cpu": broker_cpu / total * 1e6}
     finally:
         if agent is not None and agent.returncode is None:
             agent.kill()
@@ -261,7 +284,10 @@ async def main(quick: bool) -> int:
               f"{rates['local']:,.0f}/s, agent -> JetStream -> watch nats:// --json "
               f"{rates['fleet']:,.0f}/s ({ratio:.2f}x; target >= {TARGET_RATIO}x); alone: "
               f"agent to stored {rates['agent']:,.0f}/s, watch nats:// --since all "
-              f"{rates['consumer']:,.0f}/s")
+              f"{rates['consumer']:,.0f}/s; CPU per event: local watch "
+              f"{rates['local_cpu']:.1f} us, agent {rates['agent_cpu']:.1f} us, "
+              f"watch nats:// {rates['consumer_cpu']:.1f} us, nats-server "
+              f"{rates['broker_cpu']:.1f} us")
         failed |= ratio < TARGET_RATIO
         seconds = 10 if quick else 60
         figures = await outage(work, 1000, seconds)

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from qmpevents.fleet.acks import Acks
 from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, describe, ensure_stream
 from qmpevents.fleet.frames import Framer
 from qmpevents.fleet.spool import Position, Spool, SpoolRecord
@@ -29,12 +28,11 @@ from qmpevents.fleet.subjects import message_headers, subject
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
-    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = 1024
+DEFAULT_WINDOW = 4096
 DEFAULT_ACK_TIMEOUT = 5.0
 #: The cursor is written at least every this many acknowledgements (and when idle).
 COMMIT_EVERY = 512
@@ -128,13 +126,15 @@ class Publisher:
 
     async def _pump(self, nc: NATS) -> None:
         """Send and acknowledge until something fails (raises _Failed)."""
-        acks = _Acks(self._window)
         inbox = f"{nc.new_inbox()}."
+        acks = Acks(self._window, inbox)
         sub = await nc.subscribe(f"{inbox}*", cb=acks.on_reply)
+        restore = acks.intercept(nc)
         sender = asyncio.create_task(self._send(nc, inbox, acks))
         try:
             await self._ack(acks, sender)
         finally:
+            restore()
             while not sender.done():
                 sender.cancel()
                 # nats-py's flush swallows CancelledError and Python 3.11's wait_for can
@@ -146,7 +146,7 @@ class Publisher:
             with contextlib.suppress(Exception):  # the connection may be gone
                 await sub.unsubscribe()
 
-    async def _send(self, nc: NATS, inbox: str, acks: _Acks) -> None:
+    async def _send(self, nc: NATS, inbox: str, acks: Acks) -> None:
         """Publish spooled records with a reply subject each, within the window.
 
         The reply subject ``<inbox>.<n>`` numbers the publish: the ack says
@@ -173,7 +173,7 @@ class Publisher:
             except _NatsError as exc:  # closed, client buffer full
                 raise _Failed(f"publish: {describe(exc)}") from None
 
-    async def _ack(self, acks: _Acks, sender: asyncio.Task[None]) -> None:
+    async def _ack(self, acks: Acks, sender: asyncio.Task[None]) -> None:
         """Follow the acknowledged prefix; commit it; fail when the oldest is overdue."""
         acked = 0
         last: Position | None = None
@@ -269,75 +269,6 @@ class Wire:
                 await nc._flush_pending()
         except Exception as exc:
             raise _NatsError(describe(exc)) from exc
-
-
-class _Acks:
-    """The publishes in flight, numbered from 0, and which of them JetStream acknowledged."""
-
-    def __init__(self, window: int) -> None:
-        #: Spool position after each publish in flight, oldest first (number ``head``).
-        self.positions: deque[Position] = deque()
-        self.head = 0
-        self.sent = 0
-        #: When the oldest in flight became the oldest (its ack timeout runs from then).
-        self.since = 0.0
-        self._early: set[int] = set()  # acknowledged, behind an unacknowledged one
-        self.error: str | None = None
-        self.closed = False
-        #: Set when an ack or a publish happened; *room* when the window has room.
-        self.progress = asyncio.Event()
-        self.room = asyncio.Event()
-        self._window = window
-
-    async def on_reply(self, msg: Msg) -> None:
-        """JetStream's answer to publish number N (the last token of the reply subject)."""
-        if self.closed or self.error is not None:
-            return
-        try:
-            number = int(msg.subject.rpartition(".")[2])
-        except ValueError:
-            return
-        if not self.head <= number < self.sent:
-            return  # not one of ours in flight (a late duplicate)
-        data = msg.data
-        if not data or b'"error"' in data:  # a status (503: no stream), maybe an API error
-            self.error = _reply_error(msg)
-        if self.error is None:
-            self._early.add(number)
-        self.progress.set()
-
-    def take(self) -> list[Position]:
-        """The positions newly acknowledged as a prefix, removed from the window."""
-        done: list[Position] = []
-        early, positions = self._early, self.positions
-        while self.head in early:
-            early.discard(self.head)
-            done.append(positions.popleft())
-            self.head += 1
-        if done:
-            self.since = time.monotonic()
-            self.room.set()
-        return done
-
-
-def _reply_error(msg: Msg) -> str | None:
-    """Why JetStream refused a publish, or None: a PubAck that only looked like an error."""
-    status = (msg.headers or {}).get("Status")
-    if status == "503":
-        return "no stream answers this subject (no responders)"
-    if not msg.data:
-        return f"status {status or 'unknown'}"
-    try:
-        reply = json.loads(msg.data)
-    except ValueError:
-        return "unreadable acknowledgement"
-    if not isinstance(reply, dict):
-        return "unreadable acknowledgement"
-    if "error" not in reply:
-        return None  # e.g. a stream named "error"
-    error = reply["error"]
-    description = error.get("description") if isinstance(error, dict) else None
-    return str(description or error)
 
 
 def _event_name(record: SpoolRecord) -> str:
