@@ -8,7 +8,11 @@
   JetStream publish with acks) into a real nats-server and out again through
   ``qmpevents watch nats://... --json`` to /dev/null.  Both clocks run from
   the first event emitted to the reader's exit after the last one.
-  Target: fleet >= 0.5x local.
+  Target: fleet >= 0.5x local.  Then each half alone, to show where the time
+  goes: the agent (events emitted until the stream stored them) and the
+  consumer (``watch nats:// --since all`` over events already stored); and
+  the CPU time per event of each reader process (user + system: a figure
+  that a machine busy with other work changes less than events/s).
 * outage: 1,000 VMs attached to one agent; the broker is killed and the VMs
   emit 1,000 events/s for 60 s (10 s with --quick): the events go to the
   spool on disk, the agent's RSS stays flat (<= 100 MiB).  Then the broker
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -120,10 +125,30 @@ def emit(vms: Sequence[SimulatedVM], per_vm: int) -> None:
             vm.machine.rtc_change(n)
 
 
+def children_cpu() -> float:
+    """CPU seconds of the children that exited (and were waited for) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (the simulated VMs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a running process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def timed_read(reader: asyncio.subprocess.Process, vms: Sequence[SimulatedVM],
-                     per_vm: int) -> float:
-    """Emit, then wait for the reader to exit after the last event: events/s."""
+                     per_vm: int) -> tuple[float, float]:
+    """Emit, then wait for the reader to exit after the last event: events/s, CPU s."""
     drained = drain_stderr(reader)
+    cpu = children_cpu()
     started = time.perf_counter()
     emit(vms, per_vm)
     status = await asyncio.wait_for(reader.wait(), 300)
@@ -131,10 +156,16 @@ async def timed_read(reader: asyncio.subprocess.Process, vms: Sequence[Simulated
     err = await drained
     if status != 0:
         raise RuntimeError(f"reader exited {status}: {err.decode()[-500:]}")
-    return len(vms) * per_vm / elapsed
+    return len(vms) * per_vm / elapsed, children_cpu() - cpu
 
 
-async def throughput(work: Path, vm_count: int, per_vm: int) -> tuple[float, float]:
+async def until_stored(broker: Broker, count: int) -> None:
+    while await broker.stored() < count:
+        await asyncio.sleep(0.02)  # polling the stream's count: JetStream notifies nothing
+
+
+async def throughput(work: Path, vm_count: int, per_vm: int) -> dict[str, float]:
+    """Events/s: local watch, the fleet path, and its two halves alone (where time goes)."""
     total = vm_count * per_vm
     sock_dir = tempfile.mkdtemp(prefix="qmpev-bf-", dir="/tmp")
     vms = await start_vms(sock_dir, vm_count)
@@ -143,7 +174,7 @@ async def throughput(work: Path, vm_count: int, per_vm: int) -> tuple[float, flo
     try:
         watch = await cli("watch", sock_dir, "--json", "--count", str(total))
         await wait_err(watch, "attached", vm_count)
-        local = await timed_read(watch, vms, per_vm)
+        local, local_cpu = await timed_read(watch, vms, per_vm)
 
         await broker.start()
         agent = await cli("agent", sock_dir, "--nats", broker.url, "--host", "bench",
@@ -152,11 +183,35 @@ async def throughput(work: Path, vm_count: int, per_vm: int) -> tuple[float, flo
         agent_err = drain_stderr(agent)
         consumer = await cli("watch", broker.url, "--json", "--count", str(total))
         await wait_err(consumer, "reading stream")
-        fleet = await timed_read(consumer, vms, per_vm)
+        assert broker.proc is not None
+        broker_cpu = process_cpu(broker.proc.pid)
+        vms_cpu = own_cpu()
+        fleet, consumer_cpu = await timed_read(consumer, vms, per_vm)
+        vms_cpu = own_cpu() - vms_cpu
+        agent_cpu = process_cpu(agent.pid)
+        broker_cpu = process_cpu(broker.proc.pid) - broker_cpu
+
+        started = time.perf_counter()  # the agent alone: VMs -> stored in the stream
+        emit(vms, per_vm)
+        await until_stored(broker, 2 * total)
+        agent_alone = total / (time.perf_counter() - started)
+
+        # The consumer alone: the stream's first *total* events, already stored.
+        consumer = await cli("watch", broker.url, "--json", "--since", "all",
+                             "--count", str(total))
+        drained = drain_stderr(consumer)
+        started = time.perf_counter()
+        if await asyncio.wait_for(consumer.wait(), 300) != 0:
+            raise RuntimeError(f"consumer failed: {(await drained).decode()[-500:]}")
+        consumer_alone = total / (time.perf_counter() - started)
+        await drained
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
         await agent_err
-        return local, fleet
+        return {"local": local, "fleet": fleet, "agent": agent_alone,
+                "consumer": consumer_alone, "local_cpu": local_cpu / total * 1e6,
+                "agent_cpu": agent_cpu / total * 1e6, "consumer_cpu": consumer_cpu / total * 1e6,
+                "broker_cpu": broker_cpu / total * 1e6, "vms_cpu": vms_cpu / total * 1e6}
     finally:
         if agent is not None and agent.returncode is None:
             agent.kill()
@@ -231,11 +286,16 @@ async def main(quick: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="qmpev-bench-fleet-") as tmp:
         work = Path(tmp)
         per_vm = 2_000 if quick else 10_000
-        local, fleet = await throughput(work, 10, per_vm)
-        ratio = fleet / local
-        print(f"throughput, 10 VMs x {per_vm:,} events: local watch --json {local:,.0f}/s, "
-              f"agent -> JetStream -> watch nats:// --json {fleet:,.0f}/s ({ratio:.2f}x; "
-              f"target >= {TARGET_RATIO}x)")
+        rates = await throughput(work, 10, per_vm)
+        ratio = rates["fleet"] / rates["local"]
+        print(f"throughput, 10 VMs x {per_vm:,} events: local watch --json "
+              f"{rates['local']:,.0f}/s, agent -> JetStream -> watch nats:// --json "
+              f"{rates['fleet']:,.0f}/s ({ratio:.2f}x; target >= {TARGET_RATIO}x); alone: "
+              f"agent to stored {rates['agent']:,.0f}/s, watch nats:// --since all "
+              f"{rates['consumer']:,.0f}/s; CPU per event: local watch "
+              f"{rates['local_cpu']:.1f} us, agent {rates['agent_cpu']:.1f} us, "
+              f"watch nats:// {rates['consumer_cpu']:.1f} us, nats-server "
+              f"{rates['broker_cpu']:.1f} us, the VMs (this process) {rates['vms_cpu']:.1f} us")
         failed |= ratio < TARGET_RATIO
         seconds = 10 if quick else 60
         figures = await outage(work, 1000, seconds)

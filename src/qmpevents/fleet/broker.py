@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from qmpevents.errors import QMPEventsError
 from qmpevents.fleet.deps import require
+from qmpevents.fleet.headers import install as install_header_parser
 from qmpevents.fleet.subjects import STREAM_SUBJECTS
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ async def connect(options: BrokerOptions, *, deadline: float | None = CONNECT_DE
     except TimeoutError:
         raise BrokerError(f"cannot connect to {', '.join(options.servers)}: "
                           f"{last_error[0]}") from None
+    install_header_parser(client)
     return client
 
 

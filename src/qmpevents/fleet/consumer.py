@@ -182,7 +182,6 @@ class FleetEvents:
 
     async def __anext__(self) -> FleetEvent:
         """The next event; waits for one (the stream is endless)."""
-        timeout_error = require("nats.errors").TimeoutError
         if not self._batch and self._unacked is not None:  # the batch is handled
             await self._unacked.ack()
             self._unacked = None
@@ -193,7 +192,7 @@ class FleetEvents:
             assert self._sub is not None, "open() first"
             try:
                 self._batch = deque(await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT))
-            except (TimeoutError, timeout_error):
+            except (TimeoutError, require("nats.errors").TimeoutError):
                 continue
         msg = self._batch.popleft()
         self._room.set()
@@ -215,7 +214,22 @@ def to_fleet_event(msg: Msg) -> FleetEvent:
         received, sequence = 0.0, 0
     return FleetEvent(host=host, vm=vm, event=decode_event(msg.data), received=received,
                       sequence=sequence, msg_id=headers.get(MSG_ID_HEADER, ""),
-                      stream_sequence=msg.metadata.sequence.stream, subject=msg.subject)
+                      stream_sequence=_stream_sequence(msg), subject=msg.subject)
+
+
+def _stream_sequence(msg: Msg) -> int:
+    """The stream sequence from the ack subject, as nats-py's ``msg.metadata`` finds it.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``
+    is read here without building nats-py's metadata objects; other forms (a
+    JetStream domain) are left to nats-py.
+    """
+    reply = msg.reply
+    if reply.startswith("$JS.ACK."):
+        tokens = reply.split(".")
+        if len(tokens) == 9 and tokens[5].isdigit():
+            return int(tokens[5])
+    return int(msg.metadata.sequence.stream)
 
 
 def fleet_events(options: BrokerOptions, *, subject: str = STREAM_SUBJECTS,

@@ -1,34 +1,38 @@
 """Drains the spool into JetStream, in order: a record is done when JetStream acked it.
 
 Publishing is pipelined: a *sender* publishes spooled records as they come,
-up to a window of unacknowledged ones, and an *acker* takes the
-acknowledgements in order and advances the spool's cursor over the
-acknowledged prefix.  After a failure (broker gone, ack timeout, stream
-missing) everything in flight is abandoned and reading starts again at the
-first unacknowledged record: records that did reach the stream are sent
-again with the same ``Nats-Msg-Id`` and JetStream's duplicate window drops
-them.
+up to a window of unacknowledged ones, and an *acker* advances the spool's
+cursor over the acknowledged prefix.  Each publish is a core NATS publish
+whose reply subject carries its number, so JetStream's acknowledgement is
+matched to it without a future, a timer or a parsed PubAck per message.
+After a failure (broker gone, ack timeout, stream missing) everything in
+flight is abandoned and reading starts again at the first unacknowledged
+record: records that did reach the stream are sent again with the same
+``Nats-Msg-Id`` and JetStream's duplicate window drops them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import deque
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from qmpevents.fleet.acks import Acks
 from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, describe, ensure_stream
+from qmpevents.fleet.frames import Framer
 from qmpevents.fleet.spool import Position, Spool, SpoolRecord
-from qmpevents.fleet.subjects import Headers, subject
+from qmpevents.fleet.subjects import message_headers, subject
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
     from nats.js import JetStreamContext
-    from nats.js.api import PubAck
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = 1024
+DEFAULT_WINDOW = 4096
 DEFAULT_ACK_TIMEOUT = 5.0
 #: The cursor is written at least every this many acknowledgements (and when idle).
 COMMIT_EVERY = 512
@@ -36,7 +40,6 @@ RETRY_DELAY = 0.25
 MAX_RETRY_DELAY = 2.0
 
 Note = Callable[[str], None]
-InFlight = tuple["asyncio.Future[PubAck]", Position]
 
 
 class _Failed(Exception):
@@ -90,14 +93,14 @@ class Publisher:
         self._connected.set()
         self.on_link(True)
         self._note(f"connected to {nc.connected_url.netloc if nc.connected_url else 'broker'}")
-        js = nc.jetstream(publish_async_max_pending=self._window)
+        js = nc.jetstream()
         delay = RETRY_DELAY
         try:
             while True:
                 await self._connected.wait()
                 if self._stream_ready or await self._prepare(js):
                     try:
-                        await self._pump(js)
+                        await self._pump(nc)
                     except _Failed as exc:
                         log.debug("publishing interrupted: %s", exc)
                     self._spool.rewind()
@@ -121,14 +124,17 @@ class Publisher:
         self._stream_ready = True
         return True
 
-    async def _pump(self, js: JetStreamContext) -> None:
+    async def _pump(self, nc: NATS) -> None:
         """Send and acknowledge until something fails (raises _Failed)."""
-        in_flight: deque[InFlight] = deque()  # bounded by nats-py's window semaphore
-        sent = asyncio.Event()
-        sender = asyncio.create_task(self._send(js, in_flight, sent))
+        inbox = f"{nc.new_inbox()}."
+        acks = Acks(self._window, inbox)
+        sub = await nc.subscribe(f"{inbox}*", cb=acks.on_reply)
+        restore = acks.intercept(nc)
+        sender = asyncio.create_task(self._send(nc, inbox, acks))
         try:
-            await self._ack(in_flight, sent, sender)
+            await self._ack(acks, sender)
         finally:
+            restore()
             while not sender.done():
                 sender.cancel()
                 # nats-py's flush swallows CancelledError and Python 3.11's wait_for can
@@ -136,67 +142,133 @@ class Publisher:
                 await asyncio.wait({sender}, timeout=1.0)
             if not sender.cancelled():
                 sender.exception()  # retrieved: it is why we stopped, or nothing
-            for future, _ in in_flight:  # abandoned: a late ack changes nothing
-                future.cancel()
+            acks.closed = True  # abandoned: a late ack changes nothing
+            with contextlib.suppress(Exception):  # the connection may be gone
+                await sub.unsubscribe()
 
-    async def _send(self, js: JetStreamContext, in_flight: deque[InFlight],
-                    sent: asyncio.Event) -> None:
+    async def _send(self, nc: NATS, inbox: str, acks: Acks) -> None:
+        """Publish spooled records with a reply subject each, within the window.
+
+        The reply subject ``<inbox>.<n>`` numbers the publish: the ack says
+        which one it acknowledges without a future per message.  A batch read
+        from the spool goes out in one flush.
+        """
+        wire = Wire(nc, self._stream.name)
         while True:
             await self._connected.wait()
-            for record, position in await self._spool.read(self._window):
-                headers = Headers(record.host, record.vm, record.received, record.seq,
-                                  record.id)
-                try:
-                    future = await js.publish_async(
-                        subject(record.host, record.vm, _event_name(record)),
-                        bytes(record.message), stream=self._stream.name,
-                        headers=headers.to_nats())  # the window bounds what is in flight
-                except Exception as exc:  # closed, client buffer full
-                    raise _Failed(f"publish: {describe(exc)}") from None
-                in_flight.append((future, position))
-                sent.set()
+            try:
+                for record, position in await self._spool.read(self._window):
+                    while len(acks.positions) >= self._window:
+                        await wire.flush()  # what is queued must go out to be acked
+                        await acks.room.wait()
+                        acks.room.clear()
+                    number = acks.sent
+                    await wire.publish(record, f"{inbox}{number}")
+                    if not acks.positions:  # the acker waits for this one from now on
+                        acks.since = time.monotonic()
+                        acks.progress.set()
+                    acks.positions.append(position)
+                    acks.sent = number + 1
+                await wire.flush()
+            except _NatsError as exc:  # closed, client buffer full
+                raise _Failed(f"publish: {describe(exc)}") from None
 
-    async def _ack(self, in_flight: deque[InFlight], sent: asyncio.Event,
-                   sender: asyncio.Task[None]) -> None:
-        """Take acknowledgements in publishing order; commit the acknowledged prefix."""
+    async def _ack(self, acks: Acks, sender: asyncio.Task[None]) -> None:
+        """Follow the acknowledged prefix; commit it; fail when the oldest is overdue."""
         acked = 0
         last: Position | None = None
         while True:
-            if not in_flight:
-                if last is not None:  # idle: record progress now
-                    self._commit(last, acked)
-                    acked, last = 0, None
-                sent.clear()
-                waiting = asyncio.ensure_future(sent.wait())
-                try:
-                    await asyncio.wait({waiting, sender}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiting.cancel()
-                if sender.done():
-                    sender.result()  # raises the sender's _Failed
-                    raise _Failed("sender ended")
-                continue
-            future, position = in_flight[0]
-            try:
-                if not future.done():
-                    async with asyncio.timeout(self._ack_timeout):  # not wait_for: see above
-                        await asyncio.shield(future)
-                future.result()  # an API error (no stream, wrong stream) raises here
-            except Exception as exc:
+            if acks.error is not None:
                 if last is not None:
                     self._commit(last, acked)
-                raise _Failed(f"acknowledgement: {describe(exc)}") from None
-            in_flight.popleft()
-            acked += 1
-            last = position
-            if acked >= COMMIT_EVERY:
-                self._commit(last, acked)
-                acked, last = 0, None
+                raise _Failed(f"acknowledgement: {acks.error}")
+            done = acks.take()
+            if done:
+                acked += len(done)
+                last = done[-1]
+                if acked >= COMMIT_EVERY or not acks.positions:  # or idle: record progress
+                    self._commit(last, acked)
+                    acked, last = 0, None
+                continue
+            if sender.done():
+                sender.result()  # raises the sender's _Failed
+                raise _Failed("sender ended")
+            acks.progress.clear()
+            timeout = None
+            if acks.positions:  # the oldest in flight must be acknowledged in time
+                timeout = acks.since + self._ack_timeout - time.monotonic()
+                if timeout <= 0:
+                    if last is not None:
+                        self._commit(last, acked)
+                    raise _Failed("acknowledgement: timed out")
+            waiting = asyncio.ensure_future(acks.progress.wait())
+            try:
+                await asyncio.wait({waiting, sender}, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=timeout)
+            finally:
+                waiting.cancel()
 
     def _commit(self, position: Position, count: int) -> None:
         self._spool.commit(position)
         self.published += count
         self.on_published(count)
+
+
+class _NatsError(Exception):
+    """nats-py's errors: they share no base class but Exception (see :class:`Wire`)."""
+
+
+class Wire:
+    """Publishing through one nats-py connection, a record at a time, flushed per batch.
+
+    When connected, and with the nats-py internals this was measured with
+    (its pending-buffer ``_send_command`` and flusher), a record goes out as
+    a :class:`~qmpevents.fleet.frames.Framer` frame on that buffer: nats-py's
+    ``publish()`` costs several times more per message in header encoding.
+    Otherwise (reconnecting, an oversized message, another nats-py) it is
+    ``publish()``, whose checks and errors then apply.
+    """
+
+    def __init__(self, nc: NATS, stream: str, *, frames: bool = True) -> None:
+        self._nc = nc
+        self._stream = stream
+        self._framer = Framer(stream)
+        self._frames = frames and all(
+            hasattr(nc, name) for name in ("_send_command", "_flush_pending", "_flush_queue"))
+        self._queued = False
+
+    async def publish(self, record: SpoolRecord, reply: str) -> None:
+        """Queue one record (raises _NatsError); :meth:`flush` sends what is queued."""
+        nc = self._nc
+        host, vm = record.host, record.vm
+        to = subject(host, vm, _event_name(record))
+        payload = bytes(record.message)
+        try:
+            if self._frames and nc.is_connected:
+                frame, size = self._framer.frame(to, reply, host, vm, record.received,
+                                                 record.seq, record.id, payload)
+                if size <= nc.max_payload:
+                    nc.stats["out_msgs"] += 1
+                    nc.stats["out_bytes"] += len(payload)
+                    await nc._send_command(frame)
+                    self._queued = True
+                    return
+            await nc.publish(to, payload, reply=reply, headers=message_headers(
+                host, vm, record.received, record.seq, record.id, self._stream))
+        except Exception as exc:
+            raise _NatsError(describe(exc)) from exc
+
+    async def flush(self) -> None:
+        """Wake nats-py's flusher for the frames queued (publish() wakes it itself)."""
+        if not self._queued:
+            return
+        self._queued = False
+        nc = self._nc
+        try:
+            if nc._flush_queue is not None and nc._flush_queue.empty():
+                await nc._flush_pending()
+        except Exception as exc:
+            raise _NatsError(describe(exc)) from exc
 
 
 def _event_name(record: SpoolRecord) -> str:

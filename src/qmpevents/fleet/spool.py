@@ -97,6 +97,7 @@ class Spool:
         self._write_segment = 0
         self._write_size = 0
         self._sizes: dict[int, int] = {}  # segment -> bytes on disk
+        self._others = 0  # bytes of the segments but the one written (the bound is per event)
         self._committed = Position(1, 0)
         self._read = Position(1, 0)
         self._reader: BinaryIO | None = None
@@ -186,15 +187,20 @@ class Spool:
         self._writer = os.fdopen(fd, "ab")
         self._write_size = self._writer.tell()
         self._sizes[self._write_segment] = self._write_size
+        self._count_others()
         if self._policy != "never":
             self._sync_directory()
+
+    def _count_others(self) -> None:
+        self._others = sum(size for number, size in self._sizes.items()
+                           if number != self._write_segment)
 
     # -- the tail --------------------------------------------------------------
 
     @property
     def size(self) -> int:
         """Bytes of segments on disk (the bound applies to this)."""
-        return sum(self._sizes.values())
+        return self._others + self._write_size
 
     def append(self, record: SpoolRecord) -> bool:
         """Append one record; False (and counted) when the spool is full."""
@@ -307,6 +313,7 @@ class Spool:
                 self._reader = None
             os.unlink(self._path(number))
             del self._sizes[number]
+            self._count_others()
         tmp = os.path.join(self.directory, "cursor.tmp")
         with open(tmp, "wb") as file:
             file.write(_encode(_Cursor(position.segment, position.offset)))

@@ -11,7 +11,7 @@ JetStream's duplicate window makes retries safe.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from functools import lru_cache
 
 SUBJECT_PREFIX = "qmp"
 STREAM_SUBJECTS = f"{SUBJECT_PREFIX}.>"
@@ -22,6 +22,7 @@ VM_HEADER = "Qmp-Vm"
 RECEIVED_HEADER = "Qmp-Received"
 SEQUENCE_HEADER = "Qmp-Seq"
 MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
 
 _UNSAFE = re.compile(r"[.*>\s]")
 
@@ -31,6 +32,7 @@ def token(name: str) -> str:
     return _UNSAFE.sub("_", name) or "_"
 
 
+@lru_cache(maxsize=4096)  # a host has few (vm, event) pairs: the agent asks per event
 def subject(host: str, vm: str, event: str) -> str:
     """``qmp.<host>.<vm>.<EVENT>``."""
     return f"{SUBJECT_PREFIX}.{token(host)}.{token(vm)}.{token(event)}"
@@ -42,17 +44,9 @@ def message_id(host: str, vm: str, seconds: int, microseconds: int, event: str,
     return f"{host}/{vm}/{seconds}.{microseconds:06d}/{event}/{sequence}"
 
 
-@dataclass(frozen=True)
-class Headers:
-    """What the agent puts in the headers of each message."""
-
-    host: str
-    vm: str
-    received: float
-    sequence: int
-    msg_id: str
-
-    def to_nats(self) -> dict[str, str]:
-        return {HOST_HEADER: self.host, VM_HEADER: self.vm,
-                RECEIVED_HEADER: f"{self.received:.6f}", SEQUENCE_HEADER: str(self.sequence),
-                MSG_ID_HEADER: self.msg_id}
+def message_headers(host: str, vm: str, received: float, sequence: int, msg_id: str,
+                    stream: str) -> dict[str, str]:
+    """The headers of one message (and ``Nats-Expected-Stream``: a wrong stream is refused)."""
+    return {HOST_HEADER: host, VM_HEADER: vm, RECEIVED_HEADER: f"{received:.6f}",
+            SEQUENCE_HEADER: str(sequence), MSG_ID_HEADER: msg_id,
+            EXPECTED_STREAM_HEADER: stream}
