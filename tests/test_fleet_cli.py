@@ -193,3 +193,21 @@ async def test_user_password_file_on_both_ends(tmp_path: Path) -> None:
             assert "authorization" in err.lower()
     finally:
         await broker.stop()
+
+
+async def test_a_message_that_is_not_an_event_is_skipped_not_fatal(broker: NatsServer,
+                                                                   host: Host) -> None:
+    import nats
+
+    client = await nats.connect(broker.url)
+    try:
+        await client.jetstream().publish("qmp.h0.vm1.STOP", b"not json at all")
+    finally:
+        await client.close()
+    host.emit(2)
+    await until_stored([broker.url], 5)
+    status, out, err = await run("watch", broker.url, "--since", "all", "--json",
+                                 "--count", "4")
+    assert status == 0, err
+    assert len(json_lines(out)) == 4
+    assert "not QMP events skipped" in err

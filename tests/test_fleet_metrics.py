@@ -165,3 +165,28 @@ class running_prometheus:
         if self.proc.returncode is None:
             self.proc.terminate()
             await asyncio.wait_for(self.proc.wait(), 20)
+
+
+async def test_stop_leaves_no_state_query_behind() -> None:
+    """A burst coalesced into one more query must not start it after stop()."""
+    from qmpevents.catalog import decode_event
+    from qmpevents.fleet.metrics import FleetMetrics
+
+    started = 0
+
+    class Hanging:
+        async def execute(self, name: str) -> Any:
+            nonlocal started
+            started += 1
+            await asyncio.Event().wait()  # a VM that never answers
+
+    metrics = FleetMetrics()
+    metrics._clients["vm"] = Hanging()  # type: ignore[assignment]
+    stop = decode_event(b'{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}}')
+    await metrics.on_event("vm", stop)
+    await metrics.on_event("vm", stop)  # coalesced: one more query when the first ends
+    await asyncio.sleep(0)  # the first query runs
+    await metrics.stop()
+    await asyncio.sleep(0)
+    assert started == 1 and not metrics._refreshing
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

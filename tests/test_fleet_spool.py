@@ -113,3 +113,35 @@ def test_one_agent_per_spool(tmp_path: Path) -> None:
     first.close()
     second.open()
     second.close()
+
+
+@pytest.mark.parametrize("policy", ["interval", "never"])
+async def test_a_lone_record_reaches_the_os_without_a_later_event(
+        tmp_path: Path, policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker outage means nobody reads the spool: it must not sit in a user-space buffer."""
+    import os
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    spool = Spool(str(tmp_path), fsync=policy, interval=0.05)  # type: ignore[arg-type]
+    spool.open()
+    try:
+        synced.clear()
+        assert spool.append(record(1))
+        segment = next(tmp_path.glob("*.jsonl"))
+        await asyncio.sleep(0)  # one loop iteration: handed to the OS (a crash keeps it)
+        assert segment.stat().st_size > 0
+        if policy == "interval":
+            async with asyncio.timeout(5):  # fsynced within the interval, no event needed
+                while not synced:
+                    await asyncio.sleep(0.01)
+        else:
+            assert not synced
+    finally:
+        spool.close()

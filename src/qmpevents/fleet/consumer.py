@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
+
+import msgspec
 
 from qmpevents.catalog import Event, UnknownEvent, decode_event
 from qmpevents.fleet.broker import BrokerError, BrokerOptions, connect, describe
@@ -44,6 +47,8 @@ from qmpevents.fleet.subjects import (
     STREAM_SUBJECTS,
     VM_HEADER,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -97,6 +102,8 @@ class FleetEvents:
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        #: Messages on the subjects that were not QMP events (skipped).
+        self.skipped = 0
 
     async def _delivered(self, msg: Msg) -> None:
         """The ordered consumer's callback: queue it, and hold delivery while full.
@@ -181,24 +188,36 @@ class FleetEvents:
         return self
 
     async def __anext__(self) -> FleetEvent:
-        """The next event; waits for one (the stream is endless)."""
-        if not self._batch and self._unacked is not None:  # the batch is handled
-            await self._unacked.ack()
-            self._unacked = None
-        while not self._batch and self._push is not None:
-            self._arrived.clear()
-            await self._arrived.wait()
-        while not self._batch:
-            assert self._sub is not None, "open() first"
+        """The next event; waits for one (the stream is endless).
+
+        A message that is not a QMP event (someone else published on the
+        subjects) is skipped and counted in :attr:`skipped`: one bad message
+        must not end every reader that replays the stream.
+        """
+        while True:
+            if not self._batch and self._unacked is not None:  # the batch is handled
+                await self._unacked.ack()
+                self._unacked = None
+            while not self._batch and self._push is not None:
+                self._arrived.clear()
+                await self._arrived.wait()
+            while not self._batch:
+                assert self._sub is not None, "open() first"
+                try:
+                    self._batch = deque(await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT))
+                except (TimeoutError, require("nats.errors").TimeoutError):
+                    continue
+            msg = self._batch.popleft()
+            self._room.set()
+            if self._durable:
+                self._unacked = msg
             try:
-                self._batch = deque(await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT))
-            except (TimeoutError, require("nats.errors").TimeoutError):
-                continue
-        msg = self._batch.popleft()
-        self._room.set()
-        if self._durable:
-            self._unacked = msg
-        return to_fleet_event(msg)
+                return to_fleet_event(msg)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.skipped += 1
+                if self.skipped == 1 or self.skipped % 1000 == 0:
+                    log.warning("%s: %d message(s) that are not QMP events skipped (%s: %s)",
+                                msg.subject, self.skipped, type(exc).__name__, exc)
 
 
 def to_fleet_event(msg: Msg) -> FleetEvent:

@@ -73,6 +73,7 @@ class FleetMetrics:
         self._seen: set[str] = set()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._stopping = False
 
     # -- hooks ------------------------------------------------------------------
 
@@ -103,6 +104,8 @@ class FleetMetrics:
 
     def _refresh(self, vm: str) -> None:
         """Query the VM's state in the background; coalesces a burst into one more query."""
+        if self._stopping:
+            return
         if vm in self._refreshing:
             self._again.add(vm)
             return
@@ -135,9 +138,14 @@ class FleetMetrics:
             self.run_state.labels(vm, name).set(1 if name == state else 0)
 
     async def stop(self) -> None:
-        for task in list(self._refreshing.values()):
-            task.cancel()
-        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+        """Cancel the state queries; none starts afterwards (a coalesced one included)."""
+        self._stopping = True
+        self._again.clear()
+        while self._refreshing:
+            tasks = list(self._refreshing.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def serve(metrics_registry: CollectorRegistry, listen: str) -> tuple[Callable[[], None], int]:

@@ -92,6 +92,8 @@ class Spool:
         self._policy = fsync
         self._interval = interval
         self._last_sync = time.monotonic()
+        self._flush_due = False
+        self._sync_timer: asyncio.TimerHandle | None = None
         self._lock_fd = -1
         self._writer: BinaryIO | None = None
         self._write_segment = 0
@@ -136,6 +138,9 @@ class Spool:
         self._open_writer()
 
     def close(self) -> None:
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+            self._sync_timer = None
         if self._writer is not None:
             if self._policy != "never":
                 self._sync_writer()
@@ -220,8 +225,35 @@ class Spool:
         due = time.monotonic() - self._last_sync >= self._interval
         if self._policy == "always" or (self._policy == "interval" and due):
             self._sync_writer()
+        else:
+            self._schedule_flush()
         self._appended.set()
         return True
+
+    def _schedule_flush(self) -> None:
+        """Hand the records to the OS once this loop iteration ends (a process crash then
+        loses nothing), and with ``interval`` fsync them within the interval even if no
+        later event comes -- as ``record`` does."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: now
+            self._flush_writer()
+            return
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush_writer)
+        if self._policy == "interval" and self._sync_timer is None:
+            self._sync_timer = loop.call_later(self._interval, self._timed_sync)
+
+    def _flush_writer(self) -> None:
+        self._flush_due = False
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _timed_sync(self) -> None:
+        self._sync_timer = None
+        if self._writer is not None:
+            self._sync_writer()
 
     def _rotate(self) -> None:
         assert self._writer is not None
