@@ -48,3 +48,26 @@ def test_what_is_not_json_is_not_recorded(tmp_path: Path) -> None:
                                   "timestamp": {"seconds": 1, "microseconds": 0}}),
                        ("in", {"return": 1})]
     assert report.bad_lines == 0
+
+
+async def test_a_big_pretty_message_is_parsed_a_slice_per_loop_iteration(tmp_path: Path) -> None:
+    import asyncio
+
+    from qmpevents.cli.record import TRACE_SLICE
+
+    path = tmp_path / "big.jsonl"
+    writer = RecordingWriter(str(path), fsync="never")
+    trace = Recorder(writer).tracer(Target("unix:/nowhere", "vm1"))
+    items = b",\r\n".join(b'        "item-%d"' % i for i in range(20_000))
+    big = b'{\r\n    "return": [\r\n' + items + b"\r\n    ]\r\n}\r\n"  # pretty: the exact path
+    assert len(big) > 50 * TRACE_SLICE
+    trace("in", big)
+    iterations = 0
+    while not path.read_bytes():
+        await asyncio.sleep(0)  # one loop iteration: the tracer goes on by one slice
+        iterations += 1
+        assert iterations < 10 * len(big) // TRACE_SLICE
+    writer.close()
+    assert iterations > len(big) // TRACE_SLICE // 2  # it yielded, slice after slice
+    (record,) = list(read_recording(str(path), ReadReport()))
+    assert len(record.message_value()["return"]) == 20_000

@@ -171,20 +171,48 @@ class Recorder:
         holds only valid records).
         """
         framer = _trace_framer()
+        scheduled = False
 
-        def trace(direction: str, data: bytes) -> None:
-            received = time.time()
-            if direction == "out":
-                self.write(target.name, data, "out", received)
-                return
-            for item in framer.feed(data):
+        def take(items: list[_Traced | ParseError], received: float) -> None:
+            for item in items:
                 if isinstance(item, ParseError):
                     log.debug("%s: not recorded, not a message: %s", target.name, item.desc)
                 else:
                     kind, message = item
                     self.write(target.name, message, kind, received)
 
+        def go_on(received: float) -> None:
+            # The byte-by-byte work left (pretty output, a huge message): a slice a
+            # loop iteration, as the client's own reader parses, never all at once.
+            nonlocal scheduled
+            scheduled = False
+            take(framer.feed(b"", budget=TRACE_SLICE), received)
+            schedule(received)
+
+        def schedule(received: float) -> None:
+            nonlocal scheduled
+            if framer.pending and not scheduled:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # no loop to yield to: finish now
+                    take(framer.feed(b""), received)
+                    return
+                scheduled = True
+                loop.call_soon(go_on, received)
+
+        def trace(direction: str, data: bytes) -> None:
+            received = time.time()
+            if direction == "out":
+                self.write(target.name, data, "out", received)
+                return
+            take(framer.feed(data, budget=TRACE_SLICE), received)
+            schedule(received)
+
         return trace
+
+
+TRACE_SLICE = 4096
+"""Bytes the tracer's exact parser takes per loop iteration (the client reader's pace)."""
 
 
 class _Probe(msgspec.Struct):
