@@ -16,7 +16,6 @@ threads already started and raises :class:`VcpuStartError`, which
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +29,19 @@ class VcpuStartError(QMPEventsError):
     """The host refused a vCPU thread (RLIMIT_NPROC, cgroup pids.max, address space)."""
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's prctl
+
+
 def _set_thread_name(name: str) -> None:
-    """prctl(PR_SET_NAME): what ``ps -L`` and /proc/TID/comm show (best effort)."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+    """prctl(PR_SET_NAME): what ``ps -L`` and /proc/TID/comm show (best effort).
+
+    Looked up once, not per thread: a thread started at the edge of the host's
+    limits must not fail in its first line (find_library even runs ldconfig).
+    """
+    try:
+        _LIBC.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    except (AttributeError, OSError, MemoryError):
         return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
