@@ -464,6 +464,8 @@ def test_typed_framer_block_and_line_paths_agree() -> None:
     EVENT[:20] + b"\r\n" + EVENT[20:] + b"\r\n" + EVENT + b"\r\n",  # one over two lines
     EVENT[:20] + b"\r" + EVENT[20:] + b"\r\n" + EVENT + b"\r\n",  # a bare CR inside
     EVENT + b"\r\n[" + EVENT + b"]\r\n",  # an array of one event
+    EVENT + b"\r\n" + EVENT + b"\n" + EVENT + b"\r\n",  # an LF line among CRLF ones
+    EVENT + b"\n" + EVENT + b"\n",  # LF only
 ])
 def test_block_decode_never_shifts_raw_lines(stream: bytes) -> None:
     """The block decode takes only one message per line: the raw text stays each event's own."""
