@@ -153,7 +153,7 @@ class Subscription(Generic[E]):
                 queue.extend(selected)
             else:
                 queue.extend(selected[:room])
-                self._excess = selected[room:]
+                self._excess.extend(selected[room:])  # in place: _iterate holds it
                 self._hub._block(self)
         if self._waiters:
             self._wake()
@@ -234,11 +234,11 @@ class Subscription(Generic[E]):
     async def _iterate(self) -> AsyncIterator[E]:
         """What ``async for`` runs: an async generator costs less per event than
         an ``__anext__`` coroutine.  Ends (or raises) as :meth:`__anext__` does."""
-        queue = self._queue
+        queue, excess = self._queue, self._excess  # both only ever changed in place
         while True:
             while queue:
                 event = queue.popleft()
-                if self._excess:
+                if excess:
                     self._refill()
                 yield event
             try:
