@@ -265,18 +265,23 @@ class Subscription(Generic[E]):
 
     async def _next(self, timeout: float | None) -> E | None:
         """Wait for an event; None when the subscription has ended."""
-        loop = asyncio.get_running_loop()
+        if timeout is None:  # the iterator's case, once per read: no deadline to set up
+            return await self._wait()
         async with deadline(self._hub.clock, timeout, f"no event for {self!r}"):
-            while not self._queue:
-                if self._end is not None:
-                    return None
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
-                try:
-                    await waiter
-                finally:
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
+            return await self._wait()
+
+    async def _wait(self) -> E | None:
+        loop = asyncio.get_running_loop()
+        while not self._queue:
+            if self._end is not None:
+                return None
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
         return self.get_nowait()
 
     def _end_error(self) -> BaseException:
