@@ -100,7 +100,7 @@ class ClientConnection:
         self._framer: Framer[Any] = Framer(decode_line, from_value,
                                            max_message_size=max_message_size,
                                            decode_block=self._decode_events)
-        self._block_events = 0  # events the block decoder gave since the last _take
+        self._block_events = 0  # events the block decoder gave in the current feed
         self._inbox: deque[Any] = deque()
         self._non_events = 0  # inbox items that are not events: 0 = hand out in bulk
         self._pending: dict[str, str] = {}
@@ -178,14 +178,17 @@ class ClientConnection:
         self._machine.fire(ClientInput.RECEIVE_DATA)
         if not data:
             self._input_ended = True
+            self._block_events = 0
             self._take(self._framer.end())  # what came before the end, first
             self._inbox.append(_CLOSED)
             self._non_events += 1
             return
+        self._block_events = 0
         self._take(self._framer.feed(data, budget=budget))
 
     def continue_parsing(self, budget: int | None = None) -> None:
         """Parse on what :meth:`receive_data` left pending, within *budget*."""
+        self._block_events = 0
         self._take(self._framer.feed(b"", budget=budget))
 
     def _decode_events(self, block: bytes) -> list[Event]:
