@@ -337,6 +337,12 @@ def main() -> None:
         orchestrate(args.quick)
 
 
+def _load() -> str:
+    """The machine's load: figures measured on a busy machine say so."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
 def orchestrate(quick: bool) -> None:
     events = 50_000 if quick else 200_000
     rounds = 2 if quick else 3
@@ -349,7 +355,7 @@ def orchestrate(quick: bool) -> None:
         flood_file = os.path.join(workdir, "flood.jsonl")
         Path(flood_file).write_bytes(make_stream(flood, seed=8))
         print(f"stream: {events} events, {os.path.getsize(stream) / events:.0f} bytes/event, "
-              f"{rounds} interleaved rounds, one fresh process per run")
+              f"{rounds} interleaved rounds, one fresh process per run; {_load()}")
 
         rates: dict[str, list[float]] = {"qemu.qmp": [], "ours": [], "ceiling": []}
         for _ in range(rounds):
@@ -382,6 +388,7 @@ def orchestrate(quick: bool) -> None:
             extra = ", ".join(f"{k} {v:,}" for k, v in result.items() if k != "rss_mib")
             target = "   (target <= 64 MiB)" if contender == "ours" else ""
             print(f"  {name:19s} {result['rss_mib']:7.1f} MiB   ({extra}){target}")
+    print(f"\nafter the run: {_load()}")
 
 
 if __name__ == "__main__":

@@ -458,6 +458,27 @@ def test_typed_framer_block_and_line_paths_agree() -> None:
         getattr(item, "raw", None) for item in single]
 
 
+@pytest.mark.parametrize("stream", [
+    EVENT + b", " + EVENT + b"\r\n" + EVENT + b"\r\n",  # two values on one line
+    EVENT + b"\r\n\r\n" + EVENT + b" " + EVENT + b"\r\n",  # a blank line, then two
+    EVENT[:20] + b"\r\n" + EVENT[20:] + b"\r\n" + EVENT + b"\r\n",  # one over two lines
+    EVENT[:20] + b"\r" + EVENT[20:] + b"\r\n" + EVENT + b"\r\n",  # a bare CR inside
+    EVENT + b"\r\n[" + EVENT + b"]\r\n",  # an array of one event
+    EVENT + b"\r\n" + EVENT + b"\n" + EVENT + b"\r\n",  # an LF line among CRLF ones
+    EVENT + b"\n" + EVENT + b"\n",  # LF only
+])
+def test_block_decode_never_shifts_raw_lines(stream: bytes) -> None:
+    """The block decode takes only one message per line: the raw text stays each event's own."""
+    whole = client_framer().feed(stream)
+    line_path = Framer(messages.decode_line, messages.from_value).feed(stream)
+    assert whole == line_path
+    assert [getattr(item, "raw", None) for item in whole] == [
+        getattr(item, "raw", None) for item in line_path]
+    for item in whole:
+        if isinstance(item, Event) and item.raw is not None:
+            assert messages.decode_line(item.raw) == item
+
+
 # --- hypothesis: chunking, exactness, garbage -----------------------------------------
 
 def _qemu_char(char: str) -> bool:

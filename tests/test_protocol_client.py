@@ -248,6 +248,20 @@ def test_events_in_bulk_match_one_by_one() -> None:
     assert bulk.next_events() == []
 
 
+def test_bulk_path_only_for_reads_of_events_alone() -> None:
+    """A read the block decoder takes whole is events only; a reply after it is not one."""
+    conn = ready()
+    request_id = conn.send_command("query-status")
+    conn.receive_data(b"\r\n".join([STOP, RESET]) + b"\r\n")
+    assert conn.only_events_ready
+    conn.receive_data(STOP + b"\r\n" + reply_line(request_id, {"status": "paused"}))
+    assert not conn.only_events_ready
+    items = conn.next_events()
+    assert [type(item) for item in items] == [Stop, Reset, Stop, Reply]
+    assert items[-1].value == {"status": "paused"}
+    assert conn.only_events_ready and conn.next_events() == []
+
+
 def test_event_split_over_reads_and_without_newline() -> None:
     conn = ready()
     items: list[Any] = []

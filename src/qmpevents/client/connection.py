@@ -63,7 +63,6 @@ from qmpevents.protocol import (
     ProtocolViolation,
     Reply,
     Resynced,
-    only_events,
 )
 
 logging.getLogger("qmpevents").addHandler(logging.NullHandler())
@@ -175,12 +174,13 @@ class _Link(asyncio.Protocol):
             return
         if proto.parse_pending:
             self._parse_later()
+        bulk = proto.only_events_ready
         items = proto.next_events()
         if not items:
             return
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: %d bytes, %d messages", host.address, len(data), len(items))
-        if self.early is None and only_events(items):
+        if self.early is None and bulk:
             host.on_events(items)  # type: ignore[arg-type]  # all events: checked
         else:
             self._process(items)

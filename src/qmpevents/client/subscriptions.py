@@ -153,7 +153,7 @@ class Subscription(Generic[E]):
                 queue.extend(selected)
             else:
                 queue.extend(selected[:room])
-                self._excess = selected[room:]
+                self._excess.extend(selected[room:])  # in place: _iterate holds it
                 self._hub._block(self)
         if self._waiters:
             self._wake()
@@ -234,11 +234,11 @@ class Subscription(Generic[E]):
     async def _iterate(self) -> AsyncIterator[E]:
         """What ``async for`` runs: an async generator costs less per event than
         an ``__anext__`` coroutine.  Ends (or raises) as :meth:`__anext__` does."""
-        queue = self._queue
+        queue, excess = self._queue, self._excess  # both only ever changed in place
         while True:
             while queue:
                 event = queue.popleft()
-                if self._excess:
+                if excess:
                     self._refill()
                 yield event
             try:
@@ -265,18 +265,23 @@ class Subscription(Generic[E]):
 
     async def _next(self, timeout: float | None) -> E | None:
         """Wait for an event; None when the subscription has ended."""
-        loop = asyncio.get_running_loop()
+        if timeout is None:  # the iterator's case, once per read: no deadline to set up
+            return await self._wait()
         async with deadline(self._hub.clock, timeout, f"no event for {self!r}"):
-            while not self._queue:
-                if self._end is not None:
-                    return None
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
-                try:
-                    await waiter
-                finally:
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
+            return await self._wait()
+
+    async def _wait(self) -> E | None:
+        loop = asyncio.get_running_loop()
+        while not self._queue:
+            if self._end is not None:
+                return None
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
         return self.get_nowait()
 
     def _end_error(self) -> BaseException:

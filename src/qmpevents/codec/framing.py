@@ -382,7 +382,8 @@ class Framer(Generic[T]):
         if not cut or self._held + cut - pos > self._max_fast_line:
             return 0
         try:
-            items = self._decode_block(b"".join([*self._parts, buf[pos:cut]]))
+            # A view: the lines are copied once, by the join.
+            items = self._decode_block(b"".join([*self._parts, memoryview(buf)[pos:cut]]))
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             return 0
         self._out.extend(items)

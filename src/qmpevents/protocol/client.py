@@ -99,7 +99,8 @@ class ClientConnection:
         self._max_size = max_message_size
         self._framer: Framer[Any] = Framer(decode_line, from_value,
                                            max_message_size=max_message_size,
-                                           decode_block=decode_event_block)
+                                           decode_block=self._decode_events)
+        self._block_events = 0  # events the block decoder gave in the current feed
         self._inbox: deque[Any] = deque()
         self._non_events = 0  # inbox items that are not events: 0 = hand out in bulk
         self._pending: dict[str, str] = {}
@@ -177,18 +178,28 @@ class ClientConnection:
         self._machine.fire(ClientInput.RECEIVE_DATA)
         if not data:
             self._input_ended = True
+            self._block_events = 0
             self._take(self._framer.end())  # what came before the end, first
             self._inbox.append(_CLOSED)
             self._non_events += 1
             return
+        self._block_events = 0
         self._take(self._framer.feed(data, budget=budget))
 
     def continue_parsing(self, budget: int | None = None) -> None:
         """Parse on what :meth:`receive_data` left pending, within *budget*."""
+        self._block_events = 0
         self._take(self._framer.feed(b"", budget=budget))
 
+    def _decode_events(self, block: bytes) -> list[Event]:
+        """The framer's block decoder, counting: a read it took whole needs no type test."""
+        events = decode_event_block(block)
+        self._block_events += len(events)
+        return events
+
     def _take(self, items: list[Any]) -> None:
-        if not only_events(items):
+        from_blocks, self._block_events = self._block_events, 0
+        if from_blocks != len(items) and not only_events(items):
             for item in items:
                 if isinstance(item, ParseError) and item.kind is ParseErrorKind.TOO_LARGE:
                     raise MessageTooLarge(item.size or self._max_size + 1,
@@ -220,6 +231,13 @@ class ClientConnection:
                 return out[0]
         return NEED_DATA
 
+    @property
+    def only_events_ready(self) -> bool:
+        """Whether what :meth:`next_events` hands out now is events only (maybe
+        none): the reader's bulk path, without a test per item."""
+        return (not self._non_events and not self._ready
+                and self._machine.state is not ClientState.RESYNCING)
+
     def next_events(self) -> list[ClientEvent]:
         """Everything the server said so far, in order: :meth:`next_event` in bulk.
 
@@ -227,8 +245,7 @@ class ClientConnection:
         per-event cost down to the decoding itself.
         """
         inbox = self._inbox
-        if (not self._non_events and not self._ready
-                and self._machine.state is not ClientState.RESYNCING):
+        if self.only_events_ready:
             out: list[ClientEvent] = list(inbox)
             inbox.clear()
             return out
