@@ -199,12 +199,14 @@ async def test_a_message_that_is_not_an_event_is_skipped_not_fatal(broker: NatsS
                                                                    host: Host) -> None:
     import nats
 
+    host.emit(1)
+    await until_stored([broker.url], 2)  # the agent has made the stream
     client = await nats.connect(broker.url)
     try:
         await client.jetstream().publish("qmp.h0.vm1.STOP", b"not json at all")
     finally:
         await client.close()
-    host.emit(2)
+    host.emit(1)
     await until_stored([broker.url], 5)
     status, out, err = await run("watch", broker.url, "--since", "all", "--json",
                                  "--count", "4")
