@@ -392,6 +392,7 @@ def events(draw: st.DrawFn) -> tuple[str, Any, Timestamp, catalog.Profile]:
     return name, draw(DATA[name]), stamp, profile
 
 
+@pytest.mark.fuzz
 @settings(max_examples=500, deadline=None)
 @given(events())
 def test_encode_decode_round_trip(case: tuple[str, Any, Timestamp, catalog.Profile]) -> None:

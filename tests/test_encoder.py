@@ -196,6 +196,7 @@ def _qemu_text(value: Any) -> bool:
     return True
 
 
+@pytest.mark.fuzz
 @settings(max_examples=400, deadline=None)
 @given(json_values)
 def test_encoded_line_is_ascii_and_parses_back(value: Any) -> None:

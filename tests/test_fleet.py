@@ -28,6 +28,8 @@ from fleet_support import (
 
 import qmpevents
 
+pytestmark = pytest.mark.service  # starts nats-server / prometheus
+
 AGENTS = 3
 VMS_PER_AGENT = 10
 

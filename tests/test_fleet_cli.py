@@ -18,6 +18,8 @@ from fleet_support import Host, NatsServer, hosts, until_stored
 
 from qmpevents.sim import SimulatedVM
 
+pytestmark = pytest.mark.service  # starts nats-server / prometheus
+
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[NatsServer]:

@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import qmpevents
 from qmpevents.sim import SimulatedVM
 
+pytestmark = pytest.mark.service  # starts nats-server / prometheus
+
 
 def _get(url: str) -> str:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only

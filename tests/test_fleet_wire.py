@@ -24,6 +24,8 @@ from qmpevents.fleet.publisher import Wire
 from qmpevents.fleet.spool import Position, SpoolRecord
 from qmpevents.fleet.subjects import message_id
 
+pytestmark = pytest.mark.service  # starts nats-server / prometheus
+
 NAMES = [("web1", "vm0"), ("hôte", "disque.été"), (" padded ", "two  spaces"),
          ("h", "line\r\nbreak"), ("h", "tab\tand\x0bvt"), ("\uff48", "\u3000wide\u3000")]
 

@@ -599,6 +599,7 @@ def test_fast_path_equals_exact_path_on_mixed_streams(data: bytes, cuts: list[in
     check_exact(data, cuts, value_framer(), Reference())
 
 
+@pytest.mark.fuzz
 @EXACT
 @given(garbage_streams, st.lists(st.integers(min_value=0), max_size=10),
        st.integers(min_value=4, max_value=80), st.integers(min_value=1, max_value=5))

@@ -38,7 +38,7 @@ from qemu_support import qemu_binary
 SIM_EMULATOR = str(Path(sys.executable).with_name("qmpevents-qemu"))
 CONSUMER = Path(__file__).with_name("libvirt_event_consumer.py")
 
-pytestmark = requires_libvirt
+pytestmark = [requires_libvirt, pytest.mark.service]  # starts libvirtd and virtlogd
 
 
 def _has_python_libvirt() -> bool:
