@@ -146,10 +146,11 @@ class ServerConnection:
 
     def send_event(self, line: bytes) -> bool:
         """Queue one encoded event line; False (dropped) unless negotiated, as QEMU."""
-        self._machine.fire(ServerInput.SEND_EVENT)
-        if self._machine.state not in SERVER_EVENT_STATES:
+        machine = self._machine
+        machine.fire(ServerInput.SEND_EVENT)
+        if machine.state not in SERVER_EVENT_STATES:
             return False
-        self._append(line)
+        self._out.append(line)
         return True
 
     def data_to_send(self) -> bytes:

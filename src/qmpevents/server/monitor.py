@@ -274,9 +274,11 @@ class Monitor(asyncio.Protocol):
             if self._unsent > self._max_outbound:
                 self._overflow()
                 return
+        was_empty = not conn.output_size
         if conn.send_event(data):
             self._unsent += len(data)
-            self._queue_flush()
+            if was_empty:  # the first line since the last flush: one flush is enough
+                self._flusher.add(self)
 
     def _queue_flush(self) -> None:
         conn = self._conn
