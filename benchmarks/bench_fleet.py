@@ -213,13 +213,19 @@ async def throughput(work: Path, vm_count: int, per_vm: int) -> dict[str, float]
                 "agent_cpu": agent_cpu / total * 1e6, "consumer_cpu": consumer_cpu / total * 1e6,
                 "broker_cpu": broker_cpu / total * 1e6, "vms_cpu": vms_cpu / total * 1e6}
     finally:
-        if agent is not None and agent.returncode is None:
-            agent.kill()
-            await agent.wait()
-        await broker.kill()
-        for vm in vms:
-            await vm.close()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        await tear_down(agent, broker, vms, sock_dir)
+
+
+async def tear_down(agent: asyncio.subprocess.Process | None, broker: Broker,
+                    vms: list[SimulatedVM], sock_dir: str) -> None:
+    """Whatever a run started, stopped: the agent, the broker, the VMs, their sockets."""
+    if agent is not None and agent.returncode is None:
+        agent.kill()
+        await agent.wait()
+    await broker.kill()
+    for vm in vms:
+        await vm.close()
+    shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def rss_mib(pid: int) -> float:
@@ -272,13 +278,7 @@ async def outage(work: Path, vm_count: int, seconds: int) -> dict[str, float]:
         return {"before": before, "peak": peak, "after": after, "spooled": spooled,
                 "events": total, "drain": drain}
     finally:
-        if agent is not None and agent.returncode is None:
-            agent.kill()
-            await agent.wait()
-        await broker.kill()
-        for vm in vms:
-            await vm.close()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        await tear_down(agent, broker, vms, sock_dir)
 
 
 async def main(quick: bool) -> int:

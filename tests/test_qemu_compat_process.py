@@ -6,6 +6,7 @@ import json
 import os
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -63,10 +64,16 @@ def workdir() -> Iterator[Path]:
 
 
 def _wait_exit(pid: int) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not Path(f"/proc/{pid}").exists()
+    """Wait for a process that is not our child (a daemon) to exit: its pidfd says so."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        readable, _, _ = select.select([fd], [], [], DEADLINE)
+        assert readable, f"process {pid} still runs after {DEADLINE} s"
+    finally:
+        os.close(fd)
 
 
 def test_probe_mode_daemonizes_once_listening(workdir: Path) -> None:
