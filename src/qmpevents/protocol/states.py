@@ -202,9 +202,6 @@ class StateMachine(Generic[StateT, InputT]):
         self._error: StateT = error
         self.state: StateT = initial
 
-    def allows(self, event: InputT) -> bool:
-        return event in self._table[self.state]
-
     def fire(self, event: InputT) -> StateT:
         """Apply *event*; raise LocalProtocolError (and go to ERROR) if not allowed."""
         nxt = self._table[self.state].get(event)
