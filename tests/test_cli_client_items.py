@@ -100,6 +100,7 @@ async def test_watch_exit_on_disconnect() -> None:
             await vm.close()
             assert await cli.wait() == 0
     assert any("vm1: disconnected; exiting" in line for line in cli.err)
+    assert not any("retrying" in line for line in cli.err)  # it does not retry: it exits
 
 
 async def test_exec_wait_prints_the_event_the_command_causes() -> None:

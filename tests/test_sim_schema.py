@@ -237,3 +237,14 @@ def test_drive_media_option_is_checked(spec: str) -> None:
     assert parse_drive("cd0,media=cdrom,werror=stop").media == "cdrom"
     with pytest.raises(ValueError, match="unknown or repeated option"):
         parse_drive(spec)
+
+
+async def test_an_unnamed_vm_has_no_name_as_qemu() -> None:
+    """QEMU without -name answers {} and an empty ``info name``; clients then name the VM."""
+    async with SimulatedVM(profile="qemu-7.2") as vm, \
+            qmpevents.connect(f"unix:{vm.socket_path}") as qmp:
+        assert await qmp.execute("query-name") == {}
+        assert await qmp.execute("human-monitor-command", {"command-line": "info name"}) == ""
+    async with SimulatedVM(profile="qemu-7.2", name="web1") as vm, \
+            qmpevents.connect(f"unix:{vm.socket_path}") as qmp:
+        assert await qmp.execute("query-name") == {"name": "web1"}

@@ -60,6 +60,9 @@ if TYPE_CHECKING:
         QMPClient,
         Subscription,
         SyncQMPClient,
+        Unreachable,
+        VMs,
+        VMState,
         connect,
         connect_sync,
         watch_vms,
@@ -69,8 +72,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {name: "qmpevents.client" for name in
-         ("ConnectionResumed", "QMPClient", "Subscription", "SyncQMPClient", "connect",
-          "connect_sync", "watch_vms")}
+         ("ConnectionResumed", "QMPClient", "Subscription", "SyncQMPClient", "Unreachable",
+          "VMState", "VMs", "connect", "connect_sync", "watch_vms")}
 _LAZY["ManualClock"] = "qmpevents.clock"
 
 
@@ -118,6 +121,9 @@ __all__ = [
     "TLSCredsError",
     "Timestamp",
     "UnknownEvent",
+    "Unreachable",
+    "VMState",
+    "VMs",
     "VncConnected",
     "VncDisconnected",
     "VncInitialized",

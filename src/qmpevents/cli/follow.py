@@ -74,6 +74,7 @@ def state_notes(note: Note, rescan: float,
         elif state.status == "lost":
             if error is None and not state.scanned and on_disconnect is not None:
                 on_disconnect(state.vm)
+                return  # the command ends here: no "retrying"
             note(f"{target.name}: lost ({reason}); retrying")
         elif state.status == "unreachable":
             note(f"{target.name}: cannot connect ({reason}); retrying")

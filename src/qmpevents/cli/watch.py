@@ -123,11 +123,12 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
         return 128 + signum if has_condition else 0
 
     def on_disconnect(vm: str) -> None:
-        if args.exit_on_disconnect and not done.done():
+        if not done.done():
             note(f"{vm}: disconnected; exiting (--exit-on-disconnect)")
             done.set_result(0)
 
-    vms = follow_vms(args, on_event, note, on_disconnect=on_disconnect)
+    vms = follow_vms(args, on_event, note,
+                     on_disconnect=on_disconnect if args.exit_on_disconnect else None)
     try:
         return await run_session(vms, done, args.timeout, note, on_timeout=on_timeout,
                                  on_signal=on_signal)

@@ -526,7 +526,8 @@ class QMPClient:
             raise MonitorBusy(
                 f"{self.address}: connected, but no QMP greeting within "
                 f"{self.greeting_timeout:g} s: the monitor is busy (QEMU serves one client "
-                f"per socket; add another -qmp socket) or this is not a QMP server") from None
+                f"per socket; add another -qmp socket), it expects TLS (--tls-creds), "
+                f"or this is not a QMP server") from None
 
     async def close(self) -> None:
         """Close the connection; pending commands fail, iterators end.  Idempotent."""

@@ -110,7 +110,7 @@ def _info_block(machine: Machine) -> str:
 
 _INFO: dict[str, Callable[[Machine], str]] = {
     "status": _info_status,
-    "name": lambda machine: f"{machine.name}\n",
+    "name": lambda machine: f"{machine.name}\n" if machine.name else "",  # as QEMU
     "version": _info_version,
     "block": _info_block,
     "kvm": lambda _machine: "kvm support: disabled\n",

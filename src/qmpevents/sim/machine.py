@@ -51,7 +51,7 @@ EventSink = Callable[[dict[str, Any]], object]
 class Machine:
     """A VM that does what QMP and the simulated guest ask, emitting QEMU's events."""
 
-    def __init__(self, *, name: str = "qmpevents-sim", profile: Profile = "seed",
+    def __init__(self, *, name: str | None = None, profile: Profile = "seed",
                  drives: Sequence[DriveConfig] = (), no_shutdown: bool = False,
                  start_paused: bool = False, powerdown_delay: float = 1.0,
                  ignore_acpi: bool = False, clock: Clock | None = None) -> None:
@@ -294,7 +294,8 @@ class Machine:
 
     def screen(self) -> list[str]:
         """What the VNC display shows: the truth about the machine."""
-        lines = [self.name, f"status: {self.state.value}", f"profile: {self.profile}"]
+        lines = [self.name or "qmpevents-sim", f"status: {self.state.value}",
+                 f"profile: {self.profile}"]
         lines += [f"drive {drive.config.id}: {drive.io_status}"
                   for drive in self.block.drives.values()]
         return lines

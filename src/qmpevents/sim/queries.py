@@ -83,7 +83,7 @@ class Queries:
         self._template_node = str(block["inserted"]["node-name"])
         self._state: dict[str, Query] = {
             "query-status": machine.query_status,
-            "query-name": lambda: {"name": machine.name},
+            "query-name": lambda: {"name": machine.name} if machine.name else {},  # as QEMU
             "query-version": lambda: machine.version,
             "query-block": machine.block.query,
             "query-blockstats": lambda: self._per_drive("query-blockstats"),

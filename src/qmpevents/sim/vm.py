@@ -78,7 +78,7 @@ class SimulatedVM:
                  start_paused: bool = False, profile: Profile = "seed",
                  vnc: str | None = None, vnc_password: str | None = None,
                  vnc_port: int | None = None, vnc_connections: int | None = None,
-                 name: str = "qmpevents-sim",
+                 name: str | None = None,
                  powerdown_delay: float = 1.0, ignore_acpi: bool = False,
                  single_client: bool = False, multi_client: bool = False,
                  allow_remote: bool = False,
@@ -156,7 +156,7 @@ class SimulatedVM:
                 host, display = self._vnc_spec
                 vnc = VncListener(host, display, on_event=self.machine.vnc_event,
                                   screen=self.machine.screen, password=self._vnc_password,
-                                  name=self.machine.name, port=self._vnc_port,
+                                  name=self.machine.name or "qmpevents-sim", port=self._vnc_port,
                                   connections=self._vnc_connections or DEFAULT_CONNECTIONS)
                 await vnc.start()
                 self.machine.vnc = vnc
