@@ -201,3 +201,11 @@ def test_clients_that_give_up_while_one_is_served_cost_no_descriptor(
     finally:
         process.kill()
         process.wait()
+
+
+def test_version_is_what_real_qemu_prints() -> None:
+    ours = subprocess.run([SIM, "-version"], capture_output=True, text=True, timeout=30)
+    qemu = subprocess.run([qemu_binary(), "-version"], capture_output=True, text=True,
+                          timeout=30)
+    assert (ours.returncode, ours.stdout) == (qemu.returncode, qemu.stdout) == (0, qemu.stdout)
+    assert qemu.stdout.startswith("QEMU emulator version 7.2.")

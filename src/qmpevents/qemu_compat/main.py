@@ -30,6 +30,7 @@ from qmpevents.qemu_compat.cmdline import CommandLineError, QemuCommandLine, par
 from qmpevents.qemu_compat.surface import compat_commands
 from qmpevents.qemu_compat.vcpus import VcpuStartError, VcpuThreads
 from qmpevents.server.listeners import Listener, MonitorFactory
+from qmpevents.sim.machine import QEMU_VERSION
 from qmpevents.sim.vm import SimulatedVM
 
 PROG = "qmpevents-qemu"
@@ -134,8 +135,19 @@ def _daemonize(cmdline: QemuCommandLine) -> int:
     os._exit(status)
 
 
+def version_text() -> str:
+    """QEMU's ``-version`` output, for the QEMU the simulated machine answers as."""
+    qemu, package = QEMU_VERSION["qemu"], QEMU_VERSION["package"]
+    return (f"QEMU emulator version {qemu['major']}.{qemu['minor']}.{qemu['micro']} "
+            f"({package})\nCopyright (c) 2003-2022 Fabrice Bellard and the QEMU Project "
+            f"developers\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["-version"], ["--version"]):  # what a tool probing "which QEMU is this" reads
+        sys.stdout.write(version_text())
+        return 0
     try:
         cmdline = parse_command_line(args)
         if cmdline.daemonize:
