@@ -204,8 +204,9 @@ def test_clients_that_give_up_while_one_is_served_cost_no_descriptor(
 
 
 def test_version_is_what_real_qemu_prints() -> None:
+    binary = qemu_binary()
+    assert binary is not None
     ours = subprocess.run([SIM, "-version"], capture_output=True, text=True, timeout=30)
-    qemu = subprocess.run([qemu_binary(), "-version"], capture_output=True, text=True,
-                          timeout=30)
+    qemu = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=30)
     assert (ours.returncode, ours.stdout) == (qemu.returncode, qemu.stdout) == (0, qemu.stdout)
     assert qemu.stdout.startswith("QEMU emulator version 7.2.")
