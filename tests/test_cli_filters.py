@@ -75,3 +75,17 @@ def test_bad_match_is_a_usage_error(spec: str) -> None:
 def test_same_key_twice_is_a_usage_error() -> None:
     with pytest.raises(FilterError):
         build_filter([], ["action=stop", "data.action=report"])
+
+
+def test_text_lines_escape_what_would_drive_the_terminal() -> None:
+    """A hostile server's names and data cannot forge lines, recolour or retitle a terminal."""
+    from qmpevents.catalog import decode_event
+    from qmpevents.cli.render import raw_line, text_line
+
+    event = decode_event(b'{"event": "X\\u001b]0;pwned\\u0007\\nFORGED", "timestamp": '
+                         b'{"seconds": 1, "microseconds": 0}, "data": {"k": "\\u001b[2J"}}')
+    line = text_line("\x1b[31mEVIL\nFAKE 00:00:00.000 other SHUTDOWN\r", event, colour=False)
+    raw = raw_line("vm\x1b[2J", b'["\x1b[2J\n"]', colour=False)
+    for text in (line, raw):
+        assert not any(ord(char) < 0x20 or 0x7f <= ord(char) <= 0x9f for char in text), text
+    assert "\\x1b[31mEVIL\\x0aFAKE" in line and "\\x07\\x0aFORGED" in line

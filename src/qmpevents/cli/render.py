@@ -11,6 +11,7 @@ gets its line, and :func:`raw_line` shows anything else as the bytes received.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -26,6 +27,15 @@ _VNC_COLOUR = "34"
 _DIM = "2"
 
 _encode = msgspec.json.Encoder().encode
+
+# C0 and C1 controls (ESC, CR, LF, BEL, ...): what a peer sends must not drive the
+# terminal (colours, titles, a forged line), so they are shown escaped.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _safe(text: str) -> str:
+    """*text* (from a server or a recording) with its control characters escaped."""
+    return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _paint(text: str, code: str, colour: bool) -> str:
@@ -78,9 +88,9 @@ def text_line(vm: str, event: Event | UnknownEvent, *, colour: bool) -> str:
     """``12:00:01.250 vm1 STOP key=value...``."""
     name = event.name
     code = _VNC_COLOUR if name.startswith("VNC_") else _COLOURS.get(name, "1")
-    line = (f"{_paint(clock_time(event), _DIM, colour)} {_paint(vm, '1', colour)} "
-            f"{_paint(name, code, colour)}")
-    details = summary(event)
+    line = (f"{_paint(clock_time(event), _DIM, colour)} {_paint(_safe(vm), '1', colour)} "
+            f"{_paint(_safe(name), code, colour)}")
+    details = _safe(summary(event))
     return f"{line} {details}" if details else line
 
 
@@ -94,5 +104,5 @@ def json_line(vm: str, event: Event | UnknownEvent) -> str:
 
 def raw_line(vm: str, raw: bytes, *, colour: bool) -> str:
     """A message that cannot be shown as an event: ``? vm (not an event) BYTES``."""
-    text = raw.decode("utf-8", "backslashreplace").strip()
-    return f"{_paint('?', _DIM, colour)} {_paint(vm, '1', colour)} (not an event) {text}"
+    text = _safe(raw.decode("utf-8", "backslashreplace").strip())
+    return f"{_paint('?', _DIM, colour)} {_paint(_safe(vm), '1', colour)} (not an event) {text}"
