@@ -212,3 +212,14 @@ async def test_a_busy_consumer_slows_the_vm_down_and_loses_nothing(directory: Pa
             offsets = [(await _offset(vms))[1] for _ in range(6000)]
     assert offsets == list(range(6000))
     assert "lost" not in statuses
+
+
+async def test_a_burst_before_the_name_reply_loses_nothing() -> None:
+    """QEMU answers query-name after the events it had queued: 20,000 of them here."""
+    from qmpevents.testing import FakeQMP
+
+    async with FakeQMP(events_after_negotiation=20_000) as fake, \
+            qmpevents.watch_vms(fake.address, clock=ManualClock()) as vms:
+        async with asyncio.timeout(30):
+            offsets = [(await _offset(vms))[1] for _ in range(20_000)]
+    assert offsets == list(range(20_000))

@@ -218,7 +218,7 @@ class VMs:
 
     # -- following ----------------------------------------------------------------
 
-    async def _open(self, target: Target) -> tuple[QMPClient, Subscription[QMPEvent], str]:
+    async def _open(self, target: Target) -> tuple[QMPClient, AsyncIterator[QMPEvent], str]:
         """Subscribe, then connect: no event after negotiation can slip by."""
         options = dict(self._client_options)
         # The follower applies backpressure itself (a bounded hand-over): a busy
@@ -231,11 +231,11 @@ class VMs:
         events = client.events(*self._events, **self._filters)
         try:
             await client.connect()
-            name = await display_name(client, target)
+            name, early = await _name_while_draining(client, target, events)
         except BaseException:
             await client.close()
             raise
-        return client, events, name
+        return client, _chain(early, events), name
 
     def _scan(self) -> None:
         for spec in self.specs:
@@ -250,7 +250,7 @@ class VMs:
             self._scan()
 
     def _attach(self, target: Target, *, pattern: bool,
-                first: tuple[QMPClient, Subscription[QMPEvent], str] | None = None) -> None:
+                first: tuple[QMPClient, AsyncIterator[QMPEvent], str] | None = None) -> None:
         task = asyncio.create_task(self._follow(target, pattern, first))
         self._tasks[target.address] = task
         task.add_done_callback(lambda _: self._tasks.pop(target.address, None))
@@ -270,7 +270,7 @@ class VMs:
             await self._queue.put(VMEvent(vm, event))
 
     async def _follow(self, target: Target, pattern: bool,
-                      opened: tuple[QMPClient, Subscription[QMPEvent], str] | None) -> None:
+                      opened: tuple[QMPClient, AsyncIterator[QMPEvent], str] | None) -> None:
         """Stream one VM's events; say losses and returns; retry with back-off."""
         first_delay, max_delay = self._backoff
         delay = first_delay
@@ -332,3 +332,44 @@ def watch_vms(*targets: str, **options: Any) -> VMs:
     goes to each VM's :class:`~qmpevents.client.QMPClient`.
     """
     return VMs(targets, **options)
+
+
+EARLY_LIMIT = 1 << 16
+"""Events taken while a VM's name is asked, at most: the burst QEMU may have queued."""
+
+
+async def _name_while_draining(client: QMPClient, target: Target,
+                               events: Subscription[QMPEvent]) -> tuple[str, list[QMPEvent]]:
+    """The VM's name, taking its events meanwhile (at most :data:`EARLY_LIMIT`).
+
+    A VM with a burst queued answers ``query-name`` after the burst: a
+    subscription nobody reads until then would fill, and the client, which
+    must read on for the reply, would cut it off and lose the rest.
+    """
+    asking = asyncio.ensure_future(display_name(client, target))
+    early: list[QMPEvent] = []
+    try:
+        while not asking.done() and len(early) < EARLY_LIMIT:
+            taking = asyncio.ensure_future(events.get(timeout=None))
+            await asyncio.wait((asking, taking), return_when=asyncio.FIRST_COMPLETED)
+            if taking.done():
+                if taking.exception() is not None:
+                    break  # the connection ended: the follower hears of it from *events*
+                early.append(taking.result())
+                while events.qsize() and len(early) < EARLY_LIMIT:  # all of this read
+                    early.append(events.get_nowait())
+            else:
+                taking.cancel()
+                await asyncio.gather(taking, return_exceptions=True)
+        return await asking, early
+    finally:
+        asking.cancel()
+
+
+async def _chain(early: list[QMPEvent], events: Subscription[QMPEvent]
+                 ) -> AsyncIterator[QMPEvent]:
+    for event in early:
+        yield event
+    async for event in events:
+        yield event
+
