@@ -192,3 +192,31 @@ async def test_stop_leaves_no_state_query_behind() -> None:
     await asyncio.sleep(0)
     assert started == 1 and not metrics._refreshing
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_a_vm_is_one_label_under_its_own_name(vm_dir: str) -> None:
+    """Every series names the VM as its events do (query-name), not by the socket's stem,
+    and the run state follows a STOP (newcomer: events under `db1`, the rest under `mon7`,
+    the run state stuck at running)."""
+    with short_dir("ctl") as control_dir:
+        await _one_label(vm_dir, f"{control_dir}/ctl.sock")
+
+
+async def _one_label(vm_dir: str, control: str) -> None:
+    # One client per socket in this profile: the test drives the VM through a second one.
+    vm = SimulatedVM(qmp=[f"unix:{vm_dir}/mon7.sock", f"unix:{control}"], profile="qemu-7.2",
+                     name="db1")
+    await vm.start()
+    cli, url = await start_exporter(vm_dir)
+    try:
+        await until_sample(url, key("qmpevents_vm_run_state", vm="db1", state="running"), 1)
+        async with qmpevents.connect(f"unix:{control}") as qmp:
+            await qmp.execute("stop")
+        await until_sample(url, key("qmpevents_vm_run_state", vm="db1", state="paused"), 1)
+        found = await samples(url)
+        assert found[key("qmpevents_events_total", vm="db1", event="STOP")] == 1
+        assert found[key("qmpevents_target_connected", vm="db1")] == 1
+        assert {dict(labels).get("vm") for _, labels in found} - {None} == {"db1"}
+    finally:
+        await cli.kill()
+        await vm.close()

@@ -39,6 +39,7 @@ import logging
 import os
 import ssl as _ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self
 
@@ -65,7 +66,8 @@ that names no VM yet (said once, on entry; *detail* says which)."""
 OnEvent = Callable[[str, QMPEvent], Awaitable[None]]
 """``await on_event(vm, event)``, called by the VM's follower instead of queueing."""
 OnLink = Callable[[Target, QMPClient | None], None]
-"""``on_link(target, client)``: a connection came up; ``(target, None)``: it went down."""
+"""``on_link(target, client)``: a connection came up; ``(target, None)``: it went down.
+*target*'s name is the VM's name as its events carry it (``query-name`` included)."""
 Trace = Callable[[str, bytes], None]
 """A connection's traffic observer, ``trace(direction, data)`` (``in`` / ``out``)."""
 
@@ -288,13 +290,15 @@ class VMs:
                         self._status(VMState(name, "attached", target.address, target, pattern))
                     failing = False
                     delay = first_delay
+                    # The hook sees the VM under the name its events carry.
+                    shown = target if name == target.name else replace(target, name=name)
                     if self._on_link is not None:
-                        self._on_link(target, client)
+                        self._on_link(shown, client)
                     async for event in events:
                         await self._deliver(name, event)
                 finally:
                     if self._on_link is not None:
-                        self._on_link(target, None)
+                        self._on_link(shown, None)
                     await client.close()
                 self._lost.add(target.address)
                 self._status(VMState(name, "lost", "disconnected", target, pattern))
