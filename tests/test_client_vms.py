@@ -7,6 +7,7 @@ the test advances, so nothing waits for real time.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -144,8 +145,9 @@ async def test_start_reports_every_unreachable_fixed_target(directory: Path) -> 
                                   f"b={directory}/b.sock")
         unreachable = await vms.start()
         await vms.close()
-    assert [(u.target.name, type(u.error)) for u in unreachable] == [
-        ("a", FileNotFoundError), ("b", FileNotFoundError)]
+    assert [(u.target.name, type(u.error), u.error.errno) for u in unreachable] == [
+        ("a", qmpevents.ConnectError, errno.ENOENT), ("b", qmpevents.ConnectError, errno.ENOENT)]
+    assert str(unreachable[0].error) == f"unix:{directory}/a.sock: No such file or directory"
     assert vms.followed == []  # the reachable one is not followed either
 
 

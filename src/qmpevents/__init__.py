@@ -36,6 +36,7 @@ from qmpevents.catalog import (
 from qmpevents.errors import (
     AddressError,
     CommandFailure,
+    ConnectError,
     ConnectionLost,
     EventValidationError,
     ExecuteError,
@@ -91,6 +92,7 @@ __all__ = [
     "AddressError",
     "BlockIoError",
     "CommandFailure",
+    "ConnectError",
     "ConnectionLost",
     "ConnectionResumed",
     "Event",

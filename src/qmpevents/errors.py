@@ -93,6 +93,26 @@ class ConnectionLost(QMPEventsError):
     """The connection ended: pending commands and event iterators end with this."""
 
 
+class ConnectError(QMPEventsError, ConnectionError):
+    """An address could not be reached: says which, and why in the OS's words.
+
+    A :class:`ConnectionError`, so an :class:`OSError` (``errno`` and
+    ``strerror`` are the OS's, the original error is the ``__cause__``): code
+    written for the bare OS error still catches it; ``str()`` names the
+    address, which the OS's error does not.
+    Also raised when a TLS server ends the session before its greeting (it
+    refused this client's certificate, or its lack of one).
+    """
+
+    def __init__(self, address: str, reason: str, errno: int | None = None) -> None:
+        super().__init__(errno, reason)
+        self.address = address
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.address}: {self.reason}"
+
+
 class MonitorBusy(QMPEventsError, ConnectionError):
     """The socket accepted the connection but no greeting came.
 

@@ -34,6 +34,7 @@ from qmpevents.addresses import Address, AddressLike, TcpAddress, UnixAddress, p
 from qmpevents.client.expect import Expectation, FirstMatch
 from qmpevents.client.filters import E2, E, EventFilter, EventSpec, Predicate, QMPEvent
 from qmpevents.client.ratelimit import RateLimitedLog
+from qmpevents.client.unreachable import connect_error, tls_refused
 from qmpevents.client.subscriptions import (
     DEFAULT_MAXSIZE,
     ConnectionResumed,
@@ -493,25 +494,33 @@ class QMPClient:
         link = _Link(self, resync=self.reconnect, hold=hold)
         address = self.address
         async with deadline(self.clock, self.connect_timeout, f"{address}: not connected"):
-            if isinstance(address, UnixAddress):
-                await loop.create_unix_connection(lambda: link, address.path)
-            else:
-                assert isinstance(address, TcpAddress)
-                if self.ssl is None:
-                    await loop.create_connection(lambda: link, address.host, address.port)
+            try:
+                if isinstance(address, UnixAddress):
+                    await loop.create_unix_connection(lambda: link, address.path)
                 else:
-                    await loop.create_connection(
-                        lambda: link, address.host, address.port, ssl=self.ssl,
-                        server_hostname=self.server_hostname or address.host,
-                        ssl_handshake_timeout=self.connect_timeout)
+                    assert isinstance(address, TcpAddress)
+                    if self.ssl is None:
+                        await loop.create_connection(lambda: link, address.host, address.port)
+                    else:
+                        await loop.create_connection(
+                            lambda: link, address.host, address.port, ssl=self.ssl,
+                            server_hostname=self.server_hostname or address.host,
+                            ssl_handshake_timeout=self.connect_timeout)
+            except _ssl.SSLError:  # says what failed; callers catch its classes
+                raise
+            except OSError as exc:  # the OS's error does not say which address
+                raise connect_error(address, exc, tls=self.ssl is not None) from exc
             self._link = link
             try:
                 await self._await_greeting(link)
                 await asyncio.shield(link.ready)
-            except BaseException:
+            except BaseException as exc:
                 self._link = None
                 if link.transport is not None:
                     link.transport.abort()
+                if isinstance(exc, ConnectionLost) and self.ssl is not None \
+                        and not link.received_any:  # a TLS server that refused this client
+                    raise tls_refused(address, exc.__cause__) from exc
                 raise
         logger.info("%s: connected", address)
         return link

@@ -1,0 +1,88 @@
+"""Connecting to an address that cannot be reached: one ConnectError naming the address.
+
+A newcomer's findings: a missing socket raised a bare ``FileNotFoundError``
+without the path, a regular file said ``Connection refused``, and a TLS server
+that requires a client certificate was reported as a lost connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+import qmpevents
+from qmpevents.addresses import TcpAddress
+from qmpevents.sim import SimulatedVM
+
+
+async def test_a_missing_socket_names_its_path(short_tmp: str) -> None:
+    address = f"unix:{short_tmp}/nonexist.sock"
+    with pytest.raises(qmpevents.ConnectError) as caught:
+        async with qmpevents.connect(address):
+            pass
+    error = caught.value
+    assert str(error) == f"{address}: No such file or directory"
+    assert (error.errno, error.strerror, error.address) == (
+        errno.ENOENT, "No such file or directory", address)
+    assert isinstance(error, OSError) and isinstance(error, qmpevents.QMPEventsError)
+    assert isinstance(error.__cause__, FileNotFoundError)  # the OS's own error, kept
+
+
+def test_connect_sync_names_the_path_too(short_tmp: str) -> None:
+    path = f"{short_tmp}/nonexist.sock"
+    with pytest.raises(qmpevents.ConnectError, match=f"^unix:{path}: No such file"), \
+            qmpevents.connect_sync(path):
+        pass
+
+
+async def test_a_regular_file_is_not_a_socket(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("not a VM\n")
+    with pytest.raises(qmpevents.ConnectError,
+                       match=r"README\.md: not a socket \(a regular file\)$") as caught:
+        await qmpevents.connect(str(readme))
+    assert caught.value.errno == errno.ECONNREFUSED  # what the OS said, still there
+    with pytest.raises(qmpevents.ConnectError, match=r": not a socket \(a directory\)$"):
+        await qmpevents.connect(str(tmp_path))
+
+
+async def test_a_socket_nobody_listens_on_is_refused(short_tmp: str) -> None:
+    import socket
+
+    path = os.path.join(short_tmp, "dead.sock")
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(path)  # bound, never listening: what a VM that died leaves behind
+    try:
+        with pytest.raises(qmpevents.ConnectError, match=f"{path}: Connection refused$"):
+            await qmpevents.connect(path)
+    finally:
+        dead.close()
+
+
+@pytest.mark.subprocess  # the openssl CLI makes the certificates
+async def test_a_tls_server_that_requires_a_client_certificate_says_so(
+        tmp_path: Path) -> None:
+    from pki_support import make_pki
+
+    from qmpevents.tls import client_context, server_context
+
+    pki = make_pki(tmp_path)
+    vm = SimulatedVM(qmp=["tcp:127.0.0.1:0"],
+                     tls=server_context(pki["server"], verify_peer=True))
+    async with vm:
+        address = vm.addresses[0]
+        assert isinstance(address, TcpAddress)
+        where = f"tcp:127.0.0.1:{address.port}"
+        for who in ("anonymous", "stranger"):  # no client certificate; one of another CA
+            with pytest.raises(qmpevents.ConnectError) as caught:
+                await qmpevents.connect(where, ssl=client_context(pki[who]),
+                                        connect_timeout=5)
+            message = str(caught.value)
+            assert message.startswith(f"{where}: ")
+            assert "TLS" in message and "client certificate" in message, message
+            assert "lost" not in message
+        async with qmpevents.connect(where, ssl=client_context(pki["client"])) as qmp:
+            assert (await qmp.execute("query-status"))["status"] == "running"
