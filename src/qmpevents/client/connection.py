@@ -34,7 +34,6 @@ from qmpevents.addresses import Address, AddressLike, TcpAddress, UnixAddress, p
 from qmpevents.client.expect import Expectation, FirstMatch
 from qmpevents.client.filters import E2, E, EventFilter, EventSpec, Predicate, QMPEvent
 from qmpevents.client.ratelimit import RateLimitedLog
-from qmpevents.client.unreachable import connect_error, tls_refused
 from qmpevents.client.subscriptions import (
     DEFAULT_MAXSIZE,
     ConnectionResumed,
@@ -42,6 +41,7 @@ from qmpevents.client.subscriptions import (
     Sink,
     Subscription,
 )
+from qmpevents.client.unreachable import connect_error, tls_refused
 from qmpevents.clock import REAL_CLOCK, Clock, Timer, deadline, sleep
 from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE
 from qmpevents.errors import (
