@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from cli_process import running
 from qemu_support import QemuProcess, requires_qemu
 
 import qmpevents
+from qmpevents.recording import read_recording
 
 pytestmark = [requires_qemu, pytest.mark.qemu]
 
@@ -29,3 +31,21 @@ async def test_watch_real_qemu_until_shutdown() -> None:
     assert shutdown["event"] == "SHUTDOWN"
     assert shutdown["data"] == {"guest": False, "reason": "host-qmp-quit"}
     assert "Traceback" not in "".join(cli.err)
+
+
+async def test_record_all_messages_names_real_qemu_by_its_name(tmp_path: Path) -> None:
+    """``-name realvm``: every record says ``realvm`` with --all-messages too, as without."""
+    async with QemuProcess("-name", "realvm", extra_qmp=1) as vm:
+        for extra, command, event in (((), "cont", "RESUME"),
+                                      (("--all-messages",), "stop", "STOP")):
+            out = tmp_path / f"rec{len(extra)}.jsonl"
+            async with running("record", vm.socket_path, "-o", str(out), "--count", "1",
+                               "--timeout", "20", *extra) as cli:
+                await cli.wait_line("recording to", "err")
+                async with qmpevents.connect(vm.extra_socket_paths[0]) as qmp:
+                    await qmp.execute(command)
+                assert await cli.wait(timeout=20) == 0
+            found = list(read_recording(str(out)))
+            assert {r.vm for r in found} == {"realvm"}, [(r.vm, r.direction) for r in found]
+            assert [r.message_value()["event"] for r in found if r.direction == "event"] == [
+                event]

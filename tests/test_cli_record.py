@@ -107,6 +107,34 @@ async def test_all_messages_both_ways_in_wire_order(vm: SimulatedVM, tmp_path: P
     assert [e["event"] for e in events] == ["RTC_CHANGE", "STOP"]
 
 
+@pytest.mark.parametrize("pretty", [False, True], ids=["lines", "pretty"])
+async def test_all_messages_names_the_vm_as_plain_record_does(short_tmp: str, tmp_path: Path,
+                                                              pretty: bool) -> None:
+    """A newcomer's finding: with --all-messages every record said the socket's stem
+    (``q``) although the VM's query-name, in the same file, said ``realvm``."""
+    sock = os.path.join(short_tmp, "q.sock")
+    qmp = f"unix:{sock},pretty=on" if pretty else f"unix:{sock}"
+    async with SimulatedVM(qmp=qmp, profile="qemu-7.2", name="realvm") as vm:
+        names: dict[str, set[str]] = {}
+        for mode, target in (("plain", sock), ("all", sock), ("all-named", f"web9={sock}")):
+            out = tmp_path / f"{mode}.jsonl"
+            extra = () if mode == "plain" else ("--all-messages",)
+            async with running("record", target, "-o", str(out), "--count", "2",
+                               *extra) as cli:
+                await cli.wait_line("recording to", "err")
+                vm.machine.stop()
+                vm.machine.cont()  # STOP, RESUME: the same two every time
+                assert await cli.wait() == 0
+            found, _ = records(out)
+            names[mode] = {r.vm for r in found}
+            if mode == "all":
+                replies = [r.message_value() for r in found if r.direction == "in"]
+                assert {"return": {"name": "realvm"}} in [
+                    {"return": m["return"]} for m in replies if "return" in m]
+                assert [r.direction for r in found].count("event") == 2
+    assert names == {"plain": {"realvm"}, "all": {"realvm"}, "all-named": {"web9"}}
+
+
 async def test_torn_last_line_is_skipped_on_read(vm: SimulatedVM, tmp_path: Path) -> None:
     out = tmp_path / "torn.jsonl"
     async with running("record", vm.socket_path, "-o", str(out), "--count", "2") as cli:
