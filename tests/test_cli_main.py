@@ -43,3 +43,13 @@ async def test_verbose_logs_to_stderr_before_or_after_the_command() -> None:
             status, out, err = await run(*args, "query-status")
             assert status == 0 and '"running"' in out
             assert "qmpevents.client INFO" in err and "connected" in err
+
+
+def test_summaries_count_in_the_singular_and_the_plural() -> None:
+    from qmpevents.cli.common import plural
+
+    assert [plural(n, "event") for n in (0, 1, 2)] == ["0 events", "1 event", "2 events"]
+    assert plural(1, "record is not an event", "records are not events") == (
+        "1 record is not an event")
+    assert plural(3, "record is not an event", "records are not events") == (
+        "3 records are not events")

@@ -69,7 +69,12 @@ async def test_count_stops_and_sigterm_closes_cleanly(vm: SimulatedVM, tmp_path:
             vm.machine.rtc_change(offset)
         assert await cli.wait() == 0
     assert [r.message_value()["data"]["offset"] for r in records(out)[0]] == [0, 1]
-    assert "2 events" in cli.err[-1]
+    assert cli.err[-1] == f"qmpevents record: 2 events (2 records) written to {out}\n"
+    async with running("record", vm.socket_path, "-o", str(out), "--count", "1") as cli:
+        await cli.wait_line("recording to", "err")
+        vm.machine.rtc_change(4)
+        assert await cli.wait() == 0
+    assert cli.err[-1] == f"qmpevents record: 1 event (1 record) written to {out}\n"
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         async with running("record", "-vv", vm.socket_path, "-o", str(out),
@@ -85,7 +90,7 @@ async def test_count_stops_and_sigterm_closes_cleanly(vm: SimulatedVM, tmp_path:
     assert report == ReadReport()
     # --fsync never still closes (and so flushes) the file on a signal.
     assert [r.message_value()["data"]["offset"] for r in found] == [
-        0, 1, 10 + signal.SIGTERM, 10 + signal.SIGINT]
+        0, 1, 4, 10 + signal.SIGTERM, 10 + signal.SIGINT]
 
 
 async def test_all_messages_both_ways_in_wire_order(vm: SimulatedVM, tmp_path: Path) -> None:

@@ -85,6 +85,14 @@ async def test_timeout_exits_1(vm: SimulatedVM) -> None:
     assert "timed out" in err
 
 
+async def test_timeout_counts_in_the_singular_too(vm: SimulatedVM) -> None:
+    async with running("watch", vm.socket_path, "--count", "2", "--timeout", "1") as cli:
+        await joined(vm)
+        vm.machine.stop()
+        assert await cli.wait() == 1
+    assert cli.err[-1].endswith("timed out after 1 s (1 event)\n"), cli.err
+
+
 @pytest.mark.parametrize("args", [
     ("watch",),
     ("watch", "x.sock", "--count", "0"),

@@ -54,6 +54,11 @@ def fail(command: str, message: object, status: int = 2) -> int:
     return status
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 event``, ``2 events``, ``0 events`` (*nouns*: an irregular plural)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def colour_wanted(choice: str) -> bool:
     """``--color auto|always|never``: auto is on a terminal without NO_COLOR."""
     return choice == "always" or (choice == "auto" and sys.stdout.isatty()

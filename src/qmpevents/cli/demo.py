@@ -21,6 +21,7 @@ from typing import Any
 import qmpevents
 from qmpevents.catalog import SPEC_EVENTS, Event, UnknownEvent
 from qmpevents.cli.argtypes import non_negative_float
+from qmpevents.cli.common import plural
 from qmpevents.cli.render import text_line
 from qmpevents.client import QMPClient
 from qmpevents.sim import SimulatedVM
@@ -196,7 +197,7 @@ async def _run_demo(args: argparse.Namespace, colour: bool) -> int:
     missing = [name for name in SPEC_EVENTS if not watcher.counts[name]]
     verdict = (f"all {len(SPEC_EVENTS)} spec events seen" if not missing
                else f"missing {', '.join(missing)}")
-    _say(f"done in {elapsed:.1f} s: {watcher.seen} events, {verdict}", colour,
+    _say(f"done in {elapsed:.1f} s: {plural(watcher.seen, 'event')}, {verdict}", colour,
          json_lines=args.json)
     for name in SPEC_EVENTS + tuple(sorted(set(watcher.counts) - set(SPEC_EVENTS))):
         print(f"  {name:<18} {watcher.counts[name]}", file=sys.stderr if args.json else None)

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from qmpevents.cli.argtypes import positive_float, positive_int
-from qmpevents.cli.common import add_fsync_arguments, fail, make_note
+from qmpevents.cli.common import add_fsync_arguments, fail, make_note, plural
 from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
 from qmpevents.cli.stream import add_stream_arguments
 from qmpevents.cli.targets import Target, TargetError
@@ -90,7 +90,8 @@ def _run_local(args: argparse.Namespace) -> int:
                 write_error(args.output, exc)
             status = 1
         if status != 1:
-            print(f"qmpevents record: {recorder.events} events ({writer.records} records) "
+            print(f"qmpevents record: {plural(recorder.events, 'event')} "
+                  f"({plural(writer.records, 'record')}) "
                   f"written to {args.output}", file=sys.stderr)
     return status
 

@@ -17,6 +17,7 @@ from typing import Any
 from qmpevents.addresses import AddressError
 from qmpevents.catalog import decode_event
 from qmpevents.cli.argtypes import positive_float
+from qmpevents.cli.common import plural
 from qmpevents.cli.render import json_line, raw_line, text_line
 from qmpevents.recording import ReadReport, Record, read_recording
 from qmpevents.server import CommandSpec, CommandTable, QMPServer, parse_address
@@ -75,7 +76,8 @@ def _load(args: argparse.Namespace) -> list[Record]:
         print("qmpevents replay: the last line was torn (a crash while recording); skipped",
               file=sys.stderr)
     if report.bad_lines:
-        print(f"qmpevents replay: {report.bad_lines} malformed lines skipped", file=sys.stderr)
+        print(f"qmpevents replay: {plural(report.bad_lines, 'malformed line')} skipped",
+              file=sys.stderr)
     return records
 
 
@@ -118,8 +120,9 @@ def _print(records: list[Record], as_json: bool) -> None:
             line = raw_line(record.vm, message, colour=colour)
         print(line)
     if odd:
-        print(f"qmpevents replay: {odd} records are not events "
-              f"({'skipped' if as_json else 'shown raw'})", file=sys.stderr)
+        odd_records = plural(odd, "record is not an event", "records are not events")
+        print(f"qmpevents replay: {odd_records} ({'skipped' if as_json else 'shown raw'})",
+              file=sys.stderr)
 
 
 def _commands() -> CommandTable:
@@ -144,7 +147,7 @@ async def _serve(address: Any, records: list[Record], scale: float) -> int:
 
     server.broadcaster.on_leave(left)
     await server.start()
-    print(f"qmpevents replay: {len(records)} events; waiting for a client on {address}",
+    print(f"qmpevents replay: {plural(len(records), 'event')}; waiting for a client on {address}",
           file=sys.stderr)
     try:
         while True:

@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from qmpevents.cli.argtypes import positive_float, positive_int
-from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note
+from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note, plural
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
 from qmpevents.cli.render import json_line, raw_line, text_line
@@ -116,7 +116,7 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
             done.set_result(0)
 
     def on_timeout() -> int:
-        note(f"timed out after {args.timeout:g} s ({seen} events)")
+        note(f"timed out after {args.timeout:g} s ({plural(seen, 'event')})")
         return 1
 
     def on_signal(signum: int) -> int:
@@ -134,4 +134,4 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
                                  on_signal=on_signal)
     finally:
         if unrenderable:
-            note(f"{unrenderable} events could not be rendered (shown raw)")
+            note(f"{plural(unrenderable, 'event')} could not be rendered (shown raw)")
