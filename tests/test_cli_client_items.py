@@ -129,6 +129,10 @@ async def test_demo_json_writes_only_json_to_stdout() -> None:
     assert status == 0, err
     events = [json.loads(line) for line in out.splitlines()]  # every line is JSON
     assert {"STOP", "BLOCK_IO_ERROR", "VNC_CONNECTED"} <= {e["event"] for e in events}
+    # watch --json's shape: the source VM first, then the event as sent
+    assert {tuple(e)[:1] for e in events} == {("vm",)}
+    assert {e["vm"] for e in events} == {"demo-vm"}
+    assert all(set(e) - {"vm", "event", "timestamp"} <= {"data"} for e in events)
     assert "# simulated VM on" in err and "STOP" in err  # narration and summary
 
 

@@ -22,7 +22,7 @@ import qmpevents
 from qmpevents.catalog import SPEC_EVENTS, Event, UnknownEvent
 from qmpevents.cli.argtypes import non_negative_float
 from qmpevents.cli.common import plural
-from qmpevents.cli.render import text_line
+from qmpevents.cli.render import json_line, text_line
 from qmpevents.client import QMPClient
 from qmpevents.sim import SimulatedVM
 
@@ -35,6 +35,8 @@ exit status: 0 all 8 events seen, 1 some missing, 130 interrupted
 """
 
 DRIVES = ("ide0-hd0,werror=stop", "ide0-hd1,werror=report,rerror=report")
+VM_NAME = "demo-vm"
+"""The simulated VM's name (its ``query-name``), which every event line shows."""
 
 
 def register(subparsers: Any) -> None:
@@ -74,10 +76,10 @@ class Watcher:
         self._progress = asyncio.Condition()
 
     def show(self, event: Event | UnknownEvent) -> None:
-        if self._json:
-            line = (event.raw or b"").decode()
+        if self._json:  # the shape of ``watch --json``: the event's JSON, "vm" first
+            line = json_line(VM_NAME, event)
         else:
-            line = text_line("demo-vm", event, colour=self._colour)
+            line = text_line(VM_NAME, event, colour=self._colour)
         print(line, flush=True)
 
     async def run(self, address: str, ready: asyncio.Event) -> None:
@@ -165,7 +167,7 @@ async def _run_demo(args: argparse.Namespace, colour: bool) -> int:
     started = time.monotonic()
     # a watcher and a driver share the socket: several clients, whatever the profile
     async with SimulatedVM(drives=DRIVES, no_shutdown=True, profile=args.profile,
-                           vnc=f"127.0.0.1:{display}", name="demo-vm",
+                           vnc=f"127.0.0.1:{display}", name=VM_NAME,
                            multi_client=True) as vm:
         address = f"unix:{vm.socket_path}"
         _say(f"simulated VM on {vm.socket_path}, VNC on 127.0.0.1:{5900 + display}, "
