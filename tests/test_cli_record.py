@@ -54,7 +54,7 @@ async def test_every_event_with_fsync_always_survives_a_kill(vm: SimulatedVM,
         await cli.wait()
     found, report = records(out)
     assert report == ReadReport()
-    assert [(r.vm, r.direction) for r in found] == [("qmp", "event")] * 3
+    assert [(r.vm, r.direction) for r in found] == [("rec", "event")] * 3  # its query-name
     assert [r.message_value()["event"] for r in found] == ["RTC_CHANGE", "BLOCK_IO_ERROR",
                                                          "STOP"]
     assert all(before - 1 <= r.received <= time.time() for r in found)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -54,6 +55,30 @@ async def test_sigterm_shuts_down_cleanly_and_removes_the_socket(short_tmp: str)
         assert await client.eof() == b""
         assert await asyncio.wait_for(proc.wait(), DEADLINE) == 0
     assert not os.path.exists(sock)
+
+
+@pytest.mark.parametrize("profile", ["seed", "qemu-7.2"])
+async def test_name_names_the_vm_for_watch_in_both_profiles(short_tmp: str,
+                                                             profile: str) -> None:
+    """A newcomer's finding: ``serve --name foo`` had no effect in the seed profile
+    (no query-name), so watch named the VM by its socket's stem."""
+    from cli_process import running
+
+    sock = _path(short_tmp, "named.sock")
+    # --multi-client: the seed profile's default, and qemu-7.2's needs it for two clients
+    async with serve("--qmp", f"unix:{sock}", "--profile", profile, "--name", "foo",
+                     "--multi-client"):
+        client = await RawQMP.unix(sock)
+        await client.negotiate()
+        _, answer = await client.execute("query-name")
+        assert json.loads(answer) == {"return": {"name": "foo"}}
+        async with running("watch", sock, "--json", "--count", "1", "-v") as cli:
+            await cli.wait_line("connected", "err")  # subscribed before it negotiated
+            await client.execute("stop")
+            assert await cli.wait() == 0
+        await client.close()
+    assert cli.out[0].startswith('{"vm": "foo", ')
+    assert json.loads(cli.out[0])["event"] == "STOP"
 
 
 async def test_sigint_too(short_tmp: str) -> None:

@@ -30,8 +30,8 @@ async def test_text_output_and_count(vm: SimulatedVM) -> None:
         vm.machine.io_error("disk0", "write")  # BLOCK_IO_ERROR, then STOP
         assert await cli.wait() == 0
     lines = [plain(line).split() for line in cli.out]
-    assert [line[1:3] for line in lines] == [["qmp", "RTC_CHANGE"], ["qmp", "BLOCK_IO_ERROR"],
-                                            ["qmp", "STOP"]]
+    assert [line[1:3] for line in lines] == [["w", "RTC_CHANGE"], ["w", "BLOCK_IO_ERROR"],
+                                            ["w", "STOP"]]  # its query-name
     assert lines[0][3:] == ["offset=78"]
     assert "device=disk0" in lines[1] and "action=stop" in lines[1]
     assert "\x1b[" not in "".join(cli.out)  # piped: no colour
@@ -45,7 +45,7 @@ async def test_json_lines_name_the_vm(vm: SimulatedVM) -> None:
         vm.machine.stop()
         assert await cli.wait() == 0
     events = [json.loads(line) for line in cli.out]
-    assert [(e["vm"], e["event"]) for e in events] == [("qmp", "RTC_CHANGE"), ("qmp", "STOP")]
+    assert [(e["vm"], e["event"]) for e in events] == [("w", "RTC_CHANGE"), ("w", "STOP")]
     assert events[0]["data"] == {"offset": -5}
     assert set(events[1]["timestamp"]) == {"seconds", "microseconds"}
 

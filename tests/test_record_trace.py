@@ -16,7 +16,7 @@ STOP_PRETTY = (b'{\r\n    "event": "STOP",\r\n'
 def _recorded(path: Path, *reads: bytes) -> tuple[list[tuple[str, object]], ReadReport]:
     writer = RecordingWriter(str(path), fsync="never")
     recorder = Recorder(writer)
-    trace = recorder.tracer(Target("unix:/nowhere", "vm1"))
+    trace = recorder.tracer(Target("unix:/nowhere", "vm1", explicit=True))
     for data in reads:
         trace("in", data)
     writer.close()
@@ -57,7 +57,7 @@ async def test_a_big_pretty_message_is_parsed_a_slice_per_loop_iteration(tmp_pat
 
     path = tmp_path / "big.jsonl"
     writer = RecordingWriter(str(path), fsync="never")
-    trace = Recorder(writer).tracer(Target("unix:/nowhere", "vm1"))
+    trace = Recorder(writer).tracer(Target("unix:/nowhere", "vm1", explicit=True))
     items = b",\r\n".join(b'        "item-%d"' % i for i in range(20_000))
     big = b'{\r\n    "return": [\r\n' + items + b"\r\n    ]\r\n}\r\n"  # pretty: the exact path
     assert len(big) > 50 * TRACE_SLICE
@@ -71,3 +71,53 @@ async def test_a_big_pretty_message_is_parsed_a_slice_per_loop_iteration(tmp_pat
     assert iterations > len(big) // TRACE_SLICE // 2  # it yielded, slice after slice
     (record,) = list(read_recording(str(path), ReadReport()))
     assert len(record.message_value()["return"]) == 20_000
+
+
+def test_records_are_named_by_the_query_name_reply_as_the_follower_names_the_vm(
+        tmp_path: Path) -> None:
+    """Until the reply to the follower's query-name passes, records are held; then every
+    one is written under that name (a newcomer saw the socket's stem instead)."""
+    path = tmp_path / "named.jsonl"
+    writer = RecordingWriter(str(path), fsync="never")
+    recorder = Recorder(writer)
+    target = Target("unix:/run/q.sock", "q")
+    trace = recorder.tracer(target)
+    trace("in", b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
+    trace("out", b'{"execute": "qmp_capabilities", "id": "qe1"}')
+    trace("in", b'{"return": {}, "id": "qe1"}\r\n')
+    trace("out", b'{"execute": "query-name", "id": "qe2"}')
+    trace("in", STOP_PRETTY)  # an event sent before the reply
+    assert writer.records == 0  # held: the name is not known yet
+    trace("in", b'{"return": {"name": "realvm"}, "id": "qe2"}\r\n')
+    trace("in", STOP_PRETTY)
+    recorder.on_link(target, None)  # the follower takes it up: nothing changes now
+    writer.close()
+    found = list(read_recording(str(path), ReadReport()))
+    assert [(r.vm, r.direction) for r in found] == [("realvm", "in"), ("realvm", "out"),
+                                                    ("realvm", "in"), ("realvm", "out"),
+                                                    ("realvm", "event"), ("realvm", "in"),
+                                                    ("realvm", "event")]
+    assert recorder.events == 2
+
+
+def test_a_vm_without_a_name_is_recorded_under_its_target_once_followed(
+        tmp_path: Path) -> None:
+    path = tmp_path / "unnamed.jsonl"
+    writer = RecordingWriter(str(path), fsync="never")
+    recorder = Recorder(writer)
+    for reply, expected in ((b'{"return": {}, "id": 7}', "q"),
+                            (b'{"error": {"class": "CommandNotFound", "desc": "x"}, "id": 7}',
+                             "q"),
+                            (None, "q")):  # no answer in time: named when followed
+        target = Target("unix:/run/q.sock", "q")
+        trace = recorder.tracer(target)
+        trace("out", b'{"execute": "query-name", "id": 7}')
+        if reply is not None:
+            trace("in", reply + b"\r\n")
+        recorder.on_link(target, object())
+        trace("in", STOP_PRETTY)
+    explicit = Target("unix:/run/q.sock", "web1", explicit=True)  # NAME=ADDRESS: at once
+    recorder.tracer(explicit)("in", STOP_PRETTY)
+    assert writer.records == 9
+    writer.close()
+    assert [r.vm for r in read_recording(str(path), ReadReport())] == ["q"] * 8 + ["web1"]

@@ -51,8 +51,8 @@ async def test_watch_text_survives_malformed_events(vm: SimulatedVM,
         vm.machine.stop()  # a good event after the bad ones: still followed
         assert await cli.wait() == 0
     lines = [plain(line).split() for line in cli.out]
-    assert [line[1:3] for line in lines] == [["qmp", "VNC_CONNECTED"], ["qmp", "RESET"],
-                                            ["qmp", "STOP"]]
+    assert [line[1:3] for line in lines] == [["hostile", "VNC_CONNECTED"],
+                                            ["hostile", "RESET"], ["hostile", "STOP"]]
     assert lines[0][3:] == ["client=a", "string", "server=7"]  # in full, not shortened
     assert lines[1][0] == "99999999999999999s"  # no calendar holds it: the seconds as sent
     err = "".join(cli.err)
@@ -133,14 +133,14 @@ async def test_all_messages_cannot_forge_record_fields(vm: SimulatedVM, tmp_path
     report = ReadReport()
     found = list(read_recording(str(out), report))
     assert report == ReadReport()
-    assert {record.vm for record in found} == {"qmp"}
+    assert {record.vm for record in found} == {"hostile"}  # its query-name, every record
     assert {record.direction for record in found} <= {"in", "out", "event"}
     assert any(b"other-vm" in r.message_bytes() for r in found)  # kept, inside a message
     status, shown, err = await run("replay", str(out), "--print", "--vm", "other-vm")
     assert (status, shown) == (1, ""), err  # no event of that VM: said, and exit 1
     assert "no event of VM other-vm" in err
     status, shown, err = await run("replay", str(out), "--print")
-    assert {line.split()[1] for line in shown.splitlines()} == {"qmp"}, err
+    assert {line.split()[1] for line in shown.splitlines()} == {"hostile"}, err
 
 
 def test_writer_stores_a_non_json_message_as_a_string(tmp_path: Path) -> None:

@@ -110,8 +110,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
                         help="events as the spec says (seed) or as QEMU 7.2 emits them")
     parser.add_argument("--name", default=None,
-                        help="the VM's name (query-name and HMP 'info name' in the qemu-7.2 "
-                             "profile; the VNC desktop name); none by default, as QEMU")
+                        help="the VM's name: query-name's answer in both profiles (watch "
+                             "and record show the VM under it), HMP 'info name' in the "
+                             "qemu-7.2 profile, the VNC desktop name; none by default, as "
+                             "QEMU (then watch names the VM by its socket's path)")
     parser.add_argument("--powerdown-delay", type=non_negative_float, default=1.0,
                         metavar="SECONDS",
                         help="how long the guest takes to shut down after system_powerdown")
