@@ -251,3 +251,72 @@ async def test_replay_print_text_and_torn_tail_with_serve(tmp_path: Path,
                        "--as-fast-as-possible") as cli:
         await cli.wait_line("torn", "err")
         await cli.wait_line("waiting for a client", "err")
+
+
+TWO_VMS = [(vm, b'{"timestamp": {"seconds": %d, "microseconds": 0}, "event": "%s"}' % (
+    1700000000 + number, name.encode())) for number, (vm, name) in enumerate(
+        [("vm", "STOP"), ("web2", "RESET"), ("vm", "RESUME"), ("web2", "STOP")])]
+
+
+def write_two_vms(path: Path, gap: float = 0.01) -> None:
+    writer = RecordingWriter(str(path), fsync="never")
+    for number, (vm, line) in enumerate(TWO_VMS):
+        writer.write(vm, line, received=1000.0 + number * gap)
+    writer.close()
+
+
+async def test_replay_of_several_vms_on_one_socket_says_how_instead_of_merging(
+        tmp_path: Path, short_tmp: str) -> None:
+    """A newcomer's finding: two VMs served on one socket were shown as one VM, ``replay``."""
+    recording = tmp_path / "two.jsonl"
+    write_two_vms(recording)
+    status, _, err = await run("replay", str(recording), "--serve",
+                               f"unix:{short_tmp}/replay.sock")
+    assert status == 2
+    one_line_error(err)
+    assert "2 VMs (vm, web2)" in err and "--vm NAME" in err and "--serve unix:DIR/" in err
+    assert not os.path.exists(f"{short_tmp}/replay.sock")
+
+
+async def test_replay_of_one_vm_answers_query_name_with_its_recorded_name(
+        tmp_path: Path, short_tmp: str) -> None:
+    recording = tmp_path / "two.jsonl"
+    write_two_vms(recording)
+    sock = f"{short_tmp}/replay.sock"
+    serve = ("replay", str(recording), "--vm", "web2", "--serve", f"unix:{sock}",
+             "--as-fast-as-possible")
+    async with running(*serve) as cli:
+        await cli.wait_line("2 events; waiting for a client", "err")
+        client = await RawQMP.unix(sock)
+        await client.negotiate()
+        _, answer = await client.execute("query-name")
+        assert json.loads(answer) == {"return": {"name": "web2"}}
+        await client.close()
+        assert await cli.wait() == 0
+    async with running(*serve) as cli:
+        await cli.wait_line("waiting for a client", "err")
+        status, out, err = await run("watch", sock, "--json", "--count", "2")
+        assert status == 0, err
+        assert await cli.wait() == 0
+    assert [(e["vm"], e["event"]) for e in map(json.loads, out.splitlines())] == [
+        ("web2", "RESET"), ("web2", "STOP")]  # the VM's name, not the socket's stem
+
+
+async def test_replay_serves_each_vm_on_its_own_socket_in_a_directory(
+        tmp_path: Path, short_tmp: str) -> None:
+    recording = tmp_path / "two.jsonl"
+    write_two_vms(recording)
+    directory = f"{short_tmp}/replay/"  # created, with a trailing /
+    async with running("replay", str(recording), "--serve", f"unix:{directory}",
+                       "--as-fast-as-possible") as cli:
+        await cli.wait_line("4 events of 2 VMs; waiting for a client on each", "err")
+        assert sorted(os.listdir(directory)) == ["vm.sock", "web2.sock"]
+        status, out, err = await run("watch", directory, "--json", "--count", "4")
+        assert status == 0, err
+        assert await cli.wait() == 0
+    shown = [(e["vm"], e["event"]) for e in map(json.loads, out.splitlines())]
+    assert sorted(shown) == sorted((vm, json.loads(line)["event"]) for vm, line in TWO_VMS)
+    for vm in ("vm", "web2"):  # each VM's events in their recorded order
+        assert [event for name, event in shown if name == vm] == [
+            json.loads(line)["event"] for name, line in TWO_VMS if name == vm]
+    assert not os.listdir(directory)  # the sockets are removed at the end

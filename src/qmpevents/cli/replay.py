@@ -4,6 +4,12 @@ Serving turns a recording into a QMP server: once the first client has
 negotiated, the recorded event lines are sent byte for byte, with the
 original gaps between them scaled by ``--speed`` (or none at all), so
 management software can be tested against what really happened.
+
+One QMP server is one VM, so it serves one VM's events and answers
+``query-name`` with the VM's recorded name (``watch`` shows it under that
+name).  A recording of several VMs is served one socket per VM
+(``--serve unix:DIR/``: ``DIR/NAME.sock``), or one of them (``--vm NAME``);
+merging them onto one socket would make one VM of several.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import re
 import sys
 from typing import Any
 
-from qmpevents.addresses import AddressError
+from qmpevents.addresses import Address, AddressError
 from qmpevents.catalog import decode_event
 from qmpevents.cli.argtypes import positive_float
 from qmpevents.cli.common import plural
@@ -27,19 +35,29 @@ examples:
   qmpevents replay incident.jsonl --print
   qmpevents replay incident.jsonl --serve unix:/tmp/replay.sock --speed 10
   qmpevents replay incident.jsonl --serve unix:/tmp/replay.sock --as-fast-as-possible
+  qmpevents replay host.jsonl --serve unix:/tmp/replay/ &   # several VMs: one socket each
+  qmpevents watch /tmp/replay/                              # shows each under its name
+  qmpevents replay host.jsonl --vm web2 --serve unix:/tmp/web2.sock
 
-Serving waits for a client to negotiate, replays, then closes and exits 0.
-The timeline starts when a client negotiates; if every client leaves before
+One socket serves one VM: its events, and its recorded name as query-name's
+answer.  A recording of several VMs needs --vm NAME (one of them) or a
+directory, --serve unix:DIR/ (a trailing /; created if missing): one socket
+per VM, DIR/NAME.sock (characters other than letters, digits and _.@- in
+NAME become _).
+Serving waits for a client to negotiate (with a directory: one on every
+VM's socket, as `watch DIR/` connects), replays, then closes and exits 0.
+The timeline starts then; if every client leaves before
 its end (a probe such as `qmpevents exec ... query-status`), it starts again
 from the beginning for the next client.  After the last event the server
 still answers commands for 1 s, then closes.
-The replay server answers query-status and query-version; other commands get
-CommandNotFound.  A torn last line (a crash while recording) is reported
+The replay server answers query-status, query-version and query-name; other
+commands get CommandNotFound.  A torn last line (a crash while recording) is reported
 on stderr and skipped.  --print shows a recorded message that is not an
 event (a list, a string, no timestamp) raw, or with --json skips it; either
 way they are counted on stderr.
 
-exit status: 0 done, 1 --vm matched no event, 2 usage error or unreadable FILE
+exit status: 0 done, 1 --vm matched no event or cannot listen, 2 usage error
+(several VMs for one socket) or unreadable FILE
 """
 
 REPLAY_VERSION = {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "qmpevents replay"}
@@ -55,7 +73,9 @@ def register(subparsers: Any) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", metavar="FILE", help="a recording made by qmpevents record")
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--serve", metavar="ADDRESS", help="unix:PATH or tcp:HOST:PORT")
+    mode.add_argument("--serve", metavar="ADDRESS",
+                      help="unix:PATH or tcp:HOST:PORT for one VM; unix:DIR/ for one socket "
+                           "per VM of the recording (DIR/NAME.sock)")
     mode.add_argument("--print", action="store_true", help="print the recorded events")
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=positive_float, default=1.0, metavar="X",
@@ -95,12 +115,55 @@ def run(args: argparse.Namespace) -> int:
         _print(records, args.json)
         return 0
     try:
-        address = parse_address(args.serve)
+        addresses = _addresses(args.serve, _vms(records), args.file)
     except AddressError as exc:
         print(f"qmpevents replay: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(address, records, 0.0 if args.as_fast_as_possible
-                              else 1.0 / args.speed))
+    try:
+        return asyncio.run(_serve(addresses, records, 0.0 if args.as_fast_as_possible
+                                  else 1.0 / args.speed))
+    except OSError as exc:  # the socket cannot be made: in use, no such directory...
+        print(f"qmpevents replay: error: cannot listen: {exc.strerror or exc}"
+              f"{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+        return 1
+
+
+def _vms(records: list[Record]) -> list[str]:
+    """The recording's VMs, in the order they first speak."""
+    return list(dict.fromkeys(record.vm for record in records))
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
+
+
+def _addresses(spec: str, vms: list[str], file: str) -> dict[str, Address]:
+    """Where each VM is served: *spec* itself for one VM, ``DIR/NAME.sock`` for a directory.
+
+    AddressError (a usage error) for several VMs on one socket: one QMP server is
+    one VM, and merged they would be shown as one.
+    """
+    path = spec[len("unix:"):] if spec.startswith("unix:") else spec
+    if not spec.startswith("tcp:") and (path.endswith("/") or os.path.isdir(path)):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        addresses: dict[str, Address] = {}
+        taken: set[str] = set()
+        for vm in vms:
+            stem = _UNSAFE.sub("_", vm) or "vm"
+            unique, number = stem, 1
+            while unique in taken:  # "a/b" and "a_b": both served, each on its own
+                number += 1
+                unique = f"{stem}-{number}"
+            taken.add(unique)
+            addresses[vm] = parse_address(f"unix:{os.path.join(path, unique)}.sock")
+        return addresses
+    address = parse_address(spec)
+    if len(vms) > 1:
+        shown = ", ".join(vms[:5]) + (", ..." if len(vms) > 5 else "")
+        raise AddressError(
+            f"{file} holds {len(vms)} VMs ({shown}) and one QMP socket serves one VM: "
+            f"pick one with --vm NAME, or serve each on its own socket with "
+            f"--serve unix:DIR/")
+    return {vm: address for vm in vms} or {"": address}
 
 
 def _print(records: list[Record], as_json: bool) -> None:
@@ -125,45 +188,77 @@ def _print(records: list[Record], as_json: bool) -> None:
               file=sys.stderr)
 
 
-def _commands() -> CommandTable:
+def _commands(name: str) -> CommandTable:
     def query_status(_: dict[str, Any]) -> Any:
         return {"status": "running", "singlestep": False, "running": True}
 
     def query_version(_: dict[str, Any]) -> Any:
         return REPLAY_VERSION
 
+    def query_name(_: dict[str, Any]) -> Any:
+        return {"name": name} if name else {}  # the recorded VM's, as QEMU's -name
+
     return CommandTable([CommandSpec("query-status", query_status),
-                         CommandSpec("query-version", query_version)])
+                         CommandSpec("query-version", query_version),
+                         CommandSpec("query-name", query_name)])
 
 
-async def _serve(address: Any, records: list[Record], scale: float) -> int:
-    server = QMPServer([address], _commands(), version=REPLAY_VERSION)
-    audience, emptied = asyncio.Event(), asyncio.Event()
-    server.broadcaster.on_join(audience.set)
+class _Audience:
+    """Who listens: *complete* once every VM's socket has a negotiated client (the
+    timeline may start), *emptied* once no socket has any (it starts again)."""
 
-    def left() -> None:
-        if not len(server.broadcaster):
-            emptied.set()
+    def __init__(self, servers: list[QMPServer]) -> None:
+        self._servers = servers
+        self.complete = asyncio.Event()
+        self.emptied = asyncio.Event()
+        for server in servers:
+            server.broadcaster.on_join(self.changed)
+            server.broadcaster.on_leave(self.changed)
 
-    server.broadcaster.on_leave(left)
-    await server.start()
-    print(f"qmpevents replay: {plural(len(records), 'event')}; waiting for a client on {address}",
-          file=sys.stderr)
+    def changed(self) -> None:
+        counts = [len(server.broadcaster) for server in self._servers]
+        if all(counts):
+            self.complete.set()
+        if not any(counts):
+            self.emptied.set()
+
+    @property
+    def gone(self) -> bool:
+        return self.emptied.is_set() or not any(len(s.broadcaster) for s in self._servers)
+
+
+async def _serve(addresses: dict[str, Address], records: list[Record], scale: float) -> int:
+    servers = {vm: QMPServer([address], _commands(vm), version=REPLAY_VERSION)
+               for vm, address in addresses.items()}
+    audience = _Audience(list(servers.values()))
+    started: list[QMPServer] = []
     try:
+        for server in servers.values():
+            await server.start()
+            started.append(server)
+        where = ", ".join(str(address) for address in addresses.values())
+        if len(servers) == 1:
+            print(f"qmpevents replay: {plural(len(records), 'event')}; waiting for a client "
+                  f"on {where}", file=sys.stderr)
+        else:
+            print(f"qmpevents replay: {plural(len(records), 'event')} of {len(servers)} VMs; "
+                  f"waiting for a client on each of {where}", file=sys.stderr)
         while True:
-            await audience.wait()
-            emptied.clear()
-            if await _play(server, emptied, records, scale):
+            await audience.complete.wait()
+            audience.emptied.clear()
+            if await _play(servers, audience, records, scale):
                 break
-            audience.clear()  # everyone left before the end: start again for the next client
+            audience.complete.clear()  # everyone left before the end: start again
+            audience.changed()  # for the next audience, which may be there already
         print("qmpevents replay: done", file=sys.stderr)
         await asyncio.sleep(LINGER)  # commands sent with the last events still get replies
     finally:
-        await server.close()
+        for server in started:
+            await server.close()
     return 0
 
 
-async def _play(server: QMPServer, emptied: asyncio.Event, records: list[Record],
+async def _play(servers: dict[str, QMPServer], audience: _Audience, records: list[Record],
                 scale: float) -> bool:
     """One run of the timeline from its start; False as soon as the audience has left."""
     previous = records[0].received if records else 0.0
@@ -172,8 +267,8 @@ async def _play(server: QMPServer, emptied: asyncio.Event, records: list[Record]
         previous = record.received
         if delay > 0:
             with contextlib.suppress(TimeoutError):  # the recording's own pacing
-                await asyncio.wait_for(emptied.wait(), delay)
-        if emptied.is_set() or not len(server.broadcaster):
+                await asyncio.wait_for(audience.emptied.wait(), delay)
+        if audience.gone:
             return False
-        server.broadcaster.publish_line(record.message_bytes() + b"\r\n")
+        servers[record.vm].broadcaster.publish_line(record.message_bytes() + b"\r\n")
     return True
