@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from qmpevents.cli.record import Recorder
@@ -73,49 +74,44 @@ async def test_a_big_pretty_message_is_parsed_a_slice_per_loop_iteration(tmp_pat
     assert len(record.message_value()["return"]) == 20_000
 
 
-def test_records_are_named_by_the_query_name_reply_as_the_follower_names_the_vm(
+def test_records_are_held_until_the_follower_names_the_vm_then_named_so(
         tmp_path: Path) -> None:
-    """Until the reply to the follower's query-name passes, records are held; then every
-    one is written under that name (a newcomer saw the socket's stem instead)."""
+    """The follower names the VM (its query-name) once connected: until then the
+    connection's records are held, then all written under that name (a newcomer saw
+    the socket's stem, ``q``, on every record)."""
     path = tmp_path / "named.jsonl"
     writer = RecordingWriter(str(path), fsync="never")
     recorder = Recorder(writer)
     target = Target("unix:/run/q.sock", "q")
     trace = recorder.tracer(target)
     trace("in", b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
-    trace("out", b'{"execute": "qmp_capabilities", "id": "qe1"}')
-    trace("in", b'{"return": {}, "id": "qe1"}\r\n')
     trace("out", b'{"execute": "query-name", "id": "qe2"}')
     trace("in", STOP_PRETTY)  # an event sent before the reply
-    assert writer.records == 0  # held: the name is not known yet
     trace("in", b'{"return": {"name": "realvm"}, "id": "qe2"}\r\n')
+    assert writer.records == 0  # held: the follower has not named it yet
+    recorder.on_link(replace(target, name="realvm"), object())  # as VMs calls it
     trace("in", STOP_PRETTY)
-    recorder.on_link(target, None)  # the follower takes it up: nothing changes now
+    recorder.on_link(replace(target, name="realvm"), None)
     writer.close()
     found = list(read_recording(str(path), ReadReport()))
-    assert [(r.vm, r.direction) for r in found] == [("realvm", "in"), ("realvm", "out"),
-                                                    ("realvm", "in"), ("realvm", "out"),
-                                                    ("realvm", "event"), ("realvm", "in"),
-                                                    ("realvm", "event")]
+    assert [(r.vm, r.direction) for r in found] == [
+        ("realvm", "in"), ("realvm", "out"), ("realvm", "event"), ("realvm", "in"),
+        ("realvm", "event")]
     assert recorder.events == 2
 
 
-def test_a_vm_without_a_name_is_recorded_under_its_target_once_followed(
+def test_a_connection_never_followed_keeps_its_records_under_its_target(
         tmp_path: Path) -> None:
     path = tmp_path / "unnamed.jsonl"
     writer = RecordingWriter(str(path), fsync="never")
     recorder = Recorder(writer)
-    for reply in (b'{"return": {}, "id": 7}',  # no name, an error, no answer in time
-                  b'{"error": {"class": "CommandNotFound", "desc": "x"}, "id": 7}', None):
-        target = Target("unix:/run/q.sock", "q")
-        trace = recorder.tracer(target)
-        trace("out", b'{"execute": "query-name", "id": 7}')
-        if reply is not None:
-            trace("in", reply + b"\r\n")
-        recorder.on_link(target, object())
-        trace("in", STOP_PRETTY)
-    explicit = Target("unix:/run/q.sock", "web1", explicit=True)  # NAME=ADDRESS: at once
+    target = Target("unix:/run/q.sock", "q")
+    recorder.tracer(target)("in", b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
+    second = recorder.tracer(target)  # that connection failed; the retry's connection
+    assert writer.records == 1  # the failed one's record, under the target's name
+    explicit = Target("unix:/run/w.sock", "web1", explicit=True)  # NAME=ADDRESS: at once
     recorder.tracer(explicit)("in", STOP_PRETTY)
-    assert writer.records == 9
+    second("in", STOP_PRETTY)
+    recorder.on_link(target, object())
     writer.close()
-    assert [r.vm for r in read_recording(str(path), ReadReport())] == ["q"] * 8 + ["web1"]
+    assert [r.vm for r in read_recording(str(path), ReadReport())] == ["q", "web1", "q"]

@@ -23,7 +23,6 @@ from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms
 from qmpevents.cli.stream import add_stream_arguments
 from qmpevents.cli.targets import Target, TargetError
 from qmpevents.client import QMPEvent
-from qmpevents.client.targets import name_from_reply
 from qmpevents.client.vms import Trace
 from qmpevents.codec import Framer, ParseError, encode_json
 from qmpevents.recording import Direction, RecordingWriter
@@ -123,8 +122,8 @@ class Recorder:
         #: Called with a write error (it ends the recording).
         self.on_error: Callable[[OSError], None] = lambda exc: None
         self._sync_timer: asyncio.TimerHandle | None = None
-        #: With a tracer: what names each connection's held records once it is followed.
-        self._linked: dict[str, Callable[[], None]] = {}
+        #: With a tracer: each connection's records until its VM's name is known.
+        self._naming: dict[str, _Naming] = {}
 
     def write(self, vm: str, message: bytes, direction: Direction,
               received: float | None = None) -> None:
@@ -172,28 +171,15 @@ class Recorder:
         The codec's framer does the splitting, as the client's reader does:
         a read may end inside a message, a message may span lines (QEMU's
         ``pretty=on``), and what is not JSON is not recorded (a recording
-        holds only valid records).  The records are named as ``record``
-        without ``--all-messages`` and ``watch`` name the VM (see
-        :class:`_Naming`).
+        holds only valid records).  The records carry the VM's name as the
+        follower gives it (see :class:`_Naming`), as without ``--all-messages``.
         """
         framer = _trace_framer()
         scheduled = False
-        previous = self._linked.get(target.address)
+        previous = self._naming.get(target.address)
         if previous is not None:  # a connection that failed before it was followed
-            previous()
-        naming = _Naming(target, self.write)
-        caught_up = False  # linked: settle once the framer has framed what came
-
-        def linked() -> None:
-            # The follower named the VM: by the query-name reply, which the framer has
-            # framed unless its byte-by-byte work lags behind; then it settles later.
-            nonlocal caught_up
-            if framer.pending:
-                caught_up = True
-            else:
-                naming.settle(None)
-
-        self._linked[target.address] = linked
+            previous.settle(target.name)
+        naming = self._naming[target.address] = _Naming(target, self.write)
 
         def take(items: list[_Traced | ParseError], received: float) -> None:
             for item in items:
@@ -209,8 +195,6 @@ class Recorder:
             nonlocal scheduled
             scheduled = False
             take(framer.feed(b"", budget=TRACE_SLICE), received)
-            if caught_up and not framer.pending:
-                naming.settle(None)
             schedule(received)
 
         def schedule(received: float) -> None:
@@ -235,87 +219,42 @@ class Recorder:
         return trace
 
     def on_link(self, target: Target, client: object) -> None:
-        """The follower took the connection up (its name is known) or it went down:
-        the records held for a name are written under the one it has by now."""
-        linked = self._linked.pop(target.address, None)
-        if linked is not None:
-            linked()
+        """The follower took the connection up, *target* named as the VM's events are
+        (or it went down): the connection's records are written under that name."""
+        naming = self._naming.pop(target.address, None)
+        if naming is not None:
+            naming.settle(target.name)
 
 
 class _Naming:
-    """One connection's records, named as the follower names the VM.
+    """One connection's records, under the name the follower gives the VM.
 
-    The follower names a VM by its ``query-name`` reply (see
-    :func:`~qmpevents.client.targets.name_from_reply`), which comes after the
-    greeting and negotiation: until the reply to the follower's ``query-name``
-    passes by, the connection's records are held (a few messages, and the
-    events the VM sent meanwhile), then written in order under that name.  A
-    connection that comes up (or ends) without one, the follower's question
-    having failed or timed out, is named by its target, as the follower names it.
+    The follower names a VM once it is connected (its ``query-name``, after
+    the greeting and negotiation): until then the connection's records are
+    held (a few messages, and the events the VM sent meanwhile), then written
+    in order under that name.  An explicit ``NAME=ADDRESS`` is known at once.
     """
 
     def __init__(self, target: Target, write: Callable[[str, bytes, Direction, float], None]
                  ) -> None:
-        self._target = target
         self._write = write
-        self.name: str | None = target.name if target.explicit else None
+        self._name: str | None = target.name if target.explicit else None
         self._held: list[tuple[bytes, Direction, float]] = []
-        self._asked: object = _NOT_ASKED  # the id of the follower's query-name
 
     def write(self, message: bytes, direction: Direction, received: float) -> None:
-        if self.name is not None:
-            self._write(self.name, message, direction, received)
-            return
-        self._held.append((message, direction, received))
-        if direction == "out":
-            command = _command_probe(message)
-            if command is not None and command.execute == "query-name":
-                self._asked = command.id
-        elif direction == "in" and self._asked is not _NOT_ASKED:
-            reply = _reply_probe(message)
-            if reply is not None and reply.id == self._asked and reply.is_reply:
-                self.settle(reply.value)
+        if self._name is None:
+            self._held.append((message, direction, received))
+        else:
+            self._write(self._name, message, direction, received)
 
-    def settle(self, reply: Any) -> None:
-        """Name the connection (from its ``query-name`` *reply*, or by its target for
-        None) and write what was held."""
-        if self.name is not None:
+    def settle(self, name: str) -> None:
+        """Name the connection's records *name*, and write the held ones."""
+        if self._name is not None:
             return
-        self.name = name_from_reply(self._target, reply)
+        self._name = name
         held, self._held = self._held, []
         for message, direction, received in held:
-            self._write(self.name, message, direction, received)
-
-
-_NOT_ASKED = object()
-
-
-class _Command(msgspec.Struct):
-    execute: Any = None
-    id: Any = None
-
-
-class _Reply(msgspec.Struct):
-    id: Any = None
-    value: Any = msgspec.field(default=None, name="return")
-    error: Any = None
-
-    @property
-    def is_reply(self) -> bool:
-        return self.value is not None or self.error is not None
-
-
-def _probe_with(decoder: msgspec.json.Decoder[Any]) -> Callable[[bytes], Any]:
-    def probe(message: bytes) -> Any:
-        try:
-            return decoder.decode(message)
-        except msgspec.DecodeError:  # not one object of that shape: not what is looked for
-            return None
-    return probe
-
-
-_command_probe = _probe_with(msgspec.json.Decoder(_Command))
-_reply_probe = _probe_with(msgspec.json.Decoder(_Reply))
+            self._write(name, message, direction, received)
 
 
 TRACE_SLICE = 4096

@@ -22,7 +22,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from qmpevents.addresses import AddressError, TcpAddress, parse_address
 from qmpevents.errors import QMPEventsError
@@ -123,15 +123,6 @@ async def display_name(client: QMPClient, target: Target) -> str:
     try:
         reply = await client.execute("query-name", timeout=5)
     except (OSError, TimeoutError, QMPEventsError):
-        return target.name
-    return name_from_reply(target, reply)
-
-
-def name_from_reply(target: Target, reply: Any) -> str:
-    """The name :func:`display_name` gives a VM whose ``query-name`` returned *reply*
-    (None for an error reply): the one rule for every user, ``record --all-messages``'s
-    transcript included."""
-    if target.explicit:
         return target.name
     name = reply.get("name") if isinstance(reply, dict) else None
     return name if isinstance(name, str) and name else target.name
