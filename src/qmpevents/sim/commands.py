@@ -81,7 +81,7 @@ def _qemu_handlers(machine: Machine) -> dict[str, Handler]:
     return {
         "query-status": lambda _: machine.query_status(),
         "query-version": lambda _: machine.version,
-        # --name, or {} without one, as QEMU (0.14 on): watch and record name VMs by it
+        # --name, or {} without one, as QEMU: watch and record name VMs by it
         "query-name": lambda _: {"name": machine.name} if machine.name else {},
         "stop": _done(machine.stop),
         "cont": _done(machine.cont),
