@@ -115,3 +115,24 @@ def test_a_connection_never_followed_keeps_its_records_under_its_target(
     recorder.on_link(target, object())
     writer.close()
     assert [r.vm for r in read_recording(str(path), ReadReport())] == ["q", "web1", "q"]
+
+
+def test_a_server_that_floods_before_it_is_named_is_recorded_under_its_path(
+        tmp_path: Path) -> None:
+    """What is held until the follower names the VM stays bounded: past the limit the
+    records go out at once under the target's own name (memory, not just naming)."""
+    from qmpevents.cli.record import NAMING_HOLD_LIMIT
+
+    path = tmp_path / "flood.jsonl"
+    writer = RecordingWriter(str(path), fsync="never")
+    recorder = Recorder(writer)
+    trace = recorder.tracer(Target("unix:/run/q.sock", "q"))
+    event = b'{"event": "RESET", "timestamp": {"seconds": 1, "microseconds": 0}}\r\n'
+    count = 2 * NAMING_HOLD_LIMIT // len(event)  # twice the limit
+    for _ in range(count):
+        trace("in", event)  # one read per event: no parsing left for a later iteration
+    assert writer.records == count  # nothing held back: all written, in order
+    trace("in", event)
+    assert writer.records == count + 1
+    writer.close()
+    assert {r.vm for r in read_recording(str(path), ReadReport())} == {"q"}

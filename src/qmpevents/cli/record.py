@@ -233,17 +233,24 @@ class _Naming:
     the greeting and negotiation): until then the connection's records are
     held (a few messages, and the events the VM sent meanwhile), then written
     in order under that name.  An explicit ``NAME=ADDRESS`` is known at once.
+    A server that sends more than :data:`NAMING_HOLD_LIMIT` bytes before it
+    is named gets its path's name instead, so that holding stays bounded.
     """
 
     def __init__(self, target: Target, write: Callable[[str, bytes, Direction, float], None]
                  ) -> None:
         self._write = write
+        self._fallback = target.name
         self._name: str | None = target.name if target.explicit else None
         self._held: list[tuple[bytes, Direction, float]] = []
+        self._held_bytes = 0
 
     def write(self, message: bytes, direction: Direction, received: float) -> None:
         if self._name is None:
             self._held.append((message, direction, received))
+            self._held_bytes += len(message)
+            if self._held_bytes > NAMING_HOLD_LIMIT:
+                self.settle(self._fallback)
         else:
             self._write(self._name, message, direction, received)
 
@@ -256,6 +263,9 @@ class _Naming:
         for message, direction, received in held:
             self._write(name, message, direction, received)
 
+
+NAMING_HOLD_LIMIT = 1 << 20
+"""Bytes of one connection's records held until the follower names its VM."""
 
 TRACE_SLICE = 4096
 """Bytes the tracer's exact parser takes per loop iteration (the client reader's pace)."""
