@@ -14,6 +14,13 @@ set per thing):
 ``qmpevents_agent_published_total``, ``..._broker_connected``  the agent's broker link
 ======================================================  ====================================
 
+The strings in the labels come from the VMs, so each VM may put at most
+:data:`LABEL_VALUES_PER_VM` distinct values in a label (event names the
+catalog does not know, devices, operations, actions, run states QEMU does not
+have); past that a value is counted as ``other``: a broken or hostile VM
+cannot create series without end (each costs the exporter and Prometheus
+memory), and every event is still counted.
+
 The run state comes from ``query-status`` and the VNC client count from
 ``query-vnc``, asked when a VM is attached and again after its events (any
 event: QEMU's ``cont`` in the seed profile says nothing, the next event
@@ -25,10 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
 
-from qmpevents.catalog import BlockIoError
+from qmpevents.catalog import EVENT_TYPES, BlockIoError
 from qmpevents.client import QMPClient, QMPEvent
 from qmpevents.client.targets import Target
 from qmpevents.errors import QMPEventsError
@@ -44,6 +51,28 @@ RUN_STATES = ("debug", "inmigrate", "internal-error", "io-error", "paused", "pos
               "prelaunch", "finish-migrate", "restore-vm", "running", "save-vm", "shutdown",
               "suspended", "watchdog", "guest-panicked", "colo")
 
+LABEL_VALUES_PER_VM: Final = 64
+"""Distinct VM-chosen values per label and VM; the next are counted as :data:`OTHER`."""
+OTHER: Final = "other"
+
+
+class LabelBound:
+    """Bounds the values one VM may put in one label; *known* values always pass."""
+
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        self._known = frozenset(known)
+        self._seen: dict[str, set[str]] = {}
+
+    def __call__(self, vm: str, value: str) -> str:
+        if value in self._known:
+            return value
+        seen = self._seen.setdefault(vm, set())
+        if value in seen:
+            return value
+        if len(seen) >= LABEL_VALUES_PER_VM:
+            return OTHER
+        seen.add(value)
+        return value
 
 
 class FleetMetrics:
@@ -69,6 +98,10 @@ class FleetMetrics:
         self.reconnects = prom.Counter("qmpevents_target_reconnects",
                                        "QMP connections to the VM after the first.",
                                        ["vm"], registry=reg)
+        self._event_name = LabelBound(EVENT_TYPES)
+        self._device, self._operation, self._action = LabelBound(), LabelBound(), LabelBound()
+        self._state = LabelBound(RUN_STATES)
+        self._odd_states: dict[str, set[str]] = {}
         self._clients: dict[str, QMPClient] = {}
         self._seen: set[str] = set()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
@@ -94,10 +127,12 @@ class FleetMetrics:
         self._refresh(vm)
 
     async def on_event(self, vm: str, event: QMPEvent) -> None:
-        self.events.labels(vm, event.name).inc()
+        self.events.labels(vm, self._event_name(vm, event.name)).inc()
         if isinstance(event, BlockIoError):
             data = event.data
-            self.block_io_errors.labels(vm, data.device, data.operation, data.action).inc()
+            self.block_io_errors.labels(vm, self._device(vm, data.device),
+                                        self._operation(vm, data.operation),
+                                        self._action(vm, data.action)).inc()
         self._refresh(vm)
 
     # -- the queries -------------------------------------------------------------
@@ -134,7 +169,11 @@ class FleetMetrics:
             log.debug("%s: state query failed: %s", vm, exc)
 
     def set_run_state(self, vm: str, state: str) -> None:
-        for name in RUN_STATES if state in RUN_STATES else (*RUN_STATES, state):
+        state = self._state(vm, state)
+        shown = self._odd_states.setdefault(vm, set())  # states QEMU does not have, once set
+        if state not in RUN_STATES:
+            shown.add(state)
+        for name in (*RUN_STATES, *shown):
             self.run_state.labels(vm, name).set(1 if name == state else 0)
 
     async def stop(self) -> None:
