@@ -54,7 +54,13 @@ from qmpevents.codec.lexer import (
     Streamer,
     TokenRun,
 )
-from qmpevents.codec.parser import STEP_TOKENS, JSONParseError, parse_steps, parse_tokens
+from qmpevents.codec.parser import (
+    STEP_TOKENS,
+    STRING_SEGMENT,
+    JSONParseError,
+    parse_steps,
+    parse_tokens,
+)
 from qmpevents.codec.scan import GOES_ON, MessageScan, nesting_depth
 
 T = TypeVar("T")
@@ -70,11 +76,15 @@ _NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b"{}[]:,")
 _NUMBER_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.")
 # QEMU's whitespace; bytes.strip() would also drop \x0b and \x0c, stray bytes to QEMU.
 _WS = b" \t\r\n"
+_BLANK_BYTES = frozenset(b" \t\r")
 #: Held bytes at the end of input that still go through the exact path (bounded work).
 END_EXACT_LIMIT = 64 * 1024
 _MESSAGE_START = (b"{", b"[")
 _ENDS = (b"}", b"]")
 _DEFER_MAX = 4096
+#: How many bytes of a run the lexer takes at C speed cost one byte of budget.
+RUN_WEIGHT = 256
+_SHORT_RUN = 16
 _ENCODE = msgspec.json.encode
 
 
@@ -108,6 +118,7 @@ class Framer(Generic[T]):
         self._qemu_exact = qemu_exact
         # Input not processed yet (a budget ran out): chunks, the first one from _head.
         self._queue: deque[bytes] = deque()
+        self._queued = 0  # bytes of the chunks in the queue
         self._head = 0
         # The beginning of a message the fast path holds, as received, and its scan.
         self._parts: list[bytes] = []
@@ -138,7 +149,7 @@ class Framer(Generic[T]):
     def pending(self) -> int:
         """Work left because a ``budget`` ran out: bytes not processed yet, and
         the tokens of a message still being parsed."""
-        return sum(map(len, self._queue)) - self._head + self._job_tokens
+        return self._queued - self._head + self._job_tokens
 
     @property
     def held(self) -> int:
@@ -157,6 +168,7 @@ class Framer(Generic[T]):
         queue = self._queue
         if data:
             queue.append(data)
+            self._queued += len(data)
         self._exact_left = budget
         while queue or self._parse_job is not None:
             if self._parse_job is not None and not self._parse_on():
@@ -165,12 +177,13 @@ class Framer(Generic[T]):
                 break
             buf = queue[0]
             pos = self._process(buf, self._head)
-            if queue[0] is not buf:  # the held message went back to the exact path
+            if pos < 0:  # the held message went back to the queue, for the exact path
                 continue
             if pos < len(buf):  # the budget ran out
                 self._head = pos
                 break
             queue.popleft()
+            self._queued -= len(buf)
             self._head = 0
             if self._slow and self._streamer.idle:
                 # The next chunk starts afresh on the fast path.
@@ -217,6 +230,7 @@ class Framer(Generic[T]):
     def close(self) -> None:
         """Drop everything held and give its share of the budget back."""
         self._queue.clear()
+        self._queued = 0
         self._head = 0
         self._parse_job = None
         self._job_tokens = 0
@@ -227,7 +241,8 @@ class Framer(Generic[T]):
         self._charge()
 
     def _process(self, buf: bytes, pos: int) -> int:
-        """Work through *buf* from *pos*: where it stopped (before the end: out of budget)."""
+        """Work through *buf* from *pos*: where it stopped (before the end: out of budget),
+        or -1 when held input went back to the head of the queue."""
         end = len(buf)
         block = self._decode_block is not None and self._block_ok
         if block and not self._slow and self._scan is None and not self._deferred:
@@ -241,7 +256,7 @@ class Framer(Generic[T]):
             if self._scan is not None or self._deferred:
                 pos = self._continue_held(buf, pos)
                 if pos < 0:
-                    return 0  # the queue's head changed
+                    return pos  # the queue's head changed
                 if block and self._scan is None and not self._slow and not self._deferred:
                     pos = self._try_block(buf, pos)  # the lines after a message held over
                 continue
@@ -341,9 +356,7 @@ class Framer(Generic[T]):
         if cut:
             return cut
         if self._deferred:  # not the usual case: the held line and this read, afresh
-            self._queue[0] = b"".join([*self._parts, buf[pos:]])
-            self._head = 0
-            self._drop_held()
+            self._requeue_held(buf, pos, join=True)
             return -1
         assert self._scan is not None
         found = self._scan.feed(buf, pos)
@@ -366,10 +379,28 @@ class Framer(Generic[T]):
         if not self._parts:
             self._scan = None
             return pos
-        self._queue[0] = b"".join([*self._parts, buf[pos:]])
+        self._requeue_held(buf, pos)
+        return -1
+
+    def _requeue_held(self, buf: bytes, pos: int, join: bool = False) -> None:
+        """Put the held beginning of a message back at the head of the queue, before
+        ``buf[pos:]`` (*buf* is the queue's head), to be processed again.
+
+        The parts stay as they came (unless *join*: a short held line is joined to
+        the read): a big message is not copied, and each part is freed once the
+        exact path is past it.
+        """
+        queue = self._queue
+        queue.popleft()
+        self._queued -= len(buf)
+        rest = buf[pos:] if pos else buf
+        parts = [*self._parts, rest] if rest else self._parts
+        if join:
+            parts = [b"".join(parts)]
+        queue.extendleft(reversed(parts))
+        self._queued += self._held + len(rest)
         self._head = 0
         self._drop_held()
-        return -1
 
     def _try_block_with_held(self, buf: bytes, pos: int) -> int:
         """The held message and the complete lines after it in one block decode,
@@ -400,26 +431,40 @@ class Framer(Generic[T]):
         """Feed the exact path up to a newline at a message boundary, within the budget.
 
         Staying on it to the end of the line keeps a long line of garbage
-        linear: the fast path is not retried at every token.
+        linear: the fast path is not retried at every token.  Runs the lexer
+        takes at C speed (see :meth:`Streamer.feed_run`) cost :data:`RUN_WEIGHT`
+        times less budget per byte than the bytes it takes one by one.
         """
         streamer = self._streamer
         feed = streamer.feed_byte
         end = len(buf)
         left = self._exact_left
-        if left is not None:
-            end = min(end, pos + left)
-        start = pos
-        while pos < end:
+        budget = end - pos if left is None else left
+        later = 0  # bytes to lex one by one before trying a run again
+        while pos < end and budget > 0:
             byte = buf[pos]
+            if later:
+                later -= 1
+            elif streamer.in_run or byte in _BLANK_BYTES:
+                limit = min(end, pos + budget * RUN_WEIGHT)
+                stop = (streamer.feed_run(buf, pos, limit) if streamer.in_run
+                        else streamer.feed_blanks(buf, pos, limit))
+                if stop - pos < _SHORT_RUN:
+                    later = _SHORT_RUN  # short tokens: a run costs more than it saves
+                if stop > pos:
+                    budget -= 1 + (stop - pos) // RUN_WEIGHT
+                    pos = stop
+                    continue
             feed(byte)
             pos += 1
+            budget -= 1
             if byte == 0x0A and streamer.idle:
                 self._slow = False
                 break
             if self._parse_job is not None:
                 break  # a huge message to parse first, in steps
         if left is not None:
-            self._exact_left = left - (pos - start)
+            self._exact_left = max(0, budget)
         self._charge()
         return pos
 
@@ -428,7 +473,7 @@ class Framer(Generic[T]):
         budget = self._budget
         if budget is None:
             return
-        now = self._held + self._streamer.held
+        now = self._held + self._streamer.held + self._queued - self._head
         if budget.charge(now - self._charged):
             self._charged = now
             return
@@ -451,7 +496,8 @@ class Framer(Generic[T]):
             self._out.append(error)
             return
         assert tokens is not None
-        if self._exact_left is not None and len(tokens) > STEP_TOKENS:
+        if self._exact_left is not None and (len(tokens) > STEP_TOKENS
+                                             or tokens.size > STRING_SEGMENT):
             self._parse_job = parse_steps(tokens)
             self._job_tokens = len(tokens)
             return

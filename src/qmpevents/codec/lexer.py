@@ -7,7 +7,12 @@ when a run of tokens becomes a message (brackets balanced, or a scalar at top
 level).  The limits and their error texts are QEMU's too.
 
 It costs a Python loop per byte, so :mod:`qmpevents.codec.framing` only sends
-it what the C-speed fast path cannot decode on its own, in slices.
+it what the C-speed fast path cannot decode on its own, in slices.  Runs of
+bytes that leave the lexer in its state (the body of a string, digits, a
+keyword's letters, blanks, what error recovery skips) are taken at C speed by
+:meth:`Streamer.feed_run`, with the same result as byte by byte (size limit
+included): a huge string token, or the rest of a message over the size limit,
+costs no Python loop per byte.
 
 Memory.  QEMU keeps a queue of token objects per unfinished message; here the
 tokens of an unfinished message are one ``bytearray``: each token's text
@@ -49,7 +54,6 @@ class Tok(IntEnum):
     FLOAT = 8
     KEYWORD = 9
     STRING = 10
-    OVERSIZED = 11  # a token cut off by the size limit
 
 
 class _S(IntEnum):
@@ -82,20 +86,54 @@ _RESYNC = frozenset([*range(0x20), 0xFE, 0xFF, *b"[]{}:,"]) - {ord("\t")}
 
 _TOKS = tuple(Tok)
 _TOKEN_RE = re.compile(rb"([^\x00-\x1f]*)([\x00-\x1f])")
+#: A token at least this long is indexed, so that reading it back costs no scan.
+BIG_TOKEN = 4096
+
+# Runs that keep the lexer in its state (see Streamer.feed_run).
+_DQ_BYTE = rb"[\x20\x21\x23-\x5b\x5d-\xfd]"
+_SQ_BYTE = rb"[\x20-\x26\x28-\x5b\x5d-\xfd]"
+_ESCAPED = rb"\\[\x20-\xfd]"
+_RECOVERY_BYTES = bytes(b for b in range(256) if b not in _RESYNC)
+_RUNS: dict[_S, re.Pattern[bytes]] = {
+    _S.DQ_STRING: re.compile(_DQ_BYTE + rb"*+(?:" + _ESCAPED + _DQ_BYTE + rb"*+)*+"),
+    _S.SQ_STRING: re.compile(_SQ_BYTE + rb"*+(?:" + _ESCAPED + _SQ_BYTE + rb"*+)*+"),
+    _S.DIGITS: re.compile(rb"[0-9]*+"),
+    _S.MANTISSA_DIGITS: re.compile(rb"[0-9]*+"),
+    _S.EXP_DIGITS: re.compile(rb"[0-9]*+"),
+    _S.KEYWORD: re.compile(rb"[a-z]*+"),
+    _S.RECOVERY: re.compile(b"[" + re.escape(_RECOVERY_BYTES) + b"]*+"),
+}
+_RUN_STATES = frozenset(_RUNS)
+# Blanks between tokens, but not a newline: the framer looks at those.
+_BLANKS = re.compile(rb"[ \t\r]*+")
 
 
 class TokenRun:
     """The tokens of one complete message, stored compactly (see the module doc)."""
 
-    __slots__ = ("_raw", "count")
+    __slots__ = ("_big", "_raw", "count")
 
-    def __init__(self, raw: bytearray, count: int) -> None:
+    def __init__(self, raw: bytearray, count: int,
+                 big: list[tuple[int, int]] | None = None) -> None:
         self._raw = raw
         self.count = count
+        self._big = big or []  # (start, end) of each token of BIG_TOKEN bytes or more
+
+    @property
+    def size(self) -> int:
+        """Bytes of the tokens' text (what the parser will read)."""
+        return len(self._raw) - self.count
 
     def __iter__(self) -> Iterator[tuple[Tok, bytes]]:
         toks = _TOKS
-        for match in _TOKEN_RE.finditer(self._raw):
+        raw = self._raw
+        pos = 0
+        for start, end in self._big:
+            for match in _TOKEN_RE.finditer(raw, pos, start):
+                yield toks[match[2][0]], match[1]
+            yield toks[raw[end]], bytes(raw[start:end])
+            pos = end + 1
+        for match in _TOKEN_RE.finditer(raw, pos):
             yield toks[match[2][0]], match[1]
 
     def __len__(self) -> int:
@@ -122,6 +160,7 @@ class Streamer:
         self._token_size = 0
         self._braces = 0
         self._brackets = 0
+        self._big: list[tuple[int, int]] = []
 
     @property
     def idle(self) -> bool:
@@ -139,6 +178,46 @@ class Streamer:
         self._token = bytearray()
         self._state = _S.START
         self._deliver(None, ParseError.too_large(size, limit))
+
+    @property
+    def in_run(self) -> bool:
+        """Whether :meth:`feed_run` may take bytes in the current state (blanks
+        between tokens aside: :meth:`feed_blanks`)."""
+        return self._state in _RUN_STATES
+
+    def feed_blanks(self, data: bytes, pos: int, end: int) -> int:
+        """Skip the blanks (not newlines) at *pos* between tokens: where they end."""
+        if self._state is not _S.START:
+            return pos
+        match = _BLANKS.match(data, pos, end)
+        assert match is not None
+        return match.end()
+
+    def feed_run(self, data: bytes, pos: int, end: int) -> int:
+        """Lex ``data[pos:end]`` as far as it keeps the current state, at C speed:
+        where it stopped (*pos* if the state has no such run).
+
+        The same as :meth:`feed_byte` for each of those bytes: they join the
+        token, and the byte that takes a token over the size limit is the last
+        one taken (the token is refused there, as byte by byte).
+        """
+        pattern = _RUNS.get(self._state)
+        if pattern is None:
+            return pos
+        if self._state is _S.RECOVERY:
+            match = pattern.match(data, pos, end)
+            assert match is not None
+            return match.end()
+        token = self._token
+        room = self._max_size + 1 - len(token)  # the byte after these is over the limit
+        match = pattern.match(data, pos, min(end, pos + room))
+        assert match is not None
+        stop = match.end()
+        if stop > pos:
+            token += memoryview(data)[pos:stop]
+            if len(token) > self._max_size:
+                self._oversized()
+        return stop
 
     def feed_byte(self, byte: int) -> None:
         """Lex one byte (QEMU's ``json_lexer_feed_char``)."""
@@ -193,10 +272,15 @@ class Streamer:
             self._error()
             break
         if len(self._token) > self._max_size:
-            # QEMU hands the oversized token to the streamer, which rejects it.
-            self._process(Tok.OVERSIZED, bytes(self._token))
-            self._token = bytearray()  # give the memory back, not just the length
-            self._state = _S.START
+            self._oversized()
+
+    def _oversized(self) -> None:
+        """QEMU hands a token over the size limit to the streamer, which rejects it
+        (its size check comes first), then lexes on from the start state."""
+        size = self._token_size + len(self._token) + 1
+        self._token = bytearray()  # give the memory back, not just the length
+        self._state = _S.START
+        self._deliver(None, ParseError.too_large(size, self._max_size))
 
     def _start_state(self, byte: int) -> _S | None:
         if byte == 0x22:
@@ -291,6 +375,8 @@ class Streamer:
             self._deliver(None, ParseError(ParseErrorKind.TOO_DEEP, TOO_DEEP_TEXT))
             return
         raw = self._raw
+        if len(text) >= BIG_TOKEN:
+            self._big.append((len(raw), len(raw) + len(text)))
         raw += text
         raw.append(tok)
         self._count += 1
@@ -298,10 +384,11 @@ class Streamer:
         if (self._braces > 0 or self._brackets > 0) and self._braces >= 0 \
                 and self._brackets >= 0:
             return
-        self._deliver(TokenRun(raw, self._count), None)
+        self._deliver(TokenRun(raw, self._count, self._big), None)
 
     def _deliver(self, tokens: TokenRun | None, error: ParseError | None) -> None:
         self._raw = bytearray()
+        self._big = []
         self._count = 0
         self._token_size = 0
         self._braces = 0

@@ -8,7 +8,9 @@ integers beyond the int64/uint64 range become floats as QEMU's do.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator, Iterable
+from json.decoder import scanstring as _scanstring
 from typing import Any
 
 from qmpevents.codec.errors import JSONParseError, ParseError, ParseErrorKind
@@ -21,7 +23,8 @@ _ESCAPES = {ord('"'): '"', ord("'"): "'", ord("\\"): "\\", ord("/"): "/", ord("b
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
-__all__ = ["STEP_TOKENS", "JSONParseError", "parse_steps", "parse_string", "parse_tokens"]
+__all__ = ["STEP_TOKENS", "STRING_SEGMENT", "JSONParseError", "parse_steps", "parse_string",
+           "parse_tokens", "string_steps"]
 
 
 def _fail(message: str) -> JSONParseError:
@@ -44,11 +47,117 @@ def _hex4(text: bytes, at: int) -> int:
 
 def parse_string(text: bytes) -> str:
     """A quoted string token (either quote) to its value."""
+    steps = string_steps(text)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            value: str = done.value
+            return value
+
+
+STRING_SEGMENT = 256 * 1024
+"""Bytes of a string token converted between two pauses of :func:`string_steps`."""
+
+_EXACT_STEP = 2048  # escapes or runs the exact loop converts between two pauses
+_PLAIN_PER_ESCAPE = 64  # plain bytes that cost about what one escape costs there
+_MAX_ESCAPE = 6  # the longest escape: backslash, 'u', four hex digits
+# Where a string may be cut so that both sides convert as the whole would (see _cut):
+# before an escape that is not a trailing surrogate (so a pair is never split),
+# or after six bytes that hold no backslash (so no escape is split), at a character.
+_CUT = re.compile(rb"[^\\]\\(?!u[dD][c-fC-F])|[^\\]{6}(?=[^\\\x80-\xbf])")
+# Noncharacters in UTF-8 (U+FDD0..U+FDEF and U+xFFFE/U+xFFFF of every plane): QEMU
+# refuses them.  (Surrogates cannot be encoded: str.encode refuses them.)
+_NONCHARACTER = re.compile(
+    rb"\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
+
+
+def string_steps(text: bytes) -> Generator[None, None, str]:
+    """Convert a quoted string token, pausing (``yield``) between slices of a big one.
+
+    Each slice is converted at C speed (UTF-8 decoding and ``json``'s string
+    scanner) when the result is certainly QEMU's: it decoded strictly and holds
+    no surrogate or noncharacter, and the escapes are JSON's, which QEMU reads
+    alike.  From the first slice where that is not certain (``\\'``, modified
+    UTF-8, anything QEMU refuses), the exact port of QEMU's loop takes the rest,
+    which gives QEMU's value or its first error; it pauses too.
+    """
+    end = len(text) - 1  # the closing quote
+    pos = 1
+    double = text[0] == 0x22
+    pieces: list[str] = []
+    while pos < end:
+        cut = _cut(text, pos, end)
+        piece = _certain(text[pos:cut], double) if cut > pos else None
+        if piece is None:
+            pieces.append((yield from _exact_steps(text, pos)))
+            break
+        pieces.append(piece)
+        pos = cut
+        if pos < end:
+            yield
+    return "".join(pieces)
+
+
+def _cut(text: bytes, pos: int, end: int) -> int:
+    """Where the slice that starts at *pos* (an escape boundary) ends: *end* for a
+    small rest, *pos* if no safe cut was found (the exact loop then goes on)."""
+    low = pos + STRING_SEGMENT
+    if low >= end:
+        return end
+    found = _CUT.search(text, low - _MAX_ESCAPE, min(end, low + STRING_SEGMENT))
+    if found is not None:
+        cut = found.end()
+        return cut - 1 if text[cut - 1] == 0x5C else cut
+    # A run of backslashes: its first one starts an escape (the byte before it is
+    # not a backslash, or it is at *pos*), so an even distance from it is a boundary.
+    head = text[pos:low]
+    run_start = low - (len(head) - len(head.rstrip(b"\\")))
+    if run_start == low:
+        return pos
+    cut = low + (low - run_start) % 2
+    return cut if cut < end and text[cut] == 0x5C else pos
+
+
+def _certain(body: bytes, double: bool) -> str | None:
+    """*body* converted at C speed if the result is certainly QEMU's, else None."""
+    try:
+        value = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # invalid, or modified UTF-8
+    if b"\\" in body:
+        if not double:
+            return None
+        quoted = f'"{value}"'
+        try:
+            value, stop = _scanstring(quoted, 1, True)
+        except ValueError:
+            return None  # an escape JSON does not have, or a malformed one
+        if stop != len(quoted):
+            return None
+    if value.isascii():
+        return value
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None  # a surrogate (from an escape that is not a valid pair)
+    if ((b"\xef\xb7" in encoded or b"\xbf\xbe" in encoded or b"\xbf\xbf" in encoded)
+            and _NONCHARACTER.search(encoded)):
+        return None
+    return value
+
+
+def _exact_steps(text: bytes, i: int) -> Generator[None, None, str]:
+    """QEMU's ``parse_string`` loop from *i* (an escape boundary), pausing now and then."""
     quote = text[0]
     out: list[str] = []
-    i = 1
     end = len(text) - 1
+    countdown = _EXACT_STEP
     while i < end:
+        if countdown <= 0:
+            countdown = _EXACT_STEP
+            yield
+        countdown -= 1
         byte = text[i]
         if byte == quote:
             break
@@ -76,20 +185,37 @@ def parse_string(text: bytes) -> str:
                 raise _fail(f"{shown} is not a valid Unicode character")
             out.append(chr(cp))
             continue
-        # A run of plain bytes up to the next escape or quote.
-        j = i
-        while j < end and text[j] != 0x5C and text[j] != quote:
-            j += 1
+        # A run of plain bytes up to the next escape or quote (a slice of it at most).
+        j = _run_end(text, i, end, quote)
         chunk = text[i:j]
         try:
             decoded = chunk.decode("utf-8")
         except UnicodeDecodeError:
             decoded = _modified_utf8(chunk)
-        if any(not _valid_codepoint(ord(c)) for c in decoded if ord(c) >= 0xD800):
+        if not decoded.isascii() and _invalid_character(decoded):
             raise _fail("invalid UTF-8 sequence in string")
         out.append(decoded)
+        countdown -= len(chunk) // _PLAIN_PER_ESCAPE
         i = j
     return "".join(out)
+
+
+def _run_end(text: bytes, i: int, end: int, quote: int) -> int:
+    """Where the plain run from *i* ends: the next backslash or quote, or a character
+    boundary after :data:`STRING_SEGMENT` bytes (a slice of a longer run)."""
+    limit = min(end, i + STRING_SEGMENT)
+    j = limit
+    for special in (b"\\", b"'" if quote == 0x27 else b'"'):
+        at = text.find(special, i, j)
+        if at >= 0:
+            j = at
+    if j == limit and limit < end:
+        # Not inside a character (its continuation bytes are 0x80-0xBF); an invalid
+        # sequence is an error on either side.
+        for _ in range(3):
+            if 0x80 <= text[j] <= 0xBF and j - 1 > i:
+                j -= 1
+    return j
 
 
 def _modified_utf8(chunk: bytes) -> str:
@@ -99,6 +225,15 @@ def _modified_utf8(chunk: bytes) -> str:
         return "\0".join(part.decode("utf-8") for part in parts)
     except UnicodeDecodeError:
         raise _fail("invalid UTF-8 sequence in string") from None
+
+
+def _invalid_character(decoded: str) -> bool:
+    """Whether *decoded* holds a character QEMU refuses (a surrogate or a noncharacter)."""
+    try:
+        encoded = decoded.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return _NONCHARACTER.search(encoded) is not None
 
 
 def _number(tok: Tok, text: bytes) -> int | float:
@@ -197,8 +332,10 @@ def parse_steps(tokens: Iterable[tuple[Tok, bytes]]) -> Generator[None, None, An
             else:
                 stack.append(frame)
                 if isinstance(frame.container, dict):
-                    _read_key(stack[-1], take)
+                    yield from _read_key(stack[-1], take)
                 continue
+        elif tok is Tok.STRING and len(text) > STRING_SEGMENT:
+            value = yield from string_steps(text)
         else:
             value = _scalar(tok, text)
         # Attach the value to its container and close what is complete.
@@ -220,7 +357,7 @@ def parse_steps(tokens: Iterable[tuple[Tok, bytes]]) -> Generator[None, None, An
                     continue
                 if sep is not Tok.COMMA:
                     raise _fail("expected separator in dict")
-                _read_key(frame, take)
+                yield from _read_key(frame, take)
                 break
             container.append(value)
             sep, _ = take()
@@ -233,13 +370,16 @@ def parse_steps(tokens: Iterable[tuple[Tok, bytes]]) -> Generator[None, None, An
             break
 
 
-def _read_key(frame: _Frame, take: Any) -> None:
-    """Read ``"key" :`` of an object member."""
+def _read_key(frame: _Frame, take: Any) -> Generator[None, None, None]:
+    """Read ``"key" :`` of an object member (pausing in a huge key)."""
     tok, text = take()
     if tok is Tok.LCURLY or tok is Tok.LSQUARE:
         # QEMU parses the value first, then complains it is not a string.
         raise _fail("key is not a string in object")
-    key = _scalar(tok, text)
+    if tok is Tok.STRING and len(text) > STRING_SEGMENT:
+        key = yield from string_steps(text)
+    else:
+        key = _scalar(tok, text)
     if not isinstance(key, str):
         raise _fail("key is not a string in object")
     colon, _ = take()
