@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from typing import Any, Literal
 
 import msgspec
@@ -635,3 +636,56 @@ def test_typed_framer_equals_exact_path_on_valid_streams(texts: list[bytes],
     got = feed_all(client_framer(), split_at(data, cuts))
     want = [messages.from_value(value) for value in reference(data)]
     assert got == want
+
+
+# --- C-speed runs of the exact path: the same as byte by byte -----------------------------
+
+_RUN_PIECES = [
+    b"{", b"}", b"[", b"]", b":", b",", b" ", b"\n", b"\t", b"\r", b"\x01", b"\xff", b"@",
+    b'"' + b"s" * 40, b"'" + b"q" * 40, b"\\u00e9" * 5, b"\\", b'"', b"'", b"1" * 30,
+    b"1.5e" + b"7" * 30, b"-0.", b"tru" + b"e" * 30, b"null", b" " * 30, b"z" * 30,
+    b"\xc3\xa9" * 10, b'{"execute": "x", "arguments": {"a": "' + b"y" * 50,
+]
+
+
+@pytest.mark.parametrize("limit", [48, 100, 1000])
+def test_runs_of_the_exact_path_give_what_byte_by_byte_gives(limit: int) -> None:
+    # Long strings, digits, keywords, blanks and garbage, a size limit that falls
+    # inside the runs, any read split and any budget: exactly the reference's output.
+    rng = random.Random(limit)
+    for _ in range(400):
+        data = b"".join(rng.choices(_RUN_PIECES, k=rng.randrange(1, 40))) + b"\n\xff\n"
+        framer = value_framer(max_message_size=limit)
+        budget = rng.choice((None, 1, 7, 300))
+        out: list[Any] = []
+        for chunk in split_at(data, [rng.randrange(len(data) + 1) for _ in range(3)]):
+            out.extend(framer.feed(chunk, budget=budget))
+        while framer.pending:
+            out.extend(framer.feed(b"", budget=budget))
+        expected = reference(data, max_message_size=limit)
+        assert [canon(item) for item in out] == [canon(item) for item in expected], data
+
+
+def test_string_over_the_size_limit_is_lexed_at_c_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    lexed = 0
+    feed_byte = Streamer.feed_byte
+
+    def counting(self: Streamer, byte: int) -> None:
+        nonlocal lexed
+        lexed += 1
+        feed_byte(self, byte)
+
+    monkeypatch.setattr(Streamer, "feed_byte", counting)
+    limit = 1 << 20
+    data = (b'{"execute": "x", "arguments": {"a": "' + b"A" * (limit + 100) + b'"}}\n'
+            + b'{"execute": "next"}\n')
+    framer = value_framer(max_message_size=limit)
+    out = [item for start in range(0, len(data), 8192)
+           for item in framer.feed(data[start:start + 8192], budget=4096)]
+    while framer.pending:
+        out.extend(framer.feed(b"", budget=4096))
+    assert errors(out) == ["JSON token size limit exceeded", "JSON parse error, stray 'A'",
+                           "JSON parse error, expecting value",
+                           "JSON parse error, expecting value"]
+    assert out[-1] == {"execute": "next"}
+    assert lexed < 1000  # the tokens around the string, not its megabyte

@@ -66,6 +66,9 @@ INPUT_SLICE: Final = 8 * 1024
 EXACT_SLICE: Final = 4 * 1024
 """Bytes of the exact (byte-by-byte) parser's work per refill, about 5 ms."""
 
+READ_AHEAD: Final = INPUT_SLICE
+"""Bytes received but not parsed beyond which reading stops while a parse is under way."""
+
 _CAPABILITY_VALUES: Final = ("oob",)
 _CLOSED: Final = ConnectionClosed()
 
@@ -182,6 +185,11 @@ class ServerConnection:
             del self._backlog[:self._backlog_pos]
             self._backlog_pos = 0
         self._backlog += data
+        if self._framer.pending:
+            # A parse is under way: the data waits its turn (next_event goes on with
+            # it), and reading stops once a slice of it is waiting.
+            self._reading = len(self._backlog) < READ_AHEAD
+            return
         self._fill()
 
     @property
@@ -279,7 +287,9 @@ class ServerConnection:
             self._backlog_pos = end
             parsed = True
         if framer.pending:
-            self._reading = False
+            # Read on while little waits: the end of input (a client that left) is
+            # seen during a long parse, not after it.
+            self._reading = len(backlog) - self._backlog_pos < READ_AHEAD
         elif self._backlog_pos >= len(backlog):
             backlog.clear()
             self._backlog_pos = 0
@@ -292,6 +302,17 @@ class ServerConnection:
         if len(self._inbox) >= self._queue_depth:
             self._reading = False
         return parsed
+
+    def drop_unparsed(self) -> int:
+        """The peer is gone (not just half-closed): nobody will read the replies to
+        input not parsed yet, so drop it now, with its share of a held-input budget,
+        instead of parsing it; requests already parsed are still handed out.
+        Returns the bytes dropped."""
+        dropped = self.buffered_bytes
+        self._backlog.clear()
+        self._backlog_pos = 0
+        self._framer.close()
+        return dropped
 
     def discard_input(self) -> None:
         """Drop the input not handed out yet, and what the framer holds (and its share

@@ -35,7 +35,11 @@ unsent output already exceeds the bound, that monitor is **disconnected**
 one message, and a monitor that stops reading never delays the others; it
 simply loses its connection, as it would lose events anyway.
 
-Departures.  When a connection ends, one INFO line on
+Departures.  A client that leaves while its input is being parsed (a big
+message on the byte-by-byte parser) is noticed at once: reading goes on
+during a parse as long as little input waits, and a Unix peer that closed its
+end (not a half-close, which still gets its replies) has its unparsed input
+dropped at its EOF.  When a connection ends, one INFO line on
 ``qmpevents.server.monitor`` says how (EOF, or the socket error) and how many
 bytes of an unfinished request were discarded -- a client killed while
 writing a command leaves exactly that trace, and nothing else changes for the
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -186,10 +191,26 @@ class Monitor(asyncio.Protocol):
         if conn is None or self.closed:
             return False
         conn.receive_data(b"")
+        if conn.has_unparsed_input and self._peer_hung_up():
+            # Gone during a long parse: free what it held now, not when its
+            # replies fail to be written.
+            dropped = conn.drop_unparsed()
+            _log.info("QMP monitor %s hung up; %d bytes of unparsed input dropped",
+                      self.peer, dropped)
         self._schedule_pump()
         # A TLS transport cannot stay half-open; a plain socket can, for the replies.
         return self._transport is not None and self._transport.get_extra_info(
             "sslcontext") is None
+
+    def _peer_hung_up(self) -> bool:
+        """Whether the peer closed its end entirely, not just for writing (a Unix
+        socket says so; a TCP peer's FIN looks like a half-close, and is one)."""
+        sock = self._transport.get_extra_info("socket") if self._transport else None
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return any(events & select.POLLHUP for _fd, events in poller.poll(0))
 
     def _update_reading(self) -> None:
         """Read the socket only while the connection and the output allow it."""
