@@ -29,12 +29,13 @@ from typing import Any, TypeVar
 
 import pytest
 from qemu_support import QemuProcess, requires_qemu
-from robust_support import answer_all, server
+from robust_support import answer_all, eventually, server
 
 import qmpevents
 from qmpevents.codec import HeldInputBudget, value_framer
 from qmpevents.codec.lexer import Streamer
 from qmpevents.protocol import Command, CommandFailure
+from qmpevents.server import QMPServer, UnixAddress
 from qmpevents.testing import RawQMP
 
 Figures = Callable[[str, object], None]
@@ -248,7 +249,7 @@ class LoopThread:
 
 
 _SERVER = """
-import asyncio, sys
+import asyncio, sys, time
 sys.path[:0] = sys.argv[2:]
 from test_robust_framing import LoopStalls, _Echo
 from qmpevents.server import QMPServer, UnixAddress
@@ -260,7 +261,7 @@ async def main():
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await qmp.close()
-    print(stalls.worst, flush=True)
+    print(stalls.worst, time.process_time(), flush=True)
 
 asyncio.run(main())
 """
@@ -269,7 +270,8 @@ asyncio.run(main())
 @contextlib.asynccontextmanager
 async def qmp_server_process() -> AsyncIterator[tuple[str, list[float]]]:
     """A QMP server in a child process (so that its waits are its own); yields its
-    socket path and a list that gets its loop's worst stall (CPU seconds) at the end."""
+    socket path and a list that gets its loop's worst stall and the process's CPU
+    time (seconds) at the end."""
     path = f"/tmp/qmpev-framing-{os.getpid()}.sock"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _SERVER, path, os.path.dirname(__file__),
@@ -280,7 +282,7 @@ async def qmp_server_process() -> AsyncIterator[tuple[str, list[float]]]:
         assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
         yield path, stall
         child.stdin.write(b"stop\n")
-        stall.append(float(await asyncio.wait_for(child.stdout.readline(), 30)))
+        stall.extend(map(float, (await asyncio.wait_for(child.stdout.readline(), 30)).split()))
     finally:
         if child.returncode is None:
             child.kill()
@@ -340,6 +342,127 @@ async def test_second_monitor_waits_little_during_one_big_message(figures: Figur
         # CPU time: what the server does in one go, whatever the machine's load.
         assert stall < 0.050, (name, stall)  # was 15 s (reads ending in ']'), 4.4 s
         assert wait < 1.0, (name, wait)  # wall time: loose, for a loaded machine
+
+
+def escapes_command(size: int) -> bytes:
+    """A command whose one string is *size* bytes of ``\\u00e9`` escapes (the exact path)."""
+    return (b'{"execute": "query-status", "arguments": {"a": "' + b"\\u00e9" * (size // 6)
+            + b'"}}\n')
+
+
+@pytest.mark.subprocess
+async def test_second_monitor_waits_little_during_one_huge_string_token(
+        figures: Figures) -> None:
+    # One string token of 30 MiB on the exact path: it used to be converted in one
+    # step once complete (3.6 s during which no other monitor was answered).
+    async with qmp_server_process() as (path, server):
+        wait, trips = await second_monitor_waits(path, plain_slices(escapes_command(30 << 20)))
+    stall, cpu = server
+    figures("one 30 MiB string of \\u escapes (exact path): second monitor's worst wait / "
+            "server loop stall / server CPU",
+            f"{wait * 1000:.0f} ms wall / {stall * 1000:.0f} ms CPU over {trips} round trips"
+            f" / {cpu:.1f} s")
+    assert stall < 0.050, stall  # was 3.6 s
+    assert wait < 1.0, wait  # wall time: loose, for a loaded machine
+
+
+# -- a message over the size limit --------------------------------------------------------
+
+OVER = b'{"execute":"query-status","arguments":{"a":"'
+# What QEMU 7.2 answers, witnessed (test_message_over_the_limit_is_answered_as_real_qemu):
+# a string token that grows over 64 MiB is refused in the lexer, the rest of the string
+# is a stray byte and error recovery, and each closing brace is a message of its own.
+OVER_STRING = OVER + b"A" * ((64 << 20) + 100) + b'"}}\n'
+OVER_STRING_REPLIES = [
+    b'{"error": {"class": "GenericError", "desc": "JSON token size limit exceeded"}}\r\n',
+    b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'A\'"}}\r\n',
+    b'{"error": {"class": "GenericError", "desc": "JSON parse error, expecting value"}}\r\n',
+    b'{"error": {"class": "GenericError", "desc": "JSON parse error, expecting value"}}\r\n',
+]
+# A string that ends just over the limit is refused by the streamer, when it ends.
+OVER_AT_ITS_END = OVER + b"A" * ((64 << 20) - 40) + b'"}}\n'
+OVER_AT_ITS_END_REPLIES = [OVER_STRING_REPLIES[0], *OVER_STRING_REPLIES[2:]]
+NEXT = b'{"execute": "query-status", "id": "next"}\n'
+
+
+def answer_in_slices(conn: Any, data: bytes, read: int = 256 * 1024) -> tuple[list[bytes], int]:
+    """Feed *data* as a server loop would (reads of *read* bytes, a few KiB parsed per
+    call); the reply lines and the most bytes held unparsed at any time."""
+    peak = 0
+    for start in range(0, len(data), read):
+        conn.receive_data(data[start:start + read])
+        while conn.has_unparsed_input:
+            peak = max(peak, conn.buffered_bytes)
+            command = conn.next_event()
+            if isinstance(command, Command):
+                conn.send_return(command, {})
+    return conn.data_to_send().splitlines(keepends=True), peak
+
+
+@pytest.mark.parametrize(("data", "replies"), [(OVER_STRING, OVER_STRING_REPLIES),
+                                               (OVER_AT_ITS_END, OVER_AT_ITS_END_REPLIES)],
+                         ids=["grows-over", "ends-over"])
+def test_message_over_the_limit_costs_little_and_gets_qemus_replies(
+        figures: Figures, data: bytes, replies: list[bytes]) -> None:
+    conn = server()
+    began = time.process_time()
+    lines, peak = answer_in_slices(conn, data + NEXT)
+    cpu = time.process_time() - began
+    assert lines == [*replies, b'{"return": {}, "id": "next"}\r\n']
+    where = "grows over it" if replies is OVER_STRING_REPLIES else "ends just over it"
+    figures(f"a message over the 64 MiB limit (a string that {where}): server CPU to "
+            "QEMU's replies / most held unparsed",
+            f"{cpu:.2f} s / {peak / (1 << 20):.0f} MiB")
+    assert cpu < 3.0, cpu  # was about 30 s, byte by byte
+    assert peak <= len(data) * 1.1, peak  # the held reads are not copied whole
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+@requires_qemu
+async def test_message_over_the_limit_is_answered_as_real_qemu() -> None:
+    # QEMU reads its monitor a byte at a time: about two minutes for 64 MiB.
+    async with QemuProcess() as qemu:
+        qmp = await RawQMP.unix(qemu.socket_path, retry=True)
+        try:
+            await qmp.negotiate()
+            qmp.writer.write(OVER_STRING + NEXT)
+            await qmp.writer.drain()
+            lines = []
+            while not lines or b'"next"' not in lines[-1]:
+                lines.append(await qmp.line(timeout=600))
+        finally:
+            qmp.writer.close()
+    assert lines[:-1] == OVER_STRING_REPLIES
+    assert lines[-1].endswith(b', "id": "next"}\r\n')
+
+
+# -- a client that leaves during a long parse ---------------------------------------------
+
+async def test_client_that_leaves_during_a_long_parse_is_let_go_at_once(
+        figures: Figures) -> None:
+    # Non-ASCII and short tokens: seconds of byte-by-byte parsing once complete.
+    message = (b'{"execute": "x", "arguments": {"a": ["\xc3\xa9", ' + b"1, " * (1 << 20)
+               + b'1]}}\n')
+    path = f"/tmp/qmpev-leave-{os.getpid()}.sock"
+    qmp = QMPServer([UnixAddress(path)], _Echo(), version={})
+    await qmp.start()
+    try:
+        client = await RawQMP.unix(path)
+        await client.negotiate()
+        client.writer.write(message)
+        await client.writer.drain()
+        await eventually(lambda: qmp.held_input.held > len(message) // 2, what="parsing")
+        client.writer.close()
+        left = time.perf_counter()
+        await eventually(lambda: qmp.monitors == 0, timeout=30, what="monitor gone")
+        gone = time.perf_counter() - left
+        figures("a client that leaves during a 3 MiB parse on the exact path: "
+                "its monitor and held input freed after", f"{gone * 1000:.0f} ms")
+        assert qmp.held_input.held == 0
+        assert gone < 1.0, gone  # was when the parse ended (seconds)
+    finally:
+        await qmp.close()
 
 
 # -- the client's timers while it parses a huge line ----------------------------------

@@ -125,6 +125,7 @@ class Framer(Generic[T]):
         self._held = 0
         self._scan: MessageScan | None = None
         self._deferred = False  # held without a scan yet (see _tail)
+        self._held_exact_only = False  # what is held is certainly the exact path's
         self._out: list[T | ParseError] = []
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
@@ -295,6 +296,11 @@ class Framer(Generic[T]):
         # of exactly the limit's size is already too big.
         if len(stripped) >= self._max_fast_line:
             return False
+        qemu_exact = self._qemu_exact
+        # The checks that cost least first: a huge message of escapes is refused
+        # before any pass over all of it.
+        if qemu_exact and (not stripped.isascii() or (b"\\" in stripped and b"\\u" in stripped)):
+            return False
         # One pass keeps the structural bytes: the counts below cost nothing then.
         structural = stripped.translate(None, _NOT_STRUCTURAL)
         if (not depth_checked
@@ -304,16 +310,14 @@ class Framer(Generic[T]):
         # At most how many tokens: scalars sit between structural bytes.
         if len(stripped) >= self._max_tokens and 2 * len(structural) + 1 >= self._max_tokens:
             return False
-        if self._qemu_exact and (not stripped.isascii()
-                                 or (b"\\" in stripped and b"\\u" in stripped)
-                                 or _LONG_DIGIT_RUN in stripped.translate(_DIGIT_MAP)
-                                 or _zero_exponent(stripped)):
+        if qemu_exact and (_LONG_DIGIT_RUN in stripped.translate(_DIGIT_MAP)
+                           or _zero_exponent(stripped)):
             return False
         try:
             item = self._decode_line(stripped)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             return False
-        if self._qemu_exact and isinstance(item, dict | list):
+        if qemu_exact and isinstance(item, dict | list):
             colons = structural.count(b":")
             # msgspec keeps the last of duplicate keys where QEMU reports an
             # error.  A dropped member takes its ':' with it, so the value
@@ -362,14 +366,19 @@ class Framer(Generic[T]):
         found = self._scan.feed(buf, pos)
         if found >= 0:
             piece = buf[pos:found + 1]
-            message = b"".join([*self._parts, piece]) if self._parts else piece
-            # *decode_line* takes one line (a client keeps it as the raw text):
-            # a message over several lines is the exact path's, as before.
-            if b"\n" not in message and self._try_fast(message, depth_checked=True):
-                self._drop_held()
-                return found + 1
+            if self._held + len(piece) < self._max_fast_line and not (
+                    self._parts and self._exact_only(piece)):
+                message = b"".join([*self._parts, piece]) if self._parts else piece
+                # *decode_line* takes one line (a client keeps it as the raw text):
+                # a message over several lines is the exact path's, as before.
+                if b"\n" not in message and self._try_fast(message, depth_checked=True):
+                    self._drop_held()
+                    return found + 1
         elif found == GOES_ON and self._held + len(buf) - pos < self._max_fast_line:
-            self._parts.append(buf[pos:] if pos else buf)
+            part = buf[pos:] if pos else buf
+            if self._qemu_exact and not self._held_exact_only:
+                self._held_exact_only = self._exact_only(part)
+            self._parts.append(part)
             self._held += len(buf) - pos
             self._charge()
             return len(buf)
@@ -402,6 +411,15 @@ class Framer(Generic[T]):
         self._head = 0
         self._drop_held()
 
+    def _exact_only(self, part: bytes) -> bool:
+        """Whether the held message, with *part* after what is held, is certainly the
+        exact path's (what :meth:`_try_fast` refuses first, checked a part at a
+        time as they come): a big one is then not joined only to be refused."""
+        if not self._qemu_exact:
+            return False
+        return self._held_exact_only or not part.isascii() or b"\\u" in part or (
+            part[:1] == b"u" and bool(self._parts) and self._parts[-1][-1:] == b"\\")
+
     def _try_block_with_held(self, buf: bytes, pos: int) -> int:
         """The held message and the complete lines after it in one block decode,
         as if the read had not cut the line (the usual case of an event stream):
@@ -424,6 +442,7 @@ class Framer(Generic[T]):
     def _drop_held(self) -> None:
         self._parts = []
         self._held = 0
+        self._held_exact_only = False
         self._scan = None
         self._deferred = False
 

@@ -109,30 +109,35 @@ _BLANKS = re.compile(rb"[ \t\r]*+")
 
 
 class TokenRun:
-    """The tokens of one complete message, stored compactly (see the module doc)."""
+    """The tokens of one complete message, stored compactly (see the module doc).
+
+    A token of :data:`BIG_TOKEN` bytes or more is kept aside, as it came: only
+    its type byte stands in the run, so it is neither copied into the run nor
+    scanned again to be read back.
+    """
 
     __slots__ = ("_big", "_raw", "count")
 
     def __init__(self, raw: bytearray, count: int,
-                 big: list[tuple[int, int]] | None = None) -> None:
+                 big: list[tuple[int, bytes]] | None = None) -> None:
         self._raw = raw
         self.count = count
-        self._big = big or []  # (start, end) of each token of BIG_TOKEN bytes or more
+        self._big = big or []  # (offset of its type byte in raw, text) of each big token
 
     @property
     def size(self) -> int:
         """Bytes of the tokens' text (what the parser will read)."""
-        return len(self._raw) - self.count
+        return len(self._raw) - self.count + sum(len(text) for _at, text in self._big)
 
     def __iter__(self) -> Iterator[tuple[Tok, bytes]]:
         toks = _TOKS
         raw = self._raw
         pos = 0
-        for start, end in self._big:
-            for match in _TOKEN_RE.finditer(raw, pos, start):
+        for at, text in self._big:
+            for match in _TOKEN_RE.finditer(raw, pos, at):
                 yield toks[match[2][0]], match[1]
-            yield toks[raw[end]], bytes(raw[start:end])
-            pos = end + 1
+            yield toks[raw[at]], text
+            pos = at + 1
         for match in _TOKEN_RE.finditer(raw, pos):
             yield toks[match[2][0]], match[1]
 
@@ -160,7 +165,8 @@ class Streamer:
         self._token_size = 0
         self._braces = 0
         self._brackets = 0
-        self._big: list[tuple[int, int]] = []
+        self._big: list[tuple[int, bytes]] = []  # see TokenRun
+        self._big_size = 0
 
     @property
     def idle(self) -> bool:
@@ -170,7 +176,7 @@ class Streamer:
     @property
     def held(self) -> int:
         """Bytes held for the unfinished message (its tokens and the partial one)."""
-        return len(self._raw) + len(self._token)
+        return len(self._raw) + self._big_size + len(self._token)
 
     def reject(self, size: int, limit: int) -> None:
         """Refuse the unfinished message as too large (a budget ran out), as QEMU
@@ -338,7 +344,10 @@ class Streamer:
 
     def _finish(self, tok: Tok) -> None:
         text = bytes(self._token)
-        self._token.clear()
+        if len(text) >= BIG_TOKEN:
+            self._token = bytearray()  # give the memory back, not just the length
+        else:
+            self._token.clear()
         self._state = _S.START
         self._process(tok, text)
 
@@ -376,8 +385,10 @@ class Streamer:
             return
         raw = self._raw
         if len(text) >= BIG_TOKEN:
-            self._big.append((len(raw), len(raw) + len(text)))
-        raw += text
+            self._big.append((len(raw), text))
+            self._big_size += len(text)
+        else:
+            raw += text
         raw.append(tok)
         self._count += 1
         self._token_size += len(text)
@@ -389,6 +400,7 @@ class Streamer:
     def _deliver(self, tokens: TokenRun | None, error: ParseError | None) -> None:
         self._raw = bytearray()
         self._big = []
+        self._big_size = 0
         self._count = 0
         self._token_size = 0
         self._braces = 0
