@@ -243,7 +243,7 @@ def random_string_token(rng: random.Random, quote: bytes) -> bytes:
     return quote + body + quote
 
 
-def converted(convert: Any, text: bytes) -> Any:
+def converted(convert: Any, text: Any) -> Any:
     try:
         return ("value", convert(text))
     except JSONParseError as exc:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 from qemu_support import QemuProcess, requires_qemu
-from robust_support import answer_all, eventually, server
+from robust_support import answer_all, eventually, open_fds, server
 
 import qmpevents
 from qmpevents.codec import HeldInputBudget, value_framer
@@ -428,7 +429,7 @@ async def test_message_over_the_limit_is_answered_as_real_qemu() -> None:
             await qmp.negotiate()
             qmp.writer.write(OVER_STRING + NEXT)
             await qmp.writer.drain()
-            lines = []
+            lines: list[bytes] = []
             while not lines or b'"next"' not in lines[-1]:
                 lines.append(await qmp.line(timeout=600))
         finally:
@@ -461,6 +462,38 @@ async def test_client_that_leaves_during_a_long_parse_is_let_go_at_once(
                 "its monitor and held input freed after", f"{gone * 1000:.0f} ms")
         assert qmp.held_input.held == 0
         assert gone < 1.0, gone  # was when the parse ended (seconds)
+    finally:
+        await qmp.close()
+
+
+def send_and_leave(path: str, data: bytes) -> None:
+    with socket.socket(socket.AF_UNIX) as peer:
+        peer.connect(path)
+        peer.recv(4096)  # the greeting
+        peer.sendall(data)
+
+
+async def test_clients_that_send_over_the_limit_and_leave_are_let_go_soon(
+        figures: Figures) -> None:
+    # Four at once used to hold the whole 256 MiB held-input budget for minutes.
+    path = f"/tmp/qmpev-over-{os.getpid()}.sock"
+    qmp = QMPServer([UnixAddress(path)], _Echo(), version={})
+    await qmp.start()
+    try:
+        fds = open_fds()
+        with LoopStalls() as stalls:
+            began = time.perf_counter()
+            await asyncio.gather(*(asyncio.to_thread(send_and_leave, path, OVER_STRING)
+                                   for _ in range(4)))
+            sent = time.perf_counter()
+            await eventually(lambda: qmp.monitors == 0, timeout=60, what="monitors gone")
+            gone = time.perf_counter() - sent
+        figures("4 clients that send a message over the 64 MiB limit and leave: freed after "
+                "/ server loop stall", f"{gone * 1000:.0f} ms after the last byte "
+                f"(sent in {sent - began:.1f} s) / {stalls.worst * 1000:.0f} ms CPU")
+        assert qmp.held_input.held == 0 and open_fds() == fds
+        assert stalls.worst < 0.050, stalls.worst
+        assert gone < 5.0, gone  # was minutes (30 s of CPU each)
     finally:
         await qmp.close()
 

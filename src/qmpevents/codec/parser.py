@@ -9,8 +9,8 @@ integers beyond the int64/uint64 range become floats as QEMU's do.
 from __future__ import annotations
 
 import re
+from _json import scanstring as _scanstring  # the C string scanner of the json module
 from collections.abc import Generator, Iterable
-from json.decoder import scanstring as _scanstring
 from typing import Any
 
 from qmpevents.codec.errors import JSONParseError, ParseError, ParseErrorKind
