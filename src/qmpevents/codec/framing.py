@@ -18,9 +18,13 @@ Cost.  A message that spans reads is held as the reads came
 (:class:`~qmpevents.codec.scan.MessageScan` finds its end, looking at each
 byte once), then joined and decoded once: the cost is linear in the bytes
 received, whatever the read boundaries.  The exact path costs a Python loop
-per byte; ``feed(data, budget=n)`` runs at most *n* bytes of it per call and
-keeps the rest (:attr:`Framer.pending`), so an event loop can serve others
-between slices (``feed(b"", budget=n)`` goes on).
+per byte of short tokens (long strings, numbers and the garbage error
+recovery skips go at C speed, :data:`RUN_WEIGHT` bytes for one of budget);
+``feed(data, budget=n)`` runs at most *n* bytes of it per call and keeps the
+rest (:attr:`Framer.pending`), so an event loop can serve others between
+slices (``feed(b"", budget=n)`` goes on).  A huge message, or one with a huge
+string, is then parsed a step at a time too.  A held message the exact path
+must take goes back to it as the reads came, not joined (no copy).
 
 Answers come when QEMU's would: a message as soon as its last byte arrives
 (no newline needed), a stray byte as soon as it arrives (the scan suspects it
