@@ -451,3 +451,26 @@ def test_half_close_after_a_big_unfinished_message_costs_no_byte_by_byte_pass(
     conn.receive_data(b"")
     assert isinstance(conn.next_event(), ConnectionClosed)
     assert lexed == 0 and conn.unfinished_at_end == len(message)
+
+
+def test_input_is_read_during_a_long_parse_until_a_slice_waits() -> None:
+    # The end of input must be seen while a big message is being parsed (a client
+    # that left), yet what waits unparsed stays bounded.
+    from qmpevents.codec import HeldInputBudget
+    from qmpevents.protocol.server import READ_AHEAD
+
+    budget = HeldInputBudget()
+    conn = fresh(held_budget=budget)
+    conn.receive_data(b'{"execute": "x", "arguments": {"a": ["\xc3\xa9", ' + b"1, " * 100_000
+                      + b'1]}}\n')
+    assert conn.next_event() is NEED_DATA
+    assert conn.parsing and conn.wants_data  # was: reading paused until the parse ended
+    conn.receive_data(b'{"execute": "next"}\n')
+    assert conn.wants_data
+    conn.receive_data(b" " * READ_AHEAD)
+    assert conn.parsing and not conn.wants_data
+    # The peer is gone: what was not parsed is dropped, with its share of the budget.
+    conn.receive_data(b"")
+    assert conn.drop_unparsed() > 300_000
+    assert conn.buffered_bytes == 0 and budget.held == 0 and not conn.parsing
+    assert isinstance(conn.next_event(), ConnectionClosed)

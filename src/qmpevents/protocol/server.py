@@ -188,7 +188,8 @@ class ServerConnection:
         if self._framer.pending:
             # A parse is under way: the data waits its turn (next_event goes on with
             # it), and reading stops once a slice of it is waiting.
-            self._reading = len(self._backlog) < READ_AHEAD
+            self._reading = (len(self._backlog) < READ_AHEAD
+                             and len(self._inbox) < self._queue_depth)
             return
         self._fill()
 
@@ -216,6 +217,12 @@ class ServerConnection:
         """
         return bool(self._inbox) or self._backlog_pos < len(self._backlog) or (
             self._framer.pending > 0) or (self._input_ended and not self._framer_ended)
+
+    @property
+    def parsing(self) -> bool:
+        """A message is being parsed over several calls (the byte-by-byte parser's
+        slices): :meth:`next_event` goes on with it."""
+        return self._framer.pending > 0
 
     @property
     def unfinished_at_end(self) -> int:

@@ -191,7 +191,7 @@ class Monitor(asyncio.Protocol):
         if conn is None or self.closed:
             return False
         conn.receive_data(b"")
-        if conn.has_unparsed_input and self._peer_hung_up():
+        if conn.parsing and self._peer_hung_up():
             # Gone during a long parse: free what it held now, not when its
             # replies fail to be written.
             dropped = conn.drop_unparsed()
