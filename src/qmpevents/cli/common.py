@@ -2,6 +2,8 @@
 
 A note is ``qmpevents COMMAND: message`` on stderr; an error is ``qmpevents
 COMMAND: error: message`` on stderr and an exit status (2 for a usage error).
+Both are made terminal-safe (:func:`~qmpevents.cli.escape.safe`): a note
+quotes what a server said (a VM's name, an error's description).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qmpevents.cli.argtypes import positive_float
+from qmpevents.cli.escape import safe
 
 Note = Callable[[str], None]
 
@@ -43,14 +46,14 @@ def add_fsync_arguments(parser: argparse.ArgumentParser, what: str) -> None:
 def make_note(command: str) -> Note:
     """``note(message)``: one line on stderr, flushed (stdout may be a pipe to jq)."""
     def note(message: str) -> None:
-        sys.stderr.write(f"qmpevents {command}: {message}\n")
+        sys.stderr.write(f"qmpevents {command}: {safe(message)}\n")
         sys.stderr.flush()
     return note
 
 
 def fail(command: str, message: object, status: int = 2) -> int:
     """Say ``qmpevents COMMAND: error: MESSAGE`` on stderr; returns *status* (the exit)."""
-    print(f"qmpevents {command}: error: {message}", file=sys.stderr)
+    print(f"qmpevents {command}: error: {safe(str(message))}", file=sys.stderr)
     return status
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from typing import Any
 
 import msgspec
 
 from qmpevents.cli.argtypes import positive_float
+from qmpevents.cli.common import fail, make_note
+from qmpevents.cli.escape import json_safe
+from qmpevents.cli.render import encode_value
 from qmpevents.cli.targets import (
     TargetError,
     add_tls_arguments,
@@ -31,7 +33,10 @@ examples:
 KEY=VALUE arguments are optional; VALUE is read as JSON when it parses (78,
 true, null, [..]) and as a string otherwise.  --wait listens before the
 command is sent, so the event it causes cannot be missed; the event is
-printed (one JSON line, as received) after the reply.
+printed (one JSON line, as received) after the reply.  What the server sent
+is printed terminal-safe: a character that is not printable is written as its
+JSON escape (\u001b, \u202e), the same JSON to jq; a number beyond a double's
+range (1e400) is written 1e999.
 exit status: 0 success, 1 QMP error reply (class and description on stderr),
 no reply or no --wait event within --timeout, 2 usage error, 3 target unreachable
 """
@@ -86,12 +91,9 @@ def run(args: argparse.Namespace) -> int:
         arguments = parse_arguments(args.arguments, args.json_args)
         options = client_options(args)
     except (TargetError, ValueError) as exc:
-        print(f"qmpevents exec: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("exec", exc)
     if len(targets) != 1:
-        print(f"qmpevents exec: error: {args.target!r} must name exactly one VM",
-              file=sys.stderr)
-        return 2
+        return fail("exec", f"{args.target!r} must name exactly one VM")
     address = targets[0].address
     wait = args.wait.upper() if args.wait else None
     return asyncio.run(_exec(address, args.qmp_command, arguments, args.timeout,
@@ -104,7 +106,7 @@ async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: 
     try:
         await client.connect()
     except (OSError, TimeoutError, QMPEventsError) as exc:
-        print(f"qmpevents exec: cannot reach {address}: {describe_error(exc)}", file=sys.stderr)
+        _say(f"cannot reach {address}: {describe_error(exc)}")
         return 3
     try:
         waiter = client.wait_for(wait, timeout=timeout) if wait is not None else None
@@ -119,23 +121,32 @@ async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: 
             try:
                 event = await waiter
             except (OSError, TimeoutError, QMPEventsError) as exc:
-                print(f"qmpevents exec: no {wait} event: {describe_error(exc)}",
-                      file=sys.stderr)
+                _say(f"no {wait} event: {describe_error(exc)}")
                 return 1
-            print((event.raw or msgspec.json.encode(event.to_wire())).decode(), flush=True)
+            text = event.raw.decode() if event.raw else encode_value(event.to_wire())
+            print(json_safe(text.strip()), flush=True)
     except QMPError as exc:
-        print(f"qmpevents exec: {exc.error_class}: {exc.desc}", file=sys.stderr)
+        _say(f"{exc.error_class}: {exc.desc}")
         return 1
     except (OSError, TimeoutError, QMPEventsError) as exc:
-        print(f"qmpevents exec: {command}: no reply: {describe_error(exc)}", file=sys.stderr)
+        _say(f"{command}: no reply: {describe_error(exc)}")
         return 1
     finally:
         await client.close()
     return 0
 
 
+def _say(message: str) -> None:
+    """``qmpevents exec: MESSAGE`` on stderr, terminal-safe (it quotes the server)."""
+    make_note("exec")(message)
+
+
 def _print_reply(reply: Any) -> None:
-    if sys.stdout.isatty():
-        print(json.dumps(reply, indent=2, ensure_ascii=False), flush=True)
+    """Indented on a terminal, one line in a pipe; terminal-safe either way."""
+    text = encode_value(reply)
+    if sys.stdout.isatty():  # each line escaped on its own: the indentation stays
+        text = "\n".join(json_safe(line) for line in msgspec.json.format(text, indent=2)
+                         .split("\n"))
     else:
-        print(msgspec.json.encode(reply).decode(), flush=True)
+        text = json_safe(text)
+    print(text, flush=True)

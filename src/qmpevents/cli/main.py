@@ -5,6 +5,8 @@ which adds its parser and sets ``handler`` (a function taking the parsed
 arguments and returning the exit status).  Usage errors exit 2 with one line;
 no traceback reaches the user unless ``-vv`` asks for debugging.  A closed
 stdout (``| head``) ends a command quietly with status 141, as SIGPIPE would.
+Log records (the library's warnings quote what a server sent) are made
+terminal-safe as every other line on stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from qmpevents import __version__
+from qmpevents.cli.escape import safe
 
 _DESCRIPTION = """\
 QMP events from both ends: serve a simulated VM that emits them, watch,
@@ -32,6 +35,25 @@ examples:
 
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = ("demo", "serve", "watch", "exec", "record", "replay", "agent", "exporter")
+
+
+class SafeFormatter(logging.Formatter):
+    """Log records with their message escaped (:func:`~qmpevents.cli.escape.safe`): a
+    WARNING quoting a server's error description cannot drive the terminal.  A
+    traceback (``-vv``) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = safe(record.message)
+        return super().formatMessage(record)
+
+
+def configure_logging(verbose: int) -> None:
+    """The root logger to stderr at the level *verbose* asks for, messages escaped."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logging.basicConfig(
+        level={0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG),
+        handlers=[handler])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,9 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    logging.basicConfig(
-        level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         status: int = args.handler(args)
     except KeyboardInterrupt:
@@ -89,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: one line, no traceback
         if args.verbose >= 2:
             raise
-        sys.stderr.write(f"qmpevents {args.command}: error: {exc or type(exc).__name__}\n")
+        sys.stderr.write(f"qmpevents {args.command}: error: "
+                         f"{safe(str(exc) or type(exc).__name__)}\n")
         return 1
     return status
 

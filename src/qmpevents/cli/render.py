@@ -7,17 +7,27 @@ line with the source VM added, so ``jq`` can take it from there.
 Rendering never fails on what a server sent: an event that decodes but is odd
 (a VNC ``client`` that is not an object, a timestamp no calendar holds) still
 gets its line, and :func:`raw_line` shows anything else as the bytes received.
+
+Nothing a server controls can drive the terminal or pass for the tool's own
+output (:mod:`qmpevents.cli.escape`): text values are quoted when they hold
+a space, ``=``, a quote or a backslash, non-printable characters are escaped,
+and a JSON line's ``"vm"`` (and ``"host"``, which ``watch nats://`` puts
+first) is always the tool's: an event member of either name is left out.
+A number beyond a double's range (``1e400``, which the client holds as
+infinity) is ``inf`` in text, as QEMU prints it, and ``1e999`` in JSON (a
+JSON number beyond the range, read back as the same infinity), never ``null``.
 """
 
 from __future__ import annotations
 
-import re
+import math
 import time
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from qmpevents.catalog import Event, UnknownEvent
+from qmpevents.cli.escape import json_safe, safe, value_text
 
 _COLOURS = {
     "BLOCK_IO_ERROR": "31", "SHUTDOWN": "31", "STOP": "33", "RESUME": "32",
@@ -28,14 +38,45 @@ _DIM = "2"
 
 _encode = msgspec.json.Encoder().encode
 
-# C0 and C1 controls (ESC, CR, LF, BEL, ...): what a peer sends must not drive the
-# terminal (colours, titles, a forged line), so they are shown escaped.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+RESERVED: Final = ("vm", "host")
+"""The members a JSON line's source fields take; an event's own are left out."""
+_MAY_COLLIDE: Final = (*(f'"{name}"'.encode() for name in RESERVED), b"\\u")
+
+_TEXT_INFINITY: Final = (msgspec.Raw(b"inf"), msgspec.Raw(b"-inf"), msgspec.Raw(b"nan"))
+_JSON_INFINITY: Final = (msgspec.Raw(b"1e999"), msgspec.Raw(b"-1e999"), msgspec.Raw(b"null"))
 
 
-def _safe(text: str) -> str:
-    """*text* (from a server or a recording) with its control characters escaped."""
-    return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+def _non_finite(value: float, spelling: tuple[msgspec.Raw, ...]) -> msgspec.Raw:
+    return spelling[2] if math.isnan(value) else spelling[value < 0]
+
+
+def _with_numbers(value: Any, spelling: tuple[msgspec.Raw, ...]) -> Any:
+    """*value* with each infinite float replaced by its *spelling* (iterative: QMP
+    values nest 1024 deep, beyond Python's recursion limit)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _non_finite(value, spelling)
+    if not isinstance(value, dict | list):
+        return value
+    root: list[Any] = [value]
+    todo: list[tuple[dict[Any, Any] | list[Any], Any, Any]] = [(root, 0, value)]
+    while todo:
+        parent, key, inner = todo.pop()
+        copy: dict[Any, Any] | list[Any] = dict(inner) if isinstance(inner, dict) else list(inner)
+        parent[key] = copy
+        for index, item in (copy.items() if isinstance(copy, dict) else enumerate(copy)):
+            if isinstance(item, float) and not math.isfinite(item):
+                copy[index] = _non_finite(item, spelling)
+            elif isinstance(item, dict | list):
+                todo.append((copy, index, item))
+    return root[0]
+
+
+def encode_value(value: Any, *, text: bool = False) -> str:
+    """*value* as compact JSON; an infinite number as ``1e999`` (``inf`` with *text*)."""
+    encoded = _encode(value)
+    if b"null" in encoded:  # msgspec writes infinity as null: spell it out instead
+        encoded = _encode(_with_numbers(value, _TEXT_INFINITY if text else _JSON_INFINITY))
+    return encoded.decode()
 
 
 def _paint(text: str, code: str, colour: bool) -> str:
@@ -66,13 +107,22 @@ def summary(event: Event | UnknownEvent) -> str:
     data = data_dict(event)
     client, server = data.get("client"), data.get("server", {})
     if event.name.startswith("VNC_") and isinstance(client, dict) and isinstance(server, dict):
-        parts = [f"client={client.get('host')}:{client.get('service')}",
-                 f"server={server.get('host')}:{server.get('service')}"]
+        parts = [f"{end}={value_text(_endpoint(peer))}"
+                 for end, peer in (("client", client), ("server", server))]
         if server.get("auth"):
-            parts.append(f"auth={server['auth']}")
+            parts.append(f"auth={_shown(server['auth'])}")
         return " ".join(parts)
-    return " ".join(f"{key}={_encode(value).decode() if not isinstance(value, str) else value}"
-                    for key, value in _flatten(data))
+    return " ".join(f"{value_text(key)}={_shown(value)}" for key, value in _flatten(data))
+
+
+def _endpoint(peer: dict[str, Any]) -> str:
+    return f"{peer.get('host')}:{peer.get('service')}"
+
+
+def _shown(value: Any) -> str:
+    """One value of a text line: a string as :func:`value_text` shows it, anything else
+    as compact JSON with its non-printable characters escaped."""
+    return value_text(value) if isinstance(value, str) else safe(encode_value(value, text=True))
 
 
 def clock_time(event: Event | UnknownEvent) -> str:
@@ -88,21 +138,38 @@ def text_line(vm: str, event: Event | UnknownEvent, *, colour: bool) -> str:
     """``12:00:01.250 vm1 STOP key=value...``."""
     name = event.name
     code = _VNC_COLOUR if name.startswith("VNC_") else _COLOURS.get(name, "1")
-    line = (f"{_paint(clock_time(event), _DIM, colour)} {_paint(_safe(vm), '1', colour)} "
-            f"{_paint(_safe(name), code, colour)}")
-    details = _safe(summary(event))
+    line = (f"{_paint(clock_time(event), _DIM, colour)} {_paint(value_text(vm), '1', colour)} "
+            f"{_paint(value_text(name), code, colour)}")
+    details = summary(event)
     return f"{line} {details}" if details else line
 
 
 def json_line(vm: str, event: Event | UnknownEvent) -> str:
-    """The event's exact JSON with ``"vm"`` added first."""
+    """The event's exact JSON with ``"vm"`` added first, made terminal-safe
+    (:func:`~qmpevents.cli.escape.json_safe`); an event member named ``vm`` or
+    ``host`` is left out, so these are always the tool's."""
     raw = event.raw
-    body = raw.decode() if raw is not None else _encode(event.to_wire()).decode()
+    if raw is None:  # parsed by the exact path: its values, as JSON
+        body = encode_value(event.to_wire())
+    else:
+        body = raw.decode()
+        if any(mark in raw for mark in _MAY_COLLIDE):
+            body = _without_reserved(raw) or body
     inner = body.strip()[1:]
-    return '{"vm": ' + _encode(vm).decode() + (", " + inner if inner.strip() != "}" else "}")
+    line = '{"vm": ' + _encode(vm).decode() + (", " + inner if inner.strip() != "}" else "}")
+    return json_safe(line)
+
+
+def _without_reserved(raw: bytes) -> str | None:
+    """*raw* without its top-level ``vm``/``host`` members, or None if it has none."""
+    members = msgspec.json.decode(raw)  # decoded once already: valid JSON
+    if not isinstance(members, dict) or not any(name in members for name in RESERVED):
+        return None
+    return encode_value({key: value for key, value in members.items() if key not in RESERVED})
 
 
 def raw_line(vm: str, raw: bytes, *, colour: bool) -> str:
     """A message that cannot be shown as an event: ``? vm (not an event) BYTES``."""
-    text = _safe(raw.decode("utf-8", "backslashreplace").strip())
-    return f"{_paint('?', _DIM, colour)} {_paint(_safe(vm), '1', colour)} (not an event) {text}"
+    text = safe(raw.decode("utf-8", "backslashreplace").strip())
+    return (f"{_paint('?', _DIM, colour)} {_paint(value_text(vm), '1', colour)} "
+            f"(not an event) {text}")

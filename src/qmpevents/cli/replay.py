@@ -25,7 +25,7 @@ from typing import Any
 from qmpevents.addresses import Address, AddressError
 from qmpevents.catalog import decode_event
 from qmpevents.cli.argtypes import positive_float
-from qmpevents.cli.common import plural
+from qmpevents.cli.common import fail, make_note, plural
 from qmpevents.cli.render import json_line, raw_line, text_line
 from qmpevents.recording import ReadReport, Record, read_recording
 from qmpevents.server import CommandSpec, CommandTable, QMPServer, parse_address
@@ -108,17 +108,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"qmpevents replay: error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     if args.vm and not records:
-        print(f"qmpevents replay: no event of VM {', '.join(args.vm)} in {args.file}",
-              file=sys.stderr)
+        make_note("replay")(f"no event of VM {', '.join(args.vm)} in {args.file}")
         return 1
     if args.print:
         _print(records, args.json)
         return 0
     try:
         addresses = _addresses(args.serve, _vms(records), args.file)
-    except AddressError as exc:
-        print(f"qmpevents replay: error: {exc}", file=sys.stderr)
-        return 2
+    except AddressError as exc:  # it names the recording's VMs: said terminal-safe
+        return fail("replay", exc)
     try:
         return asyncio.run(_serve(addresses, records, 0.0 if args.as_fast_as_possible
                                   else 1.0 / args.speed))
@@ -237,12 +235,12 @@ async def _serve(addresses: dict[str, Address], records: list[Record], scale: fl
             await server.start()
             started.append(server)
         where = ", ".join(str(address) for address in addresses.values())
+        note = make_note("replay")  # the addresses hold the recording's VM names
         if len(servers) == 1:
-            print(f"qmpevents replay: {plural(len(records), 'event')}; waiting for a client "
-                  f"on {where}", file=sys.stderr)
+            note(f"{plural(len(records), 'event')}; waiting for a client on {where}")
         else:
-            print(f"qmpevents replay: {plural(len(records), 'event')} of {len(servers)} VMs; "
-                  f"waiting for a client on each of {where}", file=sys.stderr)
+            note(f"{plural(len(records), 'event')} of {len(servers)} VMs; "
+                 f"waiting for a client on each of {where}")
         while True:
             await audience.complete.wait()
             audience.emptied.clear()
