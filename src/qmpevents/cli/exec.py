@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from qmpevents.addresses import Address
 from qmpevents.cli.argtypes import positive_float
 from qmpevents.cli.common import fail, make_note
 from qmpevents.cli.escape import json_safe
@@ -94,13 +95,13 @@ def run(args: argparse.Namespace) -> int:
         return fail("exec", exc)
     if len(targets) != 1:
         return fail("exec", f"{args.target!r} must name exactly one VM")
-    address = targets[0].address
+    target = targets[0]
     wait = args.wait.upper() if args.wait else None
-    return asyncio.run(_exec(address, args.qmp_command, arguments, args.timeout,
-                             options.for_address(address), wait))
+    return asyncio.run(_exec(target.connect_address, args.qmp_command, arguments, args.timeout,
+                             options.for_address(target.address), wait))
 
 
-async def _exec(address: str, command: str, arguments: dict[str, Any], timeout: float,
+async def _exec(address: Address, command: str, arguments: dict[str, Any], timeout: float,
                 options: dict[str, Any], wait: str | None) -> int:
     client = QMPClient(address, connect_timeout=timeout, **options)
     try:

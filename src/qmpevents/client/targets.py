@@ -12,6 +12,11 @@ A VM is shown under, in order: the explicit NAME, the VM's own name
 its path -- the socket's stem (``/run/qemu-server/101.qmp`` -> ``101``), or
 for a generic stem such as ``monitor`` the directory's name, without
 libvirt's ``domain-N-`` prefix (``.../domain-3-web1/monitor.sock`` -> ``web1``).
+
+A path found by scanning a directory or glob, or given plain (not
+``unix:``), is the socket's path as it is: a file named
+``vm1.sock,pretty=on`` is that file, never ``vm1.sock`` with an option
+(:attr:`Target.connect_address`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from qmpevents.addresses import AddressError, TcpAddress, parse_address
+from qmpevents.addresses import Address, AddressError, TcpAddress, UnixAddress, parse_address
 from qmpevents.errors import QMPEventsError
 
 if TYPE_CHECKING:
@@ -43,11 +48,26 @@ class TargetError(AddressError):
 
 @dataclass(frozen=True)
 class Target:
-    """One VM's QMP address and the name it is shown under (*explicit*: NAME=ADDRESS)."""
+    """One VM's QMP address and the name it is shown under (*explicit*: NAME=ADDRESS).
+
+    *path* is set for a socket found by a scan or given as a plain path: the
+    file's exact name, which :attr:`connect_address` does not parse.
+    """
 
     address: str
     name: str
     explicit: bool = False
+    path: str | None = None
+
+    @property
+    def connect_address(self) -> Address:
+        """What to connect to: *path* as it is, else *address* parsed."""
+        return UnixAddress(self.path) if self.path is not None else parse_address(self.address)
+
+
+def _socket_target(path: str) -> Target:
+    """A socket file's target, its path kept literal."""
+    return Target(f"unix:{path}", _vm_name(path), path=path)
 
 
 def _is_socket(path: str) -> bool:
@@ -93,7 +113,8 @@ def expand(spec: str) -> list[Target]:
     if name is not None:
         if is_pattern(spec):
             raise TargetError(f"{name}={spec}: a NAME is for one VM, not a directory or glob")
-        return [Target(target.address, name, explicit=True) for target in expand(spec)]
+        return [Target(target.address, name, explicit=True, path=target.path)
+                for target in expand(spec)]
     if spec.startswith(("tcp:", "unix:")):
         try:
             address = parse_address(spec)
@@ -108,11 +129,10 @@ def expand(spec: str) -> list[Target]:
         except OSError:
             return []  # not there yet: re-scanned
         paths = sorted(os.path.join(spec, entry) for entry in entries)
-        return [Target(f"unix:{p}", _vm_name(p)) for p in paths if _is_socket(p)]
+        return [_socket_target(p) for p in paths if _is_socket(p)]
     if glob.has_magic(spec):
-        return [Target(f"unix:{p}", _vm_name(p)) for p in sorted(glob.glob(spec))
-                if _is_socket(p)]
-    return [Target(f"unix:{spec}", _vm_name(spec))]
+        return [_socket_target(p) for p in sorted(glob.glob(spec)) if _is_socket(p)]
+    return [_socket_target(spec)]
 
 
 async def display_name(client: QMPClient, target: Target) -> str:

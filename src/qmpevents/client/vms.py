@@ -229,7 +229,7 @@ class VMs:
         if target.address.startswith("tcp:"):
             options.update(self._tls)
         trace = self._trace(target) if self._trace is not None else None
-        client = QMPClient(target.address, clock=self.clock, trace=trace, **options)
+        client = QMPClient(target.connect_address, clock=self.clock, trace=trace, **options)
         events = client.events(*self._events, **self._filters)
         try:
             await client.connect()
@@ -319,7 +319,7 @@ class VMs:
                 return
             failing = True
             opened = None
-            path = target.address[5:] if target.address.startswith("unix:") else None
+            path = target.path
             if pattern and path is not None and not os.path.exists(path):
                 self._status(VMState(target.name, "gone", "socket removed", target, pattern))
                 return

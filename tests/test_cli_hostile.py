@@ -1,0 +1,298 @@
+"""What a hostile server sends never drives the terminal, forges output or bends the CLI.
+
+The servers here are deliberately broken: a raw QMP server (:class:`RawServer`)
+greets, negotiates and then answers or sends exactly the bytes a test gives
+(escape sequences in names and error descriptions, an error reply without an
+id, numbers beyond a double's range, an event with its own ``"vm"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shlex
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import msgspec
+import pytest
+from cli_process import plain, run, run_on_pty, running, short_dir
+
+from qmpevents.addresses import UnixAddress
+from qmpevents.catalog import decode_event, event_from_value
+from qmpevents.cli.common import fail, make_note
+from qmpevents.cli.escape import json_safe, safe, value_text
+from qmpevents.cli.main import SafeFormatter
+from qmpevents.cli.render import json_line, text_line
+from qmpevents.client.targets import expand
+
+GREETING = (b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+            b'"package": ""}, "capabilities": []}}\r\n')
+STAMP = b'"timestamp": {"seconds": 1700000000, "microseconds": 5}'
+HOSTILE = "x\x1b]0;PWN\x07\x1b[2J\x9b2J\x85\x7f\u202e\u2028\U000e0001y"
+"""ESC ] title BEL, ESC [ 2J, CSI and NEL as C1, DEL, a bidi override, a line
+separator and a format character beyond the BMP."""
+TERMINAL_ACTORS = ("\x1b", "\x07", "\x9b", "\x85", "\x7f", "\u202e", "\u2028", "\U000e0001")
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def request(reader: asyncio.StreamReader) -> dict[str, object]:
+    """The next command (the CLI sends one JSON object per line)."""
+    line = await reader.readline()
+    if not line:
+        raise EOFError
+    value = json.loads(line)
+    assert isinstance(value, dict)
+    return value
+
+
+def reply_to(command: dict[str, object], body: bytes) -> bytes:
+    """*body* (``%ID%`` replaced by the command's id) as the reply's bytes."""
+    return body.replace(b"%ID%", json.dumps(command.get("id")).encode()) + b"\r\n"
+
+
+async def negotiate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(GREETING)
+    writer.write(reply_to(await request(reader), b'{"return": {}, "id": %ID%}'))
+
+
+def answering(replies: dict[str, bytes], after_negotiation: bytes = b"",
+              default: bytes = b'{"return": {}, "id": %ID%}') -> Handler:
+    """A server that negotiates, sends *after_negotiation*, then answers each command
+    with ``replies[name]`` (or *default*; None in *replies*: never answered)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await negotiate(reader, writer)
+        writer.write(after_negotiation)
+        while True:
+            command = await request(reader)
+            body = replies.get(str(command.get("execute")), default)
+            writer.write(reply_to(command, body))
+            await writer.drain()
+
+    return handle
+
+
+@asynccontextmanager
+async def raw_server(path: str, handle: Handler) -> AsyncIterator[str]:
+    """A QMP server on the unix socket *path* (taken literally), *handle* per client."""
+
+    async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handle(reader, writer)
+        except (EOFError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(guarded, path=path)
+    try:
+        yield path
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def assert_terminal_safe(text: str) -> None:
+    assert not any(char in text for char in TERMINAL_ACTORS), repr(text)
+
+
+# -- the escaping functions --------------------------------------------------------
+
+
+def test_safe_escapes_every_non_printable_character() -> None:
+    shown = safe(HOSTILE)
+    assert shown.isprintable()
+    assert shown == ("x\\x1b]0;PWN\\x07\\x1b[2J\\x9b2J\\x85\\x7f\\u202e\\u2028"
+                     "\\U000e0001y")
+    assert safe("plain text, é ü 日本") == "plain text, é ü 日本"
+
+
+def test_value_text_quotes_what_could_pass_for_more_fields() -> None:
+    assert value_text("ide0-hd0") == "ide0-hd0"
+    assert value_text("ide0 action=stop") == '"ide0 action=stop"'
+    assert value_text("a=b") == '"a=b"'
+    assert value_text("") == '""'
+    assert value_text('say "hi"\\') == '"say \\"hi\\"\\\\"'
+    assert value_text("nbsp\u00a0x") == '"nbsp\\xa0x"'  # a space that does not look like one
+    assert value_text("\x1b[2J") == '"\\x1b[2J"'
+
+
+def test_json_safe_keeps_the_same_json() -> None:
+    text = json.dumps({"reason": HOSTILE, "k\u202e": [HOSTILE]}, ensure_ascii=False)
+    shown = json_safe(text)
+    assert shown.isprintable()
+    assert json.loads(shown) == json.loads(text)
+    assert json_safe('{\r\n    "a": 1\r\n}') == '{      "a": 1  }'  # pretty=on: one line
+
+
+# -- event lines ---------------------------------------------------------------------------
+
+
+def test_json_line_vm_and_host_are_always_the_tools() -> None:
+    forged = decode_event(b'{"event": "STOP", ' + STAMP + b', "vm": "forged-vm", '
+                          b'"host": "forged-host", "v\\u006d": "escaped-forgery"}')
+    line = json_line("real", forged)
+    assert line.count('"vm"') == 1 and "forged" not in line and "escaped" not in line
+    assert msgspec.json.decode(line) == {"vm": "real", "event": "STOP",
+                                         "timestamp": {"seconds": 1700000000,
+                                                       "microseconds": 5}}
+    ordinary = b'{"event": "STOP", ' + STAMP + b', "data": {"host": "kept inside data"}}'
+    assert json_line("real", decode_event(ordinary)) == '{"vm": "real", ' + ordinary[1:].decode()
+
+
+def test_text_line_quotes_values_with_spaces_and_equals() -> None:
+    event = decode_event(b'{"event": "BLOCK_IO_ERROR", ' + STAMP + b', "data": {"device": '
+                         b'"ide0 action=stop", "operation": "write", "action": "report"}}')
+    line = text_line("vm 1", event, colour=False)
+    fields = shlex.split(line)
+    assert fields[1:] == ["vm 1", "BLOCK_IO_ERROR", "device=ide0 action=stop",
+                          "operation=write", "action=report"]
+    assert [f for f in fields if f.startswith("action=")] == ["action=report"]
+
+
+def test_event_lines_send_no_control_character() -> None:
+    raw = msgspec.json.encode({"event": "RESET", "timestamp": {"seconds": 1700000000,
+                                                                "microseconds": 5},
+                               "data": {"reason": HOSTILE, "guest": [HOSTILE]}})
+    event = decode_event(raw)
+    coloured = text_line(HOSTILE, event, colour=True)
+    for line in (plain(coloured), text_line(HOSTILE, event, colour=False),
+                 json_line(HOSTILE, event)):  # only our own colour codes, nothing else
+        assert_terminal_safe(line)
+    assert msgspec.json.decode(json_line(HOSTILE, event))["data"]["reason"] == HOSTILE
+
+
+def test_infinite_numbers_are_spelled_out_not_null() -> None:
+    """1e400 parsed by the exact path is infinity: ``inf`` in text (as QEMU prints it),
+    ``1e999`` in JSON (read back as infinity), never ``null``."""
+    event = event_from_value({"event": "RTC_CHANGE", "timestamp": {"seconds": 1700000000,
+                                                                    "microseconds": 5},
+                              "data": {"offset": float("inf"), "x": [float("-inf")]}})
+    assert text_line("vm", event, colour=False).endswith("offset=inf x=[-inf]")
+    line = json_line("vm", event)
+    assert "null" not in line
+    assert json.loads(line)["data"] == {"offset": float("inf"), "x": [float("-inf")]}
+
+
+# -- stderr: notes, errors, log records ------------------------------------------------------
+
+
+def test_notes_errors_and_log_records_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    make_note("watch")(f"{HOSTILE}: disconnected")
+    fail("exec", HOSTILE)
+    record = logging.LogRecord("qmpevents.client", logging.WARNING, __file__, 1,
+                               "%s: protocol violation: %s", ("unix:/x", HOSTILE), None)
+    logged = SafeFormatter("%(levelname)s: %(message)s").format(record)
+    err = capsys.readouterr().err
+    for text in (err, logged):
+        assert_terminal_safe(text)
+        assert "\\x1b]0;PWN\\x07" in text
+    assert len(err.splitlines()) == 2
+
+
+@pytest.mark.subprocess
+async def test_exec_escapes_the_error_class_and_description() -> None:
+    hostile = json.dumps(HOSTILE).encode()
+    with short_dir("errdesc") as directory:
+        async with raw_server(os.path.join(directory, "vm.sock"), answering(
+                {"query-status": b'{"error": {"class": %s, "desc": %s}, "id": %%ID%%}'
+                                 % (hostile, hostile)})) as path:
+            status, out, err = await run("exec", path, "query-status")
+    assert (status, out) == (1, "")
+    assert_terminal_safe(err)
+    assert err.count("\\x1b]0;PWN\\x07") == 2, err
+
+
+@pytest.mark.subprocess
+async def test_exec_reply_on_a_terminal_sends_no_c1_or_del() -> None:
+    with short_dir("c1") as directory:
+        async with raw_server(os.path.join(directory, "vm.sock"), answering(
+                {"query-status": b'{"return": {"s": "A\\u009b2J\\u0085B\\u007f\\u202e"}, '
+                                 b'"id": %ID%}'})) as path:
+            status, shown = await asyncio.to_thread(run_on_pty, "exec", path, "query-status")
+    assert status == 0, shown
+    assert_terminal_safe(shown)
+    assert json.loads(shown) == {"s": "A\x9b2J\x85B\x7f\u202e"}  # the same JSON
+
+
+@pytest.mark.subprocess
+async def test_exec_shows_numbers_beyond_a_double_not_null() -> None:
+    huge = b"1" + b"0" * 5000
+    with short_dir("bignum") as directory:
+        async with raw_server(os.path.join(directory, "vm.sock"), answering(
+                {"query-status": b'{"return": {"n": 1e400, "m": -1e400, "i": %s}, '
+                                 b'"id": %%ID%%}' % huge})) as path:
+            status, out, err = await run("exec", path, "query-status")
+    assert status == 0, err
+    assert "null" not in out
+    assert json.loads(out) == {"n": float("inf"), "m": float("-inf"), "i": float("inf")}
+
+
+@pytest.mark.subprocess
+async def test_watch_escapes_the_vm_name_and_the_library_warning() -> None:
+    """query-name's answer in notes and lines, an id-less error reply in the client's
+    WARNING (logged without -v), a failed qmp_capabilities in the note: all escaped."""
+    name = json.dumps(HOSTILE).encode()
+    noid = b'{"error": {"class": "GenericError", "desc": "\\u001b]0;PWNED\\u0007"}}\r\n'
+    stop = b'{"event": "STOP", ' + STAMP + b"}\r\n"
+    with short_dir("named") as directory:
+        async with raw_server(os.path.join(directory, "vm.sock"), answering(
+                {"query-name": b'{"return": {"name": %s}, "id": %%ID%%}' % name},
+                after_negotiation=noid + stop)) as path:
+            async with running("watch", path, "--count", "1") as cli:
+                assert await cli.wait() == 0
+    out, err = "".join(cli.out), "".join(cli.err)
+    assert_terminal_safe(out + err)
+    assert shlex.split(out)[1:] == [safe(HOSTILE), "STOP"], out  # the name, in quotes
+    assert f"{safe(HOSTILE)}: disconnected" not in err
+    assert "WARNING" in err and "\\x1b]0;PWNED\\x07" in err, err
+
+
+@pytest.mark.subprocess
+async def test_watch_escapes_a_failed_negotiation() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
+        writer.write(reply_to(await request(reader), b'{"error": {"class": "CommandNotFound"'
+                              b', "desc": "no\\u001b]0;PWN\\u0007pe"}, "id": %ID%}'))
+        await reader.read()
+
+    with short_dir("capsfail") as directory:
+        async with raw_server(os.path.join(directory, "vm.sock"), refuse) as path:
+            status, _, err = await run("watch", path)
+    assert status == 3
+    assert_terminal_safe(err)
+    assert "no\\x1b]0;PWN\\x07pe" in err, err
+
+
+@pytest.mark.subprocess
+async def test_watch_json_cannot_be_given_a_forged_vm() -> None:
+    forged = b'{"event": "STOP", ' + STAMP + b', "vm": "forged-vm"}\r\n'
+    with short_dir("forge") as directory:
+        async with raw_server(os.path.join(directory, "vm.sock"), answering(
+                {}, after_negotiation=forged)) as path:
+            status, out, err = await run("watch", f"real={path}", "--json", "--count", "1")
+    assert status == 0, err
+    assert out.count('"vm"') == 1 and json.loads(out)["vm"] == "real"
+
+
+# -- targets -------------------------------------------------------------------------------
+
+
+async def test_scanned_paths_are_literal_never_parsed_for_options() -> None:
+    """``DIR/vm1.sock,pretty=on`` is its own socket, not ``vm1.sock`` with an option."""
+    with short_dir("literal") as directory:
+        sockets = {"vm1.sock": b"STOP", "vm1.sock,pretty=on": b"RESET"}
+        servers = [raw_server(os.path.join(directory, name), answering(
+            {}, after_negotiation=b'{"event": "%s", %s}\r\n' % (event, STAMP)))
+            for name, event in sockets.items()]
+        async with servers[0], servers[1]:
+            targets = expand(directory + "/")
+            assert [t.connect_address for t in targets] == [
+                UnixAddress(os.path.join(directory, name)) for name in sorted(sockets)]
+            status, out, err = await run("watch", directory + "/", "--count", "2")
+    assert status == 0, err
+    assert sorted(line.split()[2] for line in out.splitlines()) == ["RESET", "STOP"]
