@@ -127,27 +127,58 @@ async def outcome(done: asyncio.Future[int], timeout: float | None,
         return on_timeout()
 
 
+async def until(done: asyncio.Future[int], deadline: float | None) -> int | None:
+    """*done*'s result, or None when the loop's clock reaches *deadline* first (an
+    exception set on *done* is raised)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await asyncio.shield(done)
+    except TimeoutError:
+        if done.done():  # resolved at the deadline: the condition wins
+            return done.result()
+        return None
+
+
 async def run_session(vms: VMs, done: asyncio.Future[int], timeout: float | None, note: Note,
                       *, on_timeout: Callable[[], int] = lambda: 0,
                       on_signal: Callable[[int], int] = lambda _: 0,
                       started: Callable[[], None] | None = None) -> int:
     """Follow the VMs until *done* resolves, *timeout* expires or SIGINT/SIGTERM.
 
+    *timeout* is wall time from this call, whatever the targets do: connecting
+    (a silent socket, a stalled TLS handshake) and asking names count.
     Returns 3 when a fixed target cannot be reached at start (each said),
-    else *done*'s result, ``on_timeout()`` or ``on_signal(signum)``.
-    *started* is called once every fixed target is connected.  An exception
-    set on *done* (stdout closed, disk full) is raised.
+    else *done*'s result, ``on_timeout()`` or ``on_signal(signum)``;
+    ``on_timeout`` is called once the VMs are closed, so the events they held
+    are delivered (and counted) first.  *started* is called once every fixed
+    target is connected.  An exception set on *done* (stdout closed, disk
+    full) is raised.
     """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    status: int | None = None
     with signals_resolve(done, on_signal):
         try:
-            unreachable = await vms.start()
-            for target, error in unreachable:
-                note(f"{target.name}: cannot connect to {target.address}: "
-                     f"{describe_error(error)}")
-            if unreachable:
-                return 3
-            if started is not None:
-                started()
-            return await outcome(done, timeout, on_timeout)
+            starting = asyncio.ensure_future(vms.start())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.wait((starting, done), return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                pass
+            if not starting.done():  # the deadline or a signal, while connecting
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                status = done.result() if done.done() else None
+            else:
+                unreachable = starting.result()
+                for target, error in unreachable:
+                    note(f"{target.name}: cannot connect to {target.address}: "
+                         f"{describe_error(error)}")
+                if unreachable:
+                    return 3
+                if started is not None:
+                    started()
+                status = await until(done, deadline)
         finally:
             await vms.close()
+    return on_timeout() if status is None else status

@@ -3,14 +3,15 @@
 The VMs are followed by the library's :class:`~qmpevents.client.vms.VMs`
 (:mod:`qmpevents.cli.follow`): each VM has its own connection; a VM that goes
 away is reported on stderr and retried, and directories/globs are re-scanned
-so VMs that appear later are attached.  This module filters and prints.
+so VMs that appear later are attached.  This module filters and prints,
+through :class:`~qmpevents.cli.output.Output`: a stdout nobody reads slows
+the VMs down but never stops ``--timeout`` (wall time from the start).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -18,6 +19,7 @@ from qmpevents.cli.argtypes import positive_float, positive_int
 from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note, plural
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
+from qmpevents.cli.output import Output
 from qmpevents.cli.render import json_line, raw_line, text_line
 from qmpevents.cli.stream import add_stream_arguments
 from qmpevents.cli.targets import TargetError
@@ -46,6 +48,10 @@ exit status: 0 condition met (--count/--until), or stopped by Ctrl-C/SIGTERM
 when none was given; 1 --timeout expired first; 2 usage error; 3 a target
 cannot be reached at start; 128+N stopped by signal N before the condition
 """
+
+FINAL_GRACE = 0.2
+"""After ``--timeout``, how long the lines already printed may take to reach a reader."""
+
 
 def register(subparsers: Any) -> None:
     parser = add_follower_command(
@@ -80,7 +86,10 @@ def _run_local(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bool) -> int:
-    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    deadline = None if args.timeout is None else loop.time() + args.timeout
+    done: asyncio.Future[int] = loop.create_future()
+    output = Output()
     seen = 0
     unrenderable = 0  # events shown raw because they could not be rendered
     until = args.until.upper() if args.until else None
@@ -104,12 +113,18 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
         shown = event_filter(event)
         if not (shown or final):
             return
+        # Past the deadline (events held while a VM was named, delivered at the end):
+        # written if there is room, never waited for.
+        late = deadline is not None and loop.time() >= deadline
+        if late and output.full:
+            return
         line = render(vm, event)
         try:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            if not await output.write(line + "\n", block=not late):
+                return
         except OSError as exc:  # a closed pipe (| head) ends the watch, not the VM
-            done.set_exception(exc)
+            if not done.done():
+                done.set_exception(exc)
             return
         seen += shown
         if final or (args.count is not None and seen >= args.count):
@@ -129,9 +144,25 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
 
     vms = follow_vms(args, on_event, note,
                      on_disconnect=on_disconnect if args.exit_on_disconnect else None)
+    timed_out = False
+
+    def timing_out() -> int:
+        nonlocal timed_out
+        timed_out = True
+        return on_timeout()
+
     try:
-        return await run_session(vms, done, args.timeout, note, on_timeout=on_timeout,
-                                 on_signal=on_signal)
+        status = await run_session(vms, done, None if deadline is None else deadline - loop.time(),
+                                   note, on_timeout=timing_out, on_signal=on_signal)
+        # Every line shown before the exit: within the deadline, or once it has passed
+        # (what was received before it), if the reader takes them within FINAL_GRACE.
+        try:
+            async with asyncio.timeout_at(loop.time() + FINAL_GRACE if timed_out else deadline):
+                await output.drain()
+        except TimeoutError:
+            return status if timed_out else on_timeout()
+        return status
     finally:
+        output.close()
         if unrenderable:
             note(f"{plural(unrenderable, 'event')} could not be rendered (shown raw)")

@@ -54,6 +54,8 @@ logger = logging.getLogger("qmpevents.client.vms")
 
 RETRY_DELAY: Final = 0.5
 MAX_RETRY_DELAY: Final = 5.0
+CLOSE_GRACE: Final = 1.0
+"""On close, how long VMs still being named may take to deliver the events they hold."""
 
 Status = Callable[[str, str, str], None]
 """``on_status(vm, status, detail)``: status is ``attached`` (found by a scan),
@@ -142,6 +144,8 @@ class VMs:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lost: set[str] = set()  # addresses said lost (or gone) and not back yet
         self._scanner: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()  # close() has begun: naming stops, held events go
+        self._naming: set[asyncio.Task[Any]] = set()  # followers asking their VM's name
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -190,7 +194,22 @@ class VMs:
         await self.close()
 
     async def close(self) -> None:
-        """Stop following every VM (their connections are closed)."""
+        """Stop following every VM (their connections are closed).
+
+        A VM whose ``query-name`` has not been answered yet first delivers the
+        events it received meanwhile, under its target's name, within
+        :data:`CLOSE_GRACE` seconds: an event received before the end is not
+        lost because the VM was slow to say its name.
+        """
+        self._closing.set()
+        naming = [task for task in self._tasks.values() if task in self._naming]
+        if naming:
+            try:
+                async with deadline(self.clock, CLOSE_GRACE, "held events not delivered"):
+                    await asyncio.wait(naming)
+            except TimeoutError:
+                logger.info("%d VMs still naming at close: their held events are dropped",
+                            sum(not task.done() for task in naming))
         tasks = list(self._tasks.values())
         if self._scanner is not None:
             tasks.append(self._scanner)
@@ -231,13 +250,18 @@ class VMs:
         trace = self._trace(target) if self._trace is not None else None
         client = QMPClient(target.connect_address, clock=self.clock, trace=trace, **options)
         events = client.events(*self._events, **self._filters)
+        follower = asyncio.current_task()
         try:
             await client.connect()
-            name, early = await _name_while_draining(client, target, events)
+            if follower is not None:
+                self._naming.add(follower)
+            name, early = await _name_while_draining(client, target, events, self._closing)
         except BaseException:
             await client.close()
             raise
-        return client, _chain(early, events), name
+        finally:
+            self._naming.discard(follower)
+        return client, _chain(early, events, self._closing), name
 
     def _scan(self) -> None:
         for spec in self.specs:
@@ -300,6 +324,8 @@ class VMs:
                     if self._on_link is not None:
                         self._on_link(shown, None)
                     await client.close()
+                if self._closing.is_set():  # the held events are delivered: the end
+                    return
                 self._lost.add(target.address)
                 self._status(VMState(name, "lost", "disconnected", target, pattern))
             except (OSError, QMPEventsError, TimeoutError) as exc:
@@ -343,19 +369,24 @@ EARLY_LIMIT = 1 << 16
 
 
 async def _name_while_draining(client: QMPClient, target: Target,
-                               events: Subscription[QMPEvent]) -> tuple[str, list[QMPEvent]]:
+                               events: Subscription[QMPEvent], closing: asyncio.Event
+                               ) -> tuple[str, list[QMPEvent]]:
     """The VM's name, taking its events meanwhile (at most :data:`EARLY_LIMIT`).
 
     A VM with a burst queued answers ``query-name`` after the burst: a
     subscription nobody reads until then would fill, and the client, which
-    must read on for the reply, would cut it off and lose the rest.
+    must read on for the reply, would cut it off and lose the rest.  Once
+    *closing* is set, the name is the target's and the events taken so far
+    are returned (to be delivered before the end).
     """
     asking = asyncio.ensure_future(display_name(client, target))
+    ending = asyncio.ensure_future(closing.wait())
     early: list[QMPEvent] = []
+    taking: asyncio.Future[QMPEvent] | None = None
     try:
-        while not asking.done() and len(early) < EARLY_LIMIT:
+        while not asking.done() and not closing.is_set() and len(early) < EARLY_LIMIT:
             taking = asyncio.ensure_future(events.get(timeout=None))
-            await asyncio.wait((asking, taking), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((asking, taking, ending), return_when=asyncio.FIRST_COMPLETED)
             if taking.done():
                 if taking.exception() is not None:
                     break  # the connection ended: the follower hears of it from *events*
@@ -365,15 +396,29 @@ async def _name_while_draining(client: QMPClient, target: Target,
             else:
                 taking.cancel()
                 await asyncio.gather(taking, return_exceptions=True)
-        return await asking, early
+            taking = None
+        if not asking.done():  # the burst limit, the connection's end, or closing
+            await asyncio.wait((asking, ending), return_when=asyncio.FIRST_COMPLETED)
+        return (await asking if asking.done() else target.name), early
     finally:
-        asking.cancel()
+        for pending in (asking, ending, taking):
+            _discard(pending)
 
 
-async def _chain(early: list[QMPEvent], events: Subscription[QMPEvent]
-                 ) -> AsyncIterator[QMPEvent]:
+def _discard(task: asyncio.Future[Any] | None) -> None:
+    """Cancel *task* if it is pending, and never leave its exception unretrieved."""
+    if task is None:
+        return
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+async def _chain(early: list[QMPEvent], events: Subscription[QMPEvent],
+                 closing: asyncio.Event) -> AsyncIterator[QMPEvent]:
     for event in early:
         yield event
+    if closing.is_set():  # closing: what was held is delivered, nothing more is awaited
+        return
     async for event in events:
         yield event
 
