@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 
 import msgspec
 import pytest
-from cli_process import plain, run, run_on_pty, running, short_dir
+from cli_process import QMPEVENTS, plain, run, run_on_pty, running, short_dir
 
 from qmpevents.addresses import UnixAddress
 from qmpevents.catalog import decode_event, event_from_value
@@ -239,12 +239,12 @@ async def test_watch_escapes_the_vm_name_and_the_library_warning() -> None:
     name = json.dumps(HOSTILE).encode()
     noid = b'{"error": {"class": "GenericError", "desc": "\\u001b]0;PWNED\\u0007"}}\r\n'
     stop = b'{"event": "STOP", ' + STAMP + b"}\r\n"
+    server = answering({"query-name": b'{"return": {"name": %s}, "id": %%ID%%}' % name},
+                       after_negotiation=noid + stop)
     with short_dir("named") as directory:
-        async with raw_server(os.path.join(directory, "vm.sock"), answering(
-                {"query-name": b'{"return": {"name": %s}, "id": %%ID%%}' % name},
-                after_negotiation=noid + stop)) as path:
-            async with running("watch", path, "--count", "1") as cli:
-                assert await cli.wait() == 0
+        path = os.path.join(directory, "vm.sock")
+        async with raw_server(path, server), running("watch", path, "--count", "1") as cli:
+            assert await cli.wait() == 0
     out, err = "".join(cli.out), "".join(cli.err)
     assert_terminal_safe(out + err)
     assert shlex.split(out)[1:] == [safe(HOSTILE), "STOP"], out  # the name, in quotes
@@ -296,3 +296,90 @@ async def test_scanned_paths_are_literal_never_parsed_for_options() -> None:
             status, out, err = await run("watch", directory + "/", "--count", "2")
     assert status == 0, err
     assert sorted(line.split()[2] for line in out.splitlines()) == ["RESET", "STOP"]
+
+
+# -- --timeout: wall time from the start -------------------------------------------------------
+
+
+async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Negotiates, then never answers anything (query-name included)."""
+    await negotiate(reader, writer)
+    await reader.read()
+
+
+async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accepts, never greets."""
+    await reader.read()
+
+
+async def timed(*args: str) -> tuple[int, float, str, str]:
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    status, out, err = await run(*args, timeout=20)
+    return status, loop.time() - began, out, err
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("server", [mute, silent], ids=["mute", "silent"])
+async def test_watch_timeout_counts_connecting_and_naming(server: Handler) -> None:
+    """A VM that never says its name (5 s of query-name) or never greets (3 s): --timeout 1
+    still ends the watch about 1 s after the start, saying so, with status 1."""
+    with short_dir("tmo") as directory:
+        async with raw_server(os.path.join(directory, "vm.sock"), server) as path:
+            status, elapsed, _, err = await timed("watch", path, "--timeout", "1")
+    assert status == 1, err
+    assert "timed out after 1 s" in err
+    assert elapsed < 2.9, elapsed  # before: 6 s (mute), 3 s and exit 3 (silent)
+
+
+@pytest.mark.subprocess
+async def test_watch_directory_timeout_prints_the_event_held_while_naming() -> None:
+    stop = b'{"event": "STOP", ' + STAMP + b"}\r\n"
+
+    async def mute_with_event(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await negotiate(reader, writer)
+        writer.write(stop)
+        await reader.read()
+
+    with short_dir("held") as directory:
+        async with raw_server(os.path.join(directory, "vm.sock"), mute_with_event):
+            status, elapsed, out, err = await timed("watch", directory + "/", "--timeout", "1")
+    assert status == 1, err
+    assert [line.split()[1:] for line in out.splitlines()] == [["vm", "STOP"]]
+    assert "never retrieved" not in err and "Traceback" not in err, err
+    assert "timed out after 1 s (1 event)" in err
+    assert elapsed < 2.9, elapsed
+
+
+@pytest.mark.subprocess
+async def test_watch_timeout_fires_when_nobody_reads_stdout() -> None:
+    """``watch ... | sleep 60``: the pipe fills, yet --timeout 1 ends it with status 1
+    (before: blocked in write() until the reader left, then SIGPIPE)."""
+    burst = (b'{"event": "RESET", ' + STAMP + b', "data": {"guest": true, '
+             b'"reason": "guest-reset"}}\r\n') * 1000
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await negotiate(reader, writer)
+        while True:  # as fast as the watcher reads (its backpressure)
+            writer.write(burst)
+            await writer.drain()
+            await asyncio.sleep(0)  # a yield: drain() does not when the socket takes it all
+
+    unread, stdout = os.pipe()  # a pipe whose reader never reads
+    with short_dir("pipe") as directory:
+        async with raw_server(os.path.join(directory, "vm.sock"), flood) as path:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *QMPEVENTS, "watch", f"vm={path}", "--timeout", "1",
+                    stdin=asyncio.subprocess.DEVNULL, stdout=stdout,
+                    stderr=asyncio.subprocess.DEVNULL)
+                os.close(stdout)
+                try:
+                    status = await asyncio.wait_for(proc.wait(), 10)
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+            finally:
+                os.close(unread)
+    assert status == 1

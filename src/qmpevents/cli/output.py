@@ -27,8 +27,11 @@ LIMIT: Final = 1 << 20
 class Output:
     """Lines to a file descriptor, written by a thread; use inside a running loop."""
 
-    def __init__(self, fd: int = 1, limit: int = LIMIT) -> None:
+    def __init__(self, fd: int = 1, limit: int = LIMIT,
+                 on_error: Callable[[OSError], None] | None = None) -> None:
+        """*on_error* hears of a write error (a closed pipe) at once, in the loop."""
         self._fd = fd
+        self._on_error = on_error
         self._limit = limit
         self._loop = asyncio.get_running_loop()
         self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -87,6 +90,8 @@ class Output:
     def _failed(self, error: OSError) -> None:
         self.error = error
         self._wake()
+        if self._on_error is not None:
+            self._on_error(error)
 
     def _run(self) -> None:
         """The writer thread: everything queued, in order, in as few writes as it can."""

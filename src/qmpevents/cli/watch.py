@@ -89,7 +89,12 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
     loop = asyncio.get_running_loop()
     deadline = None if args.timeout is None else loop.time() + args.timeout
     done: asyncio.Future[int] = loop.create_future()
-    output = Output()
+
+    def write_failed(exc: OSError) -> None:  # a closed pipe (| head) ends the watch
+        if not done.done():
+            done.set_exception(exc)
+
+    output = Output(on_error=write_failed)
     seen = 0
     unrenderable = 0  # events shown raw because they could not be rendered
     until = args.until.upper() if args.until else None
@@ -123,8 +128,7 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
             if not await output.write(line + "\n", block=not late):
                 return
         except OSError as exc:  # a closed pipe (| head) ends the watch, not the VM
-            if not done.done():
-                done.set_exception(exc)
+            write_failed(exc)
             return
         seen += shown
         if final or (args.count is not None and seen >= args.count):
