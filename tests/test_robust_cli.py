@@ -53,7 +53,7 @@ async def test_watch_text_survives_malformed_events(vm: SimulatedVM,
     lines = [plain(line).split() for line in cli.out]
     assert [line[1:3] for line in lines] == [["hostile", "VNC_CONNECTED"],
                                             ["hostile", "RESET"], ["hostile", "STOP"]]
-    assert lines[0][3:] == ["client=a", "string", "server=7"]  # in full, not shortened
+    assert lines[0][3:] == ['client="a', 'string"', "server=7"]  # in full, not shortened
     assert lines[1][0] == "99999999999999999s"  # no calendar holds it: the seconds as sent
     err = "".join(cli.err)
     assert "lost" not in err and "Traceback" not in err and "never retrieved" not in err, err
