@@ -203,13 +203,11 @@ class VMs:
         """
         self._closing.set()
         naming = [task for task in self._tasks.values() if task in self._naming]
-        if naming:
-            try:
-                async with deadline(self.clock, CLOSE_GRACE, "held events not delivered"):
-                    await asyncio.wait(naming)
-            except TimeoutError:
+        if naming:  # real time, whatever the clock: closing never waits on a test's clock
+            _, late = await asyncio.wait(naming, timeout=CLOSE_GRACE)
+            if late:
                 logger.info("%d VMs still naming at close: their held events are dropped",
-                            sum(not task.done() for task in naming))
+                            len(late))
         tasks = list(self._tasks.values())
         if self._scanner is not None:
             tasks.append(self._scanner)
