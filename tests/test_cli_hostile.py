@@ -25,6 +25,7 @@ from qmpevents.catalog import decode_event, event_from_value
 from qmpevents.cli.common import fail, make_note
 from qmpevents.cli.escape import json_safe, safe, value_text
 from qmpevents.cli.main import SafeFormatter
+from qmpevents.cli.output import Output
 from qmpevents.cli.render import json_line, text_line
 from qmpevents.client.targets import expand
 
@@ -142,6 +143,16 @@ def test_json_line_vm_and_host_are_always_the_tools() -> None:
                                                        "microseconds": 5}}
     ordinary = b'{"event": "STOP", ' + STAMP + b', "data": {"host": "kept inside data"}}'
     assert json_line("real", decode_event(ordinary)) == '{"vm": "real", ' + ordinary[1:].decode()
+
+
+def test_fleet_json_line_host_and_vm_are_the_streams() -> None:
+    """``watch nats:// --json`` puts ``"host"`` before the local line: the same rule holds."""
+    from qmpevents.cli.stream import fleet_json_line
+
+    forged = decode_event(b'{"event": "STOP", ' + STAMP + b', "host": "h0", "vm": "v0"}')
+    line = fleet_json_line("web1", "vm1", json_line("vm1", forged))
+    assert line.count('"host"') == 1 and line.count('"vm"') == 1
+    assert msgspec.json.decode(line)["host"] == "web1"
 
 
 def test_text_line_quotes_values_with_spaces_and_equals() -> None:
@@ -383,3 +394,39 @@ async def test_watch_timeout_fires_when_nobody_reads_stdout() -> None:
             finally:
                 os.close(unread)
     assert status == 1
+
+
+async def test_output_never_blocks_the_loop_and_reports_a_closed_pipe() -> None:
+    """A pipe nobody reads: writes queue up to the limit and then wait (or, not blocking,
+    are dropped) while the loop runs on; what was accepted arrives once read, in order;
+    a closed pipe is reported at once."""
+    failed: asyncio.Future[OSError] = asyncio.get_running_loop().create_future()
+    unread, end = os.pipe()
+    output = Output(end, limit=64 << 10, on_error=failed.set_result)
+    line = "x" * 999 + "\n"
+    accepted = 0
+    async with asyncio.timeout(10):  # a write blocking the loop would hang here
+        while await output.write(line, block=False):
+            accepted += 1
+        assert output.full
+        reading = asyncio.ensure_future(asyncio.to_thread(_read_exactly, unread,
+                                                          accepted * len(line)))
+        await output.drain()
+        assert await reading == line.encode() * accepted
+        os.close(unread)
+        await output.write(line)  # taken; the thread's write then fails
+        assert isinstance(await failed, BrokenPipeError)
+        with pytest.raises(BrokenPipeError):
+            await output.write(line)
+    output.close()
+    os.close(end)
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = os.read(fd, size)
+        assert chunk
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
