@@ -42,7 +42,7 @@ def test_a_vm_is_named_by_the_distinguishing_part_of_its_path(path: str, name: s
 
 def test_name_equals_address_targets() -> None:
     assert expand("web1=/tmp/x/monitor.sock") == [
-        Target("unix:/tmp/x/monitor.sock", "web1", explicit=True)]
+        Target("unix:/tmp/x/monitor.sock", "web1", explicit=True, path="/tmp/x/monitor.sock")]
     assert expand("db=tcp:127.0.0.1:4444") == [Target("tcp:127.0.0.1:4444", "db", explicit=True)]
     assert split_name("/tmp/a=b/qmp.sock") == (None, "/tmp/a=b/qmp.sock")  # a path, not a name
     with pytest.raises(TargetError, match="a NAME is for one VM"):

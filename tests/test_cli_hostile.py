@@ -306,7 +306,8 @@ async def test_scanned_paths_are_literal_never_parsed_for_options() -> None:
                 UnixAddress(os.path.join(directory, name)) for name in sorted(sockets)]
             status, out, err = await run("watch", directory + "/", "--count", "2")
     assert status == 0, err
-    assert sorted(line.split()[2] for line in out.splitlines()) == ["RESET", "STOP"]
+    assert sorted(shlex.split(line)[1:] for line in out.splitlines()) == [
+        ["vm1", "STOP"], ["vm1.sock,pretty=on", "RESET"]]  # each its own, each named apart
 
 
 # -- --timeout: wall time from the start -------------------------------------------------------

@@ -65,7 +65,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--count", type=positive_int, metavar="N",
                         help="stop after N events")
     parser.add_argument("--timeout", type=positive_float, metavar="S",
-                        help="stop after S seconds")
+                        help="stop after S seconds (wall time from the start, connecting "
+                             "included)")
     add_stream_arguments(parser, "record", _run_local)
 
 

@@ -43,6 +43,9 @@ Filters: --event (a glob, repeatable) and --match (repeatable) must all hold;
 --match VALUE is JSON when it parses (offset=78) and text otherwise
 (action=stop).  --until ends on that event (a glob) whatever the filters say.
 VMs that are lost, come back, appear or go away are reported on stderr.
+Text values holding a space, =, a quote or a backslash are quoted
+(device="ide0 action=stop"); what a server sent is shown with its control
+characters escaped; --json lines: "vm" is always the tool's.
 
 exit status: 0 condition met (--count/--until), or stopped by Ctrl-C/SIGTERM
 when none was given; 1 --timeout expired first; 2 usage error; 3 a target
@@ -67,7 +70,8 @@ def register(subparsers: Any) -> None:
                         help="exit 0 after N events")
     parser.add_argument("--until", metavar="EVENT", help="exit 0 after this event")
     parser.add_argument("--timeout", type=positive_float, metavar="S",
-                        help="exit 1 if the condition is not met within S seconds")
+                        help="exit 1 if the condition is not met within S seconds (wall time "
+                             "from the start, connecting included)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour the text output (auto: on a terminal without NO_COLOR)")
     add_stream_arguments(parser, "watch", _run_local)

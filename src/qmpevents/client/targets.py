@@ -40,6 +40,7 @@ GENERIC_STEMS: Final = frozenset({"monitor", "qmp-monitor", "monitor-qmp", "mon"
 names it instead."""
 _LIBVIRT_DIR: Final = re.compile(r"^domain-\d+-(.+)$")
 _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+_EXTENSION: Final = re.compile(r"^(\.[A-Za-z0-9_-]*)?$")
 
 
 class TargetError(AddressError):
@@ -80,7 +81,9 @@ def _is_socket(path: str) -> bool:
 def _vm_name(path: str) -> str:
     """The distinguishing part of a socket path (see the module docstring)."""
     pure = Path(path)
-    stem = pure.stem
+    # An extension is letters and digits (.sock, .qmp); "vm1.sock,pretty=on" is a name
+    # of its own, not vm1's.
+    stem = pure.stem if _EXTENSION.match(pure.suffix) else pure.name
     if stem.lower() in GENERIC_STEMS and pure.parent.name:
         directory = pure.parent.name
         libvirt = _LIBVIRT_DIR.match(directory)
