@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shlex
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -197,7 +198,12 @@ def test_notes_errors_and_log_records_are_escaped(capsys: pytest.CaptureFixture[
     fail("exec", HOSTILE)
     record = logging.LogRecord("qmpevents.client", logging.WARNING, __file__, 1,
                                "%s: protocol violation: %s", ("unix:/x", HOSTILE), None)
+    try:
+        raise ValueError(HOSTILE)
+    except ValueError:
+        record.exc_info = sys.exc_info()
     logged = SafeFormatter("%(levelname)s: %(message)s").format(record)
+    assert "Traceback (most recent call last):\n" in logged  # its lines kept
     err = capsys.readouterr().err
     for text in (err, logged):
         assert_terminal_safe(text)

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from qmpevents import __version__
 from qmpevents.cli.escape import safe
@@ -40,11 +41,21 @@ COMMANDS = ("demo", "serve", "watch", "exec", "record", "replay", "agent", "expo
 class SafeFormatter(logging.Formatter):
     """Log records with their message escaped (:func:`~qmpevents.cli.escape.safe`): a
     WARNING quoting a server's error description cannot drive the terminal.  A
-    traceback (``-vv``) keeps its lines."""
+    traceback (``-vv``) is escaped line by line, so it keeps its lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = safe(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _lines_safe(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _lines_safe(super().formatStack(stack_info))
+
+
+def _lines_safe(text: str) -> str:
+    return "\n".join(safe(line) for line in text.split("\n"))
 
 
 def configure_logging(verbose: int) -> None:
