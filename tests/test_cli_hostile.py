@@ -437,3 +437,22 @@ def _read_exactly(fd: int, size: int) -> bytes:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+@pytest.mark.subprocess
+async def test_values_nested_as_deep_as_qemu_allows_are_shown() -> None:
+    """1020 levels (QEMU takes 1024): the reply is printed, and a watched VM that sends
+    such a message keeps its connection (before: Python's recursion limit of 1000
+    ended both, the watch with a traceback and exit 3)."""
+    deep = b"[" * 1020 + b"]" * 1020
+    stop = b'{"event": "STOP", ' + STAMP + b"}\r\n"
+    with short_dir("deep") as directory:
+        path = os.path.join(directory, "vm.sock")
+        async with raw_server(path, answering({"query-status": b'{"return": %s, "id": %%ID%%}'
+                                               % deep}, after_negotiation=deep + b"\r\n" + stop)):
+            status, out, err = await run("exec", path, "query-status")
+            assert (status, out.strip()) == (0, deep.decode()), err
+            status, out, err = await run("watch", f"vm={path}", "--json", "--count", "1")
+    assert status == 0, err
+    assert json.loads(out)["event"] == "STOP"
+    assert "Traceback" not in err
