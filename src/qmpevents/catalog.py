@@ -143,11 +143,42 @@ class _Received(Struct, kw_only=True, dict=True, frozen=True):
         return raw
 
     def to_wire(self) -> dict[str, Any]:
-        """The event as plain JSON values, ready for :func:`codec.encode_message`."""
-        wire: dict[str, Any] = msgspec.to_builtins(self)
+        """The event as plain JSON values, ready for :func:`codec.encode_message`.
+
+        The data is shared, not copied (see :func:`plain`): read-only, as the event.
+        """
+        config = self.__struct_config__
+        wire: dict[str, Any] = {} if config.tag_field is None else {config.tag_field: config.tag}
+        wire.update(plain(self))
         if wire.get("data", 0) is None:
             del wire["data"]  # QEMU omits "data" rather than send null
         return wire
+
+
+def plain(value: Any) -> Any:
+    """*value* as plain JSON values, as ``msgspec.to_builtins`` gives, without recursion
+    into the plain parts.
+
+    Structs (typed data) become dicts under their wire names, members left at
+    their default omitted; lists of them are converted item by item.  What
+    is plain already (a dict, a member typed ``Any``) is shared, not walked:
+    QEMU sends values nested 1024 deep, beyond Python's recursion limit,
+    which ``to_builtins`` would exhaust.  The schema bounds the nesting of
+    Structs, so this recursion is bounded too.
+    """
+    if isinstance(value, Struct):
+        omit = value.__struct_config__.omit_defaults
+        out: dict[str, Any] = {}
+        for info in msgspec.structs.fields(value):
+            member = getattr(value, info.name)
+            if member is UNSET or (omit and info.default is not msgspec.NODEFAULT
+                                   and member == info.default):
+                continue
+            out[info.encode_name] = plain(member)
+        return out
+    if isinstance(value, list) and value and isinstance(value[0], Struct):
+        return [plain(item) for item in value]
+    return value
 
 
 class Event(_Received, tag_field="event", kw_only=True, dict=True, frozen=True):

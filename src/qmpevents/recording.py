@@ -10,6 +10,9 @@ exact JSON that travelled.  A message that is not exactly one JSON text (a
 hostile or broken server's line) is stored as a JSON *string* holding its text
 (bytes that are not UTF-8 as ``\\xNN``): what was sent is kept, and it can never
 add or change the record's own fields (``0,"vm":"other-vm"`` would otherwise).
+A message laid out over several lines (QEMU's ``pretty=on``) is kept on the
+record's line: each line break, with the indentation after it, becomes one
+space (JSON has line breaks only between tokens), nothing else changes.
 
 Durability is a policy, because fsync costs: ``always`` flushes and fsyncs every
 record (a crash loses nothing written), ``interval`` flushes and fsyncs at most
@@ -25,12 +28,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
 import msgspec
+
+from qmpevents.codec import ParseError, value_framer
 
 FsyncPolicy = Literal["always", "interval", "never"]
 Direction = Literal["event", "in", "out"]
@@ -56,16 +62,48 @@ class Record(msgspec.Struct, frozen=True):
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(Record)
 _CHECK = msgspec.json.Decoder()
+_LINE_BREAKS = re.compile(rb"[\r\n][\r\n\t ]*")
+# QEMU's extensions to JSON: single-quoted strings and the \' escape, C0 80 for NUL.
+_NOT_JSON = re.compile(rb"'|\xc0\x80")
 
 
-def _as_json(message: bytes) -> bytes:
-    """*message* if it is exactly one JSON text, else its text as one JSON string."""
-    message = message.strip()
+def one_line(text: bytes) -> bytes:
+    """A JSON text laid out over lines, on one line: each line break and the
+    blanks after it become one space (a JSON string holds no raw line break)."""
+    if b"\n" not in text and b"\r" not in text:
+        return text
+    return _LINE_BREAKS.sub(b" ", text)
+
+
+def _is_json(message: bytes) -> bool:
+    """Whether *message* is exactly one JSON text.
+
+    msgspec says, unless the text is nested deeper than Python's recursion
+    lets it go (QEMU allows 1024 levels): then QEMU's parser, which does not
+    recurse, says whether it is one message, and a C-speed search rules out
+    QEMU's extensions to JSON (a ``'`` outside a string is one; inside a
+    JSON string it is refused too, conservatively: the text is then kept as
+    a string, never lost).
+    """
     try:
         _CHECK.decode(message)
     except msgspec.DecodeError:
+        return False
+    except RecursionError:
+        framer = value_framer(qemu_exact=False)
+        items = [*framer.feed(message), *framer.end()]
+        return (len(items) == 1 and not isinstance(items[0], ParseError)
+                and framer.dropped_at_end == 0 and _NOT_JSON.search(message) is None)
+    return True
+
+
+def _as_json(message: bytes) -> bytes:
+    """*message* if it is exactly one JSON text (on one line), else its text as one
+    JSON string."""
+    message = message.strip()
+    if not _is_json(message):
         return _ENCODER.encode(message.decode("utf-8", "backslashreplace"))
-    return message
+    return one_line(message)
 
 
 class RecordingWriter:

@@ -144,10 +144,8 @@ def _say(message: str) -> None:
 
 def _print_reply(reply: Any) -> None:
     """Indented on a terminal, one line in a pipe; terminal-safe either way."""
-    text = encode_value(reply)
     if sys.stdout.isatty():  # each line escaped on its own: the indentation stays
-        text = "\n".join(json_safe(line) for line in msgspec.json.format(text, indent=2)
-                         .split("\n"))
+        text = "\n".join(json_safe(line) for line in encode_value(reply, indent=2).split("\n"))
     else:
-        text = json_safe(text)
+        text = json_safe(encode_value(reply))
     print(text, flush=True)

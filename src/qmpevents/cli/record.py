@@ -283,20 +283,23 @@ _Traced = tuple[Direction, bytes]
 def _trace_framer() -> Framer[_Traced]:
     """Server messages as (direction, bytes): ``event`` for an event, ``in`` otherwise.
 
-    A line the fast path takes is recorded as received; one only the exact
-    path can read (several messages on a line, one over several lines) is
-    re-encoded from its value.
+    Each message is recorded as received: a line the fast path takes, and
+    the exact text of one only the exact path can read (several messages on
+    a line, one over several lines).
     """
 
     def from_line(line: bytes) -> _Traced:
         return ("event" if _probe(line).event is not None else "in"), line
 
-    def from_value(value: Any) -> _Traced:
+    def from_message(value: Any, raw: bytes) -> _Traced:
         is_event = isinstance(value, dict) and value.get("event") is not None
         kind: Direction = "event" if is_event else "in"
-        return kind, msgspec.json.encode(value)  # keeps the members' order
+        return kind, raw
 
-    return Framer(from_line, from_value)
+    def from_value(value: Any) -> _Traced:  # not called: from_message takes its place
+        raise AssertionError("the framer builds messages with their text")
+
+    return Framer(from_line, from_value, from_message=from_message)
 
 
 async def _record(args: argparse.Namespace, recorder: Recorder) -> int:

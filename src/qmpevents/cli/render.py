@@ -26,8 +26,9 @@ from typing import Any, Final
 
 import msgspec
 
-from qmpevents.catalog import Event, UnknownEvent
+from qmpevents.catalog import Event, UnknownEvent, plain
 from qmpevents.cli.escape import json_safe, safe, value_text
+from qmpevents.cli.jsontext import dumps
 
 _COLOURS = {
     "BLOCK_IO_ERROR": "31", "SHUTDOWN": "31", "STOP": "33", "RESUME": "32",
@@ -71,30 +72,40 @@ def _with_numbers(value: Any, spelling: tuple[msgspec.Raw, ...]) -> Any:
     return root[0]
 
 
-def encode_value(value: Any, *, text: bool = False) -> str:
-    """*value* as compact JSON; an infinite number as ``1e999`` (``inf`` with *text*)."""
-    encoded = _encode(value)
-    if b"null" in encoded:  # msgspec writes infinity as null: spell it out instead
-        encoded = _encode(_with_numbers(value, _TEXT_INFINITY if text else _JSON_INFINITY))
-    return encoded.decode()
+def encode_value(value: Any, *, text: bool = False, indent: int | None = None) -> str:
+    """*value* as compact JSON (or laid out with *indent*); an infinite number as
+    ``1e999`` (``inf`` with *text*).  Without recursion (:mod:`~qmpevents.cli.jsontext`)."""
+    encoded = dumps(value, indent=indent)
+    if "null" in encoded:  # msgspec writes infinity as null: spell it out instead
+        encoded = dumps(_with_numbers(value, _TEXT_INFINITY if text else _JSON_INFINITY),
+                        indent=indent)
+    return encoded
 
 
 def _paint(text: str, code: str, colour: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if colour else text
 
 
-def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        items: list[tuple[str, Any]] = []
-        for key, inner in value.items():
-            items.extend(_flatten(inner, f"{prefix}{key}."))
-        return items
-    return [(prefix[:-1], value)]
+def _flatten(value: Any) -> list[tuple[str, Any]]:
+    """``(dotted.path, value)`` of every member that is not an object, in order.
+
+    With an explicit stack: objects nested 1024 deep are valid to QEMU.
+    """
+    items: list[tuple[str, Any]] = []
+    todo: list[tuple[str, Any]] = [("", value)]
+    while todo:
+        prefix, inner = todo.pop()
+        if isinstance(inner, dict):
+            todo.extend((f"{prefix}{key}.", member)
+                        for key, member in reversed(inner.items()))
+        else:
+            items.append((prefix[:-1], inner))
+    return items
 
 
 def data_dict(event: Event | UnknownEvent) -> dict[str, Any]:
     """The event's data as plain JSON values ({} when there is none)."""
-    data = msgspec.to_builtins(event.data) if event.data is not None else {}
+    data = plain(event.data) if event.data is not None else {}
     return data if isinstance(data, dict) else {"value": data}
 
 

@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar, Union, get_args, get_origin
 
 import msgspec
 
-from qmpevents.catalog import EVENT_TYPES, Event, UnknownEvent
+from qmpevents.catalog import EVENT_TYPES, Event, UnknownEvent, plain
 from qmpevents.errors import FilterError
 
 QMPEvent = Event | UnknownEvent
@@ -145,7 +145,7 @@ class EventFilter:
         if data is None:
             return False
         if isinstance(data, msgspec.Struct):
-            data = msgspec.to_builtins(data)
+            data = plain(data)  # not to_builtins: it recurses into deep plain members
         return all(_lookup(data, path) == value for path, value in self._match)
 
 

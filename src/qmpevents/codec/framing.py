@@ -32,6 +32,12 @@ and the exact path confirms it), even in the middle of a message.  (With a
 *decode_block*, the client's case, a short line cut by a read and not ending
 a message is kept for the next read's block decode: its answer comes then.)
 
+Exact text.  With *from_message*, each message the exact path parses is built
+with its exact text (its bytes from the first to the last, as the fast path
+gives a line without its terminator), even over several lines (QEMU's
+``pretty=on``): the exact path keeps the input of the message it is lexing,
+so it holds up to three bytes per byte of an unfinished message then.
+
 Memory.  The held beginning of a message is bounded by the message size
 limit (beyond it the bytes go to the exact path, which reports QEMU's "token
 size limit" error and resynchronises instead of growing); the exact path
@@ -106,16 +112,27 @@ class Framer(Generic[T]):
     (non-ASCII, ``\\u`` escapes, very long digit runs) always take the exact
     path, so a server built on this answers as QEMU does.  *held_budget* is
     shared with other framers (see :mod:`qmpevents.codec.budget`).
+    *from_message*, if given, replaces *from_value*: it also gets the
+    message's exact text (see the module doc).
     """
 
     def __init__(self, decode_line: Callable[[bytes], T], from_value: Callable[[Any], T], *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, qemu_exact: bool = False,
                  max_nesting: int = MAX_NESTING, max_tokens: int = MAX_TOKEN_COUNT,
                  decode_block: Callable[[bytes], list[T]] | None = None,
-                 held_budget: HeldInputBudget | None = None) -> None:
+                 held_budget: HeldInputBudget | None = None,
+                 from_message: Callable[[Any, bytes], T] | None = None) -> None:
         self._decode_line = decode_line
         self._decode_block = decode_block
         self._from_value = from_value
+        self._from_message = from_message
+        # With from_message: what the exact path lexed of the message in progress
+        # (pieces of earlier chunks), the messages it ended at the last byte fed,
+        # and the text of the one being parsed in steps.
+        self._raw_parts: list[bytes] = []
+        self._raw_held = 0
+        self._done: list[tuple[TokenRun | None, ParseError | None]] = []
+        self._job_raw = b""
         self._max_nesting = max_nesting
         self._max_fast_line = max_message_size
         self._max_tokens = max_tokens
@@ -159,7 +176,7 @@ class Framer(Generic[T]):
     @property
     def held(self) -> int:
         """Memory held for unfinished input: the fast path's, the exact path's, the pending."""
-        return self._held + self._streamer.held + self.pending
+        return self._held + self._streamer.held + self.pending + self._raw_held
 
     def feed(self, data: bytes, *, budget: int | None = None) -> list[T | ParseError]:
         """Consume *data*; return every message completed by it, in order.
@@ -220,12 +237,16 @@ class Framer(Generic[T]):
             self.dropped_at_end = len(held)
         else:
             streamer = self._streamer
-            boundary = 0
+            done = self._done
+            boundary = raw_start = 0
             for pos, byte in enumerate(held):
                 streamer.feed_byte(byte)
+                if done:
+                    raw_start = self._completed(held, raw_start, pos + 1)
                 if streamer.idle:
                     boundary = pos + 1
             self.dropped_at_end = len(held) - boundary
+        self._drop_raw()
         self._streamer = Streamer(self._emit_tokens, max_message_size=self._max_fast_line,
                                   max_nesting=self._max_nesting, max_tokens=self._max_tokens)
         self._slow = False
@@ -239,7 +260,10 @@ class Framer(Generic[T]):
         self._head = 0
         self._parse_job = None
         self._job_tokens = 0
+        self._job_raw = b""
+        self._done.clear()
         self._drop_held()
+        self._drop_raw()
         self._streamer = Streamer(self._emit_tokens, max_message_size=self._max_fast_line,
                                   max_nesting=self._max_nesting, max_tokens=self._max_tokens)
         self._slow = False
@@ -464,6 +488,8 @@ class Framer(Generic[T]):
         left = self._exact_left
         budget = end - pos if left is None else left
         later = 0  # bytes to lex one by one before trying a run again
+        raw_start = pos
+        done = self._done  # empty unless from_message: then, messages that just ended
         while pos < end and budget > 0:
             byte = buf[pos]
             if later:
@@ -477,10 +503,14 @@ class Framer(Generic[T]):
                 if stop > pos:
                     budget -= 1 + (stop - pos) // RUN_WEIGHT
                     pos = stop
+                    if done:  # a run ended by the size limit
+                        raw_start = self._completed(buf, raw_start, pos)
                     continue
             feed(byte)
             pos += 1
             budget -= 1
+            if done:
+                raw_start = self._completed(buf, raw_start, pos)
             if byte == 0x0A and streamer.idle:
                 self._slow = False
                 break
@@ -488,8 +518,51 @@ class Framer(Generic[T]):
                 break  # a huge message to parse first, in steps
         if left is not None:
             self._exact_left = max(0, budget)
+        if self._from_message is not None:
+            if done:  # an error a run ended with
+                raw_start = self._completed(buf, raw_start, pos)
+            self._keep_raw(buf, raw_start, pos)
         self._charge()
         return pos
+
+    def _completed(self, buf: bytes, raw_start: int, pos: int) -> int:
+        """The messages the exact path ended at ``buf[pos - 1]``, built with their text.
+
+        The lexer's input since the previous message (or error) ended holds
+        only blanks and what error recovery skipped (never a bracket) before
+        this message's first byte, so a message of several tokens starts at
+        the first bracket there; one of a single token is that token.
+        Returns where the next message's input starts in *buf*.
+        """
+        done = self._done
+        for tokens, error in done:
+            if error is not None:
+                self._out.append(error)
+                continue
+            assert tokens is not None
+            if len(tokens) == 1:
+                raw = next(iter(tokens))[1]
+            else:
+                text = b"".join([*self._raw_parts, memoryview(buf)[raw_start:pos]])
+                starts = [at for at in (text.find(b"{"), text.find(b"[")) if at >= 0]
+                raw = text[min(starts, default=0):]
+            self._convert(tokens, raw)
+        done.clear()
+        self._drop_raw()
+        # The byte that ended a scalar may begin the next token ("1{").
+        return pos - 1 if self._streamer.held else pos
+
+    def _keep_raw(self, buf: bytes, raw_start: int, pos: int) -> None:
+        """Keep the exact path's input of a message still being lexed (none: drop it)."""
+        if self._streamer.held:
+            self._raw_parts.append(buf[raw_start:pos])
+            self._raw_held += pos - raw_start
+        else:
+            self._drop_raw()
+
+    def _drop_raw(self) -> None:
+        self._raw_parts = []
+        self._raw_held = 0
 
     def _charge(self) -> None:
         """Keep the shared budget up to date; refuse this message if it went over."""
@@ -505,6 +578,9 @@ class Framer(Generic[T]):
         error = ParseError.too_large(now, budget.limit)
         if self._streamer.held:
             self._streamer.reject(now, budget.limit)
+            self._out.extend(error for _, error in self._done if error is not None)
+            self._done.clear()
+            self._drop_raw()
         else:
             # What follows of the message is garbage to QEMU's lexer, as after
             # its own size limit.
@@ -515,21 +591,34 @@ class Framer(Generic[T]):
         self._charged = 0
 
     def _emit_tokens(self, tokens: TokenRun | None, error: ParseError | None) -> None:
+        if self._from_message is not None:
+            self._done.append((tokens, error))  # built with its text by _completed
+            return
         if error is not None:
             self._out.append(error)
             return
         assert tokens is not None
+        self._convert(tokens, b"")
+
+    def _convert(self, tokens: TokenRun, raw: bytes) -> None:
+        """Parse one message now, or in steps (a huge one, under a budget)."""
         if self._exact_left is not None and (len(tokens) > STEP_TOKENS
                                              or tokens.size > STRING_SEGMENT):
             self._parse_job = parse_steps(tokens)
             self._job_tokens = len(tokens)
+            self._job_raw = raw
             return
         try:
             value = parse_tokens(tokens)
         except JSONParseError as exc:
             self._out.append(exc.error)
             return
-        self._out.append(self._from_value(value))
+        self._out.append(self._build(value, raw))
+
+    def _build(self, value: Any, raw: bytes) -> T:
+        if self._from_message is not None:
+            return self._from_message(value, raw)
+        return self._from_value(value)
 
     def _parse_on(self) -> bool:
         """Advance the parse of a huge message within the budget; True once it is done."""
@@ -542,13 +631,14 @@ class Framer(Generic[T]):
                     self._exact_left -= STEP_TOKENS  # a step costs about what a slice lexes
                 self._job_tokens = max(0, self._job_tokens - STEP_TOKENS)
         except StopIteration as done:
-            self._out.append(self._from_value(done.value))
+            self._out.append(self._build(done.value, self._job_raw))
         except JSONParseError as exc:
             self._out.append(exc.error)
         else:
             return False
         self._parse_job = None
         self._job_tokens = 0
+        self._job_raw = b""
         return True
 
 

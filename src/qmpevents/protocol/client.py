@@ -99,7 +99,8 @@ class ClientConnection:
         self._max_size = max_message_size
         self._framer: Framer[Any] = Framer(decode_line, from_value,
                                            max_message_size=max_message_size,
-                                           decode_block=self._decode_events)
+                                           decode_block=self._decode_events,
+                                           from_message=from_value)
         self._block_events = 0  # events the block decoder gave in the current feed
         self._inbox: deque[Any] = deque()
         self._non_events = 0  # inbox items that are not events: 0 = hand out in bulk
@@ -271,7 +272,7 @@ class ClientConnection:
         if isinstance(message, ParseError):
             return [ProtocolViolation(f"unparsable message from the server: {message.desc}")]
         assert isinstance(message, Unrecognized)
-        return [ProtocolViolation(f"not a QMP message: {message.value!r}"[:500])]
+        return [ProtocolViolation(f"not a QMP message: {excerpt(message.raw)}")]
 
     def _hold(self, event: Event | UnknownEvent) -> list[ClientEvent]:
         self._held.append(event)
@@ -311,6 +312,20 @@ class ClientConnection:
         if isinstance(message, ErrorReply):
             return [Reply(name, request_id, error=message)]
         return [Reply(name, request_id, value=message.value)]
+
+
+EXCERPT_LIMIT: Final = 200
+"""Bytes of a message's text a report shows at most."""
+
+
+def excerpt(text: bytes, limit: int = EXCERPT_LIMIT) -> str:
+    """The beginning of a message's text on one line, for a report of bounded size.
+
+    Built from the bytes, never from the parsed value: a value nested
+    1024 deep (valid to QEMU) would exhaust Python's recursion in ``repr``.
+    """
+    shown = " ".join(text[:limit].decode("utf-8", "backslashreplace").split())
+    return shown + (" ..." if len(text) > limit else "")
 
 
 def only_events(items: list[Any]) -> bool:

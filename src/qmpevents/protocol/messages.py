@@ -65,10 +65,23 @@ _ENVELOPE = msgspec.json.Decoder(Envelope)
 _PLAIN = msgspec.json.Decoder()
 
 
-class Unrecognized(Struct, frozen=True):
+class Unrecognized(Struct, frozen=True, dict=True):
     """Valid JSON that is none of greeting, reply or event: a peer's protocol error."""
 
     value: Any
+
+    @property
+    def raw(self) -> bytes:
+        """Its exact text (as an event's ``raw``, no part of equality): what a report
+        shows, never the value's repr, which recurses once per level of nesting."""
+        raw: bytes = self.__dict__.get("_raw", b"")
+        return raw
+
+
+def _unrecognized(value: Any, raw: bytes) -> Unrecognized:
+    message = Unrecognized(value)
+    message.__dict__["_raw"] = raw
+    return message
 
 
 EVENT_CLASSES: Final = frozenset([*EVENT_TYPES.values(), UnknownEvent])
@@ -103,7 +116,7 @@ def decode_line(line: bytes) -> ServerMessage:
     except msgspec.ValidationError:
         message = Unrecognized(None)
     if isinstance(message, Unrecognized):
-        return Unrecognized(_PLAIN.decode(line))
+        return _unrecognized(_PLAIN.decode(line), line)
     return message
 
 
@@ -139,14 +152,21 @@ def decode_event_block(block: bytes) -> list[Event]:
     return events
 
 
-def from_value(value: Any) -> ServerMessage:
-    """The same as :func:`decode_line` for a value parsed by the exact path."""
+def from_value(value: Any, raw: bytes | None = None) -> ServerMessage:
+    """The same as :func:`decode_line` for a value parsed by the exact path.
+
+    *raw* is the message's exact text (the framer's *from_message*): an event
+    keeps it as its ``raw``, as one decoded from a line does.
+    """
     if isinstance(value, dict) and "event" in value:
         try:
-            return event_from_value(value)
+            return event_from_value(value, raw)
         except msgspec.ValidationError:
             pass
     try:
-        return _from_envelope(msgspec.convert(value, Envelope), value)
+        message = _from_envelope(msgspec.convert(value, Envelope), value)
     except msgspec.ValidationError:
-        return Unrecognized(value)
+        message = Unrecognized(value)
+    if raw is not None and isinstance(message, Unrecognized):
+        return _unrecognized(value, raw)
+    return message
