@@ -27,6 +27,7 @@ import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
 
 from qmpevents.catalog_schema import SchemaEvent, build_schema_events
+from qmpevents.codec.deep import parse_json_text
 from qmpevents.codec.encoder import encode_json
 from qmpevents.errors import EventValidationError
 from qmpevents.qapi import qemu72_schema
@@ -468,9 +469,15 @@ def decode_event(line: bytes) -> Event | UnknownEvent:
     Raises ``msgspec.DecodeError`` only when *line* is not an event object at all.
     """
     try:
-        event: Event | UnknownEvent = _TYPED.decode(line)
-    except msgspec.ValidationError:
-        event = _UNKNOWN.decode(line)
+        try:
+            event: Event | UnknownEvent = _TYPED.decode(line)
+        except msgspec.ValidationError:
+            event = _UNKNOWN.decode(line)
+    except RecursionError:  # nested deeper than msgspec goes (QEMU allows 1024 levels)
+        value = parse_json_text(line)
+        if not isinstance(value, dict):
+            raise msgspec.DecodeError("not an event object") from None
+        return event_from_value(value, line)
     event.__dict__["_raw"] = line
     return event
 

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, Literal
 
 import msgspec
 
-from qmpevents.codec import ParseError, value_framer
+from qmpevents.codec.deep import parse_json_text
 
 FsyncPolicy = Literal["always", "interval", "never"]
 Direction = Literal["event", "in", "out"]
@@ -63,8 +63,6 @@ _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(Record)
 _CHECK = msgspec.json.Decoder()
 _LINE_BREAKS = re.compile(rb"[\r\n][\r\n\t ]*")
-# QEMU's extensions to JSON: single-quoted strings and the \' escape, C0 80 for NUL.
-_NOT_JSON = re.compile(rb"'|\xc0\x80")
 
 
 def one_line(text: bytes) -> bytes:
@@ -76,24 +74,18 @@ def one_line(text: bytes) -> bytes:
 
 
 def _is_json(message: bytes) -> bool:
-    """Whether *message* is exactly one JSON text.
-
-    msgspec says, unless the text is nested deeper than Python's recursion
-    lets it go (QEMU allows 1024 levels): then QEMU's parser, which does not
-    recurse, says whether it is one message, and a C-speed search rules out
-    QEMU's extensions to JSON (a ``'`` outside a string is one; inside a
-    JSON string it is refused too, conservatively: the text is then kept as
-    a string, never lost).
-    """
+    """Whether *message* is exactly one JSON text (msgspec says, or for a text
+    nested deeper than it can go, :func:`~qmpevents.codec.deep.parse_json_text`:
+    one it refuses is kept as a string, never lost)."""
     try:
         _CHECK.decode(message)
+    except RecursionError:
+        try:
+            parse_json_text(message)
+        except msgspec.DecodeError:
+            return False
     except msgspec.DecodeError:
         return False
-    except RecursionError:
-        framer = value_framer(qemu_exact=False)
-        items = [*framer.feed(message), *framer.end()]
-        return (len(items) == 1 and not isinstance(items[0], ParseError)
-                and framer.dropped_at_end == 0 and _NOT_JSON.search(message) is None)
     return True
 
 
@@ -168,6 +160,32 @@ class ReadReport:
     bad_lines: int = 0
 
 
+# A record as RecordingWriter writes it: what a line too deep for msgspec is read as.
+_STRING = rb'"(?:[^"\\]|\\.)*+"'
+_WRITTEN = re.compile(rb'\{"vm":(' + _STRING + rb'),"received":([-+.eE0-9]++),"direction":('
+                      + _STRING + rb'),"message":(.*)\}[ \t\r\n]*', re.DOTALL)
+
+
+def _decode_record(line: bytes) -> Record:
+    """One record line; raises ``msgspec.DecodeError`` if it is not one.
+
+    A message nested deeper than msgspec can go within Python's recursion
+    limit (QEMU allows 1024 levels) is read without recursion, in the
+    writer's layout; any other layout is malformed then.
+    """
+    try:
+        return _DECODER.decode(line)
+    except RecursionError:
+        written = _WRITTEN.fullmatch(line)
+        if written is None or not _is_json(written[4]):
+            raise msgspec.DecodeError("a record too deep to read") from None
+        vm, received, direction = (msgspec.json.decode(written[n]) for n in (1, 2, 3))
+        if not (isinstance(vm, str) and isinstance(direction, str)
+                and isinstance(received, int | float)):
+            raise msgspec.DecodeError("not a record") from None
+        return Record(vm, float(received), direction, msgspec.Raw(written[4]))
+
+
 def read_recording(path: str, report: ReadReport | None = None) -> Iterator[Record]:
     """Records of *path* in order; a torn last line (a crash) is skipped.
 
@@ -180,7 +198,7 @@ def read_recording(path: str, report: ReadReport | None = None) -> Iterator[Reco
             if not line.strip():
                 continue
             try:
-                record = _DECODER.decode(line)
+                record = _decode_record(line)
             except msgspec.DecodeError:
                 if not line.endswith(b"\n"):  # only a crash leaves a line unfinished
                     report.torn_tail = True

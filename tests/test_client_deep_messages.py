@@ -1,0 +1,278 @@
+"""Deep, multi-line and non-QMP server messages on the client side (attacker findings).
+
+QEMU's parser takes values nested up to 1024 levels, beyond Python's recursion
+limit (1000): every step from the bytes to what the user sees (the exact
+parser, the typed model, reports, rendering, records, ``exec``'s output) must
+work without recursion per level.  A message QEMU lays out over lines
+(``pretty=on``) takes the exact path and keeps its exact text as ``raw``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import qmpevents
+from qmpevents.catalog import (
+    BlockIoError,
+    Stop,
+    Timestamp,
+    UnknownEvent,
+    decode_event,
+    event_from_value,
+)
+from qmpevents.cli import exec as exec_cli
+from qmpevents.cli import render
+from qmpevents.client.filters import EventFilter
+from qmpevents.codec import MAX_NESTING, encode_json
+from qmpevents.protocol import NEED_DATA, ClientConnection, ProtocolViolation, Reply
+from qmpevents.protocol.client import EXCERPT_LIMIT
+from qmpevents.recording import RecordingWriter, read_recording
+
+GREETING = (b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+            b'"package": ""}, "capabilities": ["oob"]}}\r\n')
+STOP = b'{"event": "STOP", "timestamp": {"seconds": 1700000000, "microseconds": 5}}'
+# QEMU's pretty=on layout, with a member a newer QEMU added.
+PRETTY = (b'{\r\n    "timestamp": {\r\n        "seconds": 1700000000,\r\n'
+          b'        "microseconds": 2\r\n    },\r\n    "event": "BLOCK_IO_ERROR",\r\n'
+          b'    "data": {\r\n        "device": "ide0-hd0",\r\n        "node-name": "#block123",\r\n'
+          b'        "operation": "write",\r\n        "action": "stop",\r\n'
+          b'        "reason": "No space left",\r\n        "new-member-in-qemu-9": "important"\r\n'
+          b'    }\r\n}')
+
+
+def deep(levels: int) -> bytes:
+    """A list nested *levels* deep."""
+    return b"[" * levels + b"]" * levels
+
+
+def deep_value(levels: int) -> list[Any]:
+    """The value of :func:`deep` (json.loads would recurse too deep)."""
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(levels - 1):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+# The data's list brings the message to QEMU's limit: {event {data {x [...]}}}.
+DEEP_EVENT = (b'{"event": "SHUTDOWN", "timestamp": {"seconds": 1700000000, "microseconds": 5}, '
+              b'"data": {"x": ' + deep(MAX_NESTING - 2) + b'}}')
+
+
+def drain(conn: ClientConnection) -> list[Any]:
+    out = []
+    while (item := conn.next_event()) is not NEED_DATA:
+        out.append(item)
+    return out
+
+
+def ready() -> ClientConnection:
+    conn = ClientConnection()
+    conn.receive_data(GREETING)
+    drain(conn)
+    request_id = conn.send_command("qmp_capabilities")
+    conn.receive_data(b'{"return": {}, "id": "' + request_id.encode() + b'"}\r\n')
+    drain(conn)
+    return conn
+
+
+def receive(data: bytes, *, chunk: int | None = None, budget: int | None = None) -> list[Any]:
+    """What a negotiated client hands out for *data*, fed in chunks, parsed in slices."""
+    conn = ready()
+    step = chunk or len(data)
+    for at in range(0, len(data), step):
+        conn.receive_data(data[at:at + step], budget=budget)
+        while conn.parse_pending:
+            conn.continue_parsing(budget)
+    return drain(conn)
+
+
+def depth_of(value: Any) -> int:
+    levels = 0
+    while isinstance(value, list | dict):
+        levels += 1
+        value = value[0] if isinstance(value, list) else next(iter(value.values()), None)
+        if value == []:
+            return levels + 1
+    return levels
+
+
+# --- the exact path gives each message its exact text ---------------------------------
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7, 64])
+def test_a_pretty_event_keeps_its_exact_text_and_every_member(chunk: int | None) -> None:
+    (event,) = receive(PRETTY + b"\r\n", chunk=chunk, budget=5 if chunk else None)
+    assert isinstance(event, BlockIoError)
+    assert event.raw == PRETTY
+    assert json.loads(event.raw)["data"]["new-member-in-qemu-9"] == "important"
+
+
+@pytest.mark.parametrize("before", [
+    b"  \r\n",                      # blanks
+    b'"a string with { and ["\r\n',  # a scalar message holding brackets
+    b'{"a": "\x01"}\r\n',           # a message cut by a stray byte, then what recovery skips
+    b"xyz 'q\r\n",                  # garbage
+    b"1",                           # a number ended by the event's first byte
+    b'["unfinished", \x01]\r\n',
+])
+def test_what_came_before_is_not_part_of_an_events_text(before: bytes) -> None:
+    items = receive(before + PRETTY + b"\r\n" + STOP + b"\r\n")
+    assert [type(item) for item in items][-2:] == [BlockIoError, Stop]
+    assert items[-2].raw == PRETTY
+    assert items[-1].raw == STOP
+    assert all(isinstance(item, ProtocolViolation) for item in items[:-2])
+
+
+def test_several_messages_on_a_line_each_keep_their_text() -> None:
+    one = b'{"event": "X", "timestamp": {"seconds": 1, "microseconds": 2}}'
+    items = receive(one + b" " + STOP + b"  " + one + b"\r\n", chunk=3, budget=2)
+    assert [item.raw for item in items] == [one, STOP, one]
+
+
+# --- nested to QEMU's limit: delivered, with their bytes ------------------------------
+
+
+@pytest.mark.parametrize("chunk", [None, 100])
+def test_an_event_nested_to_qemus_limit_is_delivered_with_its_raw(chunk: int | None) -> None:
+    items = receive(DEEP_EVENT + b"\r\n" + STOP + b"\r\n", chunk=chunk, budget=64)
+    assert [type(item) for item in items] == [UnknownEvent, Stop]  # SHUTDOWN lacks its members
+    event = items[0]
+    assert event.raw == DEEP_EVENT
+    assert depth_of(event.data["x"]) == MAX_NESTING - 2
+    wire = event.to_wire()  # no recursion per level either
+    assert encode_json(wire).count("[") == MAX_NESTING - 2
+
+
+def test_a_reply_nested_to_qemus_limit_is_delivered() -> None:
+    conn = ready()
+    request_id = conn.send_command("query-status")
+    conn.receive_data(b'{"return": ' + deep(MAX_NESTING - 1) + b', "id": "'
+                      + request_id.encode() + b'"}\r\n')
+    (reply,) = drain(conn)
+    assert isinstance(reply, Reply)
+    assert depth_of(reply.value) == MAX_NESTING - 1
+
+
+def test_a_deep_non_qmp_message_is_one_bounded_violation_and_reading_goes_on() -> None:
+    items = receive(deep(1000) + b"\r\n" + STOP + b"\r\n")
+    assert [type(item) for item in items] == [ProtocolViolation, Stop]
+    problem = items[0].problem
+    assert problem.startswith("not a QMP message: [[[")
+    assert "\n" not in problem and len(problem) < EXCERPT_LIMIT + 50
+
+
+async def test_the_reader_survives_a_deep_non_qmp_message(tmp_path: Path) -> None:
+    """The asyncio reader logged a 'Fatal error' traceback and dropped the connection."""
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
+        for _ in range(2):  # qmp_capabilities, then the test's command
+            request_id = json.dumps(json.loads(await reader.readline())["id"]).encode()
+            if _:  # the test listens by now
+                writer.write(deep(1000) + b"\r\n" + DEEP_EVENT + b"\r\n" + STOP + b"\r\n")
+            writer.write(b'{"return": {}, "id": ' + request_id + b"}\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    path = str(tmp_path / "qmp.sock")
+    server = await asyncio.start_unix_server(serve, path)
+    async with server, qmpevents.connect(f"unix:{path}") as qmp:
+        stopped = qmp.wait_for(Stop, timeout=5)
+        async with qmp.listen("SHUTDOWN") as shutdowns:
+            assert await qmp.execute("query-status", timeout=5) == {}
+            shutdown = await shutdowns.get(timeout=5)
+        assert (await stopped).raw == STOP
+        assert shutdown.raw == DEEP_EVENT
+        assert qmp.warnings.counts.get("protocol") == 1
+    assert errors == []
+
+
+# --- what the CLI makes of deep events and replies ------------------------------------
+
+
+def deep_event() -> UnknownEvent:
+    (event,) = receive(DEEP_EVENT + b"\r\n")
+    assert isinstance(event, UnknownEvent)
+    return event
+
+
+def test_watch_renders_a_deep_event() -> None:
+    event = deep_event()
+    line = render.text_line("vm1", event, colour=False)
+    assert line.endswith(" vm1 SHUTDOWN x=" + deep(MAX_NESTING - 2).decode())
+    assert render.json_line("vm1", event) == '{"vm": "vm1", ' + DEEP_EVENT[1:].decode()
+
+
+def test_watch_renders_data_objects_nested_deeper_than_python_recurses() -> None:
+    data: dict[str, Any] = {"leaf": 1}
+    for _ in range(MAX_NESTING - 2):
+        data = {"a": data}
+    event = event_from_value({"event": "X", "timestamp": {"seconds": 1, "microseconds": 0},
+                              "data": data})
+    assert render.summary(event) == "a." * (MAX_NESTING - 2) + "leaf=1"
+
+
+def test_match_and_render_typed_data_with_a_deep_member() -> None:
+    info = deep_value(MAX_NESTING - 2)
+    event = event_from_value({"event": "GUEST_PANICKED",
+                              "timestamp": {"seconds": 1, "microseconds": 0},
+                              "data": {"action": "pause", "info": info}})
+    assert not isinstance(event, UnknownEvent)  # typed: its info member is Any
+    assert EventFilter(("GUEST_PANICKED",), match={"data.action": "pause"})(event)
+    assert not EventFilter(("GUEST_PANICKED",), match={"data.info": []})(event)
+    assert render.summary(event) == "action=pause info=" + deep(MAX_NESTING - 2).decode()
+
+
+def test_json_lines_keep_a_pretty_event_on_one_line() -> None:
+    (event,) = receive(PRETTY + b"\r\n")
+    line = render.json_line("vm1", event)
+    assert "\n" not in line and "\r" not in line
+    assert json.loads(line) == {"vm": "vm1", **json.loads(PRETTY)}
+
+
+def test_records_hold_deep_and_pretty_events_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "rec.jsonl"
+    writer = RecordingWriter(str(path), fsync="never")
+    for event in (deep_event(), *receive(PRETTY + b"\r\n")):
+        assert event.raw is not None
+        writer.write("vm1", event.raw)
+    writer.close()
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 2
+    first, second = read_recording(str(path))
+    assert first.message_bytes() == DEEP_EVENT
+    replayed = decode_event(first.message_bytes())  # what replay does with it
+    assert isinstance(replayed, UnknownEvent) and replayed.raw == DEEP_EVENT
+    assert json.loads(second.message_bytes()) == json.loads(PRETTY)  # line breaks aside
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_exec_prints_a_deep_reply(tty: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    levels = MAX_NESTING - 1
+    out = io.StringIO()
+    monkeypatch.setattr(out, "isatty", lambda: tty)
+    with redirect_stdout(out):
+        exec_cli._print_reply({"r": deep_value(levels)})
+    text = out.getvalue()
+    if tty:  # json.dumps's layout: one bracket per line
+        assert text.split() == ["{", '"r":', *["["] * (levels - 1), "[]", *["]"] * (levels - 1),
+                                "}"]
+    else:
+        assert text == '{"r":' + deep(levels).decode() + "}\n"
+
+
+def test_to_wire_of_a_local_event_with_deep_data() -> None:
+    event = Stop(stamp=Timestamp(1, 2), data={"x": deep_value(MAX_NESTING - 2)})
+    assert encode_json(event.to_wire()).count("[") == MAX_NESTING - 2
