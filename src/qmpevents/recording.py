@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import msgspec
 
@@ -160,30 +160,49 @@ class ReadReport:
     bad_lines: int = 0
 
 
-# A record as RecordingWriter writes it: what a line too deep for msgspec is read as.
-_STRING = rb'"(?:[^"\\]|\\.)*+"'
-_WRITTEN = re.compile(rb'\{"vm":(' + _STRING + rb'),"received":([-+.eE0-9]++),"direction":('
-                      + _STRING + rb'),"message":(.*)\}[ \t\r\n]*', re.DOTALL)
+_MEMBER_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*+"|[{}\[\]]')
+_StructT = TypeVar("_StructT", bound=msgspec.Struct)
 
 
-def _decode_record(line: bytes) -> Record:
-    """One record line; raises ``msgspec.DecodeError`` if it is not one.
+def decode_with_message(decoder: msgspec.json.Decoder[_StructT], line: bytes) -> _StructT:
+    """``decoder.decode(line)`` for a record type whose ``message`` is ``msgspec.Raw``.
 
-    A message nested deeper than msgspec can go within Python's recursion
-    limit (QEMU allows 1024 levels) is read without recursion, in the
-    writer's layout; any other layout is malformed then.
+    msgspec skips a raw member with one level of recursion per level of
+    nesting; a message nested deeper than Python's recursion limit allows
+    (QEMU takes 1024 levels) is cut out of the line here, without recursion,
+    and the rest decoded.  Raises ``msgspec.DecodeError`` for a line that is
+    not a record.
     """
     try:
-        return _DECODER.decode(line)
+        return decoder.decode(line)
     except RecursionError:
-        written = _WRITTEN.fullmatch(line)
-        if written is None or not _is_json(written[4]):
-            raise msgspec.DecodeError("a record too deep to read") from None
-        vm, received, direction = (msgspec.json.decode(written[n]) for n in (1, 2, 3))
-        if not (isinstance(vm, str) and isinstance(direction, str)
-                and isinstance(received, int | float)):
-            raise msgspec.DecodeError("not a record") from None
-        return Record(vm, float(received), direction, msgspec.Raw(written[4]))
+        pass
+    depth = 0
+    tokens = _MEMBER_TOKENS.finditer(line)
+    for token in tokens:
+        text = token[0]
+        if text in (b"{", b"["):
+            depth += 1
+        elif text in (b"}", b"]"):
+            depth -= 1
+        elif depth == 1 and text == b'"message"':
+            colon = line[token.end():].lstrip()
+            if colon[:1] != b":" or colon[1:].lstrip()[:1] not in (b"{", b"["):
+                break
+            start = line.index(colon[1:].lstrip()[:1], token.end())
+            for inner in tokens:
+                if inner[0] in (b"{", b"["):
+                    depth += 1
+                elif inner[0] in (b"}", b"]"):
+                    depth -= 1
+                    if depth == 1:
+                        message = line[start:inner.end()]
+                        if not _is_json(message):
+                            break
+                        rest = decoder.decode(line[:start] + b"0" + line[inner.end():])
+                        return msgspec.structs.replace(rest, message=msgspec.Raw(message))
+            break
+    raise msgspec.DecodeError("not a record (its message too deep to read otherwise)")
 
 
 def read_recording(path: str, report: ReadReport | None = None) -> Iterator[Record]:
@@ -198,7 +217,7 @@ def read_recording(path: str, report: ReadReport | None = None) -> Iterator[Reco
             if not line.strip():
                 continue
             try:
-                record = _decode_record(line)
+                record = decode_with_message(_DECODER, line)
             except msgspec.DecodeError:
                 if not line.endswith(b"\n"):  # only a crash leaves a line unfinished
                     report.torn_tail = True

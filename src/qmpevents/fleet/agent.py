@@ -16,6 +16,7 @@ from qmpevents.client import QMPEvent
 from qmpevents.codec import encode_json
 from qmpevents.fleet.spool import Spool, SpoolRecord
 from qmpevents.fleet.subjects import message_id
+from qmpevents.recording import one_line
 
 
 class Intake:
@@ -34,7 +35,7 @@ class Intake:
         sequence = self._sequences[vm] = self._sequences.get(vm, 0) + 1
         stamp = event.stamp
         record = SpoolRecord(
-            vm, time.time(), "event", msgspec.Raw(raw.strip()), self.host, sequence,
+            vm, time.time(), "event", msgspec.Raw(one_line(raw.strip())), self.host, sequence,
             message_id(self.host, vm, stamp.seconds, stamp.microseconds, event.name, sequence))
         self.received += 1
         self.on_spooled(vm, event, self._spool.append(record))

@@ -37,7 +37,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from qmpevents.recording import FsyncPolicy
+from qmpevents.recording import FsyncPolicy, decode_with_message
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class SpoolLocked(OSError):
 
 
 _encode = msgspec.json.Encoder().encode
-_decode_record = msgspec.json.Decoder(SpoolRecord).decode
+_RECORD = msgspec.json.Decoder(SpoolRecord)
 _decode_cursor = msgspec.json.Decoder(_Cursor).decode
 
 
@@ -313,7 +313,7 @@ class Spool:
                     break
                 self._read = Position(self._read.segment, self._read.offset + len(line))
                 try:
-                    batch.append((_decode_record(line), self._read))
+                    batch.append((decode_with_message(_RECORD, line), self._read))
                 except msgspec.DecodeError:
                     self.bad_lines += 1
                     log.warning("%s: malformed spool line skipped",
