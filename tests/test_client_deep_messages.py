@@ -16,6 +16,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import qmpevents
@@ -33,7 +34,8 @@ from qmpevents.client.filters import EventFilter
 from qmpevents.codec import MAX_NESTING, encode_json
 from qmpevents.protocol import NEED_DATA, ClientConnection, ProtocolViolation, Reply
 from qmpevents.protocol.client import EXCERPT_LIMIT
-from qmpevents.recording import RecordingWriter, read_recording
+from qmpevents.fleet.spool import SpoolRecord
+from qmpevents.recording import RecordingWriter, decode_with_message, read_recording
 
 GREETING = (b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
             b'"package": ""}, "capabilities": ["oob"]}}\r\n')
@@ -276,3 +278,12 @@ def test_exec_prints_a_deep_reply(tty: bool, monkeypatch: pytest.MonkeyPatch) ->
 def test_to_wire_of_a_local_event_with_deep_data() -> None:
     event = Stop(stamp=Timestamp(1, 2), data={"x": deep_value(MAX_NESTING - 2)})
     assert encode_json(event.to_wire()).count("[") == MAX_NESTING - 2
+
+
+def test_a_spool_record_of_a_deep_event_reads_back() -> None:
+    record = SpoolRecord("vm1", 1.5, "event", msgspec.Raw(DEEP_EVENT), "host1", 7, "id-7")
+    line = msgspec.json.encode(record) + b"\n"
+    back = decode_with_message(msgspec.json.Decoder(SpoolRecord), line)
+    assert (back.vm, back.seq, back.id, bytes(back.message)) == ("vm1", 7, "id-7", DEEP_EVENT)
+    with pytest.raises(msgspec.DecodeError):
+        decode_with_message(msgspec.json.Decoder(SpoolRecord), line.replace(b'"id-7"', b"7"))
