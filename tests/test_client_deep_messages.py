@@ -31,10 +31,12 @@ from qmpevents.catalog import (
 from qmpevents.cli import exec as exec_cli
 from qmpevents.cli import render
 from qmpevents.client.filters import EventFilter
-from qmpevents.codec import MAX_NESTING, encode_json
+from qmpevents.codec import MAX_NESTING, Framer, ParseError, ParseErrorKind, encode_json
+from qmpevents.errors import MessageTooLarge
+from qmpevents.fleet.spool import SpoolRecord
 from qmpevents.protocol import NEED_DATA, ClientConnection, ProtocolViolation, Reply
 from qmpevents.protocol.client import EXCERPT_LIMIT
-from qmpevents.fleet.spool import SpoolRecord
+from qmpevents.protocol.messages import decode_line, from_value
 from qmpevents.recording import RecordingWriter, decode_with_message, read_recording
 
 GREETING = (b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
@@ -76,8 +78,8 @@ def drain(conn: ClientConnection) -> list[Any]:
     return out
 
 
-def ready() -> ClientConnection:
-    conn = ClientConnection()
+def ready(max_message_size: int = 64 << 20) -> ClientConnection:
+    conn = ClientConnection(max_message_size=max_message_size)
     conn.receive_data(GREETING)
     drain(conn)
     request_id = conn.send_command("qmp_capabilities")
@@ -287,3 +289,40 @@ def test_a_spool_record_of_a_deep_event_reads_back() -> None:
     assert (back.vm, back.seq, back.id, bytes(back.message)) == ("vm1", 7, "id-7", DEEP_EVENT)
     with pytest.raises(msgspec.DecodeError):
         decode_with_message(msgspec.json.Decoder(SpoolRecord), line.replace(b'"id-7"', b"7"))
+
+
+# --- over the size limit: refused as soon as it is passed -----------------------------
+
+LIMIT = 1 << 20
+CHUNK = 64 * 1024
+
+
+@pytest.mark.parametrize("negotiated", [False, True])
+def test_a_message_over_the_limit_is_refused_when_it_passes_it(negotiated: bool) -> None:
+    """A 70 MiB greeting took 40 s of byte-by-byte lexing before MessageTooLarge."""
+    conn = ready(LIMIT) if negotiated else ClientConnection(max_message_size=LIMIT)
+    start = (b'{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}, "data": {"x": "'
+             if negotiated else b'{"QMP": {"version": {"x": "')
+    data = start + b"a" * (LIMIT + 4 * CHUNK) + b'"}}}\r\n'
+    fed = 0
+    with pytest.raises(MessageTooLarge) as refused:
+        for at in range(0, len(data), CHUNK):
+            conn.receive_data(data[at:at + CHUNK], budget=4096)
+            fed += CHUNK
+            assert not conn.parse_pending  # nothing left to lex byte by byte
+    assert fed <= LIMIT + CHUNK
+    assert refused.value.limit == LIMIT
+
+
+def test_a_framer_skips_a_message_over_the_limit_and_goes_on() -> None:
+    """What a client's framer (not QEMU-exact: the recorder's too) gives after it."""
+    big = b'{"event": "X", "timestamp": {"seconds": 1, "microseconds": 2}, "data": "' \
+        + b"a" * 5000 + b'"}'
+    for chunk in (100, len(big) + 10):
+        framer: Framer[Any] = Framer(decode_line, from_value, max_message_size=1000)
+        data = big + b"\r\n" + STOP + b"\r\n"
+        items = [item for at in range(0, len(data), chunk)
+                 for item in framer.feed(data[at:at + chunk], budget=64)]
+        error, stop = items
+        assert isinstance(error, ParseError) and error.kind is ParseErrorKind.TOO_LARGE
+        assert isinstance(stop, Stop) and stop.raw == STOP

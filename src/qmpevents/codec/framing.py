@@ -147,6 +147,7 @@ class Framer(Generic[T]):
         self._scan: MessageScan | None = None
         self._deferred = False  # held without a scan yet (see _tail)
         self._held_exact_only = False  # what is held is certainly the exact path's
+        self._skipping = False  # the rest of a message over the limit (see _skip_on)
         self._out: list[T | ParseError] = []
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
@@ -384,6 +385,8 @@ class Framer(Generic[T]):
 
     def _continue_held(self, buf: bytes, pos: int) -> int:
         """Scan the held message on in *buf*: where to go on (-1: see the queue's head)."""
+        if self._skipping:
+            return self._skip_on(buf, pos)
         cut = self._try_block_with_held(buf, pos)
         if cut:
             return cut
@@ -394,7 +397,8 @@ class Framer(Generic[T]):
         found = self._scan.feed(buf, pos)
         if found >= 0:
             piece = buf[pos:found + 1]
-            if self._held + len(piece) < self._max_fast_line and not (
+            size = self._held + len(piece)
+            if size < self._max_fast_line and not (
                     self._parts and self._exact_only(piece)):
                 message = b"".join([*self._parts, piece]) if self._parts else piece
                 # *decode_line* takes one line (a client keeps it as the raw text):
@@ -402,6 +406,10 @@ class Framer(Generic[T]):
                 if b"\n" not in message and self._try_fast(message, depth_checked=True):
                     self._drop_held()
                     return found + 1
+            elif not self._qemu_exact and size >= self._max_fast_line:
+                self._too_large_now(size)
+                self._drop_held()
+                return found + 1
         elif found == GOES_ON and self._held + len(buf) - pos < self._max_fast_line:
             part = buf[pos:] if pos else buf
             if self._qemu_exact and not self._held_exact_only:
@@ -409,6 +417,12 @@ class Framer(Generic[T]):
             self._parts.append(part)
             self._held += len(buf) - pos
             self._charge()
+            return len(buf)
+        elif found == GOES_ON and not self._qemu_exact:
+            self._too_large_now(self._held + len(buf) - pos)
+            scan = self._scan
+            self._drop_held()
+            self._scan, self._skipping = scan, True
             return len(buf)
         # An error, a stray byte, or input the fast path may not take: the exact
         # path goes through the message from its start, now.
@@ -448,6 +462,29 @@ class Framer(Generic[T]):
         return self._held_exact_only or not part.isascii() or b"\\u" in part or (
             part[:1] == b"u" and bool(self._parts) and self._parts[-1][-1:] == b"\\")
 
+    def _too_large_now(self, size: int) -> None:
+        """A message passed the size limit with no error before (the scan saw none).
+
+        A framer that need not answer exactly as QEMU (a client's: *qemu_exact*
+        unset) says so at once, at C speed, instead of lexing the whole message
+        byte by byte first, and skips the rest of it (see :meth:`_skip_on`).
+        """
+        self._out.append(ParseError.too_large(size, self._max_fast_line))
+
+    def _skip_on(self, buf: bytes, pos: int) -> int:
+        """Skip the rest of a message over the size limit: the scan goes on, nothing
+        is held.  Past its end the fast path goes on; a stray byte in it is the
+        exact path's, as garbage after QEMU's own size error is."""
+        assert self._scan is not None
+        found = self._scan.feed(buf, pos)
+        if found == GOES_ON:
+            return len(buf)
+        self._drop_held()
+        if found >= 0:
+            return found + 1
+        self._slow = True
+        return pos
+
     def _try_block_with_held(self, buf: bytes, pos: int) -> int:
         """The held message and the complete lines after it in one block decode,
         as if the read had not cut the line (the usual case of an event stream):
@@ -468,6 +505,7 @@ class Framer(Generic[T]):
         return cut
 
     def _drop_held(self) -> None:
+        self._skipping = False
         self._parts = []
         self._held = 0
         self._held_exact_only = False
