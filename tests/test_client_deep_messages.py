@@ -18,6 +18,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qmpevents
 from qmpevents.catalog import (
@@ -326,3 +328,34 @@ def test_a_framer_skips_a_message_over_the_limit_and_goes_on() -> None:
         error, stop = items
         assert isinstance(error, ParseError) and error.kind is ParseErrorKind.TOO_LARGE
         assert isinstance(stop, Stop) and stop.raw == STOP
+
+
+_MEMBERS = st.dictionaries(st.sampled_from(["a", "b", "new-member", "x y", "{"]),
+                           st.one_of(st.integers(), st.text(max_size=5),
+                                     st.lists(st.integers(), max_size=3)), max_size=3)
+_BEFORE = st.sampled_from([b"", b" ", b"\r\n", b"1 ", b'"{[" ', b"xyz\r\n", b'{"a": "\x01"}\r\n'])
+
+
+@given(st.lists(st.tuples(_BEFORE, _MEMBERS, st.booleans()), min_size=1, max_size=4),
+       st.lists(st.integers(1, 400), max_size=6), st.sampled_from([None, 3, 50]))
+@settings(max_examples=150, deadline=None)
+def test_every_event_keeps_its_exact_text_whatever_the_splits(
+        messages: list[tuple[bytes, dict[str, Any], bool]], cuts: list[int],
+        budget: int | None) -> None:
+    texts = []
+    stream = b""
+    for before, data, pretty in messages:
+        value = {"event": "X", "timestamp": {"seconds": 1, "microseconds": 2}, "data": data}
+        text = json.dumps(value, indent=4 if pretty else None).replace("\n", "\r\n").encode()
+        texts.append(text)
+        stream += before + text + b"\r\n"
+    conn = ready()
+    at = 0
+    for cut in [*sorted(min(cut, len(stream)) for cut in cuts), len(stream)]:
+        if cut > at:
+            conn.receive_data(stream[at:cut], budget=budget)
+            at = cut
+        while conn.parse_pending:
+            conn.continue_parsing(budget)
+    events = [item for item in drain(conn) if isinstance(item, UnknownEvent)]
+    assert [event.raw for event in events] == texts
