@@ -29,12 +29,13 @@ from qmpevents.catalog import (
     UnknownEvent,
     decode_event,
     event_from_value,
+    validate,
 )
 from qmpevents.cli import exec as exec_cli
 from qmpevents.cli import render
 from qmpevents.client.filters import EventFilter
 from qmpevents.codec import MAX_NESTING, Framer, ParseError, ParseErrorKind, encode_json
-from qmpevents.errors import MessageTooLarge
+from qmpevents.errors import EventValidationError, MessageTooLarge
 from qmpevents.fleet.spool import SpoolRecord
 from qmpevents.protocol import NEED_DATA, ClientConnection, ProtocolViolation, Reply
 from qmpevents.protocol.client import EXCERPT_LIMIT
@@ -359,3 +360,13 @@ def test_every_event_keeps_its_exact_text_whatever_the_splits(
             conn.continue_parsing(budget)
     events = [item for item in drain(conn) if isinstance(item, UnknownEvent)]
     assert [event.raw for event in events] == texts
+
+
+def test_validate_says_what_is_wrong_with_a_deep_event() -> None:
+    with pytest.raises(EventValidationError) as wrong:
+        validate(DEEP_EVENT, "qemu-7.2")
+    assert "SHUTDOWN" in str(wrong.value)
+    info = b'{"event": "GUEST_PANICKED", "timestamp": {"seconds": 1, "microseconds": 2}, ' \
+        b'"data": {"action": "pause", "info": ' + deep(MAX_NESTING - 2) + b"}}"
+    with pytest.raises(EventValidationError, match=r"\$\.data\.info"):
+        validate(info, "qemu-7.2")  # an object of QEMU's schema, not a list
