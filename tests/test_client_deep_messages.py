@@ -370,3 +370,10 @@ def test_validate_says_what_is_wrong_with_a_deep_event() -> None:
         b'"data": {"action": "pause", "info": ' + deep(MAX_NESTING - 2) + b"}}"
     with pytest.raises(EventValidationError, match=r"\$\.data\.info"):
         validate(info, "qemu-7.2")  # an object of QEMU's schema, not a list
+
+
+def test_a_reply_to_a_deep_unknown_id_is_one_bounded_violation() -> None:
+    items = receive(b'{"return": {}, "id": ' + deep(MAX_NESTING - 1) + b"}\r\n" + STOP + b"\r\n")
+    assert [type(item) for item in items] == [ProtocolViolation, Stop]
+    assert items[0].problem.startswith("reply to unknown id [[[")
+    assert len(items[0].problem) < 100

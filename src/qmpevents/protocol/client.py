@@ -17,6 +17,7 @@ consumer learns the state before it sees what changed it.
 
 from __future__ import annotations
 
+import reprlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Final
@@ -298,7 +299,8 @@ class ClientConnection:
             if request_id is None and isinstance(message, ErrorReply):
                 return [ProtocolViolation(
                     f"error reply without id: {message.error_class}: {message.desc}")]
-            return [ProtocolViolation(f"reply to unknown id {request_id!r}")]
+            # reprlib: bounded in depth and size (an id may be any value, 1024 deep).
+            return [ProtocolViolation(f"reply to unknown id {reprlib.repr(request_id)}")]
         if request_id == self._status_id:
             return self._release(message.value if isinstance(message, Return) else None)
         if name == "qmp_capabilities":
