@@ -20,6 +20,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from qemu_support import QemuProcess, requires_qemu
 
 import qmpevents
 from qmpevents.catalog import (
@@ -377,3 +378,29 @@ def test_a_reply_to_a_deep_unknown_id_is_one_bounded_violation() -> None:
     assert [type(item) for item in items] == [ProtocolViolation, Stop]
     assert items[0].problem.startswith("reply to unknown id [[[")
     assert len(items[0].problem) < 100
+
+
+# --- the witness: real QEMU 7.2 with pretty=on ----------------------------------------
+
+
+@pytest.mark.qemu
+@requires_qemu
+async def test_real_qemu_pretty_events_keep_their_exact_bytes() -> None:
+    received = bytearray()
+
+    def trace(direction: str, data: bytes) -> None:
+        if direction == "in":
+            received.extend(data)
+
+    async with QemuProcess(pretty=True) as qemu, \
+            qmpevents.connect(f"unix:{qemu.socket_path}", trace=trace) as qmp:
+        resumed = qmp.wait_for("RESUME", timeout=10)
+        await qmp.execute("cont", timeout=10)
+        event = await resumed
+        stopped = qmp.wait_for("STOP", timeout=10)
+        await qmp.execute("stop", timeout=10)
+        stop = await stopped
+    for got in (event, stop):
+        assert got.raw is not None and b"\r\n    " in got.raw  # laid out over lines
+        assert bytes(received).count(got.raw + b"\r\n") == 1  # exactly as QEMU wrote it
+    assert (stop.raw or b"").endswith(b'"event": "STOP"\r\n}')
