@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,16 @@ PRETTY = (b'{\r\n    "timestamp": {\r\n        "seconds": 1700000000,\r\n'
           b'        "operation": "write",\r\n        "action": "stop",\r\n'
           b'        "reason": "No space left",\r\n        "new-member-in-qemu-9": "important"\r\n'
           b'    }\r\n}')
+
+
+@pytest.fixture(autouse=True)
+def default_recursion_limit() -> Iterator[None]:
+    """Python's default limit, whatever ran before (the CLI's main raises it): nothing
+    here may depend on the limit, so these tests run below the depths they use."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    yield
+    sys.setrecursionlimit(before)
 
 
 def deep(levels: int) -> bytes:
