@@ -29,6 +29,7 @@ import msgspec
 from qmpevents.catalog import Event, UnknownEvent, plain
 from qmpevents.cli.escape import json_safe, safe, value_text
 from qmpevents.cli.jsontext import dumps
+from qmpevents.codec.deep import parse_json_text
 
 _COLOURS = {
     "BLOCK_IO_ERROR": "31", "SHUTDOWN": "31", "STOP": "33", "RESUME": "32",
@@ -173,7 +174,10 @@ def json_line(vm: str, event: Event | UnknownEvent) -> str:
 
 def _without_reserved(raw: bytes) -> str | None:
     """*raw* without its top-level ``vm``/``host`` members, or None if it has none."""
-    members = msgspec.json.decode(raw)  # decoded once already: valid JSON
+    try:
+        members = msgspec.json.decode(raw)  # decoded once already: valid JSON
+    except RecursionError:  # nested deeper than msgspec goes (QEMU allows 1024 levels)
+        members = parse_json_text(raw)
     if not isinstance(members, dict) or not any(name in members for name in RESERVED):
         return None
     return encode_value({key: value for key, value in members.items() if key not in RESERVED})
