@@ -99,14 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RECURSION_LIMIT = 10_000
-"""QMP values nest up to 1024 deep (QEMU's limit, which the codec enforces); encoding,
-``repr`` and conversions recurse once per level on top of the CLI's own frames, past
-Python's default limit of 1000."""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     try:
         parser = build_parser()  # imports every command: Ctrl-C may land here
     except KeyboardInterrupt:
