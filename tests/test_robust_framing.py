@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -28,14 +29,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 from qemu_support import QemuProcess, requires_qemu
 from robust_support import answer_all, eventually, open_fds, server
 
 import qmpevents
-from qmpevents.codec import HeldInputBudget, value_framer
-from qmpevents.codec.lexer import Streamer
+from qmpevents.codec import Framer, HeldInputBudget, value_framer
+from qmpevents.codec.lexer import MAX_TOKEN_COUNT, Streamer
+from qmpevents.codec.sliced import Refused, sliced_fast_decode
 from qmpevents.protocol import Command, CommandFailure
+from qmpevents.protocol.server import EXACT_SLICE
 from qmpevents.server import QMPServer, UnixAddress
 from qmpevents.testing import RawQMP
 
@@ -68,6 +72,24 @@ def plain_slices(data: bytes) -> list[bytes]:
     return [data[i:i + SLICE] for i in range(0, len(data), SLICE)]
 
 
+def feed_as_a_server(framer: Framer[Any], chunks: list[bytes],
+                     stalls: list[float] | None = None) -> list[Any]:
+    """Feed *chunks* as a server's monitor does: under its budget, going on while
+    work is pending; each call's CPU time goes to *stalls*."""
+    out: list[Any] = []
+    for chunk in chunks:
+        data = chunk
+        while True:
+            began = time.process_time()
+            out += framer.feed(data, budget=EXACT_SLICE)
+            if stalls is not None:
+                stalls.append(time.process_time() - began)
+            data = b""
+            if not framer.pending:
+                break
+    return out
+
+
 def cost_per_byte(data: bytes, split: Callable[[bytes], list[bytes]], runs: int) -> float:
     """Best CPU nanoseconds per byte of the server's framer over *runs* runs."""
     chunks = split(data)
@@ -75,7 +97,7 @@ def cost_per_byte(data: bytes, split: Callable[[bytes], list[bytes]], runs: int)
     for _ in range(runs):
         framer = value_framer()
         started = time.process_time()
-        out = [item for chunk in chunks for item in framer.feed(chunk)]
+        out = feed_as_a_server(framer, chunks)
         best = min(best, time.process_time() - started)
         assert len(out) == 1 and isinstance(out[0], dict) and out[0]["execute"] == "big"
     return best * 1e9 / len(data)
@@ -87,7 +109,7 @@ def check_flat_cost(figures: Figures, big: int, label: str) -> None:
     for name, split in (("reads ending in ']'", slices_ending_in_bracket),
                         ("8 KiB reads", plain_slices)):
         base = cost_per_byte(small, split, runs=30)
-        cost = cost_per_byte(large, split, runs=2 if big <= 8 << 20 else 1)
+        cost = cost_per_byte(large, split, runs=2)
         figures(f"framing cost per byte, {name}: 64 KiB / {label}",
                 f"{base:.1f} / {cost:.1f} ns ({cost / base:.2f}x)")
         assert cost <= 2 * base, (name, base, cost)
@@ -614,3 +636,202 @@ async def test_stray_byte_inside_a_message_is_answered_at_once_like_qemu() -> No
         ours = await replies_at_once(path)
     assert ours == theirs
     assert all(b"JSON parse error, stray" in line for line in ours)
+
+
+# -- a big message the fast path takes: decided in bounded steps ------------------------
+
+def plain_string_command(size: int) -> bytes:
+    """A command whose one argument is a plain string of *size* bytes."""
+    return b'{"execute": "big", "arguments": {"a": "' + b"A" * size + b'"}, "id": 1}\n'
+
+
+def test_big_message_is_decoded_in_bounded_steps_with_the_one_step_result() -> None:
+    # 16 MiB: well over the sliced threshold, in-process (seconds of CPU for 64 MiB,
+    # which the slow test below sends to a server).
+    for data in (big_command(16 << 20), plain_string_command(15 << 20)):
+        stalls: list[float] = []
+        out = feed_as_a_server(value_framer(), plain_slices(data), stalls)
+        assert out == [msgspec.json.decode(data)]
+        assert max(stalls) < 0.050, max(stalls)  # was one step of about 110 ms
+        assert sum(stalls) > 5 * max(stalls)  # many steps, none of them the whole
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+async def test_second_monitor_waits_little_during_a_64_mib_message(figures: Figures) -> None:
+    cases = {"64 MiB of small strings": big_command((64 << 20) - 4096),
+             "one 60 MiB string": plain_string_command(60 << 20)}
+    for name, data in cases.items():
+        async with qmp_server_process() as (path, stalls):
+            wait, trips = await second_monitor_waits(path, plain_slices(data))
+        stall = stalls[0]
+        figures(f"one big message on the fast path ({name}): second monitor's worst wait / "
+                "server loop stall",
+                f"{wait * 1000:.0f} ms wall / {stall * 1000:.0f} ms CPU over {trips} round trips")
+        assert stall < 0.050, (name, stall)  # was 0.45 s (small strings), 0.55 s (string)
+        assert wait < 1.0, (name, wait)  # wall time: loose, for a loaded machine
+
+
+class _RandomJSON:
+    """Seeded random JSON texts with what the fast path must refuse now and then:
+    duplicate keys, ``\\u`` escapes, 19-digit integers, ``0e`` numbers, non-ASCII,
+    and syntax errors; escapes and tokens fall anywhere against slice boundaries."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def chance(self, p: float) -> bool:
+        return self.rng.random() < p
+
+    def string(self) -> bytes:
+        rng = self.rng
+        out = [b'"']
+        for _ in range(rng.randrange(0, 40)):
+            pick = rng.random()
+            if pick < 0.1:
+                out.append(rng.choice([b'\\"', b"\\\\", b"\\/", b"\\n", b"\\t"]))
+            elif pick < 0.10003:
+                out.append(b"\\u0041")
+            elif pick < 0.10006:
+                out.append("é".encode())
+            else:
+                out.append(bytes([rng.choice(b"ab:,[]{}09 ")]))
+        out.append(b'"')
+        return b"".join(out)
+
+    def number(self) -> bytes:
+        rng = self.rng
+        pick = rng.random()
+        if pick < 0.0002:
+            return b"1" * 19
+        if pick < 0.0004:
+            return rng.choice([b"0e5", b"-0E1", b"10e3", b"0.5e1"])
+        if pick < 0.3:
+            return b"%d.%de%d" % (rng.randrange(100), rng.randrange(100), rng.randrange(9))
+        return b"%d" % rng.randrange(-10**6, 10**12)
+
+    def keyword(self) -> bytes:
+        return self.rng.choice([b"true", b"false", b"null"])
+
+    def value(self, depth: int) -> bytes:
+        rng = self.rng
+        pick = rng.random()
+        if depth > 5 or pick < 0.5:
+            scalar: Callable[[], bytes] = rng.choice([self.string, self.number, self.keyword])
+            return scalar()
+        ws = rng.choice([b"", b" ", b"\t", b"\r"])
+        if pick < 0.52:  # deeper than a batch takes
+            deep = rng.randrange(10, 20)
+            return b"[" * deep + self.value(depth + 1) + b"]" * deep
+        if pick < 0.75:
+            items = [self.value(depth + 1) for _ in range(rng.randrange(0, 8))]
+            return b"[" + (b"," + ws).join(items) + b"]"
+        keys = [self.string() for _ in range(rng.randrange(0, 8))]
+        if keys and self.chance(0.01):
+            keys.append(rng.choice(keys))  # a duplicate key
+        members = [key + b":" + ws + self.value(depth + 1) for key in keys]
+        return b"{" + (b"," + ws).join(members) + b"}"
+
+    def message(self) -> bytes:
+        text = bytearray(b"{" + b", ".join(b'"m%d": ' % i + self.value(1)
+                                           for i in range(self.rng.randrange(1, 12))) + b"}")
+        if self.chance(0.05):  # a syntax error
+            at = self.rng.randrange(1, len(text) - 1)
+            text[at:at + 1] = self.rng.choice([b"", b"'", b"x", b"\x01", b",", b"]"])
+        return bytes(text)
+
+
+def one_step_decision(text: bytes) -> tuple[bool, list[Any]]:
+    """What the one-step fast path does with *text*: taken (and the value), or refused."""
+    framer = value_framer()
+    framer._out = []  # the one-step path is not public: it is what is compared with here
+    return framer._try_fast(text, depth_checked=True), framer._out
+
+
+@pytest.mark.fuzz
+def test_sliced_decode_makes_the_one_step_decisions() -> None:
+    taken = refused = 0
+    for seed in range(1500):
+        gen = _RandomJSON(seed)
+        text = gen.message()
+        step = gen.rng.choice([16, 64, 256, 1 << 20])
+        ok, values = one_step_decision(text)
+        job = sliced_fast_decode(text, max_tokens=MAX_TOKEN_COUNT, step=step, leaf=step)
+        steps = 0
+        try:
+            while True:
+                next(job)
+                steps += 1
+        except StopIteration as done:
+            assert ok and values == [done.value], (seed, text)
+            taken += 1
+            if step == 16 and len(text) > 400:
+                assert steps > 5, seed  # it went through many slices
+        except Refused:
+            assert not ok, (seed, text)
+            refused += 1
+    assert taken > 800 and refused > 150, (taken, refused)
+
+
+@pytest.mark.fuzz
+def test_framer_deciding_in_steps_gives_the_one_step_framers_output() -> None:
+    # Whole streams: the held messages over the (tiny) threshold go through the
+    # steps, the refused ones through the exact path, and the rest as before.
+    for seed in range(150):
+        gen = _RandomJSON(10_000 + seed)
+        stream = b"".join(gen.message() + gen.rng.choice([b"\n", b" ", b"\r\n"])
+                          for _ in range(6))
+        cuts = sorted(gen.rng.sample(range(1, len(stream)), 12))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        sliced = Framer(_JSON_DECODE, _same, qemu_exact=True, sliced_above=64,
+                        sliced_step=gen.rng.choice([16, 64, 256]))
+        one_step = Framer(_JSON_DECODE, _same, qemu_exact=True)
+        assert feed_as_a_server(sliced, chunks) == feed_as_a_server(one_step, chunks), seed
+        assert sliced.held == one_step.held and not sliced.pending
+        assert sliced.end() == one_step.end() and sliced.held == 0, seed
+
+
+_JSON_DECODE = msgspec.json.Decoder().decode
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def sliced_decision(text: bytes, step: int) -> tuple[bool, list[Any]]:
+    """What :func:`sliced_fast_decode` decides, run to its end."""
+    job = sliced_fast_decode(text, max_tokens=MAX_TOKEN_COUNT, step=step, leaf=step)
+    try:
+        while True:
+            next(job)
+    except StopIteration as done:
+        return True, [done.value]
+    except Refused:
+        return False, []
+
+
+@pytest.mark.parametrize("token", [b'"\\u0041"', b"1" * 19, b"0e5", b'"\xc3\xa9"', b'"\\""',
+                                   b'"a\\\\"', b"-0E1"])
+def test_sliced_decode_sees_tokens_cut_by_any_slice_boundary(token: bytes) -> None:
+    for offset in range(40):
+        text = b'{"a": [' + b"1," * offset + b'"' + b"x" * offset + b'", ' + token + b"]}"
+        for step in (16, 17, 64):
+            assert sliced_decision(text, step) == one_step_decision(text), (offset, step)
+
+
+def test_sliced_decode_finds_a_key_repeated_in_another_batch() -> None:
+    members = b", ".join(b'"k%d": %d' % (i, i) for i in range(200))
+    for text in (b"{" + members + b', "k3": 0}', b"{" + members + b', "k3": [' + b"1, " * 50
+                 + b"1]}"):
+        assert one_step_decision(text) == (False, [])
+        assert sliced_decision(text, 64) == (False, [])
+    assert sliced_decision(b"{" + members + b"}", 64) == one_step_decision(b"{" + members + b"}")
+
+
+def test_big_message_nested_too_deep_for_the_steps_gets_the_same_value() -> None:
+    # Its big members nested 300 deep: the steps refuse it (msgspec's own depth
+    # limit depends on the caller's stack), the exact path gives the same value.
+    inner = b"[" + b",".join([b'"' + b"a" * 98 + b'"'] * 30_000) + b"]"
+    data = b'{"execute": "big", "arguments": {"a": ' + b"[" * 300 + inner + b"]" * 300 + b"}}\n"
+    out = feed_as_a_server(value_framer(), plain_slices(data))
+    assert out == [json.loads(data)]

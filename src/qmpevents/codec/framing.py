@@ -23,7 +23,10 @@ recovery skips go at C speed, :data:`RUN_WEIGHT` bytes for one of budget);
 ``feed(data, budget=n)`` runs at most *n* bytes of it per call and keeps the
 rest (:attr:`Framer.pending`), so an event loop can serve others between
 slices (``feed(b"", budget=n)`` goes on).  A huge message, or one with a huge
-string, is then parsed a step at a time too.  A held message the exact path
+string, is then parsed a step at a time too; so is a complete message of
+more than *sliced_above* bytes the fast path may take
+(:mod:`qmpevents.codec.sliced`: the same decision and value as the one
+step, in steps of about 5 ms).  A held message the exact path
 must take goes back to it as the reads came, not joined (no copy).
 
 Answers come when QEMU's would: a message as soon as its last byte arrives
@@ -49,6 +52,8 @@ together.
 
 from __future__ import annotations
 
+import gc
+import mmap
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
@@ -72,6 +77,7 @@ from qmpevents.codec.parser import (
     parse_tokens,
 )
 from qmpevents.codec.scan import GOES_ON, MessageScan, nesting_depth
+from qmpevents.codec.sliced import STEP, Refused, sliced_fast_decode
 
 T = TypeVar("T")
 
@@ -96,6 +102,9 @@ _DEFER_MAX = 4096
 RUN_WEIGHT = 256
 _SHORT_RUN = 16
 _ENCODE = msgspec.json.encode
+#: A complete message of more bytes than this that the fast path may take is
+#: decided in bounded steps (:mod:`qmpevents.codec.sliced`) under a budget.
+SLICED_ABOVE = 2 * 1024 * 1024
 
 
 class Framer(Generic[T]):
@@ -113,7 +122,11 @@ class Framer(Generic[T]):
     path, so a server built on this answers as QEMU does.  *held_budget* is
     shared with other framers (see :mod:`qmpevents.codec.budget`).
     *from_message*, if given, replaces *from_value*: it also gets the
-    message's exact text (see the module doc).
+    message's exact text (see the module doc).  With *qemu_exact* and
+    *sliced_above*, a complete message bigger than that, fed under a
+    budget, is decided in steps of *sliced_step* bytes (each one costs
+    what a slice of the exact path does); *decode_line* must then be a
+    plain JSON decode (what *from_value* gets).
     """
 
     def __init__(self, decode_line: Callable[[bytes], T], from_value: Callable[[Any], T], *,
@@ -121,7 +134,8 @@ class Framer(Generic[T]):
                  max_nesting: int = MAX_NESTING, max_tokens: int = MAX_TOKEN_COUNT,
                  decode_block: Callable[[bytes], list[T]] | None = None,
                  held_budget: HeldInputBudget | None = None,
-                 from_message: Callable[[Any, bytes], T] | None = None) -> None:
+                 from_message: Callable[[Any, bytes], T] | None = None,
+                 sliced_above: int | None = None, sliced_step: int = STEP) -> None:
         self._decode_line = decode_line
         self._decode_block = decode_block
         self._from_value = from_value
@@ -159,6 +173,12 @@ class Framer(Generic[T]):
         self._job_tokens = 0
         self._budget = held_budget
         self._charged = 0
+        # A big complete message decided in steps (*decode_line* must then be a
+        # plain JSON decode followed by *from_value*; QEMU's checks only).
+        self._sliced_above = sliced_above if qemu_exact and from_message is None else None
+        self._sliced_step = sliced_step
+        self._sliced_held = 0  # the bytes of that message (0: none is being decided)
+        self._sliced_chunks: list[bytes] = []  # the message again, if it was refused
         # The block decoder relies on msgspec's own depth limit (< 1024) and
         # does none of the qemu_exact checks.
         self._block_ok = not qemu_exact and max_nesting >= MAX_NESTING
@@ -177,7 +197,8 @@ class Framer(Generic[T]):
     @property
     def held(self) -> int:
         """Memory held for unfinished input: the fast path's, the exact path's, the pending."""
-        return self._held + self._streamer.held + self.pending + self._raw_held
+        return (self._held + self._streamer.held + self.pending + self._raw_held
+                + self._sliced_held)
 
     def feed(self, data: bytes, *, budget: int | None = None) -> list[T | ParseError]:
         """Consume *data*; return every message completed by it, in order.
@@ -202,9 +223,11 @@ class Framer(Generic[T]):
             pos = self._process(buf, self._head)
             if pos < 0:  # the held message went back to the queue, for the exact path
                 continue
-            if pos < len(buf):  # the budget ran out
+            if pos < len(buf):  # the budget ran out, or a message is to be decided in steps
                 self._head = pos
-                break
+                if self._parse_job is None:
+                    break
+                continue
             queue.popleft()
             self._queued -= len(buf)
             self._head = 0
@@ -263,6 +286,8 @@ class Framer(Generic[T]):
         self._job_tokens = 0
         self._job_raw = b""
         self._done.clear()
+        self._sliced_held = 0
+        self._sliced_chunks = []
         self._drop_held()
         self._drop_raw()
         self._streamer = Streamer(self._emit_tokens, max_message_size=self._max_fast_line,
@@ -278,6 +303,8 @@ class Framer(Generic[T]):
         if block and not self._slow and self._scan is None and not self._deferred:
             pos = self._try_block(buf, pos)
         while pos < end:
+            if self._parse_job is not None:
+                return pos  # a message decided in steps comes first
             if self._slow:
                 pos = self._run_slow(buf, pos)
                 if (self._slow and pos < end) or self._parse_job is not None:
@@ -285,8 +312,8 @@ class Framer(Generic[T]):
                 continue
             if self._scan is not None or self._deferred:
                 pos = self._continue_held(buf, pos)
-                if pos < 0:
-                    return pos  # the queue's head changed
+                if pos < 0 or self._parse_job is not None:
+                    return pos  # the queue's head changed, or a message is decided in steps
                 if block and self._scan is None and not self._slow and not self._deferred:
                     pos = self._try_block(buf, pos)  # the lines after a message held over
                 continue
@@ -400,6 +427,8 @@ class Framer(Generic[T]):
             size = self._held + len(piece)
             if size < self._max_fast_line and not (
                     self._parts and self._exact_only(piece)):
+                if self._sliced_job_for(piece):
+                    return found + 1
                 message = b"".join([*self._parts, piece]) if self._parts else piece
                 # *decode_line* takes one line (a client keeps it as the raw text):
                 # a message over several lines is the exact path's, as before.
@@ -432,6 +461,76 @@ class Framer(Generic[T]):
             return pos
         self._requeue_held(buf, pos)
         return -1
+
+    def _sliced_job_for(self, piece: bytes) -> bool:
+        """Start deciding a big complete message (the held parts and *piece*) in
+        steps, under a budget: whether it was started."""
+        if (self._sliced_above is None or self._exact_left is None
+                or self._held + len(piece) <= self._sliced_above):
+            return False
+        parts = [*self._parts, piece]
+        self._sliced_held = self._held + len(piece)
+        self._drop_held()
+        self._parse_job = self._sliced_job(parts)
+        self._job_tokens = 1
+        return True
+
+    def _sliced_job(self, parts: list[bytes]) -> Generator[None, None, Any]:
+        """What :meth:`_try_fast` does with the joined *parts*, in bounded steps.
+
+        The parts are copied into one buffer a step at a time (as they go, they
+        are freed); a refused message goes back to the queue from that buffer,
+        a step at a time too.
+        """
+        if any(b"\n" in part for part in parts):
+            self._sliced_chunks = parts  # over several lines: the exact path's, as they came
+            raise Refused
+        first = parts[0]
+        parts[0] = first.lstrip(_WS)
+        lead = first[:len(first) - len(parts[0])]
+        size = sum(map(len, parts))
+        # Mapped at its size: filling it never moves it, and its pages are
+        # touched (zeroed by the kernel) a step at a time.
+        text = mmap.mmap(-1, size)
+        step = self._sliced_step
+        at = done = 0
+        for index, part in enumerate(parts):
+            text[at:at + len(part)] = part
+            at += len(part)
+            done += len(part)
+            parts[index] = b""
+            if done >= step:
+                done = 0
+                yield
+        parts.clear()
+        try:
+            return (yield from sliced_fast_decode(text, max_tokens=self._max_tokens,
+                                                  step=step, leaf=step))
+        except Refused:
+            chunks = [lead] if lead else []
+            with memoryview(text) as view:
+                for start in range(0, size, step):
+                    chunks.append(bytes(view[start:start + step]))
+                    yield
+            self._sliced_chunks = chunks
+            raise
+        finally:
+            text.close()
+
+    def _refused_to_exact(self) -> None:
+        """The message decided in steps is the exact path's: it goes back to the
+        head of the queue, before what followed it."""
+        chunks = self._sliced_chunks
+        self._sliced_chunks = []
+        self._sliced_held = 0
+        queue = self._queue
+        if queue and self._head:
+            queue[0] = queue[0][self._head:]
+            self._queued -= self._head
+            self._head = 0
+        queue.extendleft(reversed(chunks))
+        self._queued += sum(map(len, chunks))
+        self._slow = True
 
     def _requeue_held(self, buf: bytes, pos: int, join: bool = False) -> None:
         """Put the held beginning of a message back at the head of the queue, before
@@ -607,7 +706,7 @@ class Framer(Generic[T]):
         budget = self._budget
         if budget is None:
             return
-        now = self._held + self._streamer.held + self._queued - self._head
+        now = self._held + self._streamer.held + self._queued - self._head + self._sliced_held
         if budget.charge(now - self._charged):
             self._charged = now
             return
@@ -662,21 +761,38 @@ class Framer(Generic[T]):
         """Advance the parse of a huge message within the budget; True once it is done."""
         job = self._parse_job
         assert job is not None
+        sliced = self._sliced_held > 0
+        # A step costs about what a slice lexes (a sliced step too: about 5 ms).
+        cost = STEP_TOKENS
+        # A sliced step allocates the value's containers, which can start one of
+        # the collector's passes over the whole heap, as long as a step or more:
+        # they wait for the next allocation outside the step.
+        collecting = sliced and gc.isenabled()
+        if collecting:
+            gc.disable()
         try:
             while self._exact_left is None or self._exact_left > 0:
                 next(job)
                 if self._exact_left is not None:
-                    self._exact_left -= STEP_TOKENS  # a step costs about what a slice lexes
-                self._job_tokens = max(0, self._job_tokens - STEP_TOKENS)
+                    self._exact_left -= cost
+                if not sliced:
+                    self._job_tokens = max(0, self._job_tokens - STEP_TOKENS)
         except StopIteration as done:
+            self._sliced_held = 0
             self._out.append(self._build(done.value, self._job_raw))
         except JSONParseError as exc:
             self._out.append(exc.error)
+        except Refused:
+            self._refused_to_exact()
         else:
             return False
+        finally:
+            if collecting:
+                gc.enable()
         self._parse_job = None
         self._job_tokens = 0
         self._job_raw = b""
+        self._charge()
         return True
 
 
@@ -711,7 +827,7 @@ def value_framer(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     """A framer yielding plain JSON values, as QEMU's monitor sees its input."""
     decoder = msgspec.json.Decoder()
     return Framer(decoder.decode, _identity, max_message_size=max_message_size,
-                  qemu_exact=qemu_exact, held_budget=held_budget)
+                  qemu_exact=qemu_exact, held_budget=held_budget, sliced_above=SLICED_ABOVE)
 
 
 def _identity(value: Any) -> Any:
