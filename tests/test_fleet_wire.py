@@ -3,9 +3,9 @@
 The publisher queues frames on nats-py's buffer (cheaper per message);
 both ways must give the server the same subject, payload and headers, odd
 host and VM names included: JetStream stores the first and takes the
-second for duplicates (same ``Nats-Msg-Id``).  Acks taken from nats-py's
-parser move the acknowledged prefix as the subscription's would, and a
-status answer (503: no stream) still reaches the subscription as an error.
+second for duplicates (same ``Nats-Msg-Id``).  Acks taken from the wire
+move the acknowledged prefix as the subscription's would, and a status
+answer (503: no stream) is an error both ways.
 """
 
 from __future__ import annotations
@@ -78,10 +78,11 @@ async def wait_progress(acks: Acks) -> None:
     acks.progress.clear()
 
 
-@pytest.mark.parametrize("intercept", [True, False])
+@pytest.mark.parametrize("routed", [True, False])
 async def test_acks_follow_the_acknowledged_prefix_then_a_missing_stream(
-        tmp_path: Path, intercept: bool) -> None:
-    """Plain acks (taken from the parser or not) move the prefix; a 503 is an error."""
+        tmp_path: Path, routed: bool) -> None:
+    """Acks (taken from the wire or through the subscription) move the prefix; a 503
+    (no stream) is an error either way."""
     broker = NatsServer(tmp_path / "nats")
     await broker.start()
     try:
@@ -97,9 +98,8 @@ async def test_acks_follow_the_acknowledged_prefix_then_a_missing_stream(
                 delivered.append(msg)
                 await acks.on_reply(msg)
 
-            await nc.subscribe(f"{inbox}*", cb=via_subscription)
-            restore = acks.intercept(nc) if intercept else (lambda: None)
-            assert ("_process_msg" in nc.__dict__) is intercept
+            sub = await nc.subscribe(f"{inbox}*", cb=via_subscription)
+            restore = acks.route(nc, sub._id) if routed else (lambda: None)
             wire = Wire(nc, "QMP")
             sent = records()
             for n, record in enumerate(sent):
@@ -113,7 +113,7 @@ async def test_acks_follow_the_acknowledged_prefix_then_a_missing_stream(
                 taken += acks.take()
             assert taken == [Position(1, n + 1) for n in range(len(sent))]
             assert acks.error is None
-            assert len(delivered) == (0 if intercept else len(sent))
+            assert len(delivered) == (0 if routed else len(sent))
 
             await js.delete_stream("QMP")  # now nothing answers: a 503 status
             await wire.publish(sent[0], f"{inbox}{len(sent)}")
@@ -123,9 +123,14 @@ async def test_acks_follow_the_acknowledged_prefix_then_a_missing_stream(
             await wait_progress(acks)
             assert acks.error is not None and "no stream" in acks.error
             assert acks.take() == []
-            assert delivered[-1].headers == {"Status": "503"}
-            restore()
-            assert "_process_msg" not in nc.__dict__
+            if not routed:
+                assert delivered[-1].headers == {"Status": "503"}
+            restore()  # the subscription gets them again
+            await wire.publish(sent[0], f"{inbox}{len(sent) + 1}")
+            await wire.flush()
+            async with asyncio.timeout(5):
+                while not delivered or delivered[-1].subject != f"{inbox}{len(sent) + 1}":
+                    await asyncio.sleep(0.01)  # polling what the subscription's task appends
         finally:
             await nc.close()
     finally:

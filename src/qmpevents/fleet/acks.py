@@ -7,30 +7,28 @@ acknowledged as a prefix, so the spool's cursor only moves over events that
 JetStream stored (or had already: a duplicate).
 
 nats-py turns each answer into a ``Msg`` queued for the subscription's task
-(about a third of the agent's time per event); :meth:`Acks.intercept`
-takes the plain answers (no headers) straight from nats-py's parser
-instead.  Answers with headers (statuses such as 503, no stream) still go
-the subscription's way, to :meth:`Acks.on_reply`.
+(about a third of the agent's time per event); :meth:`Acks.route` takes
+them straight from the wire instead (:mod:`qmpevents.fleet.inbound`), as
+:meth:`Acks.on_raw`; :meth:`Acks.on_reply` is the subscription's way, where
+that cannot be done.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from qmpevents.fleet.inbound import route, unroute
 from qmpevents.fleet.spool import Position
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
-#: nats-py's ``Client._process_msg`` parameters, as :meth:`Acks.intercept` calls it.
-_PROCESS_MSG = ["self", "sid", "subject", "reply", "data", "headers"]
 
 
 class Acks:
@@ -50,7 +48,7 @@ class Acks:
         self.progress = asyncio.Event()
         self.room = asyncio.Event()
         self._window = window
-        self._inbox = inbox.encode()
+        self._inbox_size = len(inbox.encode())
 
     async def on_reply(self, msg: Msg) -> None:
         """An answer through the subscription (nats-py's ``Msg``)."""
@@ -73,32 +71,16 @@ class Acks:
             self._early.add(number)
         self.progress.set()
 
-    def intercept(self, nc: NATS) -> Callable[[], None]:
-        """Take plain answers from *nc*'s parser; returns how to stop (or a no-op)."""
-        original = getattr(nc, "_process_msg", None)
-        try:
-            names = list(inspect.signature(type(nc)._process_msg).parameters)
-        except (AttributeError, TypeError, ValueError):
-            names = []
-        if original is None or names != _PROCESS_MSG:
-            return lambda: None  # another nats-py: the subscription gets everything
-        inbox, size, answer, stats = self._inbox, len(self._inbox), self._answer, nc.stats
+    def on_raw(self, subject: bytes, reply: bytes, headers: bytes, data: bytes) -> None:
+        """An answer as the wire carried it (see :mod:`qmpevents.fleet.inbound`)."""
+        self._answer(subject[self._inbox_size:], data, status_of(headers))
 
-        async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes,
-                              headers: bytes) -> None:
-            if not headers and subject.startswith(inbox):
-                stats["in_msgs"] += 1
-                stats["in_bytes"] += len(data)
-                answer(subject[size:], data, None)
-                return
-            await original(sid, subject, reply, data, headers)
-
-        nc._process_msg = process_msg  # type: ignore[method-assign]
-
-        def restore() -> None:
-            if nc.__dict__.get("_process_msg") is process_msg:
-                del nc.__dict__["_process_msg"]
-        return restore
+    def route(self, nc: NATS, sid: int) -> Callable[[], None]:
+        """Take the answers of subscription *sid* from *nc*'s parser; returns how to stop
+        (a no-op when this nats-py cannot: the subscription then gets them)."""
+        if not route(nc, sid, self.on_raw):
+            return lambda: None
+        return lambda: unroute(nc, sid)
 
     def take(self) -> list[Position]:
         """The positions newly acknowledged as a prefix, removed from the window."""
@@ -112,6 +94,14 @@ class Acks:
             self.since = time.monotonic()
             self.room.set()
         return done
+
+
+def status_of(headers: bytes) -> str | None:
+    """The status of a header block (``NATS/1.0 503`` -> ``"503"``), or None."""
+    if not headers.startswith(b"NATS/1.0 "):
+        return None
+    status = headers[9:].split(b"\r\n", 1)[0].split(b" ", 1)[0].strip()
+    return status.decode("ascii", "replace") if status.isdigit() else None
 
 
 def reply_error(data: bytes, status: str | None) -> str | None:

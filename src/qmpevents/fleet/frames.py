@@ -3,7 +3,8 @@
 nats-py's ``publish(headers=...)`` validates and encodes every header name
 and value of every message; the agent's headers are the same for all events
 of a VM but three (received time, sequence, message id).  A
-:class:`Framer` builds the constant part once per (host, VM) and encodes
+:class:`Framer` builds the constant part (and the subject) once per (host,
+VM, event name) and encodes
 the values as nats-py does (``str.strip()``, CR and LF as spaces), so the
 broker stores the same headers whichever way a message was sent (the tests
 compare both ways through a real nats-server).
@@ -20,6 +21,7 @@ from qmpevents.fleet.subjects import (
     RECEIVED_HEADER,
     SEQUENCE_HEADER,
     VM_HEADER,
+    subject,
 )
 
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
@@ -37,22 +39,24 @@ class Framer:
     """``HPUB`` frames of one stream's messages."""
 
     def __init__(self, stream: str) -> None:
-        self._suffix = f"{EXPECTED_STREAM_HEADER}: {header_value(stream)}\r\n\r\n".encode()
-        self.prefix = lru_cache(maxsize=4096)(self._prefix)
+        self._suffix = f"{EXPECTED_STREAM_HEADER}: {header_value(stream)}\r\n\r\n"
+        self._constants = lru_cache(maxsize=4096)(self._constant)
 
     @staticmethod
-    def _prefix(host: str, vm: str) -> bytes:
-        return (f"NATS/1.0\r\n{HOST_HEADER}: {header_value(host)}\r\n"
-                f"{VM_HEADER}: {header_value(vm)}\r\n").encode()
+    def _constant(host: str, vm: str, event: str) -> tuple[bytes, bytes]:
+        """``HPUB <subject> `` and the headers that are the same for all such events."""
+        return (f"HPUB {subject(host, vm, event)} ".encode(),
+                (f"NATS/1.0\r\n{HOST_HEADER}: {header_value(host)}\r\n"
+                 f"{VM_HEADER}: {header_value(vm)}\r\n").encode())
 
-    def frame(self, subject: str, reply: str, host: str, vm: str, received: float,
-              sequence: int, msg_id: str, payload: bytes) -> tuple[bytes, int]:
-        """The frame, and the size the broker's max_payload applies to (headers + payload)."""
-        header = b"".join((
-            self.prefix(host, vm),
-            f"{RECEIVED_HEADER}: {received:.6f}\r\n{SEQUENCE_HEADER}: {sequence}\r\n"
-            f"{MSG_ID_HEADER}: {header_value(msg_id)}\r\n".encode(),
-            self._suffix))
-        size = len(header) + len(payload)
-        return b"".join((f"HPUB {subject} {reply} {len(header)} {size}\r\n".encode(), header,
-                         payload, b"\r\n")), size
+    def frame(self, host: str, vm: str, event: str, reply: str, received: float,
+              sequence: int, msg_id: str, payload: bytes) -> tuple[list[bytes], int]:
+        """The frame's parts, and the size the broker's max_payload applies to (headers +
+        payload): a batch is the parts of its frames joined once."""
+        command, fixed = self._constants(host, vm, event)
+        header = (f"{RECEIVED_HEADER}: {received:.6f}\r\n{SEQUENCE_HEADER}: {sequence}\r\n"
+                  f"{MSG_ID_HEADER}: {header_value(msg_id)}\r\n{self._suffix}").encode()
+        header_size = len(fixed) + len(header)
+        size = header_size + len(payload)
+        return [command, f"{reply} {header_size} {size}\r\n".encode(), fixed, header, payload,
+                b"\r\n"], size

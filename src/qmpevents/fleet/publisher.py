@@ -129,7 +129,7 @@ class Publisher:
         inbox = f"{nc.new_inbox()}."
         acks = Acks(self._window, inbox)
         sub = await nc.subscribe(f"{inbox}*", cb=acks.on_reply)
-        restore = acks.intercept(nc)
+        restore = acks.route(nc, sub._id)
         sender = asyncio.create_task(self._send(nc, inbox, acks))
         try:
             await self._ack(acks, sender)
@@ -150,25 +150,31 @@ class Publisher:
         """Publish spooled records with a reply subject each, within the window.
 
         The reply subject ``<inbox>.<n>`` numbers the publish: the ack says
-        which one it acknowledges without a future per message.  A batch read
-        from the spool goes out in one flush.
+        which one it acknowledges without a future per message.  What fits
+        in the window of a batch read from the spool goes out as one write.
         """
         wire = Wire(nc, self._stream.name)
+        window = self._window
         while True:
             await self._connected.wait()
             try:
-                for record, position in await self._spool.read(self._window):
-                    while len(acks.positions) >= self._window:
+                batch = await self._spool.read(window)
+                while batch:
+                    room = window - len(acks.positions)
+                    if room <= 0:
                         await wire.flush()  # what is queued must go out to be acked
                         await acks.room.wait()
                         acks.room.clear()
+                        continue
+                    chunk, batch = batch[:room], batch[room:]
                     number = acks.sent
-                    await wire.publish(record, f"{inbox}{number}")
-                    if not acks.positions:  # the acker waits for this one from now on
+                    await wire.publish_all([(record, f"{inbox}{n}") for n, (record, _)
+                                            in enumerate(chunk, start=number)])
+                    if not acks.positions:  # the acker waits for these from now on
                         acks.since = time.monotonic()
                         acks.progress.set()
-                    acks.positions.append(position)
-                    acks.sent = number + 1
+                    acks.positions.extend(position for _, position in chunk)
+                    acks.sent = number + len(chunk)
                 await wire.flush()
             except _NatsError as exc:  # closed, client buffer full
                 raise _Failed(f"publish: {describe(exc)}") from None
@@ -219,12 +225,13 @@ class _NatsError(Exception):
 
 
 class Wire:
-    """Publishing through one nats-py connection, a record at a time, flushed per batch.
+    """Publishing through one nats-py connection, a batch of records as one write.
 
     When connected, and with the nats-py internals this was measured with
-    (its pending-buffer ``_send_command`` and flusher), a record goes out as
-    a :class:`~qmpevents.fleet.frames.Framer` frame on that buffer: nats-py's
-    ``publish()`` costs several times more per message in header encoding.
+    (its pending-buffer ``_send_command`` and flusher), a batch goes out as
+    its :class:`~qmpevents.fleet.frames.Framer` frames joined into one
+    command on that buffer: nats-py's ``publish()`` costs several times more
+    per message in header encoding.
     Otherwise (reconnecting, an oversized message, another nats-py) it is
     ``publish()``, whose checks and errors then apply.
     """
@@ -239,24 +246,52 @@ class Wire:
 
     async def publish(self, record: SpoolRecord, reply: str) -> None:
         """Queue one record (raises _NatsError); :meth:`flush` sends what is queued."""
+        await self.publish_all([(record, reply)])
+
+    async def publish_all(self, items: list[tuple[SpoolRecord, str]]) -> None:
+        """Queue records, each with its reply subject, as one write (raises _NatsError)."""
         nc = self._nc
-        host, vm = record.host, record.vm
-        to = subject(host, vm, _event_name(record))
-        payload = bytes(record.message)
         try:
-            if self._frames and nc.is_connected:
-                frame, size = self._framer.frame(to, reply, host, vm, record.received,
-                                                 record.seq, record.id, payload)
-                if size <= nc.max_payload:
-                    nc.stats["out_msgs"] += 1
-                    nc.stats["out_bytes"] += len(payload)
-                    await nc._send_command(frame)
-                    self._queued = True
-                    return
-            await nc.publish(to, payload, reply=reply, headers=message_headers(
-                host, vm, record.received, record.seq, record.id, self._stream))
+            if not (self._frames and nc.is_connected):
+                for record, reply in items:
+                    await self._publish(record, reply)
+                return
+            parts: list[bytes] = []
+            frame, max_payload = self._framer.frame, nc.max_payload
+            count = payloads = 0
+            for record, reply in items:
+                msg_id = record.id
+                payload = bytes(record.message)
+                framed, size = frame(record.host, record.vm, _event_name(msg_id), reply,
+                                     record.received, record.seq, msg_id, payload)
+                if size > max_payload:  # publish() says why it cannot go
+                    await self._send_parts(parts, count, payloads)
+                    parts, count, payloads = [], 0, 0
+                    await self._publish(record, reply)
+                    continue
+                parts += framed
+                count += 1
+                payloads += len(payload)
+            await self._send_parts(parts, count, payloads)
         except Exception as exc:
             raise _NatsError(describe(exc)) from exc
+
+    async def _send_parts(self, parts: list[bytes], count: int, payloads: int) -> None:
+        if not parts:
+            return
+        nc = self._nc
+        nc.stats["out_msgs"] += count
+        nc.stats["out_bytes"] += payloads
+        await nc._send_command(b"".join(parts))
+        self._queued = True
+
+    async def _publish(self, record: SpoolRecord, reply: str) -> None:
+        """nats-py's ``publish()``: its checks and errors apply."""
+        host, vm = record.host, record.vm
+        await self._nc.publish(
+            subject(host, vm, _event_name(record.id)), bytes(record.message), reply=reply,
+            headers=message_headers(host, vm, record.received, record.seq, record.id,
+                                    self._stream))
 
     async def flush(self) -> None:
         """Wake nats-py's flusher for the frames queued (publish() wakes it itself)."""
@@ -271,5 +306,6 @@ class Wire:
             raise _NatsError(describe(exc)) from exc
 
 
-def _event_name(record: SpoolRecord) -> str:
-    return record.id.split("/")[-2]
+def _event_name(msg_id: str) -> str:
+    """The event name in a message id (``host/vm/seconds.micros/EVENT/seq``)."""
+    return msg_id[msg_id.rindex("/", 0, msg_id.rindex("/")) + 1:msg_id.rindex("/")]

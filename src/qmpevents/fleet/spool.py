@@ -32,8 +32,8 @@ import fcntl
 import logging
 import os
 import time
-from dataclasses import dataclass
-from typing import BinaryIO
+from collections import deque
+from typing import BinaryIO, NamedTuple
 
 import msgspec
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 SEGMENT_SUFFIX = ".jsonl"
 DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_SEGMENT_BYTES = 8 << 20
+#: Records appended while the reader was caught up, kept to be read without the file.
+RECENT_MAX = 8192
 
 
 class SpoolRecord(msgspec.Struct, frozen=True):
@@ -58,9 +60,9 @@ class SpoolRecord(msgspec.Struct, frozen=True):
     id: str
 
 
-@dataclass(frozen=True, order=True)
-class Position:
-    """A place in the spool: a segment number and a byte offset in it."""
+class Position(NamedTuple):
+    """A place in the spool: a segment number and a byte offset in it (a tuple: made and
+    compared per event, cheaply)."""
 
     segment: int
     offset: int
@@ -105,6 +107,11 @@ class Spool:
         self._reader: BinaryIO | None = None
         self._reader_segment = 0
         self._appended = asyncio.Event()
+        #: (start, record, end) of the records appended since the read position, while the
+        #: reader keeps up: :meth:`read` takes them from here instead of decoding the file.
+        #: (Plain tuples: cheaper to make per event than Position, and equal to it.)
+        self._recent: deque[tuple[tuple[int, int], SpoolRecord, tuple[int, int]]] = deque(
+            maxlen=RECENT_MAX)
         #: Events refused because the spool was full.
         self.dropped = 0
         #: Complete lines that did not decode (skipped, logged).
@@ -219,16 +226,30 @@ class Spool:
             return False
         if self._write_size and self._write_size + len(line) > self.segment_bytes:
             self._rotate()
-        self._writer.write(line)  # buffered: read() flushes before it reads the file
+        start = (self._write_segment, self._write_size)
+        self._writer.write(line)  # buffered: read() flushes before it hands records out
         self._write_size += len(line)
         self._sizes[self._write_segment] = self._write_size
-        due = time.monotonic() - self._last_sync >= self._interval
-        if self._policy == "always" or (self._policy == "interval" and due):
+        self._keep_recent(start, record)
+        policy = self._policy
+        if policy == "always" or (
+                policy == "interval" and time.monotonic() - self._last_sync >= self._interval):
             self._sync_writer()
-        else:
+        elif not self._flush_due or (policy == "interval" and self._sync_timer is None):
             self._schedule_flush()
         self._appended.set()
         return True
+
+    def _keep_recent(self, start: tuple[int, int], record: SpoolRecord) -> None:
+        """Keep *record* for :meth:`read`: the records kept follow each other, and the
+        reader reads from the files up to the first one kept (when full, the oldest kept
+        are dropped: they are read from the files)."""
+        recent = self._recent
+        if recent:
+            last = recent[-1][2]
+            if not (last == start or (start[1] == 0 and start[0] == last[0] + 1)):
+                recent.clear()  # not expected (appends follow each other): start again
+        recent.append((start, record, (self._write_segment, self._write_size)))
 
     def _schedule_flush(self) -> None:
         """Hand the records to the OS once this loop iteration ends (a process crash then
@@ -283,10 +304,14 @@ class Spool:
 
         Waits while the spool holds nothing unread.
         """
+        recent = self._recent
         while True:
             if self._writer is not None:
                 self._writer.flush()
-            batch = self._read_available(limit)
+            while recent and recent[0][0] < self._read:
+                recent.popleft()  # behind the reader (not expected): the files have it
+            batch = self._read_available(limit, Position(*recent[0][0]) if recent else None)
+            batch += self._take_recent(limit - len(batch))
             if batch:
                 return batch
             self._appended.clear()
@@ -294,19 +319,35 @@ class Spool:
                 continue
             await self._appended.wait()
 
+    def _take_recent(self, limit: int) -> list[tuple[SpoolRecord, Position]]:
+        """Records kept by :meth:`append` that start at the read position (the same
+        records the file holds there, without reading and decoding it)."""
+        recent, read = self._recent, self._read
+        if not recent or recent[0][0] != read or limit <= 0:
+            return []
+        batch = []
+        for _ in range(min(limit, len(recent))):
+            _, record, end = recent.popleft()
+            batch.append((record, Position(*end)))
+        self._read = batch[-1][1]
+        return batch
+
     def _read_available_now(self) -> bool:
         return self._read < Position(self._write_segment, self._write_size)
 
-    def _read_available(self, limit: int) -> list[tuple[SpoolRecord, Position]]:
+    def _read_available(self, limit: int, stop: Position | None = None
+                        ) -> list[tuple[SpoolRecord, Position]]:
+        """Up to *limit* records from the files, not reading at or after *stop*."""
         batch: list[tuple[SpoolRecord, Position]] = []
-        while len(batch) < limit and self._read_available_now():
+        while (len(batch) < limit and self._read_available_now()
+               and (stop is None or self._read < stop)):
             if self._read.segment not in self._sizes:  # a gap: segments are never skipped
                 self._read = Position(self._read.segment + 1, 0)
                 continue
             reader = self._reader_for(self._read.segment)
             reader.seek(self._read.offset)
             end_of_data = False
-            while len(batch) < limit:
+            while len(batch) < limit and (stop is None or self._read < stop):
                 line = reader.readline()
                 if not line.endswith(b"\n"):  # end of data (or a line being written)
                     end_of_data = True
