@@ -20,12 +20,23 @@ BLOCKS = [
     b"N\xc3\xa4me: non-ASCII name\r\nOk: \xff\xfe bytes\r\n",
     b": empty name\r\n:\r\nx:\r\n",
     b"Status: 100\r\nDescription: Idle Heartbeat\r\nNats-Last-Consumer: 10\r\n\r\n",
+    # The agent's layout (one regex match), with odd values: the same result.
+    b"Qmp-Host:  h\xc3\xa9 \x0b\r\nQmp-Vm:\x1cvm\xa0\r\nQmp-Received: \xff1.5\r\n"
+    b"Qmp-Seq:\t7\x0c\r\nNats-Msg-Id: a/b\x85/1.000000/E/7\r\nNats-Expected-Stream: QMP\r\n\r\n",
+    b"Qmp-Host: h\r\nQmp-Vm: v\r\nQmp-Received: 1\r\nQmp-Seq: 2\r\nNats-Msg-Id: x\r\n",
+    b"Qmp-Host: h\r\nQmp-Vm: v\nQmp-Received: 1\r\nQmp-Seq: 2\r\nNats-Msg-Id: x\r\n",
 ]
 
 
 @pytest.mark.parametrize("block", BLOCKS)
 def test_same_result_as_nats_py(block: bytes) -> None:
     assert parse_header_lines(block) == reference(block)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_with_the_status_line_as_the_wire_has_it(block: bytes) -> None:
+    """The consumer parses whole blocks (``NATS/1.0`` first): that line adds nothing."""
+    assert parse_header_lines(b"NATS/1.0\r\n" + block) == reference(block)
 
 
 def test_the_agents_headers_round_trip() -> None:

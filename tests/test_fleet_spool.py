@@ -145,3 +145,48 @@ async def test_a_lone_record_reaches_the_os_without_a_later_event(
             assert not synced
     finally:
         spool.close()
+
+
+@pytest.mark.parametrize("kept", [3, 8192])
+async def test_records_handed_from_memory_are_the_files_records(
+        tmp_path: Path, kept: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recent records come from memory (all, or the newest *kept* of them), older ones
+    from the files: the same records at the same positions either way, across segments
+    and after a rewind."""
+    import qmpevents.fleet.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "RECENT_MAX", kept)
+    decoded = []  # lines read from the files
+    decode = spool_module._decode_record
+    monkeypatch.setattr(spool_module, "_decode_record",
+                        lambda line: decoded.append(line) or decode(line))
+    spool = Spool(str(tmp_path / "a"), segment_bytes=400, fsync="never")
+    spool.open()
+    read: list[tuple[SpoolRecord, Position]] = []
+    number = 0
+    for step in range(40):
+        for _ in range(step % 7):
+            number += 1
+            assert spool.append(record(number))
+        if number > len(read):
+            read += await drain(spool, step % 5 + 1)
+        if step == 25:  # a failed publish: everything after the acknowledged is read again
+            spool.commit(read[len(read) // 2][1])
+            spool.rewind()
+            del read[len(read) // 2 + 1:]
+    while len(read) < number:
+        read += await drain(spool)
+    spool.close()
+    assert [r.seq for r, _ in read] == list(range(1, number + 1))
+    assert len(set(p.segment for _, p in read)) > 3  # several segments
+    assert decoded  # some from the files (the rewind, and the oldest when few are kept)
+    if kept > number:
+        assert len(decoded) < number // 2  # most from memory
+
+    files = Spool(str(tmp_path / "a"))  # the same records from the files alone (those
+    (tmp_path / "a" / "cursor").unlink()  # in segments the commit did not free)
+    files.open()
+    from_files = await drain(files, 10_000)
+    files.close()
+    assert len(from_files) > number // 2
+    assert read[-len(from_files):] == from_files

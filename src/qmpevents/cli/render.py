@@ -160,6 +160,18 @@ def json_line(vm: str, event: Event | UnknownEvent) -> str:
     """The event's exact JSON with ``"vm"`` added first, made terminal-safe
     (:func:`~qmpevents.cli.escape.json_safe`); an event member named ``vm`` or
     ``host`` is left out, so these are always the tool's."""
+    return json_prefix(vm) + json_rest(event)
+
+
+def json_prefix(vm: str) -> str:
+    """How :func:`json_line` starts: ``{"vm": ...`` (terminal-safe)."""
+    return json_safe('{"vm": ' + _encode(vm).decode())
+
+
+def json_rest(event: Event | UnknownEvent) -> str:
+    """What follows :func:`json_prefix` in a JSON line: the event's own members (but
+    ``vm`` and ``host``), then ``}`` (terminal-safe; escaping is character by character,
+    so the two halves are the whole line's)."""
     raw = event.raw
     if raw is None:  # parsed by the exact path: its values, as JSON
         body = encode_value(event.to_wire())
@@ -168,8 +180,7 @@ def json_line(vm: str, event: Event | UnknownEvent) -> str:
         if '"vm"' in body or '"host"' in body or "\\u" in body:  # maybe (escaped keys too)
             body = _without_reserved(raw) or body
     inner = body.strip()[1:]
-    line = '{"vm": ' + _encode(vm).decode() + (", " + inner if inner.strip() != "}" else "}")
-    return json_safe(line)
+    return json_safe(", " + inner if inner.strip() != "}" else "}")
 
 
 def _without_reserved(raw: bytes) -> str | None:

@@ -18,11 +18,13 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from qmpevents.catalog import Event, UnknownEvent
 from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note
+from qmpevents.cli.escape import json_safe
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, since
 from qmpevents.cli.follow import outcome, signals_resolve
-from qmpevents.cli.render import json_line, text_line
+from qmpevents.cli.render import json_prefix, json_rest, text_line
 from qmpevents.client import EventFilter
 from qmpevents.fleet.subjects import DEFAULT_STREAM, STREAM_SUBJECTS
 
@@ -113,8 +115,27 @@ class _Source:
 
 
 def fleet_json_line(host: str, vm: str, line: str) -> str:
-    """A local watch's JSON line (``"vm"`` first) with ``"host"`` before it."""
-    return '{"host": ' + _encode(host).decode() + ", " + line[1:]
+    """A local watch's JSON line (``"vm"`` first) with ``"host"`` before it (terminal-safe
+    as the rest: the host name comes from the message's headers)."""
+    return '{"host": ' + json_safe(_encode(host).decode()) + ", " + line[1:]
+
+
+class FleetJsonLines:
+    """``fleet_json_line(host, vm, json_line(vm, event))`` of each event, its ``"host"`` and
+    ``"vm"`` members encoded once per (host, VM)."""
+
+    MAX_PREFIXES = 4096
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[str, str], str] = {}
+
+    def __call__(self, host: str, vm: str, event: Event | UnknownEvent) -> str:
+        prefix = self._prefixes.get((host, vm))
+        if prefix is None:
+            if len(self._prefixes) >= self.MAX_PREFIXES:
+                self._prefixes.clear()
+            prefix = self._prefixes[host, vm] = fleet_json_line(host, vm, json_prefix(vm))
+        return prefix + json_rest(event)
 
 
 async def _follow(args: argparse.Namespace, source: _Source, command: str,
@@ -178,6 +199,7 @@ def watch(args: argparse.Namespace) -> int:
     until = args.until.upper() if args.until else None
     has_condition = args.count is not None or until is not None
     seen = 0
+    json_lines = FleetJsonLines()
 
     def handle(item: object) -> bool:
         nonlocal seen
@@ -188,7 +210,7 @@ def watch(args: argparse.Namespace) -> int:
         if not (shown or final):
             return False
         if args.json:
-            line = fleet_json_line(item.host, item.vm, json_line(item.vm, event))
+            line = json_lines(item.host, item.vm, event)
         else:
             line = text_line(f"{item.host}/{item.vm}", event, colour=colour)
         sys.stdout.write(line + "\n")

@@ -73,7 +73,7 @@ class Acks:
 
     def on_raw(self, subject: bytes, reply: bytes, headers: bytes, data: bytes) -> None:
         """An answer as the wire carried it (see :mod:`qmpevents.fleet.inbound`)."""
-        self._answer(subject[self._inbox_size:], data, status_of(headers))
+        self._answer(subject[self._inbox_size:], data, status_of(headers) if headers else None)
 
     def route(self, nc: NATS, sid: int) -> Callable[[], None]:
         """Take the answers of subscription *sid* from *nc*'s parser; returns how to stop
@@ -85,11 +85,12 @@ class Acks:
     def take(self) -> list[Position]:
         """The positions newly acknowledged as a prefix, removed from the window."""
         done: list[Position] = []
-        early, positions = self._early, self.positions
-        while self.head in early:
-            early.discard(self.head)
+        early, positions, head = self._early, self.positions, self.head
+        while head in early:
+            early.discard(head)
             done.append(positions.popleft())
-            self.head += 1
+            head += 1
+        self.head = head
         if done:
             self.since = time.monotonic()
             self.room.set()

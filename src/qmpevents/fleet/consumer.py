@@ -12,8 +12,10 @@
 
 Each :class:`FleetEvent` carries the event decoded as the client's events
 are (typed data, ``.raw`` the exact JSON the VM sent) with the host and VM it
-came from.  By default an ordered push consumer reads the stream (no state
-on the server, nothing to acknowledge, flow-controlled); with
+came from.  By default an ordered reader (:mod:`qmpevents.fleet.ordered`:
+an ephemeral pull consumer read from the wire, nothing to acknowledge; or,
+with a nats-py it cannot read from, nats-py's ordered push consumer) reads
+the stream; with
 ``durable="name"`` a durable pull consumer, which resumes after the last
 event acknowledged.  A durable consumer's events are acknowledged once the whole
 fetched batch was handed out, or when the iteration is closed (events
@@ -38,6 +40,9 @@ import msgspec
 from qmpevents.catalog import Event, UnknownEvent, decode_event
 from qmpevents.fleet.broker import BrokerError, BrokerOptions, connect, describe
 from qmpevents.fleet.deps import require
+from qmpevents.fleet.headers import parse_header_lines
+from qmpevents.fleet.inbound import routable
+from qmpevents.fleet.ordered import OrderedReader
 from qmpevents.fleet.subjects import (
     DEFAULT_STREAM,
     HOST_HEADER,
@@ -99,6 +104,7 @@ class FleetEvents:
         self._batch: deque[Msg] = deque()
         self._unacked: Msg | None = None
         self._push: Subscription | None = None
+        self._reader: OrderedReader | None = None
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -144,6 +150,11 @@ class FleetEvents:
                     self._sub = await js.pull_subscribe(
                         self._subject, durable=self._durable, stream=self._stream,
                         config=config)
+                elif routable(self._nc):
+                    reader = OrderedReader(self._nc, js, self._stream, self._subject,
+                                           self._since)
+                    await reader.open()
+                    self._reader = reader
                 else:  # no state to keep: an ordered push consumer, the fastest reader
                     self._push = await js.subscribe(
                         self._subject, stream=self._stream, ordered_consumer=True,
@@ -163,6 +174,9 @@ class FleetEvents:
         if self._nc is None:
             return
         try:
+            if self._reader is not None:
+                await self._reader.close()
+                self._reader = None
             if self._unacked is not None:
                 await self._unacked.ack_sync()
                 self._unacked = None
@@ -194,6 +208,13 @@ class FleetEvents:
         subjects) is skipped and counted in :attr:`skipped`: one bad message
         must not end every reader that replays the stream.
         """
+        while self._reader is not None:
+            subject, headers, data, stream_sequence = await self._reader.next()
+            try:
+                return _fleet_event(subject.decode(errors="replace"),
+                                    parse_header_lines(headers), data, stream_sequence)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._skip(subject.decode(errors="replace"), exc)
         while True:
             if not self._batch and self._unacked is not None:  # the batch is handled
                 await self._unacked.ack()
@@ -214,26 +235,45 @@ class FleetEvents:
             try:
                 return to_fleet_event(msg)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.skipped += 1
-                if self.skipped == 1 or self.skipped % 1000 == 0:
-                    log.warning("%s: %d message(s) that are not QMP events skipped (%s: %s)",
-                                msg.subject, self.skipped, type(exc).__name__, exc)
+                self._skip(msg.subject, exc)
+
+    def _skip(self, subject: str, exc: Exception) -> None:
+        self.skipped += 1
+        if self.skipped == 1 or self.skipped % 1000 == 0:
+            log.warning("%s: %d message(s) that are not QMP events skipped (%s: %s)",
+                        subject, self.skipped, type(exc).__name__, exc)
 
 
 def to_fleet_event(msg: Msg) -> FleetEvent:
     """A stream message as a :class:`FleetEvent` (headers missing: names from the subject)."""
-    headers = msg.headers or {}
-    parts = msg.subject.split(".")
-    host = headers.get(HOST_HEADER) or (parts[1] if len(parts) > 3 else "")
-    vm = headers.get(VM_HEADER) or (parts[2] if len(parts) > 3 else "")
+    return _fleet_event(msg.subject, msg.headers or {}, msg.data, _stream_sequence(msg))
+
+
+def _fleet_event(subject: str, headers: dict[str, str], data: bytes,
+                 stream_sequence: int) -> FleetEvent:
+    host = headers.get(HOST_HEADER) or _subject_token(subject, 1)
+    vm = headers.get(VM_HEADER) or _subject_token(subject, 2)
     try:
         received = float(headers.get(RECEIVED_HEADER, "0"))
         sequence = int(headers.get(SEQUENCE_HEADER, "0"))
     except ValueError:
         received, sequence = 0.0, 0
-    return FleetEvent(host=host, vm=vm, event=decode_event(msg.data), received=received,
-                      sequence=sequence, msg_id=headers.get(MSG_ID_HEADER, ""),
-                      stream_sequence=_stream_sequence(msg), subject=msg.subject)
+    # FleetEvent(...) as its frozen __init__ would make it, for a third of the cost
+    # (object.__setattr__ per field): this is done for every event read.
+    made: FleetEvent = _new_object(FleetEvent)
+    made.__dict__.update(host=host, vm=vm, event=decode_event(data), received=received,
+                         sequence=sequence, msg_id=headers.get(MSG_ID_HEADER, ""),
+                         stream_sequence=stream_sequence, subject=subject)
+    return made
+
+
+_new_object = object.__new__
+
+
+def _subject_token(subject: str, index: int) -> str:
+    """Token *index* of ``qmp.<host>.<vm>.<EVENT>`` ("" for a shorter subject)."""
+    parts = subject.split(".")
+    return parts[index] if len(parts) > 3 else ""
 
 
 def _stream_sequence(msg: Msg) -> int:

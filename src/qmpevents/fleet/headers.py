@@ -35,9 +35,28 @@ def _name(raw: bytes) -> str | None:
     return None if _SPACE.search(key) is not None else key
 
 
+#: The agent's own header block (any values), with or without its ``NATS/1.0`` line.
+_AGENT_BLOCK = re.compile(
+    r"(?:NATS/1\.0\r\n)?"
+    r"Qmp-Host:([^\r\n]*)\r\nQmp-Vm:([^\r\n]*)\r\nQmp-Received:([^\r\n]*)\r\n"
+    r"Qmp-Seq:([^\r\n]*)\r\nNats-Msg-Id:([^\r\n]*)\r\n"
+    r"(?:Nats-Expected-Stream:([^\r\n]*)\r\n)?(?:\r\n)?")
+#: What ``bytes.strip()`` strips (``str.strip()`` strips more).
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+
+
 def parse_header_lines(raw: bytes) -> dict[str, str]:
     """``Name: Value`` lines as nats-py's ``Client._parse_header_lines`` reads them."""
-    out: dict[str, str] = {}
+    agents = _AGENT_BLOCK.fullmatch(raw.decode("utf-8", "replace"))  # the usual block
+    if agents is not None:
+        host, vm, received, seq, msg_id, stream = agents.groups()
+        out = {"Qmp-Host": host.strip(_ASCII_SPACE), "Qmp-Vm": vm.strip(_ASCII_SPACE),
+               "Qmp-Received": received.strip(_ASCII_SPACE), "Qmp-Seq": seq.strip(_ASCII_SPACE),
+               "Nats-Msg-Id": msg_id.strip(_ASCII_SPACE)}
+        if stream is not None:
+            out["Nats-Expected-Stream"] = stream.strip(_ASCII_SPACE)
+        return out
+    out = {}
     names = _names
     for line in raw.split(_CRLF):
         name, sep, value = line.partition(b":")

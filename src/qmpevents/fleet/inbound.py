@@ -99,9 +99,8 @@ def _fast_parser_class(base: type[Any]) -> type[Any]:
 _classes: dict[type[Any], type[Any]] = {}
 
 
-def route(nc: NATS, sid: int, handler: Handler) -> bool:
-    """Send subscription *sid*'s messages to *handler*; False (nothing changed) if not
-    applicable to this nats-py."""
+def routable(nc: NATS) -> bool:
+    """Whether :func:`route` can be used on *nc* (the nats-py internals it needs)."""
     parser = getattr(nc, "_ps", None)
     if parser is None or not all(hasattr(parser, name) for name in _PARSER_STATE):
         return False
@@ -109,8 +108,15 @@ def route(nc: NATS, sid: int, handler: Handler) -> bool:
         names = list(inspect.signature(type(nc)._process_msg).parameters)
     except (AttributeError, TypeError, ValueError):
         return False
-    if names != _PROCESS_MSG:
+    return names == _PROCESS_MSG
+
+
+def route(nc: NATS, sid: int, handler: Handler) -> bool:
+    """Send subscription *sid*'s messages to *handler*; False (nothing changed) if not
+    applicable to this nats-py."""
+    if not routable(nc):
         return False
+    parser: Any = nc._ps
     if not hasattr(parser, "handlers"):
         base = type(parser)
         if base not in _classes:

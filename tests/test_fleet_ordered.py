@@ -1,0 +1,104 @@
+"""The ordered reader against a real nats-server: every message once, in order, whatever
+happens to its consumer (deleted by someone, lost with a broker restart)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from fleet_support import NatsServer
+
+from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, ensure_stream
+from qmpevents.fleet.ordered import BATCH, OrderedReader
+
+pytestmark = pytest.mark.service  # starts nats-server
+
+COUNT = 3 * BATCH + 17
+
+
+async def publish(js: object, first: int, count: int) -> None:
+    for n in range(first, first + count):
+        await js.publish(f"qmp.h.vm{n % 3}.STOP", b'{"n": %d}' % n)  # type: ignore[attr-defined]
+
+
+async def read(reader: OrderedReader, count: int) -> list[tuple[int, bytes, bytes]]:
+    out = []
+    async with asyncio.timeout(30):
+        for _ in range(count):
+            subject, _headers, data, sequence = await reader.next()
+            out.append((sequence, subject, data))
+    return out
+
+
+def expected(first: int, count: int) -> list[tuple[int, bytes, bytes]]:
+    return [(n, b"qmp.h.vm%d.STOP" % (n % 3), b'{"n": %d}' % n)
+            for n in range(first, first + count)]
+
+
+async def test_a_deleted_consumer_is_made_again_after_the_last_message(
+        tmp_path: Path) -> None:
+    broker = NatsServer(tmp_path / "nats")
+    await broker.start()
+    try:
+        nc = await connect(BrokerOptions([broker.url]))
+        js = nc.jetstream()
+        await ensure_stream(js, StreamSettings("QMP"))
+        await publish(js, 1, COUNT)
+        reader = OrderedReader(nc, js, "QMP", "qmp.>", "all", expires=1.0, grace=1.0)
+        await reader.open()
+        got = await read(reader, BATCH // 2)
+        first_name = reader._name
+        await js.delete_consumer("QMP", first_name)  # as an operator's tool would
+        got += await read(reader, COUNT - len(got))
+        assert got == expected(1, COUNT)
+        assert reader._name != first_name
+        await publish(js, COUNT + 1, 5)  # and it follows new messages
+        assert await read(reader, 5) == expected(COUNT + 1, 5)
+        await reader.close()
+        assert not [c for c in await js.consumers_info("QMP")]  # it removed its consumer
+        await nc.close()
+    finally:
+        await broker.stop()
+
+
+async def test_a_broker_restart_loses_the_consumer_not_a_message(tmp_path: Path) -> None:
+    broker = NatsServer(tmp_path / "nats")
+    await broker.start()
+    try:
+        nc = await connect(BrokerOptions([broker.url]))
+        js = nc.jetstream()
+        await ensure_stream(js, StreamSettings("QMP"))
+        await publish(js, 1, COUNT)
+        reader = OrderedReader(nc, js, "QMP", "qmp.>", "all", expires=1.0, grace=1.0)
+        await reader.open()
+        got = await read(reader, BATCH + 3)
+        await broker.kill()  # the consumer (memory storage) goes with it
+        await broker.start()  # the stream (file storage) stays
+        got += await read(reader, COUNT - len(got))
+        assert got == expected(1, COUNT)
+        await reader.close()
+        await nc.close()
+    finally:
+        await broker.stop()
+
+
+async def test_new_messages_only_and_again_after_a_loss(tmp_path: Path) -> None:
+    """since=None: what was stored before is not read, and what came while the consumer
+    was gone is (it is made again after the stream's last message at the start)."""
+    broker = NatsServer(tmp_path / "nats")
+    await broker.start()
+    try:
+        nc = await connect(BrokerOptions([broker.url]))
+        js = nc.jetstream()
+        await ensure_stream(js, StreamSettings("QMP"))
+        await publish(js, 1, 10)
+        reader = OrderedReader(nc, js, "QMP", "qmp.>", None, expires=1.0, grace=1.0)
+        await reader.open()
+        await js.delete_consumer("QMP", reader._name)
+        await publish(js, 11, 3)  # before the reader finds its consumer gone
+        assert await read(reader, 3) == expected(11, 3)
+        await reader.close()
+        await nc.close()
+    finally:
+        await broker.stop()
