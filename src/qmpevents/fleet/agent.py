@@ -31,7 +31,9 @@ class Intake:
         self.on_spooled: Callable[[str, QMPEvent, bool], None] = lambda vm, event, kept: None
 
     async def on_event(self, vm: str, event: QMPEvent) -> None:
-        raw = event.raw if event.raw is not None else encode_json(event.to_wire()).encode()
+        raw = event.raw
+        if raw is None:
+            raw = encode_json(event.to_wire()).encode()
         sequence = self._sequences[vm] = self._sequences.get(vm, 0) + 1
         stamp = event.stamp
         record = SpoolRecord(

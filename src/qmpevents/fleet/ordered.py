@@ -75,7 +75,6 @@ class OrderedReader:
         self._broken: str | None = None  # why the consumer must be made again
         self._activity = time.monotonic()
         self._arrived = asyncio.Event()
-        self._generation = 0
         self._sub: Subscription | None = None
         self._name = ""
         self._inbox = ""
@@ -130,16 +129,9 @@ class OrderedReader:
             ack_policy=api.AckPolicy.NONE, filter_subject=self._subject,
             inactive_threshold=EPHEMERAL_IDLE, mem_storage=True, num_replicas=1)
         info = await self._js.add_consumer(self._stream, config)
-        self._generation += 1
-        generation = self._generation
-        inbox = self._nc.new_inbox()
+        inbox = self._nc.new_inbox()  # a new one: a late message of the last is not ours
         sub = await self._nc.subscribe(inbox)
-
-        def on_message(subject: bytes, reply: bytes, headers: bytes, data: bytes) -> None:
-            if generation == self._generation:
-                self._on_message(subject, reply, headers, data)
-
-        route(self._nc, sub._id, on_message)
+        route(self._nc, sub._id, self._on_message)
         self._sub, self._name, self._inbox = sub, info.name, inbox
         self._expected = 1
         self._requests.clear()
@@ -153,7 +145,6 @@ class OrderedReader:
 
     async def _drop(self) -> None:
         """Forget the consumer (and tell the server, if it still listens)."""
-        self._generation += 1
         sub, name = self._sub, self._name
         self._sub, self._name = None, ""
         if sub is not None:
@@ -202,15 +193,10 @@ class OrderedReader:
             self._broken = why
         self._arrived.set()
 
-    def _request_ended(self, received: int = 0) -> None:
-        """The oldest pull request brought *received* more, or ended (0)."""
-        if not self._requests:
-            return
-        if received and self._requests[0] > received:
-            self._requests[0] -= received
-            self._requested -= received
-            return
-        self._requested -= self._requests.popleft()
+    def _request_ended(self) -> None:
+        """The oldest pull request ended (timed out, or nothing more to bring)."""
+        if self._requests:
+            self._requested -= self._requests.popleft()
 
     def _on_message(self, subject: bytes, reply: bytes, headers: bytes, data: bytes) -> None:
         """A message of the current consumer, from the parser (must not raise)."""
@@ -238,6 +224,12 @@ class OrderedReader:
             return
         self._expected += 1
         stream_seq = self._last_stream_seq = int(sseq)
-        self._request_ended(1)
+        requests = self._requests
+        if requests:  # one more of the oldest request's batch came
+            if requests[0] > 1:
+                requests[0] -= 1
+            else:
+                requests.popleft()
+            self._requested -= 1
         self._queue.append((subject, headers, data, stream_seq))
         self._arrived.set()

@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 SEGMENT_SUFFIX = ".jsonl"
 DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_SEGMENT_BYTES = 8 << 20
-#: Records appended while the reader was caught up, kept to be read without the file.
-RECENT_MAX = 8192
+#: The newest records appended, kept to be read without the files (about 500 bytes each:
+#: 16 MiB at most; a burst is published from memory, a long outage from the files).
+RECENT_MAX = 32768
 
 
 class SpoolRecord(msgspec.Struct, frozen=True):
