@@ -200,13 +200,14 @@ def watch(args: argparse.Namespace) -> int:
     has_condition = args.count is not None or until is not None
     seen = 0
     json_lines = FleetJsonLines()
+    every = event_filter.passes_all
 
     def handle(item: object) -> bool:
         nonlocal seen
         assert isinstance(item, FleetEvent)
         event = item.event
         final = until is not None and fnmatchcase(event.name, until)
-        shown = event_filter(event)
+        shown = every or event_filter(event)
         if not (shown or final):
             return False
         if args.json:

@@ -40,7 +40,7 @@ import msgspec
 from qmpevents.catalog import Event, UnknownEvent, decode_event
 from qmpevents.fleet.broker import BrokerError, BrokerOptions, connect, describe
 from qmpevents.fleet.deps import require
-from qmpevents.fleet.headers import parse_header_lines
+from qmpevents.fleet.headers import agent_headers, parse_header_lines
 from qmpevents.fleet.inbound import routable
 from qmpevents.fleet.ordered import OrderedReader
 from qmpevents.fleet.subjects import (
@@ -211,8 +211,8 @@ class FleetEvents:
         while self._reader is not None:
             subject, headers, data, stream_sequence = await self._reader.next()
             try:
-                return _fleet_event(subject.decode(errors="replace"),
-                                    parse_header_lines(headers), data, stream_sequence)
+                return _wire_fleet_event(subject.decode(errors="replace"), headers, data,
+                                         stream_sequence)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._skip(subject.decode(errors="replace"), exc)
         while True:
@@ -249,6 +249,22 @@ def to_fleet_event(msg: Msg) -> FleetEvent:
     return _fleet_event(msg.subject, msg.headers or {}, msg.data, _stream_sequence(msg))
 
 
+def _wire_fleet_event(subject: str, headers: bytes, data: bytes,
+                      stream_sequence: int) -> FleetEvent:
+    """A message as the wire carried it: the agent's header block read without a dict."""
+    agents = agent_headers(headers)
+    if agents is None or not (agents[0] and agents[1]):
+        return _fleet_event(subject, parse_header_lines(headers), data, stream_sequence)
+    host, vm, received_text, sequence_text, msg_id, _ = agents
+    try:
+        received = float(received_text)
+        sequence = int(sequence_text)
+    except ValueError:
+        received, sequence = 0.0, 0
+    return _made(host, vm, decode_event(data), received, sequence, msg_id, stream_sequence,
+                 subject)
+
+
 def _fleet_event(subject: str, headers: dict[str, str], data: bytes,
                  stream_sequence: int) -> FleetEvent:
     host = headers.get(HOST_HEADER) or _subject_token(subject, 1)
@@ -258,12 +274,17 @@ def _fleet_event(subject: str, headers: dict[str, str], data: bytes,
         sequence = int(headers.get(SEQUENCE_HEADER, "0"))
     except ValueError:
         received, sequence = 0.0, 0
-    # FleetEvent(...) as its frozen __init__ would make it, for a third of the cost
-    # (object.__setattr__ per field): this is done for every event read.
+    return _made(host, vm, decode_event(data), received, sequence,
+                 headers.get(MSG_ID_HEADER, ""), stream_sequence, subject)
+
+
+def _made(host: str, vm: str, event: Event | UnknownEvent, received: float, sequence: int,
+          msg_id: str, stream_sequence: int, subject: str) -> FleetEvent:
+    """``FleetEvent(...)`` as its frozen ``__init__`` would make it, for a third of the
+    cost (``object.__setattr__`` per field): this is done for every event read."""
     made: FleetEvent = _new_object(FleetEvent)
-    made.__dict__.update(host=host, vm=vm, event=decode_event(data), received=received,
-                         sequence=sequence, msg_id=headers.get(MSG_ID_HEADER, ""),
-                         stream_sequence=stream_sequence, subject=subject)
+    made.__dict__.update(host=host, vm=vm, event=event, received=received, sequence=sequence,
+                         msg_id=msg_id, stream_sequence=stream_sequence, subject=subject)
     return made
 
 

@@ -41,20 +41,31 @@ _AGENT_BLOCK = re.compile(
     r"Qmp-Host:([^\r\n]*)\r\nQmp-Vm:([^\r\n]*)\r\nQmp-Received:([^\r\n]*)\r\n"
     r"Qmp-Seq:([^\r\n]*)\r\nNats-Msg-Id:([^\r\n]*)\r\n"
     r"(?:Nats-Expected-Stream:([^\r\n]*)\r\n)?(?:\r\n)?")
+_AGENT_NAMES = ("Qmp-Host", "Qmp-Vm", "Qmp-Received", "Qmp-Seq", "Nats-Msg-Id")
 #: What ``bytes.strip()`` strips (``str.strip()`` strips more).
 _ASCII_SPACE = " \t\n\r\x0b\x0c"
 
 
+def agent_headers(raw: bytes) -> tuple[str, str, str, str, str, str | None] | None:
+    """The values of the agent's own header block (host, VM, received, sequence, message
+    id, expected stream) as :func:`parse_header_lines` gives them, or None for any other
+    block: the usual case in one match, without a dict."""
+    agents = _AGENT_BLOCK.fullmatch(raw.decode("utf-8", "replace"))
+    if agents is None:
+        return None
+    host, vm, received, seq, msg_id, stream = agents.groups()
+    return (host.strip(_ASCII_SPACE), vm.strip(_ASCII_SPACE), received.strip(_ASCII_SPACE),
+            seq.strip(_ASCII_SPACE), msg_id.strip(_ASCII_SPACE),
+            None if stream is None else stream.strip(_ASCII_SPACE))
+
+
 def parse_header_lines(raw: bytes) -> dict[str, str]:
     """``Name: Value`` lines as nats-py's ``Client._parse_header_lines`` reads them."""
-    agents = _AGENT_BLOCK.fullmatch(raw.decode("utf-8", "replace"))  # the usual block
+    agents = agent_headers(raw)
     if agents is not None:
-        host, vm, received, seq, msg_id, stream = agents.groups()
-        out = {"Qmp-Host": host.strip(_ASCII_SPACE), "Qmp-Vm": vm.strip(_ASCII_SPACE),
-               "Qmp-Received": received.strip(_ASCII_SPACE), "Qmp-Seq": seq.strip(_ASCII_SPACE),
-               "Nats-Msg-Id": msg_id.strip(_ASCII_SPACE)}
-        if stream is not None:
-            out["Nats-Expected-Stream"] = stream.strip(_ASCII_SPACE)
+        out = dict(zip(_AGENT_NAMES, agents[:5], strict=True))
+        if agents[5] is not None:
+            out["Nats-Expected-Stream"] = agents[5]
         return out
     out = {}
     names = _names
