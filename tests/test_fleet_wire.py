@@ -142,3 +142,25 @@ def test_an_error_answer_and_a_stream_named_error() -> None:
                        None) == "wrong last sequence"
     assert reply_error(b'{"stream":"error","seq":3}', None) is None
     assert reply_error(b"not json", None) == "unreadable acknowledgement"
+
+
+def test_acks_out_of_order_wait_for_the_oldest() -> None:
+    """A later answer before an earlier one: the prefix moves when the earlier comes;
+    answers to publishes not in flight (late duplicates) change nothing."""
+    acks = Acks(8, "_I.")
+    acks.positions.extend(Position(1, n) for n in range(1, 5))
+    acks.sent = 4
+    ok = b'{"stream":"QMP","seq":1}'
+    for number in (2, 1, 7):
+        acks.on_raw(b"_I.%d" % number, b"", b"", ok)
+    assert acks.take() == []
+    acks.on_raw(b"_I.0", b"", b"", ok)
+    assert acks.take() == [Position(1, 1), Position(1, 2), Position(1, 3)]
+    acks.on_raw(b"_I.1", b"", b"", ok)  # again: already taken
+    assert acks.take() == []
+    acks.on_raw(b"_I.3", b"", b"", ok)
+    assert acks.take() == [Position(1, 4)] and acks.error is None
+    acks.positions.append(Position(1, 5))
+    acks.sent = 5
+    acks.on_raw(b"_I.4", b"", b"NATS/1.0 503\r\n\r\n", b"")
+    assert acks.error is not None and "no stream" in acks.error and acks.take() == []

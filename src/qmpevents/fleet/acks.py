@@ -41,6 +41,7 @@ class Acks:
         self.sent = 0
         #: When the oldest in flight became the oldest (its ack timeout runs from then).
         self.since = 0.0
+        self._acked = 0  # every publish before this number is acknowledged
         self._early: set[int] = set()  # acknowledged, behind an unacknowledged one
         self.error: str | None = None
         self.closed = False
@@ -68,7 +69,16 @@ class Acks:
         if not data or b'"error"' in data:  # a status (503: no stream), maybe an API error
             self.error = reply_error(data, status)
         if self.error is None:
-            self._early.add(number)
+            acked = self._acked
+            if number == acked:  # in order, as JetStream answers
+                acked += 1
+                early = self._early
+                while early and acked in early:
+                    early.discard(acked)
+                    acked += 1
+                self._acked = acked
+            elif number > acked:
+                self._early.add(number)
         self.progress.set()
 
     def on_raw(self, subject: bytes, reply: bytes, headers: bytes, data: bytes) -> None:
@@ -84,16 +94,14 @@ class Acks:
 
     def take(self) -> list[Position]:
         """The positions newly acknowledged as a prefix, removed from the window."""
-        done: list[Position] = []
-        early, positions, head = self._early, self.positions, self.head
-        while head in early:
-            early.discard(head)
-            done.append(positions.popleft())
-            head += 1
-        self.head = head
-        if done:
-            self.since = time.monotonic()
-            self.room.set()
+        count = self._acked - self.head
+        if count <= 0:
+            return []
+        popleft = self.positions.popleft
+        done = [popleft() for _ in range(count)]
+        self.head = self._acked
+        self.since = time.monotonic()
+        self.room.set()
         return done
 
 

@@ -45,8 +45,8 @@ SEGMENT_SUFFIX = ".jsonl"
 DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_SEGMENT_BYTES = 8 << 20
 #: The newest records appended, kept to be read without the files (about 500 bytes each:
-#: 16 MiB at most; a burst is published from memory, a long outage from the files).
-RECENT_MAX = 32768
+#: 4 MiB at most; what the publisher keeps up with comes from memory, a backlog from files).
+RECENT_MAX = 8192
 
 
 class SpoolRecord(msgspec.Struct, frozen=True):
