@@ -45,6 +45,8 @@ EXPIRES = 5.0
 GRACE = 3.0
 #: An ephemeral consumer is removed by the server after this idle time.
 EPHEMERAL_IDLE = 30.0
+#: How long closing waits for the server to delete the consumer.
+DELETE_TIMEOUT = 1.0
 RETRY_DELAY = 0.25
 MAX_RETRY_DELAY = 2.0
 
@@ -151,9 +153,10 @@ class OrderedReader:
             unroute(self._nc, sub._id)
             with contextlib.suppress(Exception):  # the connection may be gone
                 await sub.unsubscribe()
-        if name:
-            with contextlib.suppress(Exception):  # or the consumer
-                await self._js.delete_consumer(self._stream, name)
+        if name and self._nc.is_connected:  # best effort: the server drops it when idle
+            with contextlib.suppress(Exception):  # the consumer may be gone, or the link
+                await asyncio.wait_for(self._js.delete_consumer(self._stream, name),
+                                       DELETE_TIMEOUT)
 
     async def _reset(self) -> None:
         """A new consumer after the last message received (what is queued stays)."""
