@@ -44,7 +44,8 @@ def _fast_parser_class(base: type[Any]) -> type[Any]:
     """nats-py's parser class with a fast path for routed subscriptions' messages."""
 
     class FastParser(base):  # type: ignore[misc]
-        handlers: dict[int, Handler]
+        #: Handlers by subscription id, as the wire writes it (``b"7"``).
+        handlers: dict[bytes, Handler]
 
         async def parse(self, data: bytes = b"") -> None:
             handlers = self.handlers
@@ -52,44 +53,67 @@ def _fast_parser_class(base: type[Any]) -> type[Any]:
                 await super().parse(data)
                 return
             buf: bytearray = self.buf
-            buf.extend(data)
-            size = len(buf)
+            if buf:
+                buf.extend(data)
+                data = bytes(buf)  # slices of bytes are one copy each, of a bytearray two
+            size = len(data)
             pos = 0
             waiting = False  # for the rest of a routed message
             nc = self.nc
+            hmsg, msg = _HMSG.match, _MSG.match
             while pos < size:
-                first = buf[pos]
-                if first == 72 or first == 77:  # "H", "M": HMSG, MSG
-                    headed = first == 72
-                    match = (_HMSG if headed else _MSG).match(buf, pos)
+                first = data[pos]
+                if first == 72:  # "H": HMSG
+                    match = hmsg(data, pos)
                     if match is None:
                         break
-                    handler = handlers.get(int(match[2]))
+                    subject, sid, reply, header_size, total_size = match.groups()
+                    handler = handlers.get(sid)
                     if handler is None:
                         break
                     start = match.end()
-                    end = start + int(match[5 if headed else 4])
+                    end = start + int(total_size)
                     if end + 2 > size:
                         waiting = True
                         break
-                    split = start + int(match[4]) if headed else start
+                    split = start + int(header_size)
                     pos = end + 2
                     try:
-                        handler(match[1], match[3] or b"", bytes(buf[start:split]),
-                                bytes(buf[split:end]))
+                        handler(subject, reply or b"", data[start:split], data[split:end])
                     except Exception:  # a bug of ours must not end the connection's reader
-                        log.exception("nats: handling a message of subscription %s", match[2])
-                elif buf.startswith(_PING, pos):
+                        log.exception("nats: handling a message of subscription %s", sid)
+                elif first == 77:  # "M": MSG
+                    match = msg(data, pos)
+                    if match is None:
+                        break
+                    subject, sid, reply, total_size = match.groups()
+                    handler = handlers.get(sid)
+                    if handler is None:
+                        break
+                    start = match.end()
+                    end = start + int(total_size)
+                    if end + 2 > size:
+                        waiting = True
+                        break
+                    pos = end + 2
+                    try:
+                        handler(subject, reply or b"", b"", data[start:end])
+                    except Exception:
+                        log.exception("nats: handling a message of subscription %s", sid)
+                elif data.startswith(_PING, pos):
                     pos += len(_PING)
                     await nc._process_ping()
-                elif buf.startswith(_PONG, pos):
+                elif data.startswith(_PONG, pos):
                     pos += len(_PONG)
                     await nc._process_pong()
-                elif buf.startswith(_OK, pos):
+                elif data.startswith(_OK, pos):
                     pos += len(_OK)
                 else:
                     break
-            del buf[:pos]
+            if buf:
+                del buf[:pos]
+            else:
+                buf += data[pos:]
             if buf and not waiting:  # anything else, or a partial line: nats-py's way
                 await super().parse()
 
@@ -124,7 +148,7 @@ def route(nc: NATS, sid: int, handler: Handler) -> bool:
         parser.handlers = {}
         parser.__class__ = _classes[base]  # in place: the same buffer and state
         _route_process_msg(nc, parser.handlers)
-    parser.handlers[sid] = handler
+    parser.handlers[str(sid).encode()] = handler
     return True
 
 
@@ -132,16 +156,16 @@ def unroute(nc: NATS, sid: int) -> None:
     """Stop routing *sid* (its messages go to the subscription again)."""
     handlers = getattr(getattr(nc, "_ps", None), "handlers", None)
     if isinstance(handlers, dict):
-        handlers.pop(sid, None)
+        handlers.pop(str(sid).encode(), None)
 
 
-def _route_process_msg(nc: NATS, handlers: dict[int, Handler]) -> None:
+def _route_process_msg(nc: NATS, handlers: dict[bytes, Handler]) -> None:
     """Routed messages that nats-py's own parser completed reach their handler too."""
     original = nc._process_msg
 
     async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes,
                           headers: bytes) -> None:
-        handler = handlers.get(sid)
+        handler = handlers.get(str(sid).encode())
         if handler is None:
             await original(sid, subject, reply, data, headers)
             return
