@@ -57,11 +57,14 @@ class FakeClient:
     async def _process_err(self, err: str) -> None:
         self.seen.append(("err", err))
 
+    def routed(self, subject: bytes, reply: bytes, headers: bytes, data: bytes) -> None:
+        self.seen.append(("routed", subject, reply, headers, data))
+
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 13, 64, len(WIRE)])
 async def test_any_read_boundaries_give_the_same_messages(chunk: int) -> None:
     client = FakeClient()
-    assert route(client, 1, lambda *message: client.seen.append(("routed", *message)))  # type: ignore[arg-type]
+    assert route(client, 1, client.routed)  # type: ignore[arg-type]
     for offset in range(0, len(WIRE), chunk):
         await client._ps.parse(WIRE[offset:offset + chunk])
     assert client.seen == EXPECTED
@@ -70,7 +73,7 @@ async def test_any_read_boundaries_give_the_same_messages(chunk: int) -> None:
 
 async def test_unrouted_messages_go_to_the_subscription_again() -> None:
     client = FakeClient()
-    assert route(client, 1, lambda *message: client.seen.append(("routed", *message)))  # type: ignore[arg-type]
+    assert route(client, 1, client.routed)  # type: ignore[arg-type]
     unroute(client, 1)  # type: ignore[arg-type]
     await client._ps.parse(b"MSG _I.1 1 5\r\nhello\r\n")
     assert client.seen == [("msg", 1, b"_I.1", b"", b"hello", None)]
