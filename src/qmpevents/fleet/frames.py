@@ -12,8 +12,6 @@ compare both ways through a real nats-server).
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from qmpevents.fleet.subjects import (
     EXPECTED_STREAM_HEADER,
     HOST_HEADER,
@@ -38,25 +36,43 @@ def header_value(value: str) -> str:
 class Framer:
     """``HPUB`` frames of one stream's messages."""
 
+    MAX_CONSTANTS = 4096
+
     def __init__(self, stream: str) -> None:
         self._suffix = f"{EXPECTED_STREAM_HEADER}: {header_value(stream)}\r\n\r\n"
-        self._constants = lru_cache(maxsize=4096)(self._constant)
+        self._constants: dict[tuple[str, str, str], tuple[str, str, bool]] = {}
 
-    @staticmethod
-    def _constant(host: str, vm: str, event: str) -> tuple[bytes, bytes]:
-        """``HPUB <subject> `` and the headers that are the same for all such events."""
-        return (f"HPUB {subject(host, vm, event)} ".encode(),
-                (f"NATS/1.0\r\n{HOST_HEADER}: {header_value(host)}\r\n"
-                 f"{VM_HEADER}: {header_value(vm)}\r\n").encode())
+    def _constant(self, host: str, vm: str, event: str) -> tuple[str, str, bool]:
+        """``HPUB <subject> ``, the headers that are the same for all such events, and
+        whether their message ids (``host/vm/stamp/event/seq``) need :func:`header_value`:
+        not when host, VM and event name are printable (the id then starts with the host
+        and ends with a digit)."""
+        if len(self._constants) >= self.MAX_CONSTANTS:
+            self._constants.clear()
+        made = self._constants[host, vm, event] = (
+            f"HPUB {subject(host, vm, event)} ",
+            f"NATS/1.0\r\n{HOST_HEADER}: {header_value(host)}\r\n"
+            f"{VM_HEADER}: {header_value(vm)}\r\n",
+            not (f"{host}{vm}{event}".isprintable() and host[:1] != " "))
+        return made
 
-    def frame(self, host: str, vm: str, event: str, reply: str, received: float,
-              sequence: int, msg_id: str, payload: bytes) -> tuple[list[bytes], int]:
-        """The frame's parts, and the size the broker's max_payload applies to (headers +
-        payload): a batch is the parts of its frames joined once."""
-        command, fixed = self._constants(host, vm, event)
-        header = (f"{RECEIVED_HEADER}: {received:.6f}\r\n{SEQUENCE_HEADER}: {sequence}\r\n"
-                  f"{MSG_ID_HEADER}: {header_value(msg_id)}\r\n{self._suffix}").encode()
-        header_size = len(fixed) + len(header)
+    def frame_into(self, out: bytearray, host: str, vm: str, event: str, reply: str,
+                   received: float, sequence: int, msg_id: str, payload: bytes,
+                   limit: int) -> int:
+        """Append the frame to *out* unless its size (headers + payload, what the broker's
+        max_payload applies to) is over *limit*; returns that size."""
+        constant = self._constants.get((host, vm, event))
+        command, fixed, odd = (constant if constant is not None
+                               else self._constant(host, vm, event))
+        if odd:
+            msg_id = header_value(msg_id)
+        header = (f"{fixed}{RECEIVED_HEADER}: {received:.6f}\r\n{SEQUENCE_HEADER}: {sequence}"
+                  f"\r\n{MSG_ID_HEADER}: {msg_id}\r\n{self._suffix}").encode()
+        header_size = len(header)
         size = header_size + len(payload)
-        return [command, f"{reply} {header_size} {size}\r\n".encode(), fixed, header, payload,
-                b"\r\n"], size
+        if size <= limit:
+            out += f"{command}{reply} {header_size} {size}\r\n".encode()
+            out += header
+            out += payload
+            out += b"\r\n"
+        return size

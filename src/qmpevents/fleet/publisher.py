@@ -256,33 +256,32 @@ class Wire:
                 for record, reply in items:
                     await self._publish(record, reply)
                 return
-            parts: list[bytes] = []
-            frame, max_payload = self._framer.frame, nc.max_payload
+            out = bytearray()
+            frame_into, max_payload = self._framer.frame_into, nc.max_payload
             count = payloads = 0
             for record, reply in items:
                 msg_id = record.id
                 payload = bytes(record.message)
-                framed, size = frame(record.host, record.vm, _event_name(msg_id), reply,
-                                     record.received, record.seq, msg_id, payload)
+                size = frame_into(out, record.host, record.vm, _event_name(msg_id), reply,
+                                  record.received, record.seq, msg_id, payload, max_payload)
                 if size > max_payload:  # publish() says why it cannot go
-                    await self._send_parts(parts, count, payloads)
-                    parts, count, payloads = [], 0, 0
+                    await self._send_frames(out, count, payloads)
+                    out, count, payloads = bytearray(), 0, 0
                     await self._publish(record, reply)
                     continue
-                parts += framed
                 count += 1
                 payloads += len(payload)
-            await self._send_parts(parts, count, payloads)
+            await self._send_frames(out, count, payloads)
         except Exception as exc:
             raise _NatsError(describe(exc)) from exc
 
-    async def _send_parts(self, parts: list[bytes], count: int, payloads: int) -> None:
-        if not parts:
+    async def _send_frames(self, frames: bytearray, count: int, payloads: int) -> None:
+        if not frames:
             return
         nc = self._nc
         nc.stats["out_msgs"] += count
         nc.stats["out_bytes"] += payloads
-        await nc._send_command(b"".join(parts))
+        await nc._send_command(bytes(frames))
         self._queued = True
 
     async def _publish(self, record: SpoolRecord, reply: str) -> None:
@@ -308,4 +307,4 @@ class Wire:
 
 def _event_name(msg_id: str) -> str:
     """The event name in a message id (``host/vm/seconds.micros/EVENT/seq``)."""
-    return msg_id[msg_id.rindex("/", 0, msg_id.rindex("/")) + 1:msg_id.rindex("/")]
+    return msg_id.rsplit("/", 2)[1]
