@@ -227,11 +227,13 @@ class Spool:
             return False
         if self._write_size and self._write_size + len(line) > self.segment_bytes:
             self._rotate()
-        start = (self._write_segment, self._write_size)
+        segment, offset = self._write_segment, self._write_size
         self._writer.write(line)  # buffered: read() flushes before it hands records out
-        self._write_size += len(line)
-        self._sizes[self._write_segment] = self._write_size
-        self._keep_recent(start, record)
+        end = self._write_size = offset + len(line)
+        self._sizes[segment] = end
+        # Kept for read(): appends follow each other (a new segment starts at 0), so the
+        # records kept do too; when full, the oldest kept are dropped (read from the files).
+        self._recent.append(((segment, offset), record, (segment, end)))
         policy = self._policy
         if policy == "always" or (
                 policy == "interval" and time.monotonic() - self._last_sync >= self._interval):
@@ -240,17 +242,6 @@ class Spool:
             self._schedule_flush()
         self._appended.set()
         return True
-
-    def _keep_recent(self, start: tuple[int, int], record: SpoolRecord) -> None:
-        """Keep *record* for :meth:`read`: the records kept follow each other, and the
-        reader reads from the files up to the first one kept (when full, the oldest kept
-        are dropped: they are read from the files)."""
-        recent = self._recent
-        if recent:
-            last = recent[-1][2]
-            if not (last == start or (start[1] == 0 and start[0] == last[0] + 1)):
-                recent.clear()  # not expected (appends follow each other): start again
-        recent.append((start, record, (self._write_segment, self._write_size)))
 
     def _schedule_flush(self) -> None:
         """Hand the records to the OS once this loop iteration ends (a process crash then
