@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -156,10 +157,15 @@ async def test_records_handed_from_memory_are_the_files_records(
     import qmpevents.fleet.spool as spool_module
 
     monkeypatch.setattr(spool_module, "RECENT_MAX", kept)
-    decoded = []  # lines read from the files
-    decode = spool_module._decode_record
-    monkeypatch.setattr(spool_module, "_decode_record",
-                        lambda line: decoded.append(line) or decode(line))
+    from qmpevents.recording import decode_with_message
+
+    decoded: list[bytes] = []  # lines read from the files
+
+    def counted(decoder: Any, line: bytes) -> Any:
+        decoded.append(line)
+        return decode_with_message(decoder, line)
+
+    monkeypatch.setattr(spool_module, "decode_with_message", counted)
     spool = Spool(str(tmp_path / "a"), segment_bytes=400, fsync="never")
     spool.open()
     read: list[tuple[SpoolRecord, Position]] = []
