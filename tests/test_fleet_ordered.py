@@ -26,7 +26,7 @@ async def read(reader: OrderedReader, count: int) -> list[tuple[int, bytes, byte
     out = []
     async with asyncio.timeout(30):
         for _ in range(count):
-            subject, _headers, data, sequence = await reader.next()
+            subject, _headers, data, sequence, _stored = await reader.next()
             out.append((sequence, subject, data))
     return out
 

@@ -11,24 +11,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import msgspec
 
 from qmpevents.catalog import Event, UnknownEvent
-from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note
+from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note, plural
 from qmpevents.cli.escape import json_safe
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, since
-from qmpevents.cli.follow import outcome, signals_resolve
+from qmpevents.cli.follow import signals_resolve, until
+from qmpevents.cli.output import Output
 from qmpevents.cli.render import json_prefix, json_rest, text_line
 from qmpevents.client import EventFilter
 from qmpevents.fleet.subjects import DEFAULT_STREAM, STREAM_SUBJECTS
 
+if TYPE_CHECKING:
+    from qmpevents.fleet.consumer import FleetEvent
+
 SCHEMES = ("nats://", "tls://")
+#: How long closing the consumer may take (a durable one acknowledges its last event).
+CLOSE_GRACE = 1.0
+#: After ``--timeout``, how long the lines already printed may take to reach a reader.
+FINAL_GRACE = 0.2
 
 _encode = msgspec.json.Encoder().encode
 
@@ -139,40 +149,69 @@ class FleetJsonLines:
 
 
 async def _follow(args: argparse.Namespace, source: _Source, command: str,
-                  handle: Callable[[object], bool], timeout: float | None,
+                  handle: Callable[[FleetEvent], Awaitable[bool]], timeout: float | None,
                   on_timeout: Callable[[], int], on_signal: Callable[[int], int],
-                  started: Callable[[], None]) -> int:
-    """Read the stream, calling *handle* per FleetEvent until it returns True (exit 0)."""
+                  started: Callable[[], None], stopped: asyncio.Future[int] | None = None,
+                  ) -> int:
+    """Read the stream, calling *handle* per FleetEvent until it returns True (exit 0).
+
+    *timeout* is wall time from this call, as a local watch's: connecting to a
+    broker that accepts and stalls, making the consumer and reading all count;
+    then ``on_timeout()``.  *stopped* may be resolved by the caller too (a
+    closed stdout sets its exception, which is raised).
+    """
     from qmpevents.fleet.broker import BrokerError
     from qmpevents.fleet.consumer import fleet_events
 
     note = make_note(command)
-    stopped: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    with signals_resolve(stopped, on_signal):
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    if stopped is None:
+        stopped = loop.create_future()
+    done = stopped
+    with signals_resolve(done, on_signal):
         events = fleet_events(source.options, subject=source.subject, stream=args.stream,
                               since=args.since, durable=args.durable)
         try:
-            await events.open()
-        except BrokerError as exc:
-            note(f"error: {exc}")
-            return 3
+            opening = asyncio.ensure_future(events.open())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.wait((opening, done), return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                pass
+            if not opening.done():  # the deadline or a signal, while connecting
+                opening.cancel()
+                await asyncio.gather(opening, return_exceptions=True)
+                return done.result() if done.done() else on_timeout()
+            try:
+                opening.result()
+            except BrokerError as exc:
+                note(f"error: {exc}")
+                return 3
 
-        async def read() -> None:
-            async for fleet_event in events:
-                if source.wanted(fleet_event.host, fleet_event.vm) and handle(fleet_event):
-                    break
-            if not stopped.done():  # the condition, or the end of the stream
-                stopped.set_result(0)
+            async def read() -> None:
+                async for fleet_event in events:
+                    if source.wanted(fleet_event.host, fleet_event.vm) and \
+                            await handle(fleet_event):
+                        break
+                if not done.done():  # the condition, or the end of the stream
+                    done.set_result(0)
 
-        started()
-        reader = asyncio.ensure_future(read())
-        reader.add_done_callback(lambda _: _raise_into(reader, stopped))
-        try:
-            return await outcome(stopped, timeout, on_timeout)
+            started()
+            reader = asyncio.ensure_future(read())
+            reader.add_done_callback(lambda _: _raise_into(reader, done))
+            try:
+                status = await until(done, deadline)
+                return on_timeout() if status is None else status
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            await events.close()
+            with contextlib.suppress(TimeoutError):  # a broker that stalls: exit anyway
+                async with asyncio.timeout(CLOSE_GRACE):
+                    await events.close()
+            if events.skipped:
+                note(f"{plural(events.skipped, 'message')} that are not QMP events skipped")
 
 
 def _raise_into(task: asyncio.Future[None], done: asyncio.Future[int]) -> None:
@@ -183,7 +222,6 @@ def _raise_into(task: asyncio.Future[None], done: asyncio.Future[int]) -> None:
 
 def watch(args: argparse.Namespace) -> int:
     """``qmpevents watch nats://...``."""
-    from qmpevents.fleet.consumer import FleetEvent
     from qmpevents.fleet.deps import MissingDependency, require
 
     try:
@@ -195,18 +233,33 @@ def watch(args: argparse.Namespace) -> int:
         require("nats")
     except MissingDependency as exc:
         return fail("watch", exc, 1)
+    return asyncio.run(_watch(args, source, event_filter))
+
+
+async def _watch(args: argparse.Namespace, source: _Source, event_filter: EventFilter) -> int:
+    """Print the stream's events through :class:`~qmpevents.cli.output.Output`, as a local
+    watch: a stdout nobody reads slows the reading down but never stops ``--timeout``."""
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[int] = loop.create_future()
+
+    def write_failed(exc: OSError) -> None:  # a closed pipe (| head) ends the watch
+        if not stopped.done():
+            stopped.set_exception(exc)
+
+    output = Output(on_error=write_failed)
+    write = output.write
     colour = colour_wanted(args.color)
-    until = args.until.upper() if args.until else None
-    has_condition = args.count is not None or until is not None
+    final_name = args.until.upper() if args.until else None
+    has_condition = args.count is not None or final_name is not None
     seen = 0
     json_lines = FleetJsonLines()
     every = event_filter.passes_all
+    timed_out = False
 
-    def handle(item: object) -> bool:
+    async def handle(item: FleetEvent) -> bool:
         nonlocal seen
-        assert isinstance(item, FleetEvent)
         event = item.event
-        final = until is not None and fnmatchcase(event.name, until)
+        final = final_name is not None and fnmatchcase(event.name, final_name)
         shown = every or event_filter(event)
         if not (shown or final):
             return False
@@ -214,25 +267,38 @@ def watch(args: argparse.Namespace) -> int:
             line = json_lines(item.host, item.vm, event)
         else:
             line = text_line(f"{item.host}/{item.vm}", event, colour=colour)
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        await write(line + "\n")
         seen += shown
         return final or (args.count is not None and seen >= args.count)
 
     def on_timeout() -> int:
-        make_note("watch")(f"timed out after {args.timeout:g} s ({seen} events)")
+        nonlocal timed_out
+        timed_out = True
+        make_note("watch")(f"timed out after {args.timeout:g} s ({plural(seen, 'event')})")
         return 1
 
-    return asyncio.run(_follow(
-        args, source, "watch", handle, args.timeout, on_timeout,
-        lambda signum: 128 + signum if has_condition else 0,
-        lambda: make_note("watch")(f"reading stream {args.stream} ({source.subject})")))
+    deadline = None if args.timeout is None else loop.time() + args.timeout
+    try:
+        status = await _follow(
+            args, source, "watch", handle, args.timeout, on_timeout,
+            lambda signum: 128 + signum if has_condition else 0,
+            lambda: make_note("watch")(f"reading stream {args.stream} ({source.subject})"),
+            stopped)
+        # Every line shown before the exit: within the deadline, or once it has passed,
+        # if the reader takes them within FINAL_GRACE.
+        try:
+            async with asyncio.timeout_at(loop.time() + FINAL_GRACE if timed_out else deadline):
+                await output.drain()
+        except TimeoutError:
+            return status if timed_out else on_timeout()
+        return status
+    finally:
+        output.close()
 
 
 def record(args: argparse.Namespace) -> int:
     """``qmpevents record nats://... -o FILE``: a recording of the stream's events."""
     from qmpevents.cli.record import open_writer, write_error
-    from qmpevents.fleet.consumer import FleetEvent
     from qmpevents.fleet.deps import MissingDependency, require
 
     if args.all_messages:
@@ -251,9 +317,10 @@ def record(args: argparse.Namespace) -> int:
     written = 0
     failure: list[OSError] = []
 
-    def handle(item: object) -> bool:
+    async def handle(item: FleetEvent) -> bool:
+        """One record per event: its payload, decoded as an event object, is one JSON
+        text, kept on the record's line (RecordingWriter), so it cannot add records."""
         nonlocal written
-        assert isinstance(item, FleetEvent)
         raw = item.event.raw
         assert raw is not None  # decoded from the stream's bytes
         try:

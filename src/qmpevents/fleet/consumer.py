@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
@@ -51,6 +52,7 @@ from qmpevents.fleet.subjects import (
     SEQUENCE_HEADER,
     STREAM_SUBJECTS,
     VM_HEADER,
+    untoken,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,8 @@ class FleetEvent:
     host: str
     vm: str
     event: Event | UnknownEvent
-    #: When the agent received it (epoch seconds).
+    #: When the agent received it (epoch seconds; a finite time: when the stream stored it
+    #: if the message has no ``Qmp-Received`` that is one).
     received: float
     #: The per-VM sequence given by the agent.
     sequence: int
@@ -209,10 +212,10 @@ class FleetEvents:
         must not end every reader that replays the stream.
         """
         while self._reader is not None:
-            subject, headers, data, stream_sequence = await self._reader.next()
+            subject, headers, data, stream_sequence, stored = await self._reader.next()
             try:
                 return _wire_fleet_event(subject.decode(errors="replace"), headers, data,
-                                         stream_sequence)
+                                         stream_sequence, stored)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._skip(subject.decode(errors="replace"), exc)
         while True:
@@ -246,34 +249,51 @@ class FleetEvents:
 
 def to_fleet_event(msg: Msg) -> FleetEvent:
     """A stream message as a :class:`FleetEvent` (headers missing: names from the subject)."""
-    return _fleet_event(msg.subject, msg.headers or {}, msg.data, _stream_sequence(msg))
+    return _fleet_event(msg.subject, msg.headers or {}, msg.data, _stream_sequence(msg),
+                        lambda: _stored_at(msg))
 
 
-def _wire_fleet_event(subject: str, headers: bytes, data: bytes,
-                      stream_sequence: int) -> FleetEvent:
+def _wire_fleet_event(subject: str, headers: bytes, data: bytes, stream_sequence: int,
+                      stored: bytes) -> FleetEvent:
     """A message as the wire carried it: the agent's header block read without a dict."""
     agents = agent_headers(headers)
     if agents is None or not (agents[0] and agents[1]):
-        return _fleet_event(subject, parse_header_lines(headers), data, stream_sequence)
+        return _fleet_event(subject, parse_header_lines(headers), data, stream_sequence,
+                            lambda: int(stored) / 1e9 if stored.isdigit() else time.time())
     host, vm, received_text, sequence_text, msg_id, _ = agents
     try:
         received = float(received_text)
+    except ValueError:
+        received = _NAN
+    if received - received != 0.0:  # not a finite time (nan, inf): when the stream stored it
+        received = int(stored) / 1e9 if stored.isdigit() else time.time()
+    try:
         sequence = int(sequence_text)
     except ValueError:
-        received, sequence = 0.0, 0
+        sequence = 0
     return _made(host, vm, decode_event(data), received, sequence, msg_id, stream_sequence,
                  subject)
 
 
+_NAN = float("nan")
+
+
 def _fleet_event(subject: str, headers: dict[str, str], data: bytes,
-                 stream_sequence: int) -> FleetEvent:
+                 stream_sequence: int, stored_at: Callable[[], float]) -> FleetEvent:
+    """*stored_at* gives the time the stream stored the message, the time used when the
+    agent's ``Qmp-Received`` is missing or not a finite time."""
     host = headers.get(HOST_HEADER) or _subject_token(subject, 1)
     vm = headers.get(VM_HEADER) or _subject_token(subject, 2)
     try:
-        received = float(headers.get(RECEIVED_HEADER, "0"))
+        received = float(headers.get(RECEIVED_HEADER, "nan"))
+    except ValueError:
+        received = _NAN
+    if not math.isfinite(received):
+        received = stored_at()
+    try:
         sequence = int(headers.get(SEQUENCE_HEADER, "0"))
     except ValueError:
-        received, sequence = 0.0, 0
+        sequence = 0
     return _made(host, vm, decode_event(data), received, sequence,
                  headers.get(MSG_ID_HEADER, ""), stream_sequence, subject)
 
@@ -292,9 +312,20 @@ _new_object = object.__new__
 
 
 def _subject_token(subject: str, index: int) -> str:
-    """Token *index* of ``qmp.<host>.<vm>.<EVENT>`` ("" for a shorter subject)."""
+    """The name in token *index* of ``qmp.<host>.<vm>.<EVENT>`` ("" for a shorter
+    subject)."""
     parts = subject.split(".")
-    return parts[index] if len(parts) > 3 else ""
+    return untoken(parts[index]) if len(parts) > 3 else ""
+
+
+def _stored_at(msg: Msg) -> float:
+    """When the stream stored *msg* (epoch seconds), from its ack subject's time."""
+    tokens = msg.reply.split(".")
+    if msg.reply.startswith("$JS.ACK.") and len(tokens) in (9, 11, 12):
+        stored = tokens[7 if len(tokens) == 9 else 9]
+        if stored.isdigit():
+            return int(stored) / 1e9
+    return time.time()
 
 
 def _stream_sequence(msg: Msg) -> int:

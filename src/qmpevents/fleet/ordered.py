@@ -50,8 +50,8 @@ DELETE_TIMEOUT = 1.0
 RETRY_DELAY = 0.25
 MAX_RETRY_DELAY = 2.0
 
-#: A message: subject, header block, payload, stream sequence.
-Raw = tuple[bytes, bytes, bytes, int]
+#: A message: subject, header block, payload, stream sequence, stored at (epoch ns, digits).
+Raw = tuple[bytes, bytes, bytes, int, bytes]
 Start = float | Literal["all"] | None
 
 
@@ -215,9 +215,9 @@ class OrderedReader:
             return
         tokens = reply.split(b".")
         if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<n>.<sseq>.<dseq>.<ts>.<pending>
-            sseq, dseq = tokens[5], tokens[6]
+            sseq, dseq, stored = tokens[5], tokens[6], tokens[7]
         elif len(tokens) >= 11:  # with a JetStream domain and account hash
-            sseq, dseq = tokens[7], tokens[8]
+            sseq, dseq, stored = tokens[7], tokens[8], tokens[9]
         else:
             return  # not from a consumer
         if not (sseq.isdigit() and dseq.isdigit()):
@@ -234,5 +234,5 @@ class OrderedReader:
             else:
                 requests.popleft()
             self._requested -= 1
-        self._queue.append((subject, headers, data, stream_seq))
+        self._queue.append((subject, headers, data, stream_seq, stored))
         self._arrived.set()

@@ -24,7 +24,7 @@ from qmpevents.fleet.acks import Acks
 from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, describe, ensure_stream
 from qmpevents.fleet.frames import Framer
 from qmpevents.fleet.spool import Position, Spool, SpoolRecord
-from qmpevents.fleet.subjects import message_headers, subject
+from qmpevents.fleet.subjects import event_of, message_headers, subject
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -262,7 +262,7 @@ class Wire:
             for record, reply in items:
                 msg_id = record.id
                 payload = bytes(record.message)
-                size = frame_into(out, record.host, record.vm, _event_name(msg_id), reply,
+                size = frame_into(out, record.host, record.vm, event_of(msg_id), reply,
                                   record.received, record.seq, msg_id, payload, max_payload)
                 if size > max_payload:  # publish() says why it cannot go
                     await self._send_frames(out, count, payloads)
@@ -288,7 +288,7 @@ class Wire:
         """nats-py's ``publish()``: its checks and errors apply."""
         host, vm = record.host, record.vm
         await self._nc.publish(
-            subject(host, vm, _event_name(record.id)), bytes(record.message), reply=reply,
+            subject(host, vm, event_of(record.id)), bytes(record.message), reply=reply,
             headers=message_headers(host, vm, record.received, record.seq, record.id,
                                     self._stream))
 
@@ -304,7 +304,3 @@ class Wire:
         except Exception as exc:
             raise _NatsError(describe(exc)) from exc
 
-
-def _event_name(msg_id: str) -> str:
-    """The event name in a message id (``host/vm/seconds.micros/EVENT/seq``)."""
-    return msg_id.rsplit("/", 2)[1]
