@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from qmpevents.fleet.spool import Position, Spool, SpoolLocked, SpoolRecord
-from qmpevents.fleet.subjects import message_id, subject, token
+from qmpevents.fleet.subjects import event_of, message_id, subject, token, untoken
 from qmpevents.recording import read_recording
 
 
@@ -24,10 +24,24 @@ async def drain(spool: Spool, limit: int = 1000) -> list[tuple[SpoolRecord, Posi
     return await asyncio.wait_for(spool.read(limit), 5)
 
 
-def test_subjects_are_single_tokens_and_ids_name_the_event() -> None:
-    assert subject("web.1", "vm *2", "STOP") == "qmp.web_1.vm__2.STOP"
-    assert token("") == "_"
+NAMES = ["web1", "web.1", "web_1", "web 1", "web*1", "web>1", "web%1", "web%2E1", "a/b", "",
+         "_", "%", "%%", "STOP/x y", "été", "\t", "\x1b[2J", "\ud800", "BLOCK_IO_ERROR"]
+
+
+def test_subjects_are_single_tokens_one_per_name_and_ids_name_the_event() -> None:
+    assert subject("web.1", "vm *2", "STOP") == "qmp.web%2E1.vm%20%2A2.STOP"
+    assert subject("h.o.st", "s", "STOP/x y") == "qmp.h%2Eo%2Est.s.STOP/x%20y"
+    tokens = [token(name) for name in NAMES]
+    assert len(set(tokens)) == len(NAMES)  # no two names share a token
+    for name, made in zip(NAMES, tokens, strict=True):
+        assert made and made.isascii() and made.isprintable()
+        assert not set(made) & set(".*> "), made  # one NATS subject token
+        assert untoken(made) == name
+    assert token("BLOCK_IO_ERROR") == "BLOCK_IO_ERROR" and token("") == "%"
     assert message_id("h", "vm", 12, 34, "STOP", 7) == "h/vm/12.000034/STOP/7"
+    for name in NAMES:  # what the publisher reads back from the spooled id
+        assert event_of(message_id("h/1", "v%m/", 12, 34, name, 7)) == name
+    assert message_id("a/b", "c", 1, 0, "E", 1) != message_id("a", "b/c", 1, 0, "E", 1)
 
 
 async def test_records_come_back_in_order_and_acked_ones_stay_acked(tmp_path: Path) -> None:

@@ -46,6 +46,8 @@ examples:
 Each event goes to subject qmp.<host>.<vm>.<EVENT> of stream --stream (created
 when missing: subjects qmp.>, file storage, --max-age), its exact JSON as the
 payload, with headers Qmp-Host, Qmp-Vm, Qmp-Received, Qmp-Seq and Nats-Msg-Id.
+In subjects a name keeps printable ASCII but . * > %; any other character is
+%XX per UTF-8 byte (web.1 -> web%2E1, a space -> %20), the empty name is %.
 
 Every event is first appended to the spool (--spool DIR, a recording that
 replay reads; --fsync as record's) and leaves it once JetStream acknowledged
