@@ -229,3 +229,25 @@ async def test_a_stdout_nobody_reads_cannot_stop_the_timeout(broker: NatsServer)
     assert proc.returncode == 1, err.decode()
     assert "timed out after 2 s" in err.decode()
     assert elapsed < 2 + 2.0, elapsed
+
+
+async def test_a_long_name_cannot_stop_the_agents_publishing(broker: NatsServer) -> None:
+    """The server drops a connection whose protocol line is over 4 KiB: a VM naming itself
+    or an event with 5,000 characters would have stopped every event of its host."""
+    long = [("h", "v" * 5000, "STOP"), ("h", "vm", "E" * 5000), ("h" * 3000, "é" * 2000, "X"),
+            ("h", "vm", "STOP")]
+    records = [SpoolRecord(vm, 1764600000.0, "event", msgspec.Raw(STOP), host, seq,
+                           message_id(host, vm, 1700000000, 5, event, seq))
+               for seq, (host, vm, event) in enumerate(long, start=1)]
+    nc = await connect(BrokerOptions([broker.url]))
+    try:
+        acks = await nc.subscribe("_ACKS.*")
+        wire = Wire(nc, "QMP")
+        for n, record in enumerate(records):
+            await wire.publish(record, f"_ACKS.{n}")
+        await wire.flush()
+        answers = [msgspec.json.decode((await acks.next_msg(timeout=5)).data)
+                   for _ in records]
+    finally:
+        await nc.close()
+    assert [a.get("seq") for a in answers] == [1, 2, 3, 4]

@@ -44,6 +44,15 @@ def test_subjects_are_single_tokens_one_per_name_and_ids_name_the_event() -> Non
     assert message_id("a/b", "c", 1, 0, "E", 1) != message_id("a", "b/c", 1, 0, "E", 1)
 
 
+@pytest.mark.parametrize("long", ["E" * 5000, "é" * 5000, "%" * 200, "E" * 129])
+def test_a_long_name_gets_a_short_token_of_its_own(long: str) -> None:
+    made = token(long)
+    assert len(made) <= 128 and "%%" in made
+    assert not set(made) & set(".*> ")
+    assert token(long + "x") != made and token(long[:-1]) != made
+    assert "%%" not in token("E" * 128) + token("%" * 42)  # short enough: not cut
+
+
 async def test_records_come_back_in_order_and_acked_ones_stay_acked(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path), segment_bytes=400, fsync="always")  # several segments
     spool.open()

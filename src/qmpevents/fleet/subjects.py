@@ -5,8 +5,9 @@ names the same token (:func:`token`, undone by :func:`untoken`): printable
 ASCII but ``.``, ``*``, ``>`` and ``%`` is kept as it is (``web1``,
 ``BLOCK_IO_ERROR``, ``vm-101``, ``a/b``); every other character (those four,
 spaces, controls, anything beyond ASCII) is written as ``%XX`` per UTF-8
-byte (``web.1`` -> ``web%2E1``, ``STOP/x y`` -> ``STOP/x%20y``), and the
-empty name as ``%`` alone.  So a subject filter names exactly one host, VM
+byte (``web.1`` -> ``web%2E1``, ``STOP/x y`` -> ``STOP/x%20y``), the
+empty name as ``%`` alone, and a token over 128 characters is cut with a
+digest of the whole name (``%%`` and 16 hex digits).  So a subject filter names exactly one host, VM
 or event, and the subject of a message without our headers still gives its
 names back.  The headers carry the exact host and VM names.
 
@@ -20,6 +21,7 @@ JetStream's duplicate window makes retries safe.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import lru_cache
 
@@ -47,21 +49,37 @@ def _escaped(char: str) -> str:
     return "".join(f"%{byte:02X}" for byte in char.encode(*_ENCODING))
 
 
+#: A longer token is cut, with a digest of the whole name (the server refuses a protocol
+#: line over 4 KiB and drops the connection: one VM's long name would stop a host's agent).
+MAX_TOKEN = 128
+_KEPT = 96
+
+
 def token(name: str) -> str:
     """*name* as one subject token, different for every name (``web.1`` -> ``web%2E1``;
-    empty -> ``%``)."""
-    if _PLAIN_TOKEN.fullmatch(name):
+    empty -> ``%``; over :data:`MAX_TOKEN` characters: its first ones, ``%%`` and a digest
+    of it, which no shorter name's token holds)."""
+    if len(name) <= MAX_TOKEN and _PLAIN_TOKEN.fullmatch(name):
         return name
-    return "".join(map(_escaped, name)) or "%"
+    made = "".join(map(_escaped, name)) or "%"
+    if len(made) <= MAX_TOKEN:
+        return made
+    kept = made[:_KEPT]
+    cut = kept.rfind("%", _KEPT - 2)
+    digest = hashlib.blake2b(name.encode(*_ENCODING), digest_size=8).hexdigest()
+    return f"{kept[:cut] if cut >= 0 else kept}%%{digest}"
 
 
 _ESCAPE = re.compile(r"(?:%[0-9A-F]{2})+")
 
 
 def untoken(text: str) -> str:
-    """The name :func:`token` made *text* from (``%`` alone: the empty name)."""
+    """The name :func:`token` made *text* from (``%`` alone: the empty name; a long name's
+    cut token is given back as it is)."""
     if text == "%":
         return ""
+    if "%%" in text:
+        return text
     return _ESCAPE.sub(lambda m: bytes.fromhex(m[0].replace("%", "")).decode(*_ENCODING),
                        text)
 
