@@ -114,19 +114,6 @@ def signals_resolve(done: asyncio.Future[int], on_signal: Callable[[int], int]) 
             loop.remove_signal_handler(signum)
 
 
-async def outcome(done: asyncio.Future[int], timeout: float | None,
-                  on_timeout: Callable[[], int]) -> int:
-    """*done*'s result, or ``on_timeout()`` when *timeout* expires first (an exception
-    set on *done* is raised)."""
-    try:
-        async with asyncio.timeout(timeout):
-            return await asyncio.shield(done)
-    except TimeoutError:
-        if done.done():  # resolved at the deadline: the condition wins
-            return done.result()
-        return on_timeout()
-
-
 async def until(done: asyncio.Future[int], deadline: float | None) -> int | None:
     """*done*'s result, or None when the loop's clock reaches *deadline* first (an
     exception set on *done* is raised)."""
