@@ -63,11 +63,18 @@ def _fast_parser_class(base: type[Any]) -> type[Any]:
             hmsg, msg = _HMSG.match, _MSG.match
             while pos < size:
                 first = data[pos]
-                if first == 72:  # "H": HMSG
-                    match = hmsg(data, pos)
-                    if match is None:
-                        break
-                    subject, sid, reply, header_size, total_size = match.groups()
+                if first == 72 or first == 77:  # "H": HMSG, "M": MSG
+                    if first == 72:
+                        match = hmsg(data, pos)
+                        if match is None:
+                            break
+                        subject, sid, reply, header_size, total_size = match.groups()
+                    else:
+                        match = msg(data, pos)
+                        if match is None:
+                            break
+                        subject, sid, reply, total_size = match.groups()
+                        header_size = None
                     handler = handlers.get(sid)
                     if handler is None:
                         break
@@ -76,29 +83,11 @@ def _fast_parser_class(base: type[Any]) -> type[Any]:
                     if end + 2 > size:
                         waiting = True
                         break
-                    split = start + int(header_size)
+                    split = start if header_size is None else start + int(header_size)
                     pos = end + 2
                     try:
                         handler(subject, reply or b"", data[start:split], data[split:end])
                     except Exception:  # a bug of ours must not end the connection's reader
-                        log.exception("nats: handling a message of subscription %s", sid)
-                elif first == 77:  # "M": MSG
-                    match = msg(data, pos)
-                    if match is None:
-                        break
-                    subject, sid, reply, total_size = match.groups()
-                    handler = handlers.get(sid)
-                    if handler is None:
-                        break
-                    start = match.end()
-                    end = start + int(total_size)
-                    if end + 2 > size:
-                        waiting = True
-                        break
-                    pos = end + 2
-                    try:
-                        handler(subject, reply or b"", b"", data[start:end])
-                    except Exception:
                         log.exception("nats: handling a message of subscription %s", sid)
                 elif data.startswith(_PING, pos):
                     pos += len(_PING)
