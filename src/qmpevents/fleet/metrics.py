@@ -14,12 +14,13 @@ set per thing):
 ``qmpevents_agent_published_total``, ``..._broker_connected``  the agent's broker link
 ======================================================  ====================================
 
-The strings in the labels come from the VMs, so each VM may put at most
-:data:`LABEL_VALUES_PER_VM` distinct values in a label (event names the
-catalog does not know, devices, operations, actions, run states QEMU does not
-have); past that a value is counted as ``other``: a broken or hostile VM
-cannot create series without end (each costs the exporter and Prometheus
-memory), and every event is still counted.
+The strings in the labels come from the VMs, so each VM may make at most
+:data:`LABEL_VALUES_PER_VM` series of each kind with values it chose (event
+names the catalog does not know; BLOCK_IO_ERROR's device, operation and
+action together; run states QEMU does not have); past that an event is
+counted under ``other``: a broken or hostile VM cannot create series without
+end (each costs the exporter and Prometheus memory), and every event is
+still counted.
 
 The run state comes from ``query-status`` and the VNC client count from
 ``query-vnc``, asked when a VM is attached and again after its events (any
@@ -32,8 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from qmpevents.catalog import EVENT_TYPES, BlockIoError
 from qmpevents.client import QMPClient, QMPEvent
@@ -52,25 +53,29 @@ RUN_STATES = ("debug", "inmigrate", "internal-error", "io-error", "paused", "pos
               "suspended", "watchdog", "guest-panicked", "colo")
 
 LABEL_VALUES_PER_VM: Final = 64
-"""Distinct VM-chosen values per label and VM; the next are counted as :data:`OTHER`."""
+"""Series with VM-chosen label values, per kind and VM; the next count as :data:`OTHER`."""
 OTHER: Final = "other"
 
+T = TypeVar("T", bound=Hashable)
 
-class LabelBound:
-    """Bounds the values one VM may put in one label; *known* values always pass."""
 
-    def __init__(self, known: Iterable[str] = ()) -> None:
+class LabelBound(Generic[T]):
+    """Bounds the label values (one, or a tuple of them) one VM may use in one
+    series kind; *known* values always pass, the rest past the bound become *other*."""
+
+    def __init__(self, other: T, known: Iterable[T] = ()) -> None:
+        self._other = other
         self._known = frozenset(known)
-        self._seen: dict[str, set[str]] = {}
+        self._seen: dict[str, set[T]] = {}
 
-    def __call__(self, vm: str, value: str) -> str:
+    def __call__(self, vm: str, value: T) -> T:
         if value in self._known:
             return value
         seen = self._seen.setdefault(vm, set())
         if value in seen:
             return value
         if len(seen) >= LABEL_VALUES_PER_VM:
-            return OTHER
+            return self._other
         seen.add(value)
         return value
 
@@ -98,9 +103,9 @@ class FleetMetrics:
         self.reconnects = prom.Counter("qmpevents_target_reconnects",
                                        "QMP connections to the VM after the first.",
                                        ["vm"], registry=reg)
-        self._event_name = LabelBound(EVENT_TYPES)
-        self._device, self._operation, self._action = LabelBound(), LabelBound(), LabelBound()
-        self._state = LabelBound(RUN_STATES)
+        self._event_name = LabelBound(OTHER, EVENT_TYPES)
+        self._block_error = LabelBound((OTHER, OTHER, OTHER))  # device, operation, action
+        self._state = LabelBound(OTHER, RUN_STATES)
         self._odd_states: dict[str, set[str]] = {}
         self._clients: dict[str, QMPClient] = {}
         self._seen: set[str] = set()
@@ -130,9 +135,8 @@ class FleetMetrics:
         self.events.labels(vm, self._event_name(vm, event.name)).inc()
         if isinstance(event, BlockIoError):
             data = event.data
-            self.block_io_errors.labels(vm, self._device(vm, data.device),
-                                        self._operation(vm, data.operation),
-                                        self._action(vm, data.action)).inc()
+            labels = self._block_error(vm, (data.device, data.operation, data.action))
+            self.block_io_errors.labels(vm, *labels).inc()
         self._refresh(vm)
 
     # -- the queries -------------------------------------------------------------
