@@ -136,3 +136,20 @@ def test_a_server_that_floods_before_it_is_named_is_recorded_under_its_path(
     assert writer.records == count + 1
     writer.close()
     assert {r.vm for r in read_recording(str(path), ReadReport())} == {"q"}
+
+
+def test_records_of_a_vm_never_named_are_written_when_the_recording_ends(
+        tmp_path: Path) -> None:
+    """--timeout or a signal before the follower named the VM: what its connection
+    said is still recorded, under the target's name (a reviewer saw it dropped)."""
+    path = tmp_path / "ended.jsonl"
+    writer = RecordingWriter(str(path), fsync="never")
+    recorder = Recorder(writer)
+    trace = recorder.tracer(Target("unix:/run/q.sock", "q"))
+    trace("in", b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
+    trace("in", STOP_PRETTY)
+    assert writer.records == 0  # held: not named yet
+    recorder.settle_all()  # as the recording's end does
+    writer.close()
+    assert [(r.vm, r.direction) for r in read_recording(str(path), ReadReport())] == [
+        ("q", "in"), ("q", "event")]

@@ -219,6 +219,13 @@ class Recorder:
 
         return trace
 
+    def settle_all(self) -> None:
+        """The recording ends: the records of connections whose VM was never named
+        (a connection that failed, or the end came first) go out under their path's name."""
+        namings, self._naming = self._naming, {}
+        for naming in namings.values():
+            naming.settle_as_fallback()
+
     def on_link(self, target: Target, client: object) -> None:
         """The follower took the connection up, *target* named as the VM's events are
         (or it went down): the connection's records are written under that name."""
@@ -251,9 +258,12 @@ class _Naming:
             self._held.append((message, direction, received))
             self._held_bytes += len(message)
             if self._held_bytes > NAMING_HOLD_LIMIT:
-                self.settle(self._fallback)
+                self.settle_as_fallback()
         else:
             self._write(self._name, message, direction, received)
+
+    def settle_as_fallback(self) -> None:
+        self.settle(self._fallback)
 
     def settle(self, name: str) -> None:
         """Name the connection's records *name*, and write the held ones."""
@@ -333,4 +343,5 @@ async def _record(args: argparse.Namespace, recorder: Recorder) -> int:
         write_error(args.output, exc)
         return 1
     finally:
+        recorder.settle_all()
         recorder.stop_syncing()
