@@ -492,18 +492,18 @@ class Framer(Generic[T]):
         # Mapped at its size: filling it never moves it, and its pages are
         # touched (zeroed by the kernel) a step at a time.
         text = mmap.mmap(-1, size)
-        step = self._sliced_step
-        at = done = 0
-        for index, part in enumerate(parts):
-            text[at:at + len(part)] = part
-            at += len(part)
-            done += len(part)
-            parts[index] = b""
-            if done >= step:
-                done = 0
-                yield
-        parts.clear()
-        try:
+        try:  # closed however the job ends, the framer's close() included
+            step = self._sliced_step
+            at = done = 0
+            for index, part in enumerate(parts):
+                text[at:at + len(part)] = part
+                at += len(part)
+                done += len(part)
+                parts[index] = b""
+                if done >= step:
+                    done = 0
+                    yield
+            parts.clear()
             return (yield from sliced_fast_decode(text, max_tokens=self._max_tokens,
                                                   step=step, leaf=step))
         except Refused:
@@ -706,7 +706,8 @@ class Framer(Generic[T]):
         budget = self._budget
         if budget is None:
             return
-        now = self._held + self._streamer.held + self._queued - self._head + self._sliced_held
+        now = (self._held + self._streamer.held + self._queued - self._head + self._sliced_held
+               + self._raw_held)
         if budget.charge(now - self._charged):
             self._charged = now
             return
@@ -766,7 +767,8 @@ class Framer(Generic[T]):
         cost = STEP_TOKENS
         # A sliced step allocates the value's containers, which can start one of
         # the collector's passes over the whole heap, as long as a step or more:
-        # they wait for the next allocation outside the step.
+        # they wait for the next allocation outside the step.  (Process-wide, for
+        # one step of about 5 ms: an embedding program's own gc.disable() is kept.)
         collecting = sliced and gc.isenabled()
         if collecting:
             gc.disable()

@@ -280,7 +280,7 @@ class _Decoder:
                 if not isinstance(part, str):
                     raise Refused
                 self.colons += part.count(":")
-                joined += part
+                joined += part  # CPython grows a string with one reference in place
                 del part
             if stop < end and text[stop] == 0x22:
                 return joined, stop + 1
