@@ -102,3 +102,30 @@ async def test_new_messages_only_and_again_after_a_loss(tmp_path: Path) -> None:
         await nc.close()
     finally:
         await broker.stop()
+
+
+async def test_new_messages_only_from_an_empty_stream_and_again_after_a_loss(
+        tmp_path: Path) -> None:
+    """since=None on an empty stream: a consumer made again before the reader received
+    anything starts at the stream's start (everything in it came after the reader did),
+    not at "new" once more, which would drop what was published in between."""
+    broker = NatsServer(tmp_path / "nats")
+    await broker.start()
+    try:
+        nc = await connect(BrokerOptions([broker.url]))
+        js = nc.jetstream()
+        await ensure_stream(js, StreamSettings("QMP"))
+        reader = OrderedReader(nc, js, "QMP", "qmp.>", None, expires=1.0, grace=1.0)
+        await reader.open()
+        await publish(js, 1, 3)
+        first_name = reader._name
+        await js.delete_consumer("QMP", first_name)
+        await publish(js, 4, 3)  # before the reader finds its consumer gone
+        assert await read(reader, 6) == expected(1, 6)
+        assert reader._name != first_name
+        await publish(js, 7, 2)  # and nothing twice after that
+        assert await read(reader, 2) == expected(7, 2)
+        await reader.close()
+        await nc.close()
+    finally:
+        await broker.stop()

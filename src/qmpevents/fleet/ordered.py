@@ -74,6 +74,9 @@ class OrderedReader:
         self._requested = 0
         self._expected = 1  # the next consumer sequence
         self._last_stream_seq = 0  # of the last message received
+        #: A consumer made again starts after _last_stream_seq, even at 0 (a "new messages"
+        #: reader that started on an empty stream: all it holds came after the start).
+        self._positioned = False
         self._broken: str | None = None  # why the consumer must be made again
         self._activity = time.monotonic()
         self._arrived = asyncio.Event()
@@ -116,8 +119,10 @@ class OrderedReader:
     async def _create(self) -> None:
         api = require("nats.js").api
         start_time = None
-        if self._last_stream_seq:
+        start_seq = None
+        if self._last_stream_seq or self._positioned:
             policy = api.DeliverPolicy.BY_START_SEQUENCE
+            start_seq = self._last_stream_seq + 1
         elif self._since == "all":
             policy = api.DeliverPolicy.ALL
         elif self._since is None:
@@ -127,7 +132,7 @@ class OrderedReader:
             start_time = datetime.datetime.fromtimestamp(self._since, datetime.UTC)
         config = api.ConsumerConfig(
             deliver_policy=policy, opt_start_time=start_time,
-            opt_start_seq=self._last_stream_seq + 1 if self._last_stream_seq else None,
+            opt_start_seq=start_seq,
             ack_policy=api.AckPolicy.NONE, filter_subject=self._subject,
             inactive_threshold=EPHEMERAL_IDLE, mem_storage=True, num_replicas=1)
         info = await self._js.add_consumer(self._stream, config)
@@ -142,8 +147,9 @@ class OrderedReader:
         self._activity = time.monotonic()
         if policy == api.DeliverPolicy.NEW and info.delivered is not None:
             # New events only: if this consumer is made again, it starts after the stream's
-            # last message when this one was made.
+            # last message when this one was made (at its start if it was empty then).
             self._last_stream_seq = info.delivered.stream_seq or 0
+            self._positioned = True
 
     async def _drop(self) -> None:
         """Forget the consumer (and tell the server, if it still listens)."""
