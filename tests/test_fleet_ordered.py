@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fleet_support import NatsServer
 
 from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, ensure_stream
-from qmpevents.fleet.ordered import BATCH, OrderedReader
+from qmpevents.fleet.ordered import BATCH, EXPIRES, OrderedReader
 
 pytestmark = pytest.mark.service  # starts nats-server
 
@@ -125,6 +126,47 @@ async def test_new_messages_only_from_an_empty_stream_and_again_after_a_loss(
         assert reader._name != first_name
         await publish(js, 7, 2)  # and nothing twice after that
         assert await read(reader, 2) == expected(7, 2)
+        await reader.close()
+        await nc.close()
+    finally:
+        await broker.stop()
+
+
+async def test_a_failed_pull_request_makes_the_consumer_again_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pull request that cannot be sent (an outbound buffer full while reconnecting)
+    breaks the consumer, which is made again at once: not after the request's expiry
+    and grace (EXPIRES + GRACE), waiting for an answer to a request never sent."""
+    import nats.errors
+
+    broker = NatsServer(tmp_path / "nats")
+    await broker.start()
+    try:
+        nc = await connect(BrokerOptions([broker.url]))
+        js = nc.jetstream()
+        await ensure_stream(js, StreamSettings("QMP"))
+        await publish(js, 1, 5)
+        reader = OrderedReader(nc, js, "QMP", "qmp.>", "all")  # the default expiry
+        await reader.open()
+        first_name = reader._name
+        send = nc.publish
+        failed = 0
+
+        async def publish_failing_once(subject: str, *args: Any, **kwargs: Any) -> None:
+            nonlocal failed
+            if ".CONSUMER.MSG.NEXT." in subject and not failed:
+                failed += 1
+                raise nats.errors.OutboundBufferLimitError
+            await send(subject, *args, **kwargs)
+
+        monkeypatch.setattr(nc, "publish", publish_failing_once)
+        async with asyncio.timeout(EXPIRES / 2):  # the stall was EXPIRES + GRACE
+            got = [(sequence, subject, data)
+                   for subject, _headers, data, sequence, _stored
+                   in [await reader.next() for _ in range(5)]]
+        assert failed == 1
+        assert got == expected(1, 5)
+        assert reader._name != first_name
         await reader.close()
         await nc.close()
     finally:

@@ -102,8 +102,10 @@ class OrderedReader:
             if self._broken is not None:
                 await self._reset()
                 continue
-            await self._pull()
+            # Cleared first: a failed request (_break) or an answer while it is sent wakes
+            # the wait below instead of being forgotten.
             self._arrived.clear()
+            await self._pull()
             timeout = None
             if self._requests:
                 timeout = self._activity + self._expires + self._grace - time.monotonic()
