@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from fleet_support import NatsServer
 
+from qmpevents.fleet import ordered
 from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, ensure_stream
-from qmpevents.fleet.ordered import BATCH, EXPIRES, OrderedReader
+from qmpevents.fleet.ordered import BATCH, EXPIRES, OrderedReader, Unroutable
 
 pytestmark = pytest.mark.service  # starts nats-server
 
@@ -168,6 +169,37 @@ async def test_a_failed_pull_request_makes_the_consumer_again_at_once(
         assert got == expected(1, 5)
         assert reader._name != first_name
         await reader.close()
+        await nc.close()
+    finally:
+        await broker.stop()
+
+
+async def test_a_connection_it_cannot_read_from_the_wire_is_an_error_not_a_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """route() refusing the subscription (a nats-py whose internals changed) would leave
+    the consumer's messages unread, and the reader making it again every few seconds:
+    open() and a consumer made again raise instead, and leave no consumer behind."""
+    broker = NatsServer(tmp_path / "nats")
+    await broker.start()
+    try:
+        nc = await connect(BrokerOptions([broker.url]))
+        js = nc.jetstream()
+        await ensure_stream(js, StreamSettings("QMP"))
+        await publish(js, 1, 3)
+        reader = OrderedReader(nc, js, "QMP", "qmp.>", "all", expires=1.0, grace=1.0)
+        await reader.open()
+        assert await read(reader, 1) == expected(1, 1)
+        monkeypatch.setattr(ordered, "route", lambda *args: False)
+        await js.delete_consumer("QMP", reader._name)
+        await publish(js, 4, 1)
+        with pytest.raises(Unroutable):
+            async with asyncio.timeout(10):
+                while True:  # what was queued comes first
+                    await reader.next()
+        assert not [c for c in await js.consumers_info("QMP")]
+        with pytest.raises(Unroutable):
+            await OrderedReader(nc, js, "QMP", "qmp.>", "all").open()
+        assert not [c for c in await js.consumers_info("QMP")]
         await nc.close()
     finally:
         await broker.stop()

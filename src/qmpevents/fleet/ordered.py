@@ -27,6 +27,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Literal
 
+from qmpevents.errors import QMPEventsError
 from qmpevents.fleet.deps import require
 from qmpevents.fleet.inbound import route, unroute
 
@@ -53,6 +54,11 @@ MAX_RETRY_DELAY = 2.0
 #: A message: subject, header block, payload, stream sequence, stored at (epoch ns, digits).
 Raw = tuple[bytes, bytes, bytes, int, bytes]
 Start = float | Literal["all"] | None
+
+
+class Unroutable(QMPEventsError):
+    """This nats-py's internals do not let the reader take its messages from the wire
+    (check :func:`~qmpevents.fleet.inbound.routable` first)."""
 
 
 class OrderedReader:
@@ -140,8 +146,10 @@ class OrderedReader:
         info = await self._js.add_consumer(self._stream, config)
         inbox = self._nc.new_inbox()  # a new one: a late message of the last is not ours
         sub = await self._nc.subscribe(inbox)
-        route(self._nc, sub._id, self._on_message)
         self._sub, self._name, self._inbox = sub, info.name, inbox
+        if not route(self._nc, sub._id, self._on_message):
+            await self._drop()  # its messages would queue on the subscription, unread
+            raise Unroutable("the reader cannot take messages from this nats-py's parser")
         self._expected = 1
         self._requests.clear()
         self._requested = 0
@@ -177,6 +185,8 @@ class OrderedReader:
             try:
                 await self._create()
                 return
+            except Unroutable:
+                raise  # no retry helps
             except Exception as exc:  # nats-py's timeouts and API errors share no base class
                 log.debug("stream %s: consumer not made again yet: %s", self._stream, exc)
             await asyncio.sleep(delay)  # retry backoff
