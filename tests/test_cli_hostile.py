@@ -429,6 +429,33 @@ async def test_output_never_blocks_the_loop_and_reports_a_closed_pipe() -> None:
     os.close(end)
 
 
+async def test_output_ends_the_session_and_drains_by_the_deadline() -> None:
+    """What watch and stream share at the end: a write error ends the session's future;
+    the lines queued are waited for until the deadline, or FINAL_GRACE once timed out,
+    and not beyond (nobody reads: False, and the process drops them)."""
+    loop = asyncio.get_running_loop()
+    session: asyncio.Future[int] = loop.create_future()
+    unread, end = os.pipe()
+    output = Output(end, ends=session)
+    lines = "y" * 999 + "\n"
+    async with asyncio.timeout(10):  # a drain past its deadline would hang here
+        for _ in range(256):  # more than the pipe holds
+            await output.write(lines)
+        assert not await output.drained_by(loop.time() + 0.05)
+        assert not await output.drained_by(None, timed_out=True)  # FINAL_GRACE
+        reading = asyncio.ensure_future(asyncio.to_thread(_read_exactly, unread,
+                                                          256 * len(lines)))
+        assert await output.drained_by(None)
+        assert await reading == lines.encode() * 256
+        assert not session.done()
+        os.close(unread)
+        await output.write(lines)  # taken; the thread's write then fails
+        with pytest.raises(BrokenPipeError):
+            await session
+    output.close()
+    os.close(end)
+
+
 def _read_exactly(fd: int, size: int) -> bytes:
     chunks = []
     while size:

@@ -7,7 +7,8 @@ bytes to a writer thread instead.  While more than *limit* bytes wait, the
 caller's ``await write()`` waits too (the VMs' readers slow down, as a full
 queue makes them), but the loop runs on, so ``--timeout`` still ends the
 command on time.  Lines that were not written by then are dropped with the
-process.  Memory is bounded by *limit* plus one line.
+process.  Memory is bounded by *limit* plus one line per concurrent writer (one
+per VM followed).
 """
 
 from __future__ import annotations
@@ -22,16 +23,21 @@ from typing import Any, Final
 
 LIMIT: Final = 1 << 20
 """Bytes waiting to be written beyond which ``write()`` waits (1 MiB)."""
+FINAL_GRACE: Final = 0.2
+"""After ``--timeout``, how long the lines already printed may take to reach a reader."""
 
 
 class Output:
     """Lines to a file descriptor, written by a thread; use inside a running loop."""
 
     def __init__(self, fd: int = 1, limit: int = LIMIT,
-                 on_error: Callable[[OSError], None] | None = None) -> None:
-        """*on_error* hears of a write error (a closed pipe) at once, in the loop."""
+                 on_error: Callable[[OSError], None] | None = None, *,
+                 ends: asyncio.Future[Any] | None = None) -> None:
+        """*on_error* hears of a write error (a closed pipe) at once, in the loop; the
+        error also ends the session's future *ends* (a closed pipe, ``| head``, ends it)."""
         self._fd = fd
         self._on_error = on_error
+        self._ends = ends
         self._limit = limit
         self._loop = asyncio.get_running_loop()
         self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -65,6 +71,19 @@ class Output:
         """Wait until everything queued is written (raises the write error)."""
         await self._wait(lambda: self._pending == 0)
 
+    async def drained_by(self, deadline: float | None, *, timed_out: bool = False) -> bool:
+        """Drain by *deadline* (loop time; None: none) or, once the session has timed out,
+        within FINAL_GRACE; False if the reader did not take the lines by then (they are
+        dropped with the process).  Raises the write error."""
+        if timed_out:
+            deadline = self._loop.time() + FINAL_GRACE
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.drain()
+        except TimeoutError:
+            return False
+        return True
+
     def close(self) -> None:
         """End the thread once it has written what it holds (it never delays the exit)."""
         self._chunks.put(None)
@@ -90,6 +109,8 @@ class Output:
     def _failed(self, error: OSError) -> None:
         self.error = error
         self._wake()
+        if self._ends is not None and not self._ends.done():
+            self._ends.set_exception(error)
         if self._on_error is not None:
             self._on_error(error)
 

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 SCHEMES = ("nats://", "tls://")
 #: How long closing the consumer may take (a durable one acknowledges its last event).
 CLOSE_GRACE = 1.0
-#: After ``--timeout``, how long the lines already printed may take to reach a reader.
-FINAL_GRACE = 0.2
 
 _encode = msgspec.json.Encoder().encode
 
@@ -242,11 +240,7 @@ async def _watch(args: argparse.Namespace, source: _Source, event_filter: EventF
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[int] = loop.create_future()
 
-    def write_failed(exc: OSError) -> None:  # a closed pipe (| head) ends the watch
-        if not stopped.done():
-            stopped.set_exception(exc)
-
-    output = Output(on_error=write_failed)
+    output = Output(ends=stopped)  # a closed pipe (| head) ends the watch
     write = output.write
     colour = colour_wanted(args.color)
     final_name = args.until.upper() if args.until else None
@@ -286,11 +280,8 @@ async def _watch(args: argparse.Namespace, source: _Source, event_filter: EventF
             stopped)
         # Every line shown before the exit: within the deadline, or once it has passed,
         # if the reader takes them within FINAL_GRACE.
-        try:
-            async with asyncio.timeout_at(loop.time() + FINAL_GRACE if timed_out else deadline):
-                await output.drain()
-        except TimeoutError:
-            return status if timed_out else on_timeout()
+        if not await output.drained_by(deadline, timed_out=timed_out) and not timed_out:
+            return on_timeout()
         return status
     finally:
         output.close()

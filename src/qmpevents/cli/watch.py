@@ -52,9 +52,6 @@ when none was given; 1 --timeout expired first; 2 usage error; 3 a target
 cannot be reached at start; 128+N stopped by signal N before the condition
 """
 
-FINAL_GRACE = 0.2
-"""After ``--timeout``, how long the lines already printed may take to reach a reader."""
-
 
 def register(subparsers: Any) -> None:
     parser = add_follower_command(
@@ -94,11 +91,7 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
     deadline = None if args.timeout is None else loop.time() + args.timeout
     done: asyncio.Future[int] = loop.create_future()
 
-    def write_failed(exc: OSError) -> None:  # a closed pipe (| head) ends the watch
-        if not done.done():
-            done.set_exception(exc)
-
-    output = Output(on_error=write_failed)
+    output = Output(ends=done)  # a closed pipe (| head) ends the watch
     seen = 0
     unrenderable = 0  # events shown raw because they could not be rendered
     until = args.until.upper() if args.until else None
@@ -131,8 +124,7 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
         try:
             if not await output.write(line + "\n", block=not late):
                 return
-        except OSError as exc:  # a closed pipe (| head) ends the watch, not the VM
-            write_failed(exc)
+        except OSError:  # a closed pipe (| head): Output ended the watch, not the VM
             return
         seen += shown
         if final or (args.count is not None and seen >= args.count):
@@ -164,11 +156,8 @@ async def _watch(args: argparse.Namespace, event_filter: EventFilter, colour: bo
                                    note, on_timeout=timing_out, on_signal=on_signal)
         # Every line shown before the exit: within the deadline, or once it has passed
         # (what was received before it), if the reader takes them within FINAL_GRACE.
-        try:
-            async with asyncio.timeout_at(loop.time() + FINAL_GRACE if timed_out else deadline):
-                await output.drain()
-        except TimeoutError:
-            return status if timed_out else on_timeout()
+        if not await output.drained_by(deadline, timed_out=timed_out) and not timed_out:
+            return on_timeout()
         return status
     finally:
         output.close()
