@@ -25,8 +25,10 @@ from hypothesis import strategies as st
 from qemu_support import QemuProcess, requires_qemu
 
 import qmpevents
+from qmpevents.addresses import parse_address
 from qmpevents.catalog import (
     BlockIoError,
+    Event,
     Stop,
     Timestamp,
     UnknownEvent,
@@ -36,6 +38,7 @@ from qmpevents.catalog import (
 )
 from qmpevents.cli import exec as exec_cli
 from qmpevents.cli import render
+from qmpevents.cli.record import Recorder
 from qmpevents.client.filters import EventFilter
 from qmpevents.codec import MAX_NESTING, Framer, ParseError, ParseErrorKind, encode_json
 from qmpevents.errors import EventValidationError, MessageTooLarge
@@ -156,6 +159,84 @@ def test_several_messages_on_a_line_each_keep_their_text() -> None:
     one = b'{"event": "X", "timestamp": {"seconds": 1, "microseconds": 2}}'
     items = receive(one + b" " + STOP + b"  " + one + b"\r\n", chunk=3, budget=2)
     assert [item.raw for item in items] == [one, STOP, one]
+
+
+# --- QEMU's syntax that is not JSON: no raw, so nothing passes it on as JSON ----------
+
+STAMP = b"'timestamp': {'seconds': 1, 'microseconds': 2}"
+NOT_JSON = [  # what QEMU's parser takes, and so may a server send
+    (b"{'event': 'STOP', " + STAMP + b"}", {}),
+    (b'{"event": "X", "data": {"s": "a\xc0\x80b"}, ' + STAMP.replace(b"'", b'"') + b"}",
+     {"data": {"s": "a\0b"}}),
+    (b'{"event": "X", "data": {"s": "it\\\'s"}, ' + STAMP.replace(b"'", b'"') + b"}",
+     {"data": {"s": "it's"}}),
+]
+
+
+def not_json_event(text: bytes) -> Event | UnknownEvent:
+    (event,) = receive(text + b"\r\n")
+    assert isinstance(event, Event | UnknownEvent)
+    return event
+
+
+def wire(text: bytes, members: dict[str, Any]) -> dict[str, Any]:
+    name = "STOP" if b"STOP" in text else "X"
+    return {"event": name, "timestamp": {"seconds": 1, "microseconds": 2}, **members}
+
+
+@pytest.mark.parametrize(("text", "members"), NOT_JSON)
+def test_an_event_sent_in_qemus_syntax_has_no_raw_and_renders_as_json(
+        text: bytes, members: dict[str, Any]) -> None:
+    """``watch --json`` printed the single quotes as sent, and failed on ``C0 80``."""
+    event = not_json_event(text)
+    assert event.raw is None
+    assert json.loads(render.json_line("vm1", event)) == {"vm": "vm1", **wire(text, members)}
+    assert json.loads(render.event_json(event)) == wire(text, members)
+
+
+def test_an_apostrophe_in_a_json_string_keeps_the_raw_of_an_exact_path_event() -> None:
+    text = PRETTY.replace(b"No space left", b"it's full")
+    (event,) = receive(text + b"\r\n")
+    assert event.raw == text
+
+
+@pytest.mark.parametrize(("text", "members"), NOT_JSON)
+async def test_exec_wait_prints_an_event_sent_in_qemus_syntax_as_json(
+        text: bytes, members: dict[str, Any], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``exec --wait`` ended with a UnicodeDecodeError traceback on ``C0 80``."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
+        for sent in range(2):  # qmp_capabilities, then the command
+            request_id = json.dumps(json.loads(await reader.readline())["id"]).encode()
+            if sent:
+                writer.write(text + b"\r\n")
+            writer.write(b'{"return": {}, "id": ' + request_id + b"}\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    path = str(tmp_path / "qmp.sock")
+    async with await asyncio.start_unix_server(serve, path):
+        name = wire(text, members)["event"]
+        status = await exec_cli._exec(parse_address(f"unix:{path}"), "cont", {}, 5.0, {}, name)
+    assert status == 0
+    reply, event = capsys.readouterr().out.splitlines()
+    assert json.loads(reply) == {}
+    assert json.loads(event) == wire(text, members)
+
+
+@pytest.mark.parametrize(("text", "members"), NOT_JSON)
+async def test_record_stores_an_event_sent_in_qemus_syntax_as_its_object(
+        text: bytes, members: dict[str, Any], tmp_path: Path) -> None:
+    """It was stored as one JSON string of the text received."""
+    path = tmp_path / "rec.jsonl"
+    writer = RecordingWriter(str(path), fsync="never")
+    await Recorder(writer).on_event("vm1", not_json_event(text))
+    writer.close()
+    (record,) = read_recording(str(path))
+    assert record.message_value() == wire(text, members)
 
 
 # --- nested to QEMU's limit: delivered, with their bytes ------------------------------

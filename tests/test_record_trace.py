@@ -153,3 +153,14 @@ def test_records_of_a_vm_never_named_are_written_when_the_recording_ends(
     writer.close()
     assert [(r.vm, r.direction) for r in read_recording(str(path), ReadReport())] == [
         ("q", "in"), ("q", "event")]
+
+
+def test_a_message_in_qemus_syntax_is_recorded_as_its_object(tmp_path: Path) -> None:
+    """A text QEMU's parser takes but that is not JSON was recorded as one JSON string."""
+    records, report = _recorded(
+        tmp_path / "r.jsonl", b"{'event': 'STOP', 'timestamp': {'seconds': 1, 'microseconds': 2}}"
+                              b"\r\n{'return': 'a\xc0\x80b'} {\"return\": 1}\r\n")
+    assert records == [("event", {"event": "STOP",
+                                  "timestamp": {"seconds": 1, "microseconds": 2}}),
+                       ("in", {"return": "a\0b"}), ("in", {"return": 1})]
+    assert report.bad_lines == 0

@@ -13,7 +13,7 @@ from qmpevents.addresses import Address
 from qmpevents.cli.argtypes import positive_float
 from qmpevents.cli.common import fail, make_note
 from qmpevents.cli.escape import json_safe
-from qmpevents.cli.render import encode_value
+from qmpevents.cli.render import encode_value, event_json
 from qmpevents.cli.targets import (
     TargetError,
     add_tls_arguments,
@@ -124,8 +124,7 @@ async def _exec(address: Address, command: str, arguments: dict[str, Any], timeo
             except (OSError, TimeoutError, QMPEventsError) as exc:
                 _say(f"no {wait} event: {describe_error(exc)}")
                 return 1
-            text = event.raw.decode() if event.raw else encode_value(event.to_wire())
-            print(json_safe(text.strip()), flush=True)
+            print(json_safe(event_json(event).strip()), flush=True)
     except QMPError as exc:
         _say(f"{exc.error_class}: {exc.desc}")
         return 1

@@ -25,6 +25,7 @@ from qmpevents.cli.targets import Target, TargetError
 from qmpevents.client import QMPEvent
 from qmpevents.client.vms import Trace
 from qmpevents.codec import Framer, ParseError, encode_json
+from qmpevents.codec.deep import qemu_text_is_json
 from qmpevents.recording import Direction, RecordingWriter
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,8 @@ def _trace_framer() -> Framer[_Traced]:
 
     Each message is recorded as received: a line the fast path takes, and
     the exact text of one only the exact path can read (several messages on
-    a line, one over several lines).
+    a line, one over several lines), or its value encoded if that text is
+    QEMU's syntax but not JSON (single quotes, ``C0 80``).
     """
 
     def from_line(line: bytes) -> _Traced:
@@ -304,7 +306,7 @@ def _trace_framer() -> Framer[_Traced]:
     def from_message(value: Any, raw: bytes) -> _Traced:
         is_event = isinstance(value, dict) and value.get("event") is not None
         kind: Direction = "event" if is_event else "in"
-        return kind, raw
+        return kind, raw if qemu_text_is_json(raw) else encode_json(value).encode()
 
     def from_value(value: Any) -> _Traced:  # not called: from_message takes its place
         raise AssertionError("the framer builds messages with their text")

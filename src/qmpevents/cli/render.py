@@ -173,14 +173,18 @@ def json_rest(event: Event | UnknownEvent) -> str:
     ``vm`` and ``host``), then ``}`` (terminal-safe; escaping is character by character,
     so the two halves are the whole line's)."""
     raw = event.raw
-    if raw is None:  # parsed by the exact path: its values, as JSON
-        body = encode_value(event.to_wire())
-    else:
-        body = raw.decode()
-        if '"vm"' in body or '"host"' in body or "\\u" in body:  # maybe (escaped keys too)
-            body = _without_reserved(raw) or body
+    body = event_json(event)
+    if raw is not None and ('"vm"' in body or '"host"' in body or "\\u" in body):
+        body = _without_reserved(raw) or body  # maybe (escaped keys too)
     inner = body.strip()[1:]
     return json_safe(", " + inner if inner.strip() != "}" else "}")
+
+
+def event_json(event: Event | UnknownEvent) -> str:
+    """The event's JSON text: its ``raw`` as received, or for an event without one
+    (made locally, or sent in QEMU's syntax that is not JSON) its values encoded."""
+    raw = event.raw
+    return raw.decode() if raw is not None else encode_value(event.to_wire())
 
 
 def _without_reserved(raw: bytes) -> str | None:

@@ -20,6 +20,7 @@ from qmpevents.catalog import (
     decode_event,
     event_from_value,
 )
+from qmpevents.codec.deep import qemu_text_is_json
 
 
 class Greeting(Struct, frozen=True):
@@ -156,11 +157,14 @@ def from_value(value: Any, raw: bytes | None = None) -> ServerMessage:
     """The same as :func:`decode_line` for a value parsed by the exact path.
 
     *raw* is the message's exact text (the framer's *from_message*): an event
-    keeps it as its ``raw``, as one decoded from a line does.
+    keeps it as its ``raw``, as one decoded from a line does, if it is JSON (not
+    QEMU's single quotes or ``C0 80``: see :func:`~qmpevents.codec.deep.qemu_text_is_json`),
+    so that whoever passes ``raw`` on as JSON can trust it; else ``raw`` is None.
     """
     if isinstance(value, dict) and "event" in value:
         try:
-            return event_from_value(value, raw)
+            return event_from_value(value, raw if raw is not None and qemu_text_is_json(raw)
+                                    else None)
         except msgspec.ValidationError:
             pass
     try:
