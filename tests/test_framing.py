@@ -428,6 +428,25 @@ def test_buffer_never_grows_past_the_limit_on_garbage() -> None:
         assert framer.buffered <= 1000
 
 
+# --- what a framer builds messages with -----------------------------------------------
+
+def test_a_framer_takes_from_message_alone() -> None:
+    """It needed a from_value too, which was then never called."""
+    framer: Framer[tuple[Any, bytes]] = Framer(
+        lambda line: (msgspec.json.decode(line), line),
+        from_message=lambda value, raw: (value, raw))
+    text = b"{'a': [1, 2]}"  # QEMU's single quotes: the exact path's
+    assert framer.feed(b'{"b": 3}\r\n' + text + b"\r\n") == [({"b": 3}, b'{"b": 3}'),
+                                                            ({"a": [1, 2]}, text)]
+
+
+@pytest.mark.parametrize("builders", [{}, {"from_value": lambda value: value,
+                                           "from_message": lambda value, raw: value}])
+def test_a_framer_takes_exactly_one_way_to_build_messages(builders: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="exactly one of from_value and from_message"):
+        Framer(json.loads, **builders)
+
+
 # --- the client's typed framer --------------------------------------------------------
 
 def client_framer(**kwargs: Any) -> Framer[Any]:

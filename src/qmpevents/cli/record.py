@@ -308,10 +308,7 @@ def _trace_framer() -> Framer[_Traced]:
         kind: Direction = "event" if is_event else "in"
         return kind, raw if qemu_text_is_json(raw) else encode_json(value).encode()
 
-    def from_value(value: Any) -> _Traced:  # not called: from_message takes its place
-        raise AssertionError("the framer builds messages with their text")
-
-    return Framer(from_line, from_value, from_message=from_message)
+    return Framer(from_line, from_message=from_message)
 
 
 async def _record(args: argparse.Namespace, recorder: Recorder) -> int:

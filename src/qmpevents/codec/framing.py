@@ -121,21 +121,24 @@ class Framer(Generic[T]):
     (non-ASCII, ``\\u`` escapes, very long digit runs) always take the exact
     path, so a server built on this answers as QEMU does.  *held_budget* is
     shared with other framers (see :mod:`qmpevents.codec.budget`).
-    *from_message*, if given, replaces *from_value*: it also gets the
-    message's exact text (see the module doc).  With *qemu_exact* and
-    *sliced_above*, a complete message bigger than that, fed under a
-    budget, is decided in steps of *sliced_step* bytes (each one costs
-    what a slice of the exact path does); *decode_line* must then be a
-    plain JSON decode (what *from_value* gets).
+    *from_message* instead of *from_value* also gets the message's exact
+    text (see the module doc): a framer takes exactly one of the two.
+    With *qemu_exact* and *sliced_above*, a complete message bigger than
+    that, fed under a budget, is decided in steps of *sliced_step* bytes
+    (each one costs what a slice of the exact path does); *decode_line*
+    must then be a plain JSON decode (what *from_value* gets).
     """
 
-    def __init__(self, decode_line: Callable[[bytes], T], from_value: Callable[[Any], T], *,
+    def __init__(self, decode_line: Callable[[bytes], T],
+                 from_value: Callable[[Any], T] | None = None, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, qemu_exact: bool = False,
                  max_nesting: int = MAX_NESTING, max_tokens: int = MAX_TOKEN_COUNT,
                  decode_block: Callable[[bytes], list[T]] | None = None,
                  held_budget: HeldInputBudget | None = None,
                  from_message: Callable[[Any, bytes], T] | None = None,
                  sliced_above: int | None = None, sliced_step: int = STEP) -> None:
+        if (from_value is None) == (from_message is None):
+            raise TypeError("a Framer takes exactly one of from_value and from_message")
         self._decode_line = decode_line
         self._decode_block = decode_block
         self._from_value = from_value
@@ -756,7 +759,9 @@ class Framer(Generic[T]):
     def _build(self, value: Any, raw: bytes) -> T:
         if self._from_message is not None:
             return self._from_message(value, raw)
-        return self._from_value(value)
+        from_value = self._from_value
+        assert from_value is not None  # one of the two (__init__)
+        return from_value(value)
 
     def _parse_on(self) -> bool:
         """Advance the parse of a huge message within the budget; True once it is done."""

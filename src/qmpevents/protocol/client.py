@@ -98,8 +98,7 @@ class ClientConnection:
             "the client", CLIENT_TRANSITIONS, ClientState.AWAITING_GREETING, ClientState.ERROR)
         self.greeting: Greeting | None = None
         self._max_size = max_message_size
-        self._framer: Framer[Any] = Framer(decode_line, from_value,
-                                           max_message_size=max_message_size,
+        self._framer: Framer[Any] = Framer(decode_line, max_message_size=max_message_size,
                                            decode_block=self._decode_events,
                                            from_message=from_value)
         self._block_events = 0  # events the block decoder gave in the current feed
