@@ -94,12 +94,12 @@ class Refused(Exception):
     """The one-step fast path would hand this message to the exact path."""
 
 
-def sliced_fast_decode(text: Buffer, *, max_tokens: int, qemu_exact: bool = True,
-                       step: int = STEP, leaf: int = STEP) -> Generator[None, None, Any]:
+def sliced_fast_decode(text: Buffer, *, max_tokens: int, step: int = STEP,
+                       leaf: int = STEP) -> Generator[None, None, Any]:
     """Decide *text* (one stripped message, within the size and nesting limits)
-    as ``Framer._try_fast`` does, a bounded step per ``next()``: returns the
-    value, or raises :class:`Refused`."""
-    counts = yield from _local_checks(text, qemu_exact, step)
+    as ``Framer._try_fast`` does for a *qemu_exact* framer (the only ones that slice),
+    a bounded step per ``next()``: returns the value, or raises :class:`Refused`."""
+    counts = yield from _local_checks(text, step)
     structural, colons = counts
     if len(text) >= max_tokens and 2 * structural + 1 >= max_tokens:
         raise Refused
@@ -108,26 +108,24 @@ def sliced_fast_decode(text: Buffer, *, max_tokens: int, qemu_exact: bool = True
         value = yield from decoder.message()
     except _FAILURES as exc:
         raise Refused from exc
-    if qemu_exact and isinstance(value, dict | list) and colons and decoder.colons != colons:
+    if isinstance(value, dict | list) and colons and decoder.colons != colons:
         raise Refused  # a duplicate key: msgspec kept the last one
     return value
 
 
-def _local_checks(text: Buffer, qemu_exact: bool,
-                  step: int) -> Generator[None, None, tuple[int, int]]:
+def _local_checks(text: Buffer, step: int) -> Generator[None, None, tuple[int, int]]:
     """The byte-level checks, a slice per step: (structural bytes, ':' bytes)."""
     structural = colons = 0
     for start in range(0, len(text), step):
         end = start + step
         piece = text[start:end]
-        if qemu_exact:
-            back = max(0, start - _OVERLAP)
-            if (not piece.isascii()
-                    or ((b"\\" in piece or (start and text[start - 1] == 0x5C))
-                        and text.find(b"\\u", max(0, start - 1), end) >= 0)
-                    or _LONG_DIGIT_RUN in text[back:end].translate(_DIGIT_MAP)
-                    or _zero_exponent(text, max(0, start - 1), end)):
-                raise Refused
+        back = max(0, start - _OVERLAP)
+        if (not piece.isascii()
+                or ((b"\\" in piece or (start and text[start - 1] == 0x5C))
+                    and text.find(b"\\u", max(0, start - 1), end) >= 0)
+                or _LONG_DIGIT_RUN in text[back:end].translate(_DIGIT_MAP)
+                or _zero_exponent(text, max(0, start - 1), end)):
+            raise Refused
         kept = piece.translate(None, _NOT_STRUCTURAL)
         structural += len(kept)
         colons += kept.count(b":")
