@@ -77,19 +77,18 @@ from qmpevents.codec.parser import (
     parse_tokens,
 )
 from qmpevents.codec.scan import GOES_ON, MessageScan, nesting_depth
-from qmpevents.codec.sliced import STEP, Refused, sliced_fast_decode
+from qmpevents.codec.sliced import (
+    DIGIT_MAP,
+    LONG_DIGIT_RUN,
+    NOT_STRUCTURAL,
+    STEP,
+    Refused,
+    sliced_fast_decode,
+    zero_exponent,
+)
 
 T = TypeVar("T")
 
-# Integers of 19+ digits may lie outside int64/uint64, where QEMU switches to
-# doubles; msgspec would keep them exact.  Such lines take the exact path.
-# (Found with translate + find: a regular expression tries every position.)
-_DIGIT_MAP = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_DIGIT_RUN = b"0" * 19
-# QEMU's lexer ends a number at "0" followed by an exponent ("0e5", "-0E1"):
-# the "e" is then a stray byte; msgspec accepts it.  Such lines take the exact path.
-_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b"{}[]:,")
-_NUMBER_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.")
 # QEMU's whitespace; bytes.strip() would also drop \x0b and \x0c, stray bytes to QEMU.
 _WS = b" \t\r\n"
 _BLANK_BYTES = frozenset(b" \t\r")
@@ -361,7 +360,7 @@ class Framer(Generic[T]):
         if qemu_exact and (not stripped.isascii() or (b"\\" in stripped and b"\\u" in stripped)):
             return False
         # One pass keeps the structural bytes: the counts below cost nothing then.
-        structural = stripped.translate(None, _NOT_STRUCTURAL)
+        structural = stripped.translate(None, NOT_STRUCTURAL)
         if (not depth_checked
                 and structural.count(b"{") + structural.count(b"[") > self._max_nesting
                 and nesting_depth(stripped) > self._max_nesting):
@@ -369,8 +368,8 @@ class Framer(Generic[T]):
         # At most how many tokens: scalars sit between structural bytes.
         if len(stripped) >= self._max_tokens and 2 * len(structural) + 1 >= self._max_tokens:
             return False
-        if qemu_exact and (_LONG_DIGIT_RUN in stripped.translate(_DIGIT_MAP)
-                           or _zero_exponent(stripped)):
+        if qemu_exact and (LONG_DIGIT_RUN in stripped.translate(DIGIT_MAP)
+                           or zero_exponent(stripped, 0, len(stripped))):
             return False
         try:
             item = self._decode_line(stripped)
@@ -814,17 +813,6 @@ def _truncated(text: bytes) -> bool:
         return "truncated" in str(exc)
     except (RecursionError, UnicodeDecodeError):
         return False
-    return False
-
-
-def _zero_exponent(text: bytes) -> bool:
-    """Whether *text* has a number "0" followed by "e" or "E" (see above)."""
-    for pair in (b"0e", b"0E"):
-        at = text.find(pair)
-        while at >= 0:
-            if at == 0 or text[at - 1] not in _NUMBER_BYTES:
-                return True
-            at = text.find(pair, at + 2)
     return False
 
 

@@ -46,12 +46,19 @@ DEEP: Final = 256
 #: How deep the members a batch takes may be (deeper ones are split).
 BATCH_DEPTH: Final = 12
 
-_DIGIT_MAP: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_DIGIT_RUN: Final = b"0" * 19
-_NOT_STRUCTURAL: Final = bytes(b for b in range(256) if b not in b"{}[]:,")
-_NUMBER_BYTES: Final = frozenset(
+# The QEMU-semantics checks, shared with the one-step fast path (framing).
+# Integers of 19+ digits may lie outside int64/uint64, where QEMU switches to
+# doubles; msgspec would keep them exact.  Such messages take the exact path.
+# (Found with translate + find: a regular expression tries every position.)
+DIGIT_MAP: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+LONG_DIGIT_RUN: Final = b"0" * 19
+#: ``bytes.translate(None, NOT_STRUCTURAL)`` keeps a text's ``{}[]:,`` bytes.
+NOT_STRUCTURAL: Final = bytes(b for b in range(256) if b not in b"{}[]:,")
+# QEMU's lexer ends a number at "0" followed by an exponent ("0e5", "-0E1"): the
+# "e" is then a stray byte; msgspec accepts it.  Such messages take the exact path.
+NUMBER_BYTES: Final = frozenset(
     b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.")
-_OVERLAP: Final = len(_LONG_DIGIT_RUN) - 1
+_OVERLAP: Final = len(LONG_DIGIT_RUN) - 1
 _ENCODE = msgspec.json.encode
 _ANY = msgspec.json.Decoder()
 _FAILURES = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
@@ -123,22 +130,22 @@ def _local_checks(text: Buffer, step: int) -> Generator[None, None, tuple[int, i
         if (not piece.isascii()
                 or ((b"\\" in piece or (start and text[start - 1] == 0x5C))
                     and text.find(b"\\u", max(0, start - 1), end) >= 0)
-                or _LONG_DIGIT_RUN in text[back:end].translate(_DIGIT_MAP)
-                or _zero_exponent(text, max(0, start - 1), end)):
+                or LONG_DIGIT_RUN in text[back:end].translate(DIGIT_MAP)
+                or zero_exponent(text, max(0, start - 1), end)):
             raise Refused
-        kept = piece.translate(None, _NOT_STRUCTURAL)
+        kept = piece.translate(None, NOT_STRUCTURAL)
         structural += len(kept)
         colons += kept.count(b":")
         yield
     return structural, colons
 
 
-def _zero_exponent(text: Buffer, start: int, end: int) -> bool:
-    """A number "0" followed by "e"/"E" starting in ``text[start:end]``."""
+def zero_exponent(text: Buffer, start: int, end: int) -> bool:
+    """A number "0" followed by "e"/"E" starting in ``text[start:end]`` (see above)."""
     for pair in (b"0e", b"0E"):
         at = text.find(pair, start, end + 1)
         while at >= 0:
-            if at == 0 or text[at - 1] not in _NUMBER_BYTES:
+            if at == 0 or text[at - 1] not in NUMBER_BYTES:
                 return True
             at = text.find(pair, at + 2, end + 1)
     return False
