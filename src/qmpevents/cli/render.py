@@ -20,7 +20,6 @@ JSON number beyond the range, read back as the same infinity), never ``null``.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Final
 
@@ -28,7 +27,7 @@ import msgspec
 
 from qmpevents.catalog import Event, UnknownEvent, plain
 from qmpevents.cli.escape import json_safe, safe, value_text
-from qmpevents.cli.jsontext import dumps
+from qmpevents.cli.jsontext import NonFinite, dumps
 from qmpevents.codec.deep import parse_json_text
 
 _COLOURS = {
@@ -44,43 +43,14 @@ RESERVED: Final = ("vm", "host")
 """The members a JSON line's source fields take; an event's own are left out."""
 
 
-_TEXT_INFINITY: Final = (msgspec.Raw(b"inf"), msgspec.Raw(b"-inf"), msgspec.Raw(b"nan"))
-_JSON_INFINITY: Final = (msgspec.Raw(b"1e999"), msgspec.Raw(b"-1e999"), msgspec.Raw(b"null"))
-
-
-def _non_finite(value: float, spelling: tuple[msgspec.Raw, ...]) -> msgspec.Raw:
-    return spelling[2] if math.isnan(value) else spelling[value < 0]
-
-
-def _with_numbers(value: Any, spelling: tuple[msgspec.Raw, ...]) -> Any:
-    """*value* with each infinite float replaced by its *spelling* (iterative: QMP
-    values nest 1024 deep, beyond Python's recursion limit)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else _non_finite(value, spelling)
-    if not isinstance(value, dict | list):
-        return value
-    root: list[Any] = [value]
-    todo: list[tuple[dict[Any, Any] | list[Any], Any, Any]] = [(root, 0, value)]
-    while todo:
-        parent, key, inner = todo.pop()
-        copy: dict[Any, Any] | list[Any] = dict(inner) if isinstance(inner, dict) else list(inner)
-        parent[key] = copy
-        for index, item in (copy.items() if isinstance(copy, dict) else enumerate(copy)):
-            if isinstance(item, float) and not math.isfinite(item):
-                copy[index] = _non_finite(item, spelling)
-            elif isinstance(item, dict | list):
-                todo.append((copy, index, item))
-    return root[0]
+_TEXT_NON_FINITE: Final[NonFinite] = ("inf", "-inf", "nan")
+_JSON_NON_FINITE: Final[NonFinite] = ("1e999", "-1e999", "null")
 
 
 def encode_value(value: Any, *, text: bool = False, indent: int | None = None) -> str:
     """*value* as compact JSON (or laid out with *indent*); an infinite number as
     ``1e999`` (``inf`` with *text*).  Without recursion (:mod:`~qmpevents.cli.jsontext`)."""
-    encoded = dumps(value, indent=indent)
-    if "null" in encoded:  # msgspec writes infinity as null: spell it out instead
-        encoded = dumps(_with_numbers(value, _TEXT_INFINITY if text else _JSON_INFINITY),
-                        indent=indent)
-    return encoded
+    return dumps(value, indent=indent, non_finite=_TEXT_NON_FINITE if text else _JSON_NON_FINITE)
 
 
 def _paint(text: str, code: str, colour: bool) -> str:
