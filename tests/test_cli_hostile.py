@@ -146,6 +146,17 @@ def test_json_line_vm_and_host_are_always_the_tools() -> None:
     assert json_line("real", decode_event(ordinary)) == '{"vm": "real", ' + ordinary[1:].decode()
 
 
+def test_json_line_of_an_event_whose_raw_is_not_utf8_is_json() -> None:
+    """msgspec skips a member it does not model without checking its UTF-8: the line
+    is then shown by its values (a review: watch --json printed "not an event")."""
+    for junk in (b"\xff", b"\xc0\x80"):
+        event = decode_event(b'{"event": "STOP", ' + STAMP + b', "x-new": "' + junk + b'"}')
+        line = json_line("vm1", event)
+        assert msgspec.json.decode(line) == {"vm": "vm1", "event": "STOP",
+                                             "timestamp": {"seconds": 1700000000,
+                                                           "microseconds": 5}}
+
+
 def test_fleet_json_line_host_and_vm_are_the_streams() -> None:
     """``watch nats:// --json`` puts ``"host"`` before the local line: the same rule holds."""
     from qmpevents.cli.stream import fleet_json_line

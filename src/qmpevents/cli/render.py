@@ -154,7 +154,12 @@ def event_json(event: Event | UnknownEvent) -> str:
     """The event's JSON text: its ``raw`` as received, or for an event without one
     (made locally, or sent in QEMU's syntax that is not JSON) its values encoded."""
     raw = event.raw
-    return raw.decode() if raw is not None else encode_value(event.to_wire())
+    if raw is not None:
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:  # bytes msgspec skipped unchecked (a member it does not
+            pass                    # model): not JSON text, so shown by its values
+    return encode_value(event.to_wire())
 
 
 def _without_reserved(raw: bytes) -> str | None:
