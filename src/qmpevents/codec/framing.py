@@ -248,12 +248,17 @@ class Framer(Generic[T]):
         :attr:`dropped_at_end`.
         """
         out = self.feed(b"")
-        held = b"".join(self._parts)
+        #: Bytes of the unfinished message that the end of input cut off.
+        self.dropped_at_end = 0
+        if self._scan is not None and self._held > END_EXACT_LIMIT:
+            # A big message the scan vouched for (no end, no stray byte): QEMU
+            # drops it, and so do we, without joining or decoding what is held.
+            held, self.dropped_at_end = b"", self._held
+        else:
+            held = b"".join(self._parts)
         self._drop_held()
         self._out = out
         stripped = held.strip(_WS)
-        #: Bytes of the unfinished message that the end of input cut off.
-        self.dropped_at_end = 0
         if not stripped or self._try_fast(stripped):
             pass  # nothing, or a whole message held for the next read's block decode
         elif len(stripped) > END_EXACT_LIMIT or _truncated(stripped):
