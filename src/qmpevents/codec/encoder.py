@@ -29,14 +29,27 @@ _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n
                   "\r": "\\r", "\t": "\\t"}
 
 
-@lru_cache(maxsize=4096)
+_CACHED_KEY = 256
+"""Keys up to this length have their bucket cached (a peer's huge keys are not kept)."""
+
+
 def qdict_bucket(key: str) -> int:
     """QDict's bucket for *key*: QEMU's ``tdb_hash`` modulo 512."""
+    return _cached_bucket(key) if len(key) <= _CACHED_KEY else _bucket(key)
+
+
+def _bucket(key: str) -> int:
+    # tdb_hash adds each byte shifted by (i * 5 % 24): the shift repeats every 24
+    # bytes, so the sum is 24 sums of every 24th byte, shifted -- at C speed, for
+    # a peer's megabytes-long key too.
     data = key.encode("utf-8", "surrogatepass")
-    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
-    for i, byte in enumerate(data):
-        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
-    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
+    value = 0x238F13AF * len(data)
+    for start in range(24):
+        value += sum(data[start::24]) << (start * 5 % 24)
+    return ((1103515243 * (value & 0xFFFFFFFF) + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
+
+
+_cached_bucket = lru_cache(maxsize=4096)(_bucket)
 
 
 def qdict_order(keys: Sequence[str]) -> list[str]:
@@ -49,8 +62,11 @@ def qdict_order(keys: Sequence[str]) -> list[str]:
     return sorted(keys, key=lambda key: (qdict_bucket(key), -position[key]))
 
 
-def _escape_char(match: re.Match[str]) -> str:
-    char = match.group()
+def _escape_match(match: re.Match[str]) -> str:
+    return _escape_char(match.group())
+
+
+def _escape_char(char: str) -> str:
     short = _SHORT_ESCAPES.get(char)
     if short is not None:
         return short
@@ -63,9 +79,18 @@ def _escape_char(match: re.Match[str]) -> str:
     return f"\\u{code:04X}"
 
 
+_BIG_STRING = 4096
+"""Above this length a string is escaped by one table of its distinct characters."""
+
+
 def encode_string(text: str) -> str:
     """A JSON string literal as QEMU writes it."""
-    return '"' + _NEEDS_ESCAPE.sub(_escape_char, text) + '"'
+    if len(text) <= _BIG_STRING:
+        return '"' + _NEEDS_ESCAPE.sub(_escape_match, text) + '"'
+    # A peer's megabytes of non-ASCII (an id echoed back): one call per distinct
+    # character, not per occurrence, then one C-speed pass.
+    table = {ord(char): _escape_char(char) for char in set(text) if _NEEDS_ESCAPE.match(char)}
+    return '"' + text.translate(table) + '"'
 
 
 class _Text(str):
