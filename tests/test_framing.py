@@ -357,6 +357,18 @@ def test_form_feed_is_not_whitespace_to_qemu() -> None:
         assert errors(reference(data))
 
 
+def test_an_exponent_right_after_a_leading_zero_is_answered_as_qemu_does() -> None:
+    """QEMU's lexer has no exponent after a leading 0: ``0E0`` in an unfinished message
+    is a stray 'E' answered at once, ``0e0`` the keyword ``e0`` (found by atheris: the
+    scan took ``0E0`` for a number and waited for the message's end)."""
+    for data in (b"[[[nl0E0\n", b"[[0E", b"[[0e", b"[0e0]\n", b"{\"a\": -0E1\n",
+                 b"[[0.5e", b"[[10e", b"[0.0e1, 10e2, -0, 0]\n"):
+        for cut in range(1, len(data) + 1):  # every split into two reads
+            framer = value_framer()
+            out = framer.feed(data[:cut]) + framer.feed(data[cut:])
+            assert [canon(v) for v in out] == [canon(v) for v in reference(data)], (data, cut)
+
+
 # --- limits ---------------------------------------------------------------------------
 
 def nested(depth: int) -> bytes:

@@ -32,7 +32,10 @@ _SQ = rb"'[\x20-\x26\x28-\x5b\x5d-\xfd]*+(?:\\[\x20-\xfd][\x20-\x26\x28-\x5b\x5d
 _STRING = _DQ + rb"|" + _SQ
 # A number or keyword, only when the byte after it ends it without a lexical
 # error (at the end of the data it may go on: that is an unfinished token).
-_NUMBER = rb"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+(?=[^0-9.eE])"
+# QEMU's lexer takes no exponent right after a leading 0 (``0e1`` is 0 then the
+# keyword e1, ``0E1`` a stray 'E' answered at once): such a run is the exact path's.
+_NUMBER = (rb"-?+(?:0(?:\.[0-9]++(?:[eE][+-]?+[0-9]++)?+)?+"
+           rb"|[1-9][0-9]*+(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+)(?=[^0-9.eE])")
 _KEYWORD = rb"[a-z]++(?=[^a-z])"
 #: A run of tokens QEMU's lexer takes without error (whitespace included).
 _RUN: Final = re.compile(rb"(?:[ \t\r\n]++|[{}\[\]:,]|" + _STRING + rb"|" + _NUMBER + rb"|"
@@ -42,7 +45,8 @@ _STRING_OR_BRACKET: Final = re.compile(_STRING + rb"|[{}\[\]]")
 _PAIRS: Final = re.compile(rb"\{\}|\[\]")
 # What may follow, up to the end of the data, as the beginning of one token.
 _UNFINISHED_SCALAR: Final = re.compile(
-    rb"-|-?(?:0|[1-9][0-9]*)(?:\.(?:[0-9]+(?:[eE][+-]?[0-9]*)?)?|[eE][+-]?[0-9]*)?|[a-z]+")
+    rb"-|-?0(?:\.(?:[0-9]+(?:[eE][+-]?[0-9]*)?)?)?"
+    rb"|-?[1-9][0-9]*(?:\.(?:[0-9]+(?:[eE][+-]?[0-9]*)?)?|[eE][+-]?[0-9]*)?|[a-z]+")
 _DQ_BODY: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\xfd]*+(?:\\[\x20-\xfd]"
                              rb"[\x20\x21\x23-\x5b\x5d-\xfd]*+)*+")
 _SQ_BODY: Final = re.compile(rb"[\x20-\x26\x28-\x5b\x5d-\xfd]*+(?:\\[\x20-\xfd]"
