@@ -4,6 +4,8 @@ happens to its consumer (deleted by someone, lost with a broker restart)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,23 @@ from qmpevents.fleet.ordered import BATCH, EXPIRES, OrderedReader, Unroutable
 pytestmark = pytest.mark.service  # starts nats-server
 
 COUNT = 3 * BATCH + 17
+
+
+@asynccontextmanager
+async def jetstream(tmp_path: Path) -> AsyncIterator[tuple[NatsServer, Any, Any]]:
+    """A nats-server with the QMP stream, and a connection to it; both ended on exit."""
+    broker = NatsServer(tmp_path / "nats")
+    await broker.start()
+    try:
+        nc = await connect(BrokerOptions([broker.url]))
+        try:
+            js = nc.jetstream()
+            await ensure_stream(js, StreamSettings("QMP"))
+            yield broker, nc, js
+        finally:
+            await nc.close()
+    finally:
+        await broker.stop()
 
 
 async def publish(js: object, first: int, count: int) -> None:
@@ -40,12 +59,7 @@ def expected(first: int, count: int) -> list[tuple[int, bytes, bytes]]:
 
 async def test_a_deleted_consumer_is_made_again_after_the_last_message(
         tmp_path: Path) -> None:
-    broker = NatsServer(tmp_path / "nats")
-    await broker.start()
-    try:
-        nc = await connect(BrokerOptions([broker.url]))
-        js = nc.jetstream()
-        await ensure_stream(js, StreamSettings("QMP"))
+    async with jetstream(tmp_path) as (_broker, nc, js):
         await publish(js, 1, COUNT)
         reader = OrderedReader(nc, js, "QMP", "qmp.>", "all", expires=1.0, grace=1.0)
         await reader.open()
@@ -59,18 +73,10 @@ async def test_a_deleted_consumer_is_made_again_after_the_last_message(
         assert await read(reader, 5) == expected(COUNT + 1, 5)
         await reader.close()
         assert not [c for c in await js.consumers_info("QMP")]  # it removed its consumer
-        await nc.close()
-    finally:
-        await broker.stop()
 
 
 async def test_a_broker_restart_loses_the_consumer_not_a_message(tmp_path: Path) -> None:
-    broker = NatsServer(tmp_path / "nats")
-    await broker.start()
-    try:
-        nc = await connect(BrokerOptions([broker.url]))
-        js = nc.jetstream()
-        await ensure_stream(js, StreamSettings("QMP"))
+    async with jetstream(tmp_path) as (broker, nc, js):
         await publish(js, 1, COUNT)
         reader = OrderedReader(nc, js, "QMP", "qmp.>", "all", expires=1.0, grace=1.0)
         await reader.open()
@@ -80,20 +86,12 @@ async def test_a_broker_restart_loses_the_consumer_not_a_message(tmp_path: Path)
         got += await read(reader, COUNT - len(got))
         assert got == expected(1, COUNT)
         await reader.close()
-        await nc.close()
-    finally:
-        await broker.stop()
 
 
 async def test_new_messages_only_and_again_after_a_loss(tmp_path: Path) -> None:
     """since=None: what was stored before is not read, and what came while the consumer
     was gone is (it is made again after the stream's last message at the start)."""
-    broker = NatsServer(tmp_path / "nats")
-    await broker.start()
-    try:
-        nc = await connect(BrokerOptions([broker.url]))
-        js = nc.jetstream()
-        await ensure_stream(js, StreamSettings("QMP"))
+    async with jetstream(tmp_path) as (_broker, nc, js):
         await publish(js, 1, 10)
         reader = OrderedReader(nc, js, "QMP", "qmp.>", None, expires=1.0, grace=1.0)
         await reader.open()
@@ -101,9 +99,6 @@ async def test_new_messages_only_and_again_after_a_loss(tmp_path: Path) -> None:
         await publish(js, 11, 3)  # before the reader finds its consumer gone
         assert await read(reader, 3) == expected(11, 3)
         await reader.close()
-        await nc.close()
-    finally:
-        await broker.stop()
 
 
 async def test_new_messages_only_from_an_empty_stream_and_again_after_a_loss(
@@ -111,12 +106,7 @@ async def test_new_messages_only_from_an_empty_stream_and_again_after_a_loss(
     """since=None on an empty stream: a consumer made again before the reader received
     anything starts at the stream's start (everything in it came after the reader did),
     not at "new" once more, which would drop what was published in between."""
-    broker = NatsServer(tmp_path / "nats")
-    await broker.start()
-    try:
-        nc = await connect(BrokerOptions([broker.url]))
-        js = nc.jetstream()
-        await ensure_stream(js, StreamSettings("QMP"))
+    async with jetstream(tmp_path) as (_broker, nc, js):
         reader = OrderedReader(nc, js, "QMP", "qmp.>", None, expires=1.0, grace=1.0)
         await reader.open()
         await publish(js, 1, 3)
@@ -128,9 +118,6 @@ async def test_new_messages_only_from_an_empty_stream_and_again_after_a_loss(
         await publish(js, 7, 2)  # and nothing twice after that
         assert await read(reader, 2) == expected(7, 2)
         await reader.close()
-        await nc.close()
-    finally:
-        await broker.stop()
 
 
 async def test_a_failed_pull_request_makes_the_consumer_again_at_once(
@@ -140,12 +127,7 @@ async def test_a_failed_pull_request_makes_the_consumer_again_at_once(
     and grace (EXPIRES + GRACE), waiting for an answer to a request never sent."""
     import nats.errors
 
-    broker = NatsServer(tmp_path / "nats")
-    await broker.start()
-    try:
-        nc = await connect(BrokerOptions([broker.url]))
-        js = nc.jetstream()
-        await ensure_stream(js, StreamSettings("QMP"))
+    async with jetstream(tmp_path) as (_broker, nc, js):
         await publish(js, 1, 5)
         reader = OrderedReader(nc, js, "QMP", "qmp.>", "all")  # the default expiry
         await reader.open()
@@ -169,9 +151,6 @@ async def test_a_failed_pull_request_makes_the_consumer_again_at_once(
         assert got == expected(1, 5)
         assert reader._name != first_name
         await reader.close()
-        await nc.close()
-    finally:
-        await broker.stop()
 
 
 async def test_a_connection_it_cannot_read_from_the_wire_is_an_error_not_a_loop(
@@ -179,12 +158,7 @@ async def test_a_connection_it_cannot_read_from_the_wire_is_an_error_not_a_loop(
     """route() refusing the subscription (a nats-py whose internals changed) would leave
     the consumer's messages unread, and the reader making it again every few seconds:
     open() and a consumer made again raise instead, and leave no consumer behind."""
-    broker = NatsServer(tmp_path / "nats")
-    await broker.start()
-    try:
-        nc = await connect(BrokerOptions([broker.url]))
-        js = nc.jetstream()
-        await ensure_stream(js, StreamSettings("QMP"))
+    async with jetstream(tmp_path) as (_broker, nc, js):
         await publish(js, 1, 3)
         reader = OrderedReader(nc, js, "QMP", "qmp.>", "all", expires=1.0, grace=1.0)
         await reader.open()
@@ -200,6 +174,3 @@ async def test_a_connection_it_cannot_read_from_the_wire_is_an_error_not_a_loop(
         with pytest.raises(Unroutable):
             await OrderedReader(nc, js, "QMP", "qmp.>", "all").open()
         assert not [c for c in await js.consumers_info("QMP")]
-        await nc.close()
-    finally:
-        await broker.stop()
