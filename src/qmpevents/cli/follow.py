@@ -114,6 +114,22 @@ def signals_resolve(done: asyncio.Future[int], on_signal: Callable[[int], int]) 
             loop.remove_signal_handler(signum)
 
 
+async def finished_by(task: asyncio.Future[Any], done: asyncio.Future[int],
+                      deadline: float | None) -> bool:
+    """Whether *task* (connecting) finished before the loop's clock reached *deadline*
+    and before *done* (a signal, an error) resolved; if not, it is cancelled."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.wait((task, done), return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        pass
+    if task.done():
+        return True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return False
+
+
 async def until(done: asyncio.Future[int], deadline: float | None) -> int | None:
     """*done*'s result, or None when the loop's clock reaches *deadline* first (an
     exception set on *done* is raised)."""
@@ -147,14 +163,7 @@ async def run_session(vms: VMs, done: asyncio.Future[int], timeout: float | None
     with signals_resolve(done, on_signal):
         try:
             starting = asyncio.ensure_future(vms.start())
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.wait((starting, done), return_when=asyncio.FIRST_COMPLETED)
-            except TimeoutError:
-                pass
-            if not starting.done():  # the deadline or a signal, while connecting
-                starting.cancel()
-                await asyncio.gather(starting, return_exceptions=True)
+            if not await finished_by(starting, done, deadline):
                 status = done.result() if done.done() else None
             else:
                 unreachable = starting.result()

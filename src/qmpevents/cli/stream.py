@@ -25,7 +25,7 @@ from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note, plur
 from qmpevents.cli.escape import json_safe
 from qmpevents.cli.filters import FilterError, build_filter
 from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, since
-from qmpevents.cli.follow import signals_resolve, until
+from qmpevents.cli.follow import finished_by, signals_resolve, until
 from qmpevents.cli.output import Output
 from qmpevents.cli.render import json_prefix, json_rest, text_line
 from qmpevents.client import EventFilter
@@ -172,14 +172,7 @@ async def _follow(args: argparse.Namespace, source: _Source, command: str,
                               since=args.since, durable=args.durable)
         try:
             opening = asyncio.ensure_future(events.open())
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.wait((opening, done), return_when=asyncio.FIRST_COMPLETED)
-            except TimeoutError:
-                pass
-            if not opening.done():  # the deadline or a signal, while connecting
-                opening.cancel()
-                await asyncio.gather(opening, return_exceptions=True)
+            if not await finished_by(opening, done, deadline):
                 return done.result() if done.done() else on_timeout()
             try:
                 opening.result()
