@@ -48,7 +48,7 @@ Overflow = Literal["block", "drop-oldest"]
 OVERFLOW_POLICIES: Final[tuple[Overflow, ...]] = ("block", "drop-oldest")
 DEFAULT_MAXSIZE: Final = 4096
 
-class ConnectionResumed(UnknownEvent, kw_only=True, dict=True, frozen=True):
+class ConnectionResumed(UnknownEvent, kw_only=True, frozen=True):
     """Marker delivered to every subscription after a reconnect: events may be missing.
 
     Its name is :data:`RECONNECTED`; it is not a QMP event and has no ``raw``.

@@ -7,6 +7,8 @@ typed event classes, everything else to :class:`Envelope`, then to
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from typing import Any, Final
 
 import msgspec
@@ -16,9 +18,11 @@ from qmpevents.catalog import (
     EVENT_TYPES,
     AnyEvent,
     Event,
+    RawText,
     UnknownEvent,
     decode_event,
     event_from_value,
+    set_raw,
 )
 from qmpevents.codec.deep import qemu_text_is_json
 
@@ -66,7 +70,7 @@ _ENVELOPE = msgspec.json.Decoder(Envelope)
 _PLAIN = msgspec.json.Decoder()
 
 
-class Unrecognized(Struct, frozen=True, dict=True):
+class Unrecognized(RawText, Struct, frozen=True, gc=False):
     """Valid JSON that is none of greeting, reply or event: a peer's protocol error."""
 
     value: Any
@@ -75,13 +79,16 @@ class Unrecognized(Struct, frozen=True, dict=True):
     def raw(self) -> bytes:
         """Its exact text (as an event's ``raw``, no part of equality): what a report
         shows, never the value's repr, which recurses once per level of nesting."""
-        raw: bytes = self.__dict__.get("_raw", b"")
+        try:
+            raw: bytes = self._raw
+        except AttributeError:  # parsed by the exact path without its text
+            return b""
         return raw
 
 
 def _unrecognized(value: Any, raw: bytes) -> Unrecognized:
     message = Unrecognized(value)
-    message.__dict__["_raw"] = raw
+    set_raw(message, raw)
     return message
 
 
@@ -148,9 +155,13 @@ def decode_event_block(block: bytes) -> list[Event]:
     events: list[Event] = _EVENT_LIST.decode(b",".join(parts))
     if len(events) != len(lines):  # "a, b" on one line: two values, one line
         raise msgspec.DecodeError("not one message per line")
-    for event, line in zip(events, lines, strict=True):
-        event.__dict__["_raw"] = line
+    _consume(map(set_raw, events, lines))  # at C speed: no Python step per event
     return events
+
+
+def _consume(steps: Iterator[None]) -> None:
+    """Run an iterator to its end, keeping nothing (itertools' ``consume`` recipe)."""
+    deque(steps, maxlen=0)
 
 
 def from_value(value: Any, raw: bytes | None = None) -> ServerMessage:
