@@ -446,3 +446,19 @@ def test_hand_checked_shapes_agree_with_qemus_schema(name: str) -> None:
         if event == name:
             schema_table[member] = True
     assert hand == schema_table
+
+
+def test_raw_is_no_part_of_equality_repr_or_encoding_and_cannot_be_reassigned() -> None:
+    """Two servers' spellings of one event are the same event; raw tells them apart."""
+    compact = b'{"timestamp":{"seconds":5,"microseconds":6},"event":"STOP"}'
+    spaced = b'{"event": "STOP", "timestamp": {"seconds": 5, "microseconds": 6}}'
+    first, second = decode_event(compact), decode_event(spaced)
+    assert first == second and hash(first) == hash(second) and repr(first) == repr(second)
+    assert (first.raw, second.raw) == (compact, spaced)
+    assert b"raw" not in msgspec.json.encode(first) and "raw" not in first.to_wire()
+    with pytest.raises(AttributeError):
+        first.raw = spaced  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        first._raw = spaced
+    assert first.raw == compact
+    assert msgspec.structs.replace(first).raw is None  # a copy is not what was received
