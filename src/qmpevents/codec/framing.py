@@ -99,6 +99,10 @@ _ENDS = (b"}", b"]")
 _DEFER_MAX = 4096
 #: How many bytes of a run the lexer takes at C speed cost one byte of budget.
 RUN_WEIGHT = 256
+#: Budget (in bytes lexed one by one) that each message the exact path completes
+#: costs: input of one-byte messages (``1,1,1,...`` after an over-limit error,
+#: where QEMU answers every token) makes a message, and a reply, per byte or two.
+MESSAGE_WEIGHT = 32
 _SHORT_RUN = 16
 _ENCODE = msgspec.json.encode
 #: A complete message of more bytes than this that the fast path may take is
@@ -634,6 +638,8 @@ class Framer(Generic[T]):
         later = 0  # bytes to lex one by one before trying a run again
         raw_start = pos
         done = self._done  # empty unless from_message: then, messages that just ended
+        out = self._out
+        emitted = len(out) if left is not None else -1  # -1: no budget to charge
         while pos < end and budget > 0:
             byte = buf[pos]
             if later:
@@ -655,6 +661,9 @@ class Framer(Generic[T]):
             budget -= 1
             if done:
                 raw_start = self._completed(buf, raw_start, pos)
+            if emitted >= 0 and len(out) != emitted:
+                budget -= MESSAGE_WEIGHT * (len(out) - emitted)
+                emitted = len(out)
             if byte == 0x0A and streamer.idle:
                 self._slow = False
                 break
