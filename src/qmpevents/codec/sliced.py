@@ -30,12 +30,15 @@ exact path) as a generator: each ``next()`` does a bounded piece of work.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import re
 from collections.abc import Generator
 from typing import Any, Final
 
 import msgspec
+
+from qmpevents.codec.strfill import StringFill
 
 #: Bytes one step checks, or decodes in one batch (about 5 ms).
 STEP: Final = 512 * 1024
@@ -272,24 +275,43 @@ class _Decoder:
             pos += 1
 
     def _string(self, pos: int) -> Generator[None, None, tuple[str, int]]:
-        """A big string, from just after its opening quote, a slice at a time."""
+        """A big string, from just after its opening quote, a slice at a time.
+
+        A first pass finds its end and its length (the text is ASCII with no
+        ``\\u`` escape: each escape is two bytes for one character), a second
+        decodes each slice into a string made at that length
+        (:class:`~qmpevents.codec.strfill.StringFill`): no step copies what the
+        steps before it decoded.
+        """
         text = self.text
         end = len(text)
-        # Grown in place: CPython appends to a str only this variable refers to
-        # by resizing it (realloc), so each step copies its own slice only.
-        joined = ""
+        cuts = [pos]
+        length = 0
         while True:
-            stop = self._match(_BODY, pos, self.step)
-            if stop > pos:
-                part = _ANY.decode(b'"' + text[pos:stop] + b'"')
+            stop = self._match(_BODY, cuts[-1], self.step)
+            body = text[cuts[-1]:stop]
+            length += len(body) - body.count(b"\\") + body.count(b"\\\\")
+            del body
+            if stop == cuts[-1] and not (stop < end and text[stop] == 0x22):
+                raise Refused  # not terminated
+            cuts.append(stop)
+            if stop < end and text[stop] == 0x22:
+                break
+            yield
+        fill = StringFill(length, 0x7F)
+        for start, stop in itertools.pairwise(cuts):
+            if stop > start:
+                part = _ANY.decode(b'"' + text[start:stop] + b'"')
                 if not isinstance(part, str):
                     raise Refused
                 self.colons += part.count(":")
-                joined += part  # CPython grows a string with one reference in place
+                try:
+                    fill.add(part)
+                except ValueError as exc:  # not the escapes counted: msgspec took others
+                    raise Refused from exc
                 del part
-            if stop < end and text[stop] == 0x22:
-                return joined, stop + 1
-            if stop == pos:
-                raise Refused  # not terminated
-            pos = stop
-            yield
+                yield
+        try:
+            return fill.result(), cuts[-1] + 1
+        except ValueError as exc:
+            raise Refused from exc
