@@ -14,7 +14,8 @@ from collections.abc import Generator, Iterable
 from typing import Any
 
 from qmpevents.codec.errors import JSONParseError, ParseError, ParseErrorKind
-from qmpevents.codec.lexer import Tok
+from qmpevents.codec.lexer import Tok, TokenText
+from qmpevents.codec.strfill import join_steps
 
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
@@ -38,14 +39,14 @@ def _valid_codepoint(cp: int) -> bool:
     return not ((cp & 0xFFFE) == 0xFFFE or 0xFDD0 <= cp <= 0xFDEF)
 
 
-def _hex4(text: bytes, at: int) -> int:
+def _hex4(text: TokenText, at: int) -> int:
     digits = text[at:at + 4]
     if len(digits) != 4 or any(b not in _HEX for b in digits):
         return -1
     return int(digits, 16)
 
 
-def parse_string(text: bytes) -> str:
+def parse_string(text: TokenText) -> str:
     """A quoted string token (either quote) to its value."""
     steps = string_steps(text)
     while True:
@@ -72,7 +73,7 @@ _NONCHARACTER = re.compile(
     rb"\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
 
 
-def string_steps(text: bytes) -> Generator[None, None, str]:
+def string_steps(text: TokenText) -> Generator[None, None, str]:
     """Convert a quoted string token, pausing (``yield``) between slices of a big one.
 
     Each slice is converted at C speed (UTF-8 decoding and ``json``'s string
@@ -90,16 +91,17 @@ def string_steps(text: bytes) -> Generator[None, None, str]:
         cut = _cut(text, pos, end)
         piece = _certain(text[pos:cut], double) if cut > pos else None
         if piece is None:
-            pieces.append((yield from _exact_steps(text, pos)))
+            yield from _exact_steps(text, pos, pieces)
             break
         pieces.append(piece)
         pos = cut
         if pos < end:
             yield
-    return "".join(pieces)
+    # Joined in steps too: one join of a huge string was one long step.
+    return (yield from join_steps(pieces))
 
 
-def _cut(text: bytes, pos: int, end: int) -> int:
+def _cut(text: TokenText, pos: int, end: int) -> int:
     """Where the slice that starts at *pos* (an escape boundary) ends: *end* for a
     small rest, *pos* if no safe cut was found (the exact loop then goes on)."""
     low = pos + STRING_SEGMENT
@@ -119,7 +121,7 @@ def _cut(text: bytes, pos: int, end: int) -> int:
     return cut if cut < end and text[cut] == 0x5C else pos
 
 
-def _certain(body: bytes, double: bool) -> str | None:
+def _certain(body: TokenText, double: bool) -> str | None:
     """*body* converted at C speed if the result is certainly QEMU's, else None."""
     try:
         value = body.decode("utf-8")
@@ -147,8 +149,9 @@ def _certain(body: bytes, double: bool) -> str | None:
     return value
 
 
-def _exact_steps(text: bytes, i: int) -> Generator[None, None, str]:
-    """QEMU's ``parse_string`` loop from *i* (an escape boundary), pausing now and then."""
+def _exact_steps(text: TokenText, i: int, pieces: list[str]) -> Generator[None, None, None]:
+    """QEMU's ``parse_string`` loop from *i* (an escape boundary), pausing now and
+    then: the value of the rest goes to *pieces*, a piece per pause."""
     quote = text[0]
     out: list[str] = []
     end = len(text) - 1
@@ -156,6 +159,8 @@ def _exact_steps(text: bytes, i: int) -> Generator[None, None, str]:
     while i < end:
         if countdown <= 0:
             countdown = _EXACT_STEP
+            pieces.append("".join(out))
+            out.clear()
             yield
         countdown -= 1
         byte = text[i]
@@ -197,10 +202,10 @@ def _exact_steps(text: bytes, i: int) -> Generator[None, None, str]:
         out.append(decoded)
         countdown -= len(chunk) // _PLAIN_PER_ESCAPE
         i = j
-    return "".join(out)
+    pieces.append("".join(out))
 
 
-def _run_end(text: bytes, i: int, end: int, quote: int) -> int:
+def _run_end(text: TokenText, i: int, end: int, quote: int) -> int:
     """Where the plain run from *i* ends: the next backslash or quote, or a character
     boundary after :data:`STRING_SEGMENT` bytes (a slice of a longer run)."""
     limit = min(end, i + STRING_SEGMENT)
@@ -218,7 +223,7 @@ def _run_end(text: bytes, i: int, end: int, quote: int) -> int:
     return j
 
 
-def _modified_utf8(chunk: bytes) -> str:
+def _modified_utf8(chunk: TokenText) -> str:
     """QEMU reads modified UTF-8: ``C0 80`` is NUL; anything else invalid is an error."""
     parts = chunk.split(b"\xc0\x80")
     try:
@@ -236,7 +241,7 @@ def _invalid_character(decoded: str) -> bool:
     return _NONCHARACTER.search(encoded) is not None
 
 
-def _number(tok: Tok, text: bytes) -> int | float:
+def _number(tok: Tok, text: TokenText) -> int | float:
     # More than 20 digits is beyond uint64 anyway; int() would also refuse
     # very long digit strings (Python's 4300-digit limit) with ValueError.
     if tok is Tok.INTEGER and len(text) <= 21:
@@ -246,7 +251,7 @@ def _number(tok: Tok, text: bytes) -> int | float:
     return float(text)
 
 
-def _scalar(tok: Tok, text: bytes) -> Any:
+def _scalar(tok: Tok, text: TokenText) -> Any:
     """A scalar token's value; raises QEMU's 'expecting value' for anything else."""
     if tok is Tok.STRING:
         return parse_string(text)
@@ -277,7 +282,7 @@ STEP_TOKENS = 4096
 """Values :func:`parse_steps` parses between two of its pauses."""
 
 
-def parse_tokens(tokens: Iterable[tuple[Tok, bytes]]) -> Any:
+def parse_tokens(tokens: Iterable[tuple[Tok, TokenText]]) -> Any:
     """Parse one streamer message; raises :class:`JSONParseError`."""
     steps = parse_steps(tokens)
     while True:
@@ -287,7 +292,7 @@ def parse_tokens(tokens: Iterable[tuple[Tok, bytes]]) -> Any:
             return done.value
 
 
-def parse_steps(tokens: Iterable[tuple[Tok, bytes]]) -> Generator[None, None, Any]:
+def parse_steps(tokens: Iterable[tuple[Tok, TokenText]]) -> Generator[None, None, Any]:
     """Parse one streamer message, pausing (``yield``) every :data:`STEP_TOKENS` values.
 
     The generator's return value is the message's value; it raises
@@ -298,10 +303,10 @@ def parse_steps(tokens: Iterable[tuple[Tok, bytes]]) -> Generator[None, None, An
     """
     source = iter(tokens)
     countdown = STEP_TOKENS
-    ahead: tuple[Tok, bytes] | None = next(source, None)
+    ahead: tuple[Tok, TokenText] | None = next(source, None)
     stack: list[_Frame] = []
 
-    def take() -> tuple[Tok, bytes]:
+    def take() -> tuple[Tok, TokenText]:
         nonlocal ahead
         token = ahead
         if token is None:
