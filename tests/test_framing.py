@@ -26,6 +26,7 @@ from qmpevents.codec import (
     Framer,
     ParseError,
     ParseErrorKind,
+    lexer,
     value_framer,
 )
 from qmpevents.codec.lexer import Streamer, TokenRun
@@ -679,10 +680,14 @@ _RUN_PIECES = [
 ]
 
 
+@pytest.mark.parametrize("gather_above", [lexer.GATHER_ABOVE, 8])
 @pytest.mark.parametrize("limit", [48, 100, 1000])
-def test_runs_of_the_exact_path_give_what_byte_by_byte_gives(limit: int) -> None:
+def test_runs_of_the_exact_path_give_what_byte_by_byte_gives(
+        monkeypatch: pytest.MonkeyPatch, limit: int, gather_above: int) -> None:
     # Long strings, digits, keywords, blanks and garbage, a size limit that falls
     # inside the runs, any read split and any budget: exactly the reference's output.
+    # (With a small gather_above, string tokens go on in a Gathering: the same.)
+    monkeypatch.setattr(lexer, "GATHER_ABOVE", gather_above)
     rng = random.Random(limit)
     for _ in range(400):
         data = b"".join(rng.choices(_RUN_PIECES, k=rng.randrange(1, 40))) + b"\n\xff\n"

@@ -25,6 +25,7 @@ most two bytes of memory per input byte, whatever its tokens
 
 from __future__ import annotations
 
+import mmap
 import re
 from collections.abc import Callable, Iterator
 from enum import IntEnum
@@ -35,6 +36,7 @@ from qmpevents.codec.errors import (
     ParseError,
     ParseErrorKind,
 )
+from qmpevents.codec.gather import GATHERING, Gathering
 
 MAX_NESTING = 1024
 MAX_TOKEN_COUNT = 2 * 1024 * 1024
@@ -90,8 +92,12 @@ _TOKEN_RE = re.compile(rb"([^\x00-\x1f]*)([\x00-\x1f])")
 #: A token at least this long is indexed, so that reading it back costs no scan,
 #: and handed over as it was gathered (a ``bytearray``), so that ending it costs no copy.
 BIG_TOKEN = 4096
-#: A token's text: ``bytes``, or the ``bytearray`` a big token was gathered in.
-TokenText = bytes | bytearray
+#: A string token at least this long goes on in a :class:`~qmpevents.codec.gather.Gathering`
+#: (its bytes are never copied in one go), handed over as an ``mmap``.
+GATHER_ABOVE = 1024 * 1024
+#: A token's text: ``bytes``, the ``bytearray`` a big token was gathered in, or
+#: the ``mmap`` of a huge string token (see :data:`GATHER_ABOVE`).
+TokenText = bytes | bytearray | mmap.mmap
 
 # Runs that keep the lexer in its state (see Streamer.feed_run).
 _DQ_BYTE = rb"[\x20\x21\x23-\x5b\x5d-\xfd]"
@@ -108,6 +114,7 @@ _RUNS: dict[_S, re.Pattern[bytes]] = {
     _S.RECOVERY: re.compile(b"[" + re.escape(_RECOVERY_BYTES) + b"]*+"),
 }
 _RUN_STATES = frozenset(_RUNS)
+_STRING_STATES = frozenset((_S.DQ_STRING, _S.SQ_STRING))
 # Blanks between tokens, but not a newline: the framer looks at those.
 _BLANKS = re.compile(rb"[ \t\r]*+")
 
@@ -164,6 +171,10 @@ class Streamer:
         self._max_tokens = max_tokens
         self._state = _S.START
         self._token = bytearray()
+        # A huge string token's bytes so far (the token's later bytes follow in
+        # _token), and what the size limit leaves of _token then.
+        self._gathered: Gathering | None = None
+        self._room = max_message_size
         self._raw = bytearray()  # the unfinished message's tokens: text + type byte each
         self._count = 0
         self._token_size = 0
@@ -180,12 +191,20 @@ class Streamer:
     @property
     def held(self) -> int:
         """Bytes held for the unfinished message (its tokens and the partial one)."""
-        return len(self._raw) + self._big_size + len(self._token)
+        return len(self._raw) + self._big_size + len(self._token) + self._gathered_size()
+
+    def _gathered_size(self) -> int:
+        return 0 if self._gathered is None else len(self._gathered)
+
+    def _drop_token(self) -> None:
+        self._token = bytearray()  # give the memory back, not just the length
+        self._gathered = None
+        self._room = self._max_size
 
     def reject(self, size: int, limit: int) -> None:
         """Refuse the unfinished message as too large (a budget ran out), as QEMU
         does with an oversized token: report it and lex what follows afresh."""
-        self._token = bytearray()
+        self._drop_token()
         self._state = _S.START
         self._deliver(None, ParseError.too_large(size, limit))
 
@@ -219,13 +238,24 @@ class Streamer:
             assert match is not None
             return match.end()
         token = self._token
-        room = self._max_size + 1 - len(token)  # the byte after these is over the limit
+        room = self._room + 1 - len(token)  # the byte after these is over the limit
         match = pattern.match(data, pos, min(end, pos + room))
         assert match is not None
         stop = match.end()
         if stop > pos:
-            token += memoryview(data)[pos:stop]
-            if len(token) > self._max_size:
+            gathered = self._gathered
+            if (gathered is None and GATHERING and len(token) + stop - pos >= GATHER_ABOVE
+                    and self._state in _STRING_STATES):
+                gathered = self._gathered = Gathering()
+            if gathered is None:
+                token += memoryview(data)[pos:stop]
+            else:
+                if token:
+                    gathered.extend(token)
+                    token.clear()
+                gathered.extend(memoryview(data)[pos:stop])
+                self._room = self._max_size - len(gathered)
+            if len(token) > self._room:
                 self._oversized()
         return stop
 
@@ -281,14 +311,14 @@ class Streamer:
             self._token.append(byte)
             self._error()
             break
-        if len(self._token) > self._max_size:
+        if len(self._token) > self._room:
             self._oversized()
 
     def _oversized(self) -> None:
         """QEMU hands a token over the size limit to the streamer, which rejects it
         (its size check comes first), then lexes on from the start state."""
-        size = self._token_size + len(self._token) + 1
-        self._token = bytearray()  # give the memory back, not just the length
+        size = self._token_size + len(self._token) + self._gathered_size() + 1
+        self._drop_token()
         self._state = _S.START
         self._deliver(None, ParseError.too_large(size, self._max_size))
 
@@ -348,7 +378,9 @@ class Streamer:
 
     def _finish(self, tok: Tok) -> None:
         text: TokenText
-        if len(self._token) >= BIG_TOKEN:
+        if self._gathered is not None:
+            text = self._take_gathered()
+        elif len(self._token) >= BIG_TOKEN:
             # Handed over, not copied: a copy of a 30 MiB string token was one
             # step of up to 84 ms (30 MiB written to memory never touched).
             text, self._token = self._token, bytearray()
@@ -358,8 +390,18 @@ class Streamer:
         self._state = _S.START
         self._process(tok, text)
 
+    def _take_gathered(self) -> mmap.mmap:
+        """The huge token's bytes (its last ones with them), as one ``mmap``."""
+        gathered = self._gathered
+        assert gathered is not None
+        if self._token:
+            gathered.extend(self._token)
+        self._drop_token()
+        return gathered.done()
+
     def _error(self) -> None:
-        text = bytes(self._token)
+        # QEMU's error text holds the token: a huge one is copied then (once).
+        text = bytes(self._take_gathered()) if self._gathered is not None else bytes(self._token)
         self._token.clear()
         self._state = _S.RECOVERY
         self._process(Tok.ERROR, text)
@@ -376,7 +418,7 @@ class Streamer:
             self._brackets -= 1
         elif tok is Tok.ERROR:
             # QEMU formats the token with %s: a NUL byte ends it.
-            stray = text.split(b"\0", 1)[0].decode("utf-8", "replace")
+            stray = text[:].split(b"\0", 1)[0].decode("utf-8", "replace")
             self._deliver(None, ParseError(ParseErrorKind.LEXICAL,
                                            f"JSON parse error, stray '{stray}'"))
             return

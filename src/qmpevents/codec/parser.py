@@ -121,7 +121,7 @@ def _cut(text: TokenText, pos: int, end: int) -> int:
     return cut if cut < end and text[cut] == 0x5C else pos
 
 
-def _certain(body: TokenText, double: bool) -> str | None:
+def _certain(body: bytes | bytearray, double: bool) -> str | None:
     """*body* converted at C speed if the result is certainly QEMU's, else None."""
     try:
         value = body.decode("utf-8")
@@ -223,7 +223,7 @@ def _run_end(text: TokenText, i: int, end: int, quote: int) -> int:
     return j
 
 
-def _modified_utf8(chunk: TokenText) -> str:
+def _modified_utf8(chunk: bytes | bytearray) -> str:
     """QEMU reads modified UTF-8: ``C0 80`` is NUL; anything else invalid is an error."""
     parts = chunk.split(b"\xc0\x80")
     try:
@@ -264,7 +264,7 @@ def _scalar(tok: Tok, text: TokenText) -> Any:
             return False
         if text == b"null":
             return None
-        raise _fail(f"invalid keyword '{text.decode('ascii')}'")
+        raise _fail(f"invalid keyword '{text[:].decode('ascii')}'")
     raise _fail("expecting value")
 
 
