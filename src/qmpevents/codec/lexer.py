@@ -18,7 +18,9 @@ Memory.  QEMU keeps a queue of token objects per unfinished message; here the
 tokens of an unfinished message are one ``bytearray``: each token's text
 followed by one byte giving its type (a token's text never holds a byte below
 0x20: those are lexical errors), except that a big token's text is kept
-aside as it is, not copied into the run.  So an unfinished message costs at
+aside as it is, not copied into the run (a string token of over a MiB goes on
+in a mapping that grows in place: :mod:`~qmpevents.codec.gather`, so that no
+step copies all of it).  So an unfinished message costs at
 most two bytes of memory per input byte, whatever its tokens
 (:attr:`Streamer.held`), and the bytes go back to the allocator when it ends.
 """

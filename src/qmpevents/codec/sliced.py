@@ -15,7 +15,8 @@ exact path) as a generator: each ``next()`` does a bounded piece of work.
   complete there (and at most :data:`BATCH_DEPTH` deep), which msgspec
   decodes in one call; a member too big (or too deep) for that is split the
   same way, and a big string is decoded a slice at a time (cut between
-  escapes) and appended to in place.  msgspec checks every byte of the
+  escapes) into a string made at its final length
+  (:mod:`~qmpevents.codec.strfill`).  msgspec checks every byte of the
   members; the brackets, commas and colons between them are checked here.
 * msgspec keeps the last of duplicate keys silently; the one-step path finds
   them because the value re-encoded has fewer ``:`` than the text.  The same
