@@ -296,10 +296,11 @@ class MessageSteps:
     def done(self) -> bool:
         return not self._todo
 
-    def next_piece(self) -> bytes:
-        """The next piece of the line (empty once :attr:`done`)."""
+    def next_piece(self, step: int | None = None) -> bytes:
+        """The next piece of the line, about *step* work (the default's if None);
+        empty once :attr:`done`."""
         out: list[str] = []
-        _encode(self._todo, out, self._step)
+        _encode(self._todo, out, self._step if step is None else step)
         return "".join(out).encode("ascii")
 
 

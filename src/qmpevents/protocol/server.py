@@ -43,8 +43,9 @@ from qmpevents.codec import (
     qdict_order,
     value_framer,
 )
+from qmpevents.codec.encoder import STEP_WORK, MessageSteps
 from qmpevents.errors import CommandFailure, LocalProtocolError
-from qmpevents.protocol.outbox import Outbox
+from qmpevents.protocol.outbox import SteppedOutbox
 from qmpevents.protocol.states import (
     NEED_DATA,
     NO_ID,
@@ -68,6 +69,9 @@ EXACT_SLICE: Final = 4 * 1024
 
 READ_AHEAD: Final = INPUT_SLICE
 """Bytes received but not parsed beyond which reading stops while a parse is under way."""
+
+FIRST_REPLY_STEP: Final = STEP_WORK // 8
+"""Encoding work done when a reply is made (the rest as it is taken): about 1 ms."""
 
 _CAPABILITY_VALUES: Final = ("oob",)
 _CLOSED: Final = ConnectionClosed()
@@ -112,7 +116,7 @@ class ServerConnection:
         self._input_ended = False
         self._framer_ended = False
         self._reading = True
-        self._out = Outbox()
+        self._out = SteppedOutbox()
         self._outstanding: Command | None = None
         self.oob_enabled = False
 
@@ -156,14 +160,25 @@ class ServerConnection:
         self._out.append(line)
         return True
 
-    def data_to_send(self) -> bytes:
-        """Everything produced so far, in order; empties the buffer."""
-        return self._out.take()
+    def data_to_send(self, *, one_step: bool = False) -> bytes:
+        """Everything produced so far, in order; empties the buffer.
+
+        A reply that echoes a huge value is encoded as it is taken: with
+        *one_step*, at most one bounded step of it (a few ms) is done, and
+        :attr:`output_pending` says that more is due: call again, after
+        yielding to other peers and once the peer has read what was written.
+        """
+        return self._out.take(one_step)
 
     @property
     def output_size(self) -> int:
-        """Bytes waiting in :meth:`data_to_send`."""
+        """Bytes waiting in :meth:`data_to_send` (not counting what is still to be encoded)."""
         return self._out.size
+
+    @property
+    def output_pending(self) -> bool:
+        """A reply is still being encoded: :meth:`data_to_send` has more to give."""
+        return self._out.pending
 
     def close(self) -> None:
         """This side ends the session: no more input is taken, events are dropped."""
@@ -418,7 +433,12 @@ class ServerConnection:
     def _reply(self, body: dict[str, Any], request_id: Any) -> None:
         if request_id is not NO_ID:
             body["id"] = request_id
-        self._append(encode_message(body))
+        # A short first step now (the whole of an ordinary reply, under 1 ms); a
+        # reply that echoes a huge value goes on as it is taken, in order.
+        steps = MessageSteps(body)
+        self._append(steps.next_piece(FIRST_REPLY_STEP))
+        if not steps.done:
+            self._out.append_steps(steps)
 
     def _error(self, error_class: str, desc: str, request_id: Any) -> None:
         self._reply({"error": {"class": error_class, "desc": desc}}, request_id)

@@ -55,7 +55,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, HeldInputBudget
-from qmpevents.codec.encoder import pretty_wire
+from qmpevents.codec.encoder import PrettyLayout
 from qmpevents.errors import CommandFailure
 from qmpevents.protocol import QUEUE_DEPTH, Command, ConnectionClosed, ServerConnection
 from qmpevents.server.broadcaster import Broadcaster
@@ -121,7 +121,8 @@ class Monitor(asyncio.Protocol):
         self._pump_scheduled = False
         self._reading = True          # whether the transport is being read
         self._writing_paused = False  # the transport is above its high-water mark
-        self._pretty = pretty  # QEMU's pretty=on layout
+        self._layout = PrettyLayout() if pretty else None  # QEMU's pretty=on layout
+        self._close_when_written = False  # closed while a reply was still being encoded
         self.closed = False
         self.peer = "?"
 
@@ -162,11 +163,18 @@ class Monitor(asyncio.Protocol):
         self._on_close(self)
 
     def close(self) -> None:
-        """Write what is queued, then close (EOF to the client)."""
+        """Write what is queued, then close (EOF to the client).
+
+        A reply still being encoded is written out first, step by step (the
+        transport is closed when :meth:`flush` has written its last piece).
+        """
         if self._transport is None or self.closed:
             return
         self.flush()
         self.closed = True  # no more output; leaves the broadcast on connection_lost
+        if self._conn is not None and self._conn.output_pending:
+            self._close_when_written = True
+            return
         self._transport.close()
 
     def abort(self) -> None:
@@ -233,6 +241,7 @@ class Monitor(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._update_reading()
+        self._queue_flush()  # the rest of a reply being encoded
         self._schedule_pump()
 
     def _schedule_pump(self) -> None:
@@ -251,8 +260,8 @@ class Monitor(asyncio.Protocol):
 
     def _pump_one(self) -> None:
         conn = self._conn
-        if conn is None or self.closed or self._writing_paused:
-            return  # resume_writing pumps again
+        if conn is None or self.closed or self._writing_paused or conn.output_pending:
+            return  # resume_writing, or the end of the reply being encoded, pumps again
         request = conn.next_event()
         if conn.accepts_events:
             self._broadcaster.add(self)  # negotiated: events flow from now on
@@ -303,17 +312,33 @@ class Monitor(asyncio.Protocol):
 
     def _queue_flush(self) -> None:
         conn = self._conn
-        if conn is not None and conn.output_size:
+        if conn is not None and (conn.output_size or conn.output_pending):
             self._flusher.add(self)
 
     def flush(self) -> None:
+        """Write what is queued, and one step of a reply being encoded.
+
+        The rest of that reply follows one step per loop iteration, while the
+        transport is under its high-water mark (a peer that does not read
+        holds up only its own reply); its next request runs once it is written.
+        """
         conn = self._conn
-        if conn is None or self._transport is None:
+        transport = self._transport
+        if conn is None or transport is None:
             return
-        data = conn.data_to_send()
+        was_pending = conn.output_pending
+        data = conn.data_to_send(one_step=True)
         if data:
-            self._transport.write(pretty_wire(data) if self._pretty else data)
-        self._unsent = self._transport.get_write_buffer_size()
+            transport.write(self._layout.feed(data) if self._layout is not None else data)
+        self._unsent = transport.get_write_buffer_size()
+        if conn.output_pending:
+            if not self._writing_paused:
+                self._flusher.add(self)  # the next step, after the other monitors
+        elif self._close_when_written:
+            self._close_when_written = False
+            transport.close()
+        elif was_pending and not self.closed:
+            self._schedule_pump()  # requests waited while the reply was being encoded
 
     def _overflow(self) -> None:
         _log.warning("QMP monitor %s disconnected: %d bytes of output unread (limit %d)",

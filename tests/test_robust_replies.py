@@ -1,0 +1,246 @@
+"""A reply that echoes a peer's huge value: written in bounded steps, the same bytes.
+
+QEMU echoes any JSON ``id``, and names an unexpected argument key in its
+error (``Parameter 'KEY' is unexpected``): a peer that sends a 20 MiB id or
+key gets a reply of up to 6 bytes per character (``\\u20AC`` per ``€``).
+That reply used to be encoded in one step (0.7 s for 7 Mi ``€``, during which
+no other monitor was answered); now its strings are escaped at C speed and
+the reply is encoded a step (a few ms) per loop iteration, only while its
+peer reads.  Waits are the server loop's CPU time between two of its
+iterations (as in test_robust_framing), measured in a server process of its
+own; the figures go to the "robustness figures" section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from unittest import mock
+
+import pytest
+from qemu_support import QemuProcess, requires_qemu
+from robust_support import eventually
+from test_robust_framing import _Echo, plain_slices
+
+from qmpevents.codec import encode_message
+from qmpevents.codec.encoder import STEP_WORK, MessageSteps
+from qmpevents.server import QMPServer, UnixAddress
+from qmpevents.sim import SimulatedVM
+from qmpevents.testing import RawQMP
+
+Figures = Callable[[str, object], None]
+
+EURO = "\u20ac"
+HUGE = 7 << 20  # characters: 21 MiB of UTF-8 in, 42 MiB of escapes out
+
+
+def huge_id_command(count: int = HUGE) -> bytes:
+    return (b'{"execute": "query-status", "id": "' + (EURO * count).encode() + b'"}\n')
+
+
+def huge_key_command(count: int = HUGE) -> bytes:
+    return (b'{"execute": "query-status", "arguments": {"' + (EURO * count).encode()
+            + b'": 1}, "id": "key"}\n')
+
+
+# The simulated VM (``qmpevents serve``'s executor, arguments checked as QEMU does)
+# in a child process: its loop's worst CPU stall and its CPU time are printed at
+# the end.
+_SERVER = """
+import asyncio, sys, time
+sys.path[:0] = sys.argv[2:]
+from test_robust_framing import LoopStalls
+from qmpevents.sim import SimulatedVM
+
+async def main():
+    async with SimulatedVM(qmp=["unix:" + sys.argv[1]]):
+        with LoopStalls() as stalls:
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    print(stalls.worst, time.process_time(), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def sim_process() -> AsyncIterator[tuple[str, list[float]]]:
+    """A simulated VM in a child process: its socket path, and a list that gets its
+    loop's worst stall and its CPU time (seconds) at the end."""
+    path = f"/tmp/qmpev-replies-{os.getpid()}.sock"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SERVER, path, os.path.dirname(__file__),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    figures: list[float] = []
+    try:
+        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
+        yield path, figures
+        child.stdin.write(b"stop\n")
+        figures.extend(map(float, (await asyncio.wait_for(child.stdout.readline(), 60))
+                           .split()))
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+
+
+async def waits_during_a_huge_reply(path: str, command: bytes) -> tuple[float, int, bytes]:
+    """(a second monitor's worst reply wait while *command* is sent and its reply read,
+    its round trips, that reply)."""
+    sender = await RawQMP.unix(path)
+    await sender.negotiate()
+    other = await RawQMP.unix(path)
+    await other.negotiate()
+    done = asyncio.Event()
+    waits: list[float] = []
+
+    async def ping() -> None:
+        n = 0
+        while not done.is_set():
+            n += 1
+            began = time.perf_counter()
+            await other.send(b'{"execute": "query-status", "id": %d}\n' % n)
+            assert (await other.line()).endswith(b', "id": %d}\r\n' % n)
+            waits.append(time.perf_counter() - began)
+
+    async def send() -> bytes:
+        for chunk in plain_slices(command):
+            sender.writer.write(chunk)
+            await sender.writer.drain()
+        reply = await sender.line(timeout=120)
+        done.set()
+        return reply
+
+    pinger = asyncio.create_task(ping())
+    reply = await asyncio.wait_for(send(), 120)
+    await pinger
+    for peer in (sender, other):
+        peer.writer.close()
+    return max(waits), len(waits), reply
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(("name", "command", "start", "end"), [
+    ("id", huge_id_command(), b'{"return": {"status": ',
+     b'"id": "' + b"\\u20AC" * HUGE + b'"}\r\n'),
+    ("unexpected key", huge_key_command(),
+     b'{"id": "key", "error": {"class": "GenericError", "desc": "Parameter \'',
+     b"\\u20AC" * HUGE + b"' is unexpected\"}}\r\n"),
+], ids=["id", "unexpected-key"])
+async def test_second_monitor_waits_little_while_a_huge_reply_is_written(
+        figures: Figures, name: str, command: bytes, start: bytes, end: bytes) -> None:
+    async with sim_process() as (path, server):
+        wait, trips, reply = await waits_during_a_huge_reply(path, command)
+    stall, cpu = server
+    assert reply.startswith(start) and reply.endswith(end), reply[-200:]
+    figures(f"a 21 MiB non-ASCII {name} echoed (42 MiB reply): second monitor's worst wait"
+            " / server loop stall / server CPU",
+            f"{wait * 1000:.0f} ms wall / {stall * 1000:.0f} ms CPU over {trips} round trips"
+            f" / {cpu:.1f} s")
+    # CPU time: what the server does in one go, whatever the machine's load.
+    assert stall < 0.050, stall  # was 0.7 s (id), s (key)
+    assert wait < 1.0, wait  # wall time: loose, for a loaded machine
+
+
+# -- the same bytes as real QEMU, pretty=on too ---------------------------------------------
+
+# JSON text with raw UTF-8 and escapes of every kind QEMU writes differently from
+# Python's json: astral characters (raw and as a pair), controls, DEL (escaped: QEMU
+# refuses it raw), quotes, backslashes before hex letters and before b/f, the BMP's top.
+TRICKY_TEXT = ("a\u20ac\u00e9\U0001f600\uffef\u0100~".encode()
+               + rb'\\b\\F\\u\"/\u0001\u001f\b\f\n\r\t\uD83D\uDE00\u00FF\u007f\/')
+
+
+def witness_commands(count: int) -> list[bytes]:
+    """A command with a non-ASCII id of about *count* times the tricky text (an object:
+    its keys' order too), and one naming such an unexpected key."""
+    text = TRICKY_TEXT * count
+    return [
+        b'{"execute": "no-such-command", "id": {"k\xe2\x82\xac": ["' + text
+        + b'", 1.5, null], "\xf0\x9f\x98\x80": "' + text + b'", "z": "' + text + b'"}}\n',
+        b'{"execute": "query-status", "arguments": {"' + text + b'": 1}, "id": 2}\n',
+    ]
+
+
+async def replies_of(path: str, commands: list[bytes], pretty: bool) -> list[bytes]:
+    """The greeting's and negotiation's replies, then one reply per command."""
+    qmp = await RawQMP.unix(path, retry=True)
+
+    async def message() -> bytes:
+        lines = [await qmp.line(timeout=60)]
+        while pretty and lines[-1] != b"}\r\n":  # a pretty message ends at column 0
+            lines.append(await qmp.line(timeout=60))
+        return b"".join(lines)
+
+    try:
+        await message()  # the greeting
+        replies = []
+        for command in [b'{"execute": "qmp_capabilities"}\n', *commands]:
+            await qmp.send(command)
+            replies.append(await message())
+        return replies
+    finally:
+        qmp.writer.close()
+
+
+@pytest.mark.qemu
+@requires_qemu
+@pytest.mark.parametrize("pretty", [False, True], ids=["compact", "pretty"])
+async def test_huge_reply_is_written_as_real_qemu_writes_it(pretty: bool) -> None:
+    # About 50 KiB per reply: QEMU reads its monitor a byte at a time (~150 KB/s).
+    commands = witness_commands(300)
+    async with QemuProcess(pretty=pretty) as qemu:
+        expected = await replies_of(qemu.socket_path, commands, pretty)
+    path = f"/tmp/qmpev-replies-sim-{os.getpid()}.sock"
+    address = f"unix:{path}" + (",pretty=on" if pretty else "")
+    async with SimulatedVM(qmp=[address], profile="qemu-7.2", start_paused=True):
+        # Steps a tenth of the usual size: the reply is written in many steps.
+        with mock.patch("qmpevents.protocol.server.MessageSteps",
+                        functools.partial(MessageSteps, step=STEP_WORK // 10)):
+            got = await replies_of(path, commands, pretty)
+    assert got == expected
+    assert b"\\uD83D\\uDE00" in expected[1] and b"Parameter 'a\\u20AC\\u00E9" in expected[2]
+
+
+# -- a peer that does not read its reply ------------------------------------------------------
+
+async def test_reply_to_a_peer_that_does_not_read_waits_for_it_and_holds_little() -> None:
+    """The reply is encoded only as fast as its peer reads: while the transport is
+    over its high-water mark no step is taken (memory: about the transport's
+    buffer plus one step), requests wait, and the other monitors are served."""
+    path = f"/tmp/qmpev-replies-slow-{os.getpid()}.sock"
+    qmp = QMPServer([UnixAddress(path)], _Echo(), version={})
+    await qmp.start()
+    reader = await RawQMP.unix(path)
+    try:
+        await reader.negotiate()
+        (monitor,) = qmp._monitors
+        reader.writer.write(huge_id_command(1 << 20) + b'{"execute": "after", "id": 3}\n')
+        await reader.writer.drain()
+        conn = monitor._conn
+        assert conn is not None
+        await eventually(lambda: monitor._writing_paused, what="the transport paused")
+        assert conn.output_pending  # the reply waits, half-encoded
+        transport = monitor._transport
+        assert transport is not None
+        held = transport.get_write_buffer_size()
+        assert held < 4 << 20, held  # the reply is 6 MiB; a step is at most 3 MiB
+        other = await RawQMP.unix(path)
+        await other.negotiate()  # the others are served meanwhile
+        await other.send(b'{"execute": "x", "id": 1}\n')
+        assert await other.line() == b'{"return": {}, "id": 1}\r\n'
+        other.writer.close()
+        assert conn.output_pending and conn.pending_requests == 1  # still waiting
+        reply = await reader.line(timeout=60)
+        assert reply == encode_message({"return": {}, "id": EURO * (1 << 20)})
+        assert await reader.line() == b'{"return": {}, "id": 3}\r\n'
+    finally:
+        reader.writer.close()
+        await qmp.close()
