@@ -1,4 +1,4 @@
-"""Benchmark of the QMP server's event fan-out, and of its memory per idle monitor.
+"""Benchmark of the QMP server's event fan-out, its replies, and its memory per idle monitor.
 
     .venv/bin/python benchmarks/bench_server.py
 
@@ -8,10 +8,14 @@
   encode once, queue, write) and not the reader's;
 * encode-once: ``encode_message`` calls are counted and must equal the number
   of events, whatever the number of monitors;
+* the encoding of ordinary replies: the server's stepped path (a reply that
+  echoes a huge value is written a step per loop iteration) against one
+  ``encode_message`` of the same reply, as a ratio measured in the same run;
 * RSS of the server process with 1,000 idle negotiated monitors.
 
-Targets (2-core machine): >= 300k deliveries/s with 100 monitors, <= 100 MiB RSS
-with 1,000 monitors.  Exits 1 if a target or the encode-once check fails.
+Targets (2-core machine): >= 300k deliveries/s with 100 monitors, the stepped
+reply path at most 1.15x one ``encode_message``, <= 100 MiB RSS with 1,000
+monitors.  Exits 1 if a target or the encode-once check fails.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ EVENTS = 20_000
 BATCH = 200  # events emitted per loop iteration
 TARGET_DELIVERIES = 300_000
 TARGET_RSS_MIB = 100.0
+TARGET_REPLY_RATIO = 1.15
+ORDINARY_REPLIES: list[dict[str, Any]] = [
+    {"return": {}, "id": 1},
+    {"return": {"status": "running", "singlestep": False, "running": True}, "id": "qs-17"},
+    {"error": {"class": "GenericError", "desc": "Parameter 'x' is unexpected"}, "id": 3},
+    {"return": [{"name": "query-status"}, {"name": "stop"}, {"name": "cont"}] * 20, "id": 4},
+]
 
 
 # --- the reader process ---------------------------------------------------------
@@ -139,6 +150,34 @@ async def idle_rss(monitors: int) -> float:
     return rss
 
 
+def reply_encoding() -> tuple[float, float]:
+    """(ns per ordinary reply: one ``encode_message``, the server's stepped path),
+    best of interleaved rounds so that both see the same load."""
+    import timeit
+
+    from qmpevents.codec import encode_message
+    from qmpevents.codec.encoder import MessageSteps
+    from qmpevents.protocol.server import FIRST_REPLY_STEP
+
+    def one_step() -> None:
+        for reply in ORDINARY_REPLIES:
+            encode_message(reply)
+
+    def stepped() -> None:  # what ServerConnection does for each reply
+        for reply in ORDINARY_REPLIES:
+            steps = MessageSteps(reply)
+            steps.next_piece(FIRST_REPLY_STEP)
+            assert steps.done
+
+    rounds, number = 15, 2000
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for index, func in enumerate((one_step, stepped)):
+            best[index] = min(best[index], timeit.timeit(func, number=number))
+    per = number * len(ORDINARY_REPLIES)
+    return best[0] * 1e9 / per, best[1] * 1e9 / per
+
+
 async def main() -> int:
     ok = True
     print(f"event fan-out ({EVENTS} RTC_CHANGE events, readers in a separate process)")
@@ -154,6 +193,12 @@ async def main() -> int:
             ok &= met
             line += f"  target >= {TARGET_DELIVERIES:,}: {'met' if met else 'MISSED'}"
         print(line, flush=True)
+    plain, stepped = reply_encoding()
+    met = stepped <= TARGET_REPLY_RATIO * plain
+    ok &= met
+    print(f"ordinary reply encoding: encode_message {plain:,.0f} ns, stepped path "
+          f"{stepped:,.0f} ns ({stepped / plain:.2f}x)  target <= {TARGET_REPLY_RATIO}x: "
+          f"{'met' if met else 'MISSED'}", flush=True)
     rss = await idle_rss(1000)
     met = rss <= TARGET_RSS_MIB
     ok &= met
