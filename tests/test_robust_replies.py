@@ -50,20 +50,27 @@ def huge_key_command(count: int = HUGE) -> bytes:
 
 
 # The simulated VM (``qmpevents serve``'s executor, arguments checked as QEMU does)
-# in a child process: its loop's worst CPU stall and its CPU time are printed at
-# the end.
+# in a child process: its loop's worst CPU stall, its CPU time and its peak RSS
+# growth are printed at the end.
 _SERVER = """
 import asyncio, sys, time
 sys.path[:0] = sys.argv[2:]
 from test_robust_framing import LoopStalls
 from qmpevents.sim import SimulatedVM
 
+def status(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field))
+
 async def main():
     async with SimulatedVM(qmp=["unix:" + sys.argv[1]]):
         with LoopStalls() as stalls:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+            before = status("VmRSS:")
             print("ready", flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    print(stalls.worst, time.process_time(), flush=True)
+    print(stalls.worst, time.process_time(), (status("VmHWM:") - before) / 1024, flush=True)
 
 asyncio.run(main())
 """
@@ -72,7 +79,8 @@ asyncio.run(main())
 @contextlib.asynccontextmanager
 async def sim_process() -> AsyncIterator[tuple[str, list[float]]]:
     """A simulated VM in a child process: its socket path, and a list that gets its
-    loop's worst stall and its CPU time (seconds) at the end."""
+    loop's worst stall and its CPU time (seconds), and its peak RSS growth (MiB),
+    at the end."""
     path = f"/tmp/qmpev-replies-{os.getpid()}.sock"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _SERVER, path, os.path.dirname(__file__),
@@ -138,12 +146,12 @@ async def test_second_monitor_waits_little_while_a_huge_reply_is_written(
         figures: Figures, name: str, command: bytes, start: bytes, end: bytes) -> None:
     async with sim_process() as (path, server):
         wait, trips, reply = await waits_during_a_huge_reply(path, command)
-    stall, cpu = server
+    stall, cpu, peak = server
     assert reply.startswith(start) and reply.endswith(end), reply[-200:]
     figures(f"a 21 MiB non-ASCII {name} echoed (42 MiB reply): second monitor's worst wait"
-            " / server loop stall / server CPU",
+            " / server loop stall / server CPU / server peak RSS growth",
             f"{wait * 1000:.0f} ms wall / {stall * 1000:.0f} ms CPU over {trips} round trips"
-            f" / {cpu:.1f} s")
+            f" / {cpu:.1f} s / {peak:.0f} MiB")
     # CPU time: what the server does in one go, whatever the machine's load.
     assert stall < 0.050, stall  # was 0.7 s (id), s (key)
     assert wait < 1.0, wait  # wall time: loose, for a loaded machine
@@ -231,7 +239,7 @@ async def test_reply_to_a_peer_that_does_not_read_waits_for_it_and_holds_little(
         transport = monitor._transport
         assert transport is not None
         held = transport.get_write_buffer_size()
-        assert held < 4 << 20, held  # the reply is 6 MiB; a step is at most 3 MiB
+        assert held < 1 << 20, held  # of a 6 MiB reply: the high-water mark and a step (768 KiB)
         other = await RawQMP.unix(path)
         await other.negotiate()  # the others are served meanwhile
         await other.send(b'{"execute": "x", "id": 1}\n')
@@ -244,3 +252,21 @@ async def test_reply_to_a_peer_that_does_not_read_waits_for_it_and_holds_little(
     finally:
         reader.writer.close()
         await qmp.close()
+
+
+async def test_reply_being_encoded_is_written_whole_before_a_half_closed_peer_is_closed(
+        ) -> None:
+    path = f"/tmp/qmpev-replies-eof-{os.getpid()}.sock"
+    qmp = QMPServer([UnixAddress(path)], _Echo(), version={})
+    await qmp.start()
+    reader = await RawQMP.unix(path)
+    try:
+        await reader.negotiate()
+        reader.writer.write(huge_id_command(1 << 20) + b'{"execute": "x", "id": 2}\n')
+        reader.writer.write_eof()  # QEMU answers every request, then closes
+        rest = await asyncio.wait_for(reader.reader.read(), 60)
+    finally:
+        reader.writer.close()
+        await qmp.close()
+    assert rest == (encode_message({"return": {}, "id": EURO * (1 << 20)})
+                    + b'{"return": {}, "id": 2}\r\n')

@@ -138,7 +138,7 @@ class _KeyOrder:
         return [key for bucket in self.buckets for key in reversed(bucket)]
 
 
-STEP_WORK = 256 * 1024
+STEP_WORK = 128 * 1024
 """Work of one encoding step: about that many characters of strings (a few ms),
 or a sixteenth as many other items."""
 

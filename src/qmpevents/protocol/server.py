@@ -10,6 +10,10 @@ goes through that one buffer, in the order it was produced.  That order is
 QMP's: an event a command causes is sent while the command runs, so it is
 written before the command's reply.
 
+A reply is encoded as it is taken: ordinary ones when made, one that echoes
+a huge value (a peer's ``id``) a bounded step per ``data_to_send(one_step=True)``
+(:attr:`~ServerConnection.output_pending` says more is due).
+
 Negotiation, malformed input and request-shape errors are answered here, in
 order, with QEMU 7.2's texts, so the layer above only ever sees well-formed
 commands of a negotiated session.  QEMU's input rules are here too:

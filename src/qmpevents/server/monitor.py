@@ -21,7 +21,12 @@ its replies), no request is run and the socket is not read.
 
 Output.  Queued output is written once per loop iteration
 (:class:`FlushQueue`): a burst of events costs one ``write`` per monitor
-instead of one per event.
+instead of one per event.  A reply that echoes a peer's huge value (an
+``id``, a key named in an error) is encoded one bounded step (a few ms) per
+iteration, and only while the transport is under its high-water mark, so
+other monitors are answered in between, a peer that does not read holds up
+only its own reply (and memory holds the value plus about a step), and that
+monitor's next request runs once the reply is written.
 
 Pretty output.  A monitor made with ``pretty=True`` writes everything, events
 included, in QEMU's ``pretty=on`` layout (:func:`~qmpevents.codec.encoder.pretty_wire`),
