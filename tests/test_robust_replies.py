@@ -26,7 +26,7 @@ from unittest import mock
 import pytest
 from qemu_support import QemuProcess, requires_qemu
 from robust_support import eventually
-from test_robust_framing import _Echo, plain_slices
+from test_robust_framing import FAULTS_PER_STEP, _Echo, plain_slices
 
 from qmpevents.codec import encode_message
 from qmpevents.codec.encoder import STEP_WORK, MessageSteps
@@ -50,8 +50,8 @@ def huge_key_command(count: int = HUGE) -> bytes:
 
 
 # The simulated VM (``qmpevents serve``'s executor, arguments checked as QEMU does)
-# in a child process: its loop's worst CPU stall, its CPU time and its peak RSS
-# growth are printed at the end.
+# in a child process: its loop's worst CPU stall, its CPU time, its peak RSS
+# growth and its loop's most page faults in one iteration are printed at the end.
 _SERVER = """
 import asyncio, sys, time
 sys.path[:0] = sys.argv[2:]
@@ -70,7 +70,8 @@ async def main():
             before = status("VmRSS:")
             print("ready", flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    print(stalls.worst, time.process_time(), (status("VmHWM:") - before) / 1024, flush=True)
+    print(stalls.worst, time.process_time(), (status("VmHWM:") - before) / 1024,
+          stalls.worst_faults, flush=True)
 
 asyncio.run(main())
 """
@@ -79,8 +80,8 @@ asyncio.run(main())
 @contextlib.asynccontextmanager
 async def sim_process() -> AsyncIterator[tuple[str, list[float]]]:
     """A simulated VM in a child process: its socket path, and a list that gets its
-    loop's worst stall and its CPU time (seconds), and its peak RSS growth (MiB),
-    at the end."""
+    loop's worst stall and its CPU time (seconds), its peak RSS growth (MiB) and its
+    loop's most page faults in one iteration, at the end."""
     path = f"/tmp/qmpev-replies-{os.getpid()}.sock"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _SERVER, path, os.path.dirname(__file__),
@@ -135,25 +136,30 @@ async def waits_during_a_huge_reply(path: str, command: bytes) -> tuple[float, i
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize(("name", "command", "start", "end"), [
+@pytest.mark.parametrize(("name", "command", "start", "end", "copied"), [
     ("id", huge_id_command(), b'{"return": {"status": ',
-     b'"id": "' + b"\\u20AC" * HUGE + b'"}\r\n'),
+     b'"id": "' + b"\\u20AC" * HUGE + b'"}\r\n', 0),
+    # The error's text is made once, in one step, by the arguments' check: a copy of
+    # the key, 2 bytes per character (faults beyond it are the reply's or the parse's).
     ("unexpected key", huge_key_command(),
      b'{"id": "key", "error": {"class": "GenericError", "desc": "Parameter \'',
-     b"\\u20AC" * HUGE + b"' is unexpected\"}}\r\n"),
+     b"\\u20AC" * HUGE + b"' is unexpected\"}}\r\n", 2 * HUGE // 4096),
 ], ids=["id", "unexpected-key"])
 async def test_second_monitor_waits_little_while_a_huge_reply_is_written(
-        figures: Figures, name: str, command: bytes, start: bytes, end: bytes) -> None:
+        figures: Figures, name: str, command: bytes, start: bytes, end: bytes,
+        copied: int) -> None:
     async with sim_process() as (path, server):
         wait, trips, reply = await waits_during_a_huge_reply(path, command)
-    stall, cpu, peak = server
+    stall, cpu, peak, faults = server
     assert reply.startswith(start) and reply.endswith(end), reply[-200:]
     figures(f"a 21 MiB non-ASCII {name} echoed (42 MiB reply): second monitor's worst wait"
-            " / server loop stall / server CPU / server peak RSS growth",
+            " / server loop stall / its most page faults / server CPU / peak RSS growth",
             f"{wait * 1000:.0f} ms wall / {stall * 1000:.0f} ms CPU over {trips} round trips"
-            f" / {cpu:.1f} s / {peak:.0f} MiB")
-    # CPU time: what the server does in one go, whatever the machine's load.
-    assert stall < 0.050, stall  # was 0.7 s (id), s (key)
+            f" / {faults:.0f} / {cpu:.1f} s / {peak:.0f} MiB")
+    # CPU time: what the server does in one go, whatever the machine's load.  Was
+    # 0.8 s (id) and 2.7 s (key), with 162-180 MiB of peak growth.
+    assert stall < 0.050, stall
+    assert faults < FAULTS_PER_STEP + copied, faults  # 8,664 with the exception's own copy
     assert wait < 1.0, wait  # wall time: loose, for a loaded machine
 
 

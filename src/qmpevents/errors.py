@@ -43,9 +43,13 @@ class CommandFailure(QMPEventsError):
     """Raised by a server-side command handler: the error reply's QMP class and description."""
 
     def __init__(self, error_class: str, desc: str) -> None:
-        super().__init__(f"{error_class}: {desc}")
+        # The text is made when shown, not here: *desc* can name a peer's 20 MiB key.
+        super().__init__(error_class, desc)
         self.error_class = error_class
         self.desc = desc
+
+    def __str__(self) -> str:
+        return f"{self.error_class}: {self.desc}"
 
 
 class ProtocolError(QMPEventsError):
