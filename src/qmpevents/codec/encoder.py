@@ -10,9 +10,14 @@ real QEMU's.  Three QEMU habits are reproduced:
 * doubles are printed with ``%.17g``, so ``1.0`` becomes ``1``.
 
 A monitor with ``pretty=on`` gets the same text laid out by
-:func:`pretty_wire`: one member per line, four spaces per level, and every
-newline written as CRLF (QEMU's ``monitor_puts`` turns each ``\n`` into
-``\r\n``); an empty object is ``{``, CRLF, the enclosing indent, ``}``.
+:func:`pretty_wire` (:class:`PrettyLayout` for text fed in pieces): one member
+per line, four spaces per level, and every newline written as CRLF (QEMU's
+``monitor_puts`` turns each ``\n`` into ``\r\n``); an empty object is ``{``,
+CRLF, the enclosing indent, ``}``.
+
+A peer's value echoed back can be tens of MiB: strings are escaped at C speed,
+and :class:`MessageSteps` produces a message in bounded steps (a few ms each)
+for a server that must serve its other peers meanwhile.
 """
 
 from __future__ import annotations
