@@ -142,3 +142,39 @@ def test_pretty_layout_follows_the_steps() -> None:
     for step in (1, 1000, 50_000):
         layout = PrettyLayout()
         assert b"".join(layout.feed(piece) for piece in steps(value, step)) == whole, step
+
+
+# --- a server connection's output, a step at a time -----------------------------------------
+
+def test_what_follows_a_reply_in_steps_comes_with_its_last_step() -> None:
+    """Events sent while a huge reply is encoded wait behind it, in order, and come
+    out with its last step (nothing is left behind once no encoding is pending)."""
+    from robust_support import server
+
+    from qmpevents.protocol import Command
+
+    conn = server()
+    big = "\u20ac" * (4 * STEP_WORK)
+    conn.receive_data(b'{"execute": "x", "id": "' + big.encode() + b'"}\n{"execute": "y"}\n')
+
+    def next_command() -> Command:
+        while True:
+            event = conn.next_event()
+            if isinstance(event, Command):
+                return event
+
+    conn.send_return(next_command(), {})
+    assert conn.output_pending
+    conn.send_event(b"event-1\r\n")
+    conn.send_event(b"event-2\r\n")
+    pieces = [conn.data_to_send(one_step=True)]
+    while conn.output_pending:
+        pieces.append(conn.data_to_send(one_step=True))
+    assert len(pieces) > 4 and conn.output_size == 0 and conn.data_to_send() == b""
+    assert b"".join(pieces) == encode_message({"return": {}, "id": big}) + (
+        b"event-1\r\nevent-2\r\n")
+    assert pieces[-1].endswith(b"}\r\nevent-1\r\nevent-2\r\n")
+    assert b"event-1" not in b"".join(pieces[:-1])
+    # Without one_step, everything at once, as before.
+    conn.send_return(next_command(), big)
+    assert conn.data_to_send() == encode_message({"return": big}) and not conn.output_pending

@@ -150,10 +150,10 @@ or a sixteenth as many other items."""
 _ITEM_WORK = 16
 _BUCKET_WORK = 10 * _ITEM_WORK  # a key's bucket (tdb_hash) costs about ten items
 _SMALL_CONTAINER = 256
+"""Lists and dicts up to this size are pushed whole; bigger ones are walked in steps."""
 _SHORT_KEY = 64
 """Keys up to this length are written with their separators; longer ones are strings
 of their own on the work stack (counted, and cut if huge)."""
-"""Lists and dicts up to this size are pushed whole; bigger ones are walked in steps."""
 _UNBOUNDED = sys.maxsize
 
 
@@ -345,8 +345,8 @@ class PrettyLayout:
             match = _STRING_REST.match(data)
             assert match is not None  # the pattern matches the empty string
             emit(match.group())
-            if match.group(1) is None:
-                return match.group()
+            if match.group(1) is None:  # the string goes on in the next piece
+                return b"".join(out)
             self._in_string = False
             start = match.end()
         depth = self._depth

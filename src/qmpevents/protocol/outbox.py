@@ -74,18 +74,22 @@ class SteppedOutbox:
             return data
         out: list[bytes] = []
         taken = 0
+        stepped = False
         while taken < len(parts):
             part = parts[taken]
-            if isinstance(part, bytes):
+            if isinstance(part, bytes):  # ready: taken whatever the step
                 out.append(part)
                 self.size -= len(part)
                 taken += 1
                 continue
+            if stepped and one_step:
+                break
             out.append(part.next_piece())
+            stepped = True
             if part.done:
                 self._stepping -= 1
                 taken += 1
-            if one_step:
+            elif one_step:
                 break
         del parts[:taken]
         return b"".join(out)
