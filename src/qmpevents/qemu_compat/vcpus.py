@@ -15,14 +15,19 @@ threads already started and raises :class:`VcpuStartError`, which
 
 from __future__ import annotations
 
+import _thread
 import ctypes
+import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, NoReturn
 
 from qmpevents.errors import QMPEventsError
 
 _PR_SET_NAME = 15
+#: How long the threads may take to start (they start in microseconds): a
+#: thread whose failure could not even be reported is given up on after it.
+START_DEADLINE: Final = 5.0
 
 
 class VcpuStartError(QMPEventsError):
@@ -65,44 +70,99 @@ def qom_path(index: int) -> str:
     return f"/machine/unattached/device[{0 if index == 0 else index + 1}]"
 
 
+class _ThreadStart:
+    """What a vCPU thread runs: it carries its index, so that a failure reported
+    for it (see :meth:`VcpuThreads._unraisable`) names the thread."""
+
+    __slots__ = ("index", "owner")
+
+    def __init__(self, owner: VcpuThreads, index: int) -> None:
+        self.owner = owner
+        self.index = index
+
+    def __call__(self) -> None:
+        self.owner._run(self.index)
+
+
 class VcpuThreads:
-    """Start one waiting thread per vCPU; :meth:`stop` ends them."""
+    """Start one waiting thread per vCPU; :meth:`stop` ends them.
+
+    Raw ``_thread`` threads, not ``threading.Thread``: at the edge of the
+    host's memory a new thread can fail inside its own start-up (a
+    MemoryError before its first line), which ``Thread.start()`` would wait
+    for without end.  Such a failure reaches ``sys.unraisablehook``, which
+    :meth:`start` watches while the threads start.
+    """
 
     def __init__(self, topology: Topology, model: str) -> None:
         self.topology = topology
         self.model = model
         self._stop = threading.Event()
-        self._ready = threading.Barrier(topology.cpus + 1)
+        self._state = threading.Condition()
+        self._arrived = 0  # threads waiting for the stop: their id is known
+        self._running = 0  # threads inside _run
+        self._failed: int | None = None  # a thread that failed as it started
         self.thread_ids: list[int] = [0] * topology.cpus
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True,
-                                          name=f"CPU {i}/TCG") for i in range(topology.cpus)]
 
     def start(self) -> None:
         """Start every thread; on a refusal, end the ones started and raise VcpuStartError."""
-        for index, thread in enumerate(self._threads):
-            try:
-                thread.start()
-            except RuntimeError as exc:  # "can't start new thread"
-                self._ready.abort()  # the started threads stop waiting for the others
-                self.stop()
-                raise VcpuStartError(f"cannot start vCPU thread {index} of "
-                                     f"{self.topology.cpus}: {exc}") from None
-        self._ready.wait()  # every thread id is known before QMP answers
+        count = self.topology.cpus
+        previous = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        try:
+            for index in range(count):
+                try:
+                    _thread.start_new_thread(_ThreadStart(self, index), ())
+                except RuntimeError as exc:  # "can't start new thread"
+                    self._abort(f"cannot start vCPU thread {index} of {count}: {exc}")
+            with self._state:
+                self._state.wait_for(lambda: self._arrived == count or self._failed is not None,
+                                     timeout=START_DEADLINE)
+                failed, arrived = self._failed, self._arrived
+        finally:
+            sys.unraisablehook = previous
+        if failed is not None:
+            self._abort(f"cannot start vCPU thread {failed} of {count}: "
+                        "it failed as it started (out of memory)")
+        if arrived != count:
+            self._abort(f"cannot start vCPU thread {arrived} of {count}: "
+                        f"not started after {START_DEADLINE:g} s")
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """A thread's start-up failed (its MemoryError is not raised anywhere): say which."""
+        start = unraisable.object
+        if isinstance(start, _ThreadStart) and start.owner is self:
+            with self._state:
+                if self._failed is None:
+                    self._failed = start.index
+                self._state.notify_all()
+            return
+        sys.__unraisablehook__(unraisable)
+
+    def _abort(self, message: str) -> NoReturn:
+        self.stop()
+        raise VcpuStartError(message) from None
 
     def _run(self, index: int) -> None:
-        _set_thread_name(f"CPU {index}/TCG")
-        self.thread_ids[index] = threading.get_native_id()
+        with self._state:
+            self._running += 1
         try:
-            self._ready.wait()
-        except threading.BrokenBarrierError:
-            return  # a later thread could not start: the VM is not coming up
-        self._stop.wait()
+            _set_thread_name(f"CPU {index}/TCG")
+            self.thread_ids[index] = threading.get_native_id()
+            with self._state:
+                self._arrived += 1
+                self._state.notify_all()
+            self._stop.wait()
+        finally:
+            with self._state:
+                self._running -= 1
+                self._state.notify_all()
 
     def stop(self) -> None:
+        """End every thread started, and wait until they have."""
         self._stop.set()
-        for thread in self._threads:
-            if thread.ident is not None:  # never started: nothing to join
-                thread.join()
+        with self._state:
+            self._state.wait_for(lambda: self._running == 0, timeout=START_DEADLINE)
 
     def query_cpus_fast(self) -> list[dict[str, Any]]:
         return [{"thread-id": self.thread_ids[i], "props": self.topology.props(i),
