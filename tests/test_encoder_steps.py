@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qmpevents.codec import encode_message
+from qmpevents.codec import encode_message, encoder
 from qmpevents.codec.encoder import (
     STEP_WORK,
     MessageSteps,
@@ -178,3 +178,27 @@ def test_what_follows_a_reply_in_steps_comes_with_its_last_step() -> None:
     # Without one_step, everything at once, as before.
     conn.send_return(next_command(), big)
     assert conn.data_to_send() == encode_message({"return": big}) and not conn.output_pending
+
+
+def test_a_dict_with_huge_keys_is_ordered_in_bounded_steps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # QDict order needs each key's hash: a peer's MiB-long keys in an echoed id
+    # were hashed whole in the first step (120 ms for 7 Mi characters of €).
+    hashed: list[int] = []
+    byte_sums = encoder._byte_sums
+
+    def counting(data: bytes, offset: int) -> int:
+        hashed.append(len(data))
+        return byte_sums(data, offset)
+    big = "€" * (600 * 1024)
+    step = 64 * 1024
+    for value in ({"id": {big: 1, big + "x": 2, "k": 3}}, {"id": {big: 1}}):
+        line = encode_message(value)  # in one go, before counting
+        monkeypatch.setattr(encoder, "_byte_sums", counting)
+        steps = MessageSteps(value, step=step)
+        pieces = []
+        while not steps.done:
+            pieces.append(steps.next_piece())
+        monkeypatch.undo()
+        assert b"".join(pieces) == line
+    assert hashed and max(hashed) <= 3 * step, max(hashed)  # € is 3 bytes: one step's worth

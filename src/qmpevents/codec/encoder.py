@@ -41,14 +41,49 @@ def qdict_bucket(key: str) -> int:
 
 
 def _bucket(key: str) -> int:
-    # tdb_hash adds each byte shifted by (i * 5 % 24): the shift repeats every 24
-    # bytes, so the sum is 24 sums of every 24th byte, shifted -- at C speed, for
-    # a peer's megabytes-long key too.
     data = key.encode("utf-8", "surrogatepass")
-    value = 0x238F13AF * len(data)
+    return _bucket_of(len(data), _byte_sums(data, 0))
+
+
+def _byte_sums(data: bytes, offset: int) -> int:
+    """tdb_hash's sum over *data*, found at byte *offset* of the key.
+
+    tdb_hash adds each byte shifted by (i * 5 % 24): the shift repeats every 24
+    bytes, so the sum is 24 sums of every 24th byte, shifted -- at C speed, for
+    a peer's megabytes-long key too, and in pieces (:class:`_LongKeyBucket`).
+    """
+    value = 0
     for start in range(24):
-        value += sum(data[start::24]) << (start * 5 % 24)
+        value += sum(data[start::24]) << ((offset + start) % 24 * 5 % 24)
+    return value
+
+
+def _bucket_of(size: int, sums: int) -> int:
+    value = 0x238F13AF * size + sums
     return ((1103515243 * (value & 0xFFFFFFFF) + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
+
+
+class _LongKeyBucket:
+    """The bucket of a key too long to hash in one step, a slice of it per step.
+
+    Sliced by characters: each encodes to UTF-8 on its own ("surrogatepass"
+    too), so the slices' bytes are the key's bytes."""
+
+    __slots__ = ("_at", "_key", "_size", "_sums")
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+        self._at = self._size = self._sums = 0
+
+    def advance(self, characters: int) -> int | None:
+        """Hash up to *characters* more; the bucket once the whole key is hashed."""
+        key = self._key
+        end = min(len(key), self._at + max(1, characters))
+        data = key[self._at:end].encode("utf-8", "surrogatepass")
+        self._sums += _byte_sums(data, self._size)
+        self._size += len(data)
+        self._at = end
+        return _bucket_of(self._size, self._sums) if end == len(key) else None
 
 
 _cached_bucket = lru_cache(maxsize=4096)(_bucket)
@@ -128,16 +163,18 @@ class _Members:
 
 
 class _KeyOrder:
-    """A big dict's QDict order, worked out in steps: each key to its bucket
-    (newest first inside one), then the buckets in turn -- no sort."""
+    """A dict's QDict order, worked out in steps (a big dict, or one with a key
+    too long to hash at once): each key to its bucket (newest first inside
+    one), then the buckets in turn -- no sort."""
 
-    __slots__ = ("buckets", "index", "keys", "value")
+    __slots__ = ("buckets", "index", "keys", "long_key", "value")
 
     def __init__(self, value: Mapping[str, Any]) -> None:
         self.value = value
         self.keys = list(value)
         self.buckets: list[list[str]] = [[] for _ in range(QDICT_BUCKETS)]
         self.index = 0
+        self.long_key: _LongKeyBucket | None = None  # the key being hashed in steps
 
     def order(self) -> list[str]:
         return [key for bucket in self.buckets for key in reversed(bucket)]
@@ -195,10 +232,11 @@ def _encode(todo: list[Any], out: list[str], budget: int) -> None:
         elif isinstance(value, Mapping):
             if not value:
                 emit("{}")
-            elif len(value) > _SMALL_CONTAINER:
+            elif len(value) > _SMALL_CONTAINER or (
+                    len(value) > 1 and max(map(len, value)) > _CACHED_KEY):
                 push(_KeyOrder(value))
             else:
-                keys = qdict_order(list(value))
+                keys = qdict_order(list(value)) if len(value) > 1 else list(value)
                 push(_Text("}"))
                 for index in range(len(keys) - 1, -1, -1):
                     key = keys[index]
@@ -257,13 +295,24 @@ def _encode(todo: list[Any], out: list[str], budget: int) -> None:
         elif kind is _KeyOrder:
             keys = value.keys
             buckets = value.buckets
-            start = value.index
-            end = min(len(keys), start + max(1, (budget - work) // _BUCKET_WORK))
-            for key in keys[start:end]:
-                buckets[qdict_bucket(key)].append(key)
-            value.index = end
-            work += (end - start) * _BUCKET_WORK
-            push(value if end < len(keys) else _Members(value.value, value.order()))
+            index = value.index
+            while index < len(keys) and work < budget:
+                key = keys[index]
+                if len(key) > _CACHED_KEY:  # a peer's long key: hashed a slice per step
+                    if value.long_key is None:
+                        value.long_key = _LongKeyBucket(key)
+                    bucket = value.long_key.advance(budget - work)
+                    work += min(len(key), budget - work)
+                    if bucket is None:
+                        break
+                    value.long_key = None
+                else:
+                    bucket = qdict_bucket(key)
+                    work += _BUCKET_WORK
+                buckets[bucket].append(key)
+                index += 1
+            value.index = index
+            push(value if index < len(keys) else _Members(value.value, value.order()))
         else:
             raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
 
