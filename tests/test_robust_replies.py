@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -30,6 +31,7 @@ from test_robust_framing import FAULTS_PER_STEP, _Echo, plain_slices
 
 from qmpevents.codec import encode_message
 from qmpevents.codec.encoder import STEP_WORK, MessageSteps
+from qmpevents.protocol import Command
 from qmpevents.server import QMPServer, UnixAddress
 from qmpevents.sim import SimulatedVM
 from qmpevents.testing import RawQMP
@@ -246,6 +248,13 @@ async def test_reply_to_a_peer_that_does_not_read_waits_for_it_and_holds_little(
         assert transport is not None
         held = transport.get_write_buffer_size()
         assert held < 1 << 20, held  # of a 6 MiB reply: the high-water mark and a step (768 KiB)
+        for n in range(20):  # events wait behind the reply: they take no steps of it
+            qmp.publish({"event": "TICK", "data": {"n": n},
+                         "timestamp": {"seconds": 1, "microseconds": n}})
+        flusher = monitor._flusher
+        await eventually(lambda: not flusher._scheduled, what="the events' flush ran")
+        # ... and wrote no step: the peer still reads nothing (was +600 KiB per event).
+        assert transport.get_write_buffer_size() <= held
         other = await RawQMP.unix(path)
         await other.negotiate()  # the others are served meanwhile
         await other.send(b'{"execute": "x", "id": 1}\n')
@@ -254,6 +263,8 @@ async def test_reply_to_a_peer_that_does_not_read_waits_for_it_and_holds_little(
         assert conn.output_pending and conn.pending_requests == 1  # still waiting
         reply = await reader.line(timeout=60)
         assert reply == encode_message({"return": {}, "id": EURO * (1 << 20)})
+        for n in range(20):  # the events, in order, after the reply
+            assert b'"n": %d}' % n in await reader.line()
         assert await reader.line() == b'{"return": {}, "id": 3}\r\n'
     finally:
         reader.writer.close()
@@ -276,3 +287,33 @@ async def test_reply_being_encoded_is_written_whole_before_a_half_closed_peer_is
         await qmp.close()
     assert rest == (encode_message({"return": {}, "id": EURO * (1 << 20)})
                     + b'{"return": {}, "id": 2}\r\n')
+
+
+class _NotJSONLate:
+    """Returns a big value whose last member is not JSON: found only in a later step."""
+
+    def execute(self, command: Command) -> Any:
+        if command.name == "bad":
+            return ["x" * 1000] * 5000 + [object()]
+        return {}
+
+
+async def test_a_value_that_fails_in_a_later_step_drops_that_peer_not_the_server(
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = f"/tmp/qmpev-replies-bad-{os.getpid()}.sock"
+    qmp = QMPServer([UnixAddress(path)], _NotJSONLate(), version={})
+    await qmp.start()
+    victim = await RawQMP.unix(path)
+    other = await RawQMP.unix(path)
+    try:
+        await victim.negotiate()
+        await other.negotiate()
+        await victim.send(b'{"execute": "bad", "id": 1}\n')
+        await asyncio.wait_for(victim.reader.read(), 30)  # disconnected (it hung, half a line out)
+        await other.send(b'{"execute": "x", "id": 2}\n')
+        assert await other.line() == b'{"return": {}, "id": 2}\r\n'
+        assert "internal error; disconnecting it" in caplog.text
+    finally:
+        victim.writer.close()
+        other.writer.close()
+        await qmp.close()

@@ -142,7 +142,11 @@ class ServerConnection:
                                              "capabilities": self._capabilities}}))
 
     def send_return(self, command: Command, value: Any) -> None:
-        """Answer *command* with ``{"return": value}``."""
+        """Answer *command* with ``{"return": value}``.
+
+        A big *value* is encoded as :meth:`data_to_send` takes it, in steps:
+        it must not change meanwhile.
+        """
         self._finish(command)
         self._reply({"return": value}, command.id)
 

@@ -69,7 +69,12 @@ _log = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
-    """Runs one negotiated command: returns its value or raises :class:`CommandFailure`."""
+    """Runs one negotiated command: returns its value or raises :class:`CommandFailure`.
+
+    A big value is encoded after ``execute`` returns, a step per loop
+    iteration while the peer reads: return one that nothing changes
+    afterwards (a fresh value, or one that is never mutated).
+    """
 
     def execute(self, command: Command) -> Any: ...
 
@@ -260,8 +265,11 @@ class Monitor(asyncio.Protocol):
         try:
             self._pump_one()
         except Exception:  # a bug below: drop this client, keep serving the others
-            _log.exception("QMP monitor %s: internal error; disconnecting it", self.peer)
-            self.abort()
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        _log.exception("QMP monitor %s: internal error; disconnecting it", self.peer)
+        self.abort()
 
     def _pump_one(self) -> None:
         conn = self._conn
@@ -332,7 +340,13 @@ class Monitor(asyncio.Protocol):
         if conn is None or transport is None:
             return
         was_pending = conn.output_pending
-        data = conn.data_to_send(one_step=True)
+        if was_pending and self._writing_paused:
+            return  # resume_writing flushes again: a peer not reading gets no more steps
+        try:
+            data = conn.data_to_send(one_step=True)
+        except Exception:  # a value that is not JSON, met in a later step: a bug above
+            self._internal_error()
+            return
         if data:
             transport.write(self._layout.feed(data) if self._layout is not None else data)
         self._unsent = transport.get_write_buffer_size()
