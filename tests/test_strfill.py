@@ -7,12 +7,13 @@ what they give must be exactly what a join gives.
 from __future__ import annotations
 
 import mmap
+import platform
 import random
 from collections.abc import Generator
 
 import pytest
 
-from qmpevents.codec import gather, lexer
+from qmpevents.codec import gather, lexer, strfill
 from qmpevents.codec.lexer import Streamer, TokenRun
 from qmpevents.codec.strfill import FILL_ABOVE, StringFill, join_steps, widest
 
@@ -82,3 +83,15 @@ def test_a_huge_string_token_is_gathered_in_place_and_handed_over() -> None:
     (tokens,) = runs
     texts = [text for _tok, text in tokens]
     assert isinstance(texts[1], mmap.mmap) and texts[1][:] == b'"' + body + b'"'
+
+
+def test_strings_are_filled_in_place_on_cpython() -> None:
+    # The point of StringFill: on CPython the string is made once and filled, not
+    # joined (a silent fallback to the join would pass every other test here).
+    if platform.python_implementation() != "CPython":
+        pytest.skip("the in-place fill is CPython's")
+    assert strfill._NEW is not None
+    fill = StringFill(FILL_ABOVE, widest("\u20ac"))
+    made = fill._string
+    fill.add("\u20ac" * FILL_ABOVE)
+    assert fill.result() is made and made == "\u20ac" * FILL_ABOVE

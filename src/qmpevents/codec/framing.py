@@ -694,7 +694,7 @@ class Framer(Generic[T]):
                 continue
             assert tokens is not None
             if len(tokens) == 1:
-                raw = bytes(next(iter(tokens))[1])  # a big one is a bytearray
+                raw = bytes(next(iter(tokens))[1])  # a big one is a bytearray or an mmap
             else:
                 text = b"".join([*self._raw_parts, memoryview(buf)[raw_start:pos]])
                 starts = [at for at in (text.find(b"{"), text.find(b"[")) if at >= 0]

@@ -34,14 +34,32 @@ _WIDTHS: Final = ((0x7F, 1, "latin-1"), (0xFF, 1, "latin-1"),
                   (0x10FFFF, 4, f"utf-32-{sys.byteorder[0]}e"))
 
 
+def _characters_at(string: str, width: int) -> int:
+    """Where a compact string's characters are: they end the object, before a NUL."""
+    return id(string) + sys.getsizeof(string) - (len(string) + 1) * width
+
+
+def _layout_is_known() -> bool:
+    """Whether :func:`_characters_at` finds the characters of this interpreter's
+    strings, checked by reading ordinary ones (never by writing) at each width."""
+    for sample, width, encoding in (("ab" * 40, 1, "latin-1"), ("\xe9b" * 40, 1, "latin-1"),
+                                    ("\u20acb" * 40, 2, _WIDTHS[2][2]),
+                                    ("\U0001f600b" * 40, 4, _WIDTHS[3][2])):
+        expected = sample.encode(encoding)
+        if ctypes.string_at(_characters_at(sample, width), len(expected)) != expected:
+            return False
+    return True
+
+
 def _new_string() -> Callable[[int, int], object] | None:
-    api = getattr(ctypes, "pythonapi", None)
-    if sys.implementation.name != "cpython" or api is None:
+    if sys.implementation.name != "cpython" or not hasattr(ctypes, "pythonapi"):
         return None
-    new = api.PyUnicode_New
-    new.restype = ctypes.py_object
-    new.argtypes = (ctypes.c_ssize_t, ctypes.c_uint32)
-    return new  # type: ignore[no-any-return]
+    if not _layout_is_known():
+        return None
+    new: Callable[[int, int], object] = ctypes.pythonapi.PyUnicode_New
+    ctypes.pythonapi.PyUnicode_New.restype = ctypes.py_object
+    ctypes.pythonapi.PyUnicode_New.argtypes = (ctypes.c_ssize_t, ctypes.c_uint32)
+    return new
 
 
 _NEW = _new_string()
@@ -84,8 +102,7 @@ class StringFill:
         if _NEW is not None and length >= FILL_ABOVE:
             string = _NEW(length, widest)
             assert isinstance(string, str) and len(string) == length
-            # A new string's characters end the object, before a terminating NUL.
-            self._address = id(string) + sys.getsizeof(string) - (length + 1) * self._width
+            self._address = _characters_at(string, self._width)
             self._string = string
 
     def add(self, piece: str) -> None:

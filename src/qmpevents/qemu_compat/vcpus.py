@@ -102,12 +102,13 @@ class VcpuThreads:
         self._arrived = 0  # threads waiting for the stop: their id is known
         self._running = 0  # threads inside _run
         self._failed: int | None = None  # a thread that failed as it started
+        self._previous_hook = sys.unraisablehook  # what other failures go to meanwhile
         self.thread_ids: list[int] = [0] * topology.cpus
 
     def start(self) -> None:
         """Start every thread; on a refusal, end the ones started and raise VcpuStartError."""
         count = self.topology.cpus
-        previous = sys.unraisablehook
+        previous = self._previous_hook = sys.unraisablehook
         sys.unraisablehook = self._unraisable
         try:
             for index in range(count):
@@ -125,7 +126,7 @@ class VcpuThreads:
             self._abort(f"cannot start vCPU thread {failed} of {count}: "
                         "it failed as it started (out of memory)")
         if arrived != count:
-            self._abort(f"cannot start vCPU thread {arrived} of {count}: "
+            self._abort(f"cannot start vCPU threads: {count - arrived} of {count} "
                         f"not started after {START_DEADLINE:g} s")
 
     def _unraisable(self, unraisable: Any) -> None:
@@ -137,7 +138,7 @@ class VcpuThreads:
                     self._failed = start.index
                 self._state.notify_all()
             return
-        sys.__unraisablehook__(unraisable)
+        self._previous_hook(unraisable)
 
     def _abort(self, message: str) -> NoReturn:
         self.stop()
@@ -159,7 +160,8 @@ class VcpuThreads:
                 self._state.notify_all()
 
     def stop(self) -> None:
-        """End every thread started, and wait until they have."""
+        """End the threads: wait for those running (one still starting sees the stop
+        as it begins, and ends at once)."""
         self._stop.set()
         with self._state:
             self._state.wait_for(lambda: self._running == 0, timeout=START_DEADLINE)
