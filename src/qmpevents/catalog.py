@@ -122,7 +122,8 @@ known whatever it carries."""
 class RawText:
     """The slot that holds an event's received text: a slot, not a field, so it
     is no part of equality, ``repr`` or encoding, and costs no per-event
-    ``__dict__`` (which made a fast reader 10-15% slower)."""
+    ``__dict__``: an event held takes a quarter less memory (616 bytes with its
+    raw line instead of 823, for QEMU's usual events)."""
 
     __slots__ = ("_raw",)
     _raw: bytes
@@ -142,8 +143,9 @@ class _Received(RawText, Struct, kw_only=True, frozen=True, gc=False):
     ``data`` (an unknown event's, or members a newer QEMU added to an event
     that has none) is shared by every subscriber and not copied: treat it as
     read-only, as the typed data is.  Not tracked by the garbage collector
-    (``gc=False``: cheaper to make and free): an event never refers back to
-    itself, so it needs no cycle collection.
+    (``gc=False``, which msgspec requires of a Struct with a slot of its
+    own): an event never refers back to itself, so it needs no cycle
+    collection.
     """
 
     stamp: Timestamp = field(name="timestamp")
