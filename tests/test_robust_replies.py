@@ -17,17 +17,20 @@ import asyncio
 import contextlib
 import functools
 import os
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
 import pytest
 from qemu_support import QemuProcess, requires_qemu
 from robust_support import eventually
-from test_robust_framing import FAULTS_PER_STEP, _Echo, plain_slices
+from test_robust_framing import (
+    FAULTS_PER_STEP,
+    _Echo,
+    plain_slices,
+    second_monitor_waits,
+    server_in_a_child,
+)
 
 from qmpevents.codec import encode_message
 from qmpevents.codec.encoder import STEP_WORK, MessageSteps
@@ -79,62 +82,15 @@ asyncio.run(main())
 """
 
 
-@contextlib.asynccontextmanager
-async def sim_process() -> AsyncIterator[tuple[str, list[float]]]:
+def sim_process() -> contextlib.AbstractAsyncContextManager[tuple[str, list[float]]]:
     """A simulated VM in a child process: its socket path, and a list that gets its
     loop's worst stall and its CPU time (seconds), its peak RSS growth (MiB) and its
     loop's most page faults in one iteration, at the end."""
-    path = f"/tmp/qmpev-replies-{os.getpid()}.sock"
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _SERVER, path, os.path.dirname(__file__),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert child.stdin is not None and child.stdout is not None
-    figures: list[float] = []
-    try:
-        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
-        yield path, figures
-        child.stdin.write(b"stop\n")
-        figures.extend(map(float, (await asyncio.wait_for(child.stdout.readline(), 60))
-                           .split()))
-    finally:
-        if child.returncode is None:
-            child.kill()
-        await child.wait()
+    return server_in_a_child(_SERVER, f"/tmp/qmpev-replies-{os.getpid()}.sock")
 
 
-async def waits_during_a_huge_reply(path: str, command: bytes) -> tuple[float, int, bytes]:
-    """(a second monitor's worst reply wait while *command* is sent and its reply read,
-    its round trips, that reply)."""
-    sender = await RawQMP.unix(path)
-    await sender.negotiate()
-    other = await RawQMP.unix(path)
-    await other.negotiate()
-    done = asyncio.Event()
-    waits: list[float] = []
-
-    async def ping() -> None:
-        n = 0
-        while not done.is_set():
-            n += 1
-            began = time.perf_counter()
-            await other.send(b'{"execute": "query-status", "id": %d}\n' % n)
-            assert (await other.line()).endswith(b', "id": %d}\r\n' % n)
-            waits.append(time.perf_counter() - began)
-
-    async def send() -> bytes:
-        for chunk in plain_slices(command):
-            sender.writer.write(chunk)
-            await sender.writer.drain()
-        reply = await sender.line(timeout=120)
-        done.set()
-        return reply
-
-    pinger = asyncio.create_task(ping())
-    reply = await asyncio.wait_for(send(), 120)
-    await pinger
-    for peer in (sender, other):
-        peer.writer.close()
-    return max(waits), len(waits), reply
+async def _reply(sender: RawQMP) -> bytes:
+    return await sender.line(timeout=120)
 
 
 @pytest.mark.subprocess
@@ -151,7 +107,7 @@ async def test_second_monitor_waits_little_while_a_huge_reply_is_written(
         figures: Figures, name: str, command: bytes, start: bytes, end: bytes,
         copied: int) -> None:
     async with sim_process() as (path, server):
-        wait, trips, reply = await waits_during_a_huge_reply(path, command)
+        wait, trips, reply = await second_monitor_waits(path, plain_slices(command), _reply)
     stall, cpu, peak, faults = server
     assert reply.startswith(start) and reply.endswith(end), reply[-200:]
     figures(f"a 21 MiB non-ASCII {name} echoed (42 MiB reply): second monitor's worst wait"

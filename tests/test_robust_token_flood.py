@@ -49,7 +49,7 @@ async def test_second_monitor_waits_little_while_a_line_of_scalars_is_answered(
     # JSON object"), as each token after QEMU's token limit is.
     data = b"1 " * (128 << 10) + b"\n"
     async with qmp_server_process() as (path, stalls):
-        wait, trips = await second_monitor_waits(path, plain_slices(data))
+        wait, trips, _ = await second_monitor_waits(path, plain_slices(data))
     figures("a line of 128 Ki scalars, a reply each: second monitor's worst wait / "
             "server loop stall",
             f"{wait * 1000:.0f} ms wall / {stalls[0] * 1000:.0f} ms CPU over {trips} round trips")
