@@ -54,9 +54,10 @@ from __future__ import annotations
 
 import gc
 import mmap
+import re
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
@@ -103,11 +104,25 @@ RUN_WEIGHT = 256
 #: costs: input of one-byte messages (``1,1,1,...`` after an over-limit error,
 #: where QEMU answers every token) makes a message, and a reply, per byte or two.
 MESSAGE_WEIGHT = 32
+#: A server's framer hands out at most this many messages per feed under a
+#: budget, plus budget / MESSAGE_WEIGHT (``{}{}{}...`` made 4,096 in one 8 KiB
+#: read, each answered: 80 ms); the rest waits for the next feed.
+FEED_MESSAGES = 64
 _SHORT_RUN = 16
 _ENCODE = msgspec.json.encode
 #: A complete message of more bytes than this that the fast path may take is
 #: decided in bounded steps (:mod:`qmpevents.codec.sliced`) under a budget.
 SLICED_ABOVE = 2 * 1024 * 1024
+
+
+_NOT_BLANK: Final = re.compile(rb"[^ \t\r\n]")
+
+
+def _first_byte(buf: bytes, pos: int, end: int) -> bytes:
+    """The first byte of ``buf[pos:end]`` that is not QEMU's whitespace (or b""),
+    without copying what follows: a line of many messages asks once per message."""
+    found = _NOT_BLANK.search(buf, pos, end)
+    return b"" if found is None else buf[found.start():found.start() + 1]
 
 
 class Framer(Generic[T]):
@@ -130,6 +145,9 @@ class Framer(Generic[T]):
     that, fed under a budget, is decided in steps of *sliced_step* bytes
     (each one costs what a slice of the exact path does); *decode_line*
     must then be a plain JSON decode (what *from_value* gets).
+    With *feed_messages*, a feed under a budget hands out at most that many
+    messages plus budget / :data:`MESSAGE_WEIGHT` (a server answers each: many
+    tiny ones in one read were one long step); the rest waits for the next feed.
     """
 
     def __init__(self, decode_line: Callable[[bytes], T],
@@ -139,7 +157,8 @@ class Framer(Generic[T]):
                  decode_block: Callable[[bytes], list[T]] | None = None,
                  held_budget: HeldInputBudget | None = None,
                  from_message: Callable[[Any, bytes], T] | None = None,
-                 sliced_above: int | None = None, sliced_step: int = STEP) -> None:
+                 sliced_above: int | None = None, sliced_step: int = STEP,
+                 feed_messages: int | None = None) -> None:
         if (from_value is None) == (from_message is None):
             raise TypeError("a Framer takes exactly one of from_value and from_message")
         self._decode_line = decode_line
@@ -174,6 +193,9 @@ class Framer(Generic[T]):
         self._slow = False
         self.dropped_at_end = 0
         self._exact_left: int | None = None
+        self._feed_messages = feed_messages
+        #: Under a budget, the most messages one feed hands out (the rest waits).
+        self._message_cap: int | None = None
         # A huge message the exact path completed under a budget, parsed a step at a time.
         self._parse_job: Generator[None, None, Any] | None = None
         self._job_tokens = 0
@@ -220,6 +242,8 @@ class Framer(Generic[T]):
             queue.append(data)
             self._queued += len(data)
         self._exact_left = budget
+        self._message_cap = (None if budget is None or self._feed_messages is None
+                             else self._feed_messages + budget // MESSAGE_WEIGHT)
         while queue or self._parse_job is not None:
             if self._parse_job is not None and not self._parse_on():
                 break
@@ -313,9 +337,13 @@ class Framer(Generic[T]):
         block = self._decode_block is not None and self._block_ok
         if block and not self._slow and self._scan is None and not self._deferred:
             pos = self._try_block(buf, pos)
+        cap = self._message_cap
+        refused = -1  # the newline of a line the fast path refused whole
         while pos < end:
             if self._parse_job is not None:
                 return pos  # a message decided in steps comes first
+            if cap is not None and len(self._out) >= cap:
+                return pos  # many small messages on a line: the rest in the next step
             if self._slow:
                 pos = self._run_slow(buf, pos)
                 if (self._slow and pos < end) or self._parse_job is not None:
@@ -328,13 +356,16 @@ class Framer(Generic[T]):
                 if block and self._scan is None and not self._slow and not self._deferred:
                     pos = self._try_block(buf, pos)  # the lines after a message held over
                 continue
-            newline = buf.find(b"\n", pos)
+            # A line refused whole holds several messages (or is the exact path's):
+            # its messages are taken one by one, never the line's rest again.
+            newline = refused if pos <= refused else buf.find(b"\n", pos)
             if newline < 0:
                 pos = self._tail(buf, pos)
-            elif self._try_fast(buf[pos:newline]):
+            elif newline != refused and self._try_fast(buf[pos:newline]):
                 pos = newline + 1
             else:
-                pos = self._begin(buf, pos, buf[pos:newline].lstrip(_WS)[:1])
+                refused = newline
+                pos = self._begin(buf, pos, _first_byte(buf, pos, newline))
         return pos
 
     def _try_block(self, buf: bytes, pos: int) -> int:
@@ -397,7 +428,7 @@ class Framer(Generic[T]):
 
     def _tail(self, buf: bytes, pos: int) -> int:
         """An unterminated last line: QEMU does not need the newline."""
-        first = buf[pos:].lstrip(_WS)[:1]
+        first = _first_byte(buf, pos, len(buf))
         if not first:
             return len(buf)
         if (self._decode_block is not None and self._block_ok and first in _MESSAGE_START
@@ -836,7 +867,8 @@ def value_framer(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     """A framer yielding plain JSON values, as QEMU's monitor sees its input."""
     decoder = msgspec.json.Decoder()
     return Framer(decoder.decode, _identity, max_message_size=max_message_size,
-                  qemu_exact=qemu_exact, held_budget=held_budget, sliced_above=SLICED_ABOVE)
+                  qemu_exact=qemu_exact, held_budget=held_budget, sliced_above=SLICED_ABOVE,
+                  feed_messages=FEED_MESSAGES)
 
 
 def _identity(value: Any) -> Any:

@@ -54,6 +54,8 @@ _SQ_BODY: Final = re.compile(rb"[\x20-\x26\x28-\x5b\x5d-\xfd]*+(?:\\[\x20-\xfd]"
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"{}[]")
 _MAX_CARRY = 64  # an unfinished number or keyword longer than this is not JSON a peer means
 
+#: The first window of a line (:meth:`MessageScan.feed`): about a small message.
+_FIRST_WINDOW = 256
 #: :meth:`MessageScan.feed` results other than an end position.
 GOES_ON: Final = -1
 SUSPECT: Final = -2
@@ -111,10 +113,20 @@ class MessageScan:
             pos += 1
         # Line by line: a message usually ends with its line, and nothing
         # beyond its end is looked at.  (A line ends outside any string: a raw
-        # newline inside one is a stray byte.)
+        # newline inside one is a stray byte.)  A long line is taken in windows
+        # that double, so that many messages on one line (``{}{}{}...``) cost
+        # each its own length, not the rest of the line's: a token the window
+        # cuts is not taken (a string needs its quote, a number or keyword the
+        # byte after it), and the next window starts with it.
+        size = _FIRST_WINDOW
         while True:
-            newline = data.find(b"\n", pos)
-            window = end if newline < 0 else newline + 1
+            newline = data.find(b"\n", pos, pos + size)
+            if newline >= 0:
+                window, cut = newline + 1, False
+            else:
+                window = min(end, pos + size)
+                cut = window < end
+            size *= 2
             stop = _end_of(_RUN, data, pos, window)
             found = self._count(data, pos, stop)
             if found >= 0:
@@ -123,6 +135,9 @@ class MessageScan:
                 return SUSPECT
             if stop == end:
                 return GOES_ON
+            if cut:
+                pos = stop
+                continue
             if stop < window:
                 break
             pos = window
