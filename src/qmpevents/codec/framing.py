@@ -87,6 +87,7 @@ from qmpevents.codec.sliced import (
     sliced_fast_decode,
     zero_exponent,
 )
+from qmpevents.codec.stray import PendingStray
 
 T = TypeVar("T")
 
@@ -775,7 +776,14 @@ class Framer(Generic[T]):
         budget.charge(-now)
         self._charged = 0
 
-    def _emit_tokens(self, tokens: TokenRun | None, error: ParseError | None) -> None:
+    def _emit_tokens(self, tokens: TokenRun | None,
+                     error: ParseError | PendingStray | None) -> None:
+        if isinstance(error, PendingStray):
+            if self._exact_left is not None and self._from_message is None:
+                self._parse_job = error.steps()  # its text is built in steps, as a parse
+                self._job_tokens = error.steps_left * STEP_TOKENS
+                return
+            error = error.now()
         if self._from_message is not None:
             self._done.append((tokens, error))  # built with its text by _completed
             return

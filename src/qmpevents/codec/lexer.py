@@ -39,6 +39,7 @@ from qmpevents.codec.errors import (
     ParseErrorKind,
 )
 from qmpevents.codec.gather import GATHERING, Gathering
+from qmpevents.codec.stray import STRAY_STEP, PendingStray, stray_error
 
 MAX_NESTING = 1024
 MAX_TOKEN_COUNT = 2 * 1024 * 1024
@@ -158,8 +159,9 @@ class TokenRun:
         return self.count
 
 
-#: Callback receiving one message: (tokens, None) or (None, error).
-Emit = Callable[[TokenRun | None, ParseError | None], None]
+#: Callback receiving one message: (tokens, None) or (None, error); a stray byte's
+#: error after a huge token is a :class:`~qmpevents.codec.stray.PendingStray`.
+Emit = Callable[[TokenRun | None, ParseError | PendingStray | None], None]
 
 
 class Streamer:
@@ -402,11 +404,18 @@ class Streamer:
         return gathered.done()
 
     def _error(self) -> None:
-        # QEMU's error text holds the token: a huge one is copied then (once).
-        text = bytes(self._take_gathered()) if self._gathered is not None else bytes(self._token)
-        self._token.clear()
+        """QEMU's stray byte error: its text holds the token so far, whose bytes are
+        handed over, not copied; a huge one's text is built later, in steps."""
+        text: TokenText
+        if self._gathered is not None:
+            text = self._take_gathered()
+        elif len(self._token) >= BIG_TOKEN:
+            text, self._token = self._token, bytearray()
+        else:
+            text = bytes(self._token)
+            self._token.clear()
         self._state = _S.RECOVERY
-        self._process(Tok.ERROR, text)
+        self._deliver(None, PendingStray(text) if len(text) >= STRAY_STEP else stray_error(text))
 
     def _process(self, tok: Tok, text: TokenText) -> None:
         """QEMU's ``json_message_process_token``."""
@@ -418,12 +427,6 @@ class Streamer:
             self._brackets += 1
         elif tok is Tok.RSQUARE:
             self._brackets -= 1
-        elif tok is Tok.ERROR:
-            # QEMU formats the token with %s: a NUL byte ends it.
-            stray = text[:].split(b"\0", 1)[0].decode("utf-8", "replace")
-            self._deliver(None, ParseError(ParseErrorKind.LEXICAL,
-                                           f"JSON parse error, stray '{stray}'"))
-            return
         size = self._token_size + len(text) + 1
         if size > self._max_size:
             self._deliver(None, ParseError.too_large(size, self._max_size))
@@ -448,7 +451,7 @@ class Streamer:
             return
         self._deliver(TokenRun(raw, self._count, self._big), None)
 
-    def _deliver(self, tokens: TokenRun | None, error: ParseError | None) -> None:
+    def _deliver(self, tokens: TokenRun | None, error: ParseError | PendingStray | None) -> None:
         self._raw = bytearray()
         self._big = []
         self._big_size = 0

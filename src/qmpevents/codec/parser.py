@@ -28,8 +28,25 @@ __all__ = ["STEP_TOKENS", "STRING_SEGMENT", "JSONParseError", "parse_steps", "pa
            "parse_tokens", "string_steps"]
 
 
+#: QEMU's ``parse_error`` (json-parser.c) formats its message into ``char
+#: message[1024]`` with ``vsnprintf``: at most this many bytes of it follow
+#: "JSON parse error, ", cut wherever they end (a closing quote included).
+MESSAGE_MAX = 1023
+
+
 def _fail(message: str) -> JSONParseError:
-    return JSONParseError(ParseError(ParseErrorKind.SYNTAX, f"JSON parse error, {message}"))
+    """QEMU's ``parse_error``.  Its messages are ASCII (a keyword is lowercase
+    letters; the others are fixed texts or a ``\\u`` escape), so the byte cut is
+    a character cut."""
+    text = f"JSON parse error, {message[:MESSAGE_MAX]}"
+    return JSONParseError(ParseError(ParseErrorKind.SYNTAX, text))
+
+
+def _invalid_keyword(text: TokenText) -> JSONParseError:
+    """``invalid keyword '...'`` from no more of the token than the cut keeps: a
+    keyword of 60 MiB is never copied whole (its reply is QEMU's 1 KiB one)."""
+    shown = text[:MESSAGE_MAX].decode("ascii")  # the lexer takes only [a-z]
+    return _fail(f"invalid keyword '{shown}'")
 
 
 def _valid_codepoint(cp: int) -> bool:
@@ -264,7 +281,7 @@ def _scalar(tok: Tok, text: TokenText) -> Any:
             return False
         if text == b"null":
             return None
-        raise _fail(f"invalid keyword '{text[:].decode('ascii')}'")
+        raise _invalid_keyword(text)
     raise _fail("expecting value")
 
 
