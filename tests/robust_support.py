@@ -18,6 +18,7 @@ from typing import Any
 from qmpevents.codec import ParseError, encode_message
 from qmpevents.codec.lexer import Streamer
 from qmpevents.codec.parser import JSONParseError, parse_tokens
+from qmpevents.codec.stray import PendingStray
 from qmpevents.protocol import ServerConnection
 
 VERSION: dict[str, Any] = {}  # small: a fresh monitor per input encodes its greeting
@@ -31,7 +32,9 @@ def reference(data: bytes, **limits: int) -> list[Any]:
     """Messages of *data* per QEMU's exact algorithm: values or :class:`ParseError`."""
     out: list[Any] = []
 
-    def emit(tokens: Any, error: ParseError | None) -> None:
+    def emit(tokens: Any, error: ParseError | PendingStray | None) -> None:
+        if isinstance(error, PendingStray):  # a huge token's stray error, built late
+            error = error.now()
         if error is not None:
             out.append(error)
             return

@@ -31,6 +31,7 @@ from qmpevents.codec import (
 )
 from qmpevents.codec.lexer import Streamer, TokenRun
 from qmpevents.codec.parser import JSONParseError, parse_tokens
+from qmpevents.codec.stray import PendingStray
 from qmpevents.protocol import messages
 
 SURROGATES: tuple[Literal["Cs"]] = ("Cs",)  # no lone surrogates: not UTF-8
@@ -47,7 +48,9 @@ class Reference:
         self._streamer = Streamer(self._emit, max_message_size=max_message_size,
                                   max_nesting=max_nesting)
 
-    def _emit(self, tokens: TokenRun | None, error: ParseError | None) -> None:
+    def _emit(self, tokens: TokenRun | None, error: ParseError | PendingStray | None) -> None:
+        if isinstance(error, PendingStray):  # a huge token's stray error, built late
+            error = error.now()
         if error is not None:
             self.out.append(error)
             return

@@ -11,13 +11,16 @@ import pytest
 from qmpevents.codec import ParseError, ParseErrorKind, parser
 from qmpevents.codec.lexer import Streamer, Tok, TokenRun
 from qmpevents.codec.parser import JSONParseError, parse_string, parse_tokens
+from qmpevents.codec.stray import PendingStray
 
 
 def lex(data: bytes, **limits: int) -> list[Any]:
     """Every message (token list) or error text the streamer emits for *data*."""
     out: list[Any] = []
 
-    def emit(tokens: TokenRun | None, error: ParseError | None) -> None:
+    def emit(tokens: TokenRun | None, error: ParseError | PendingStray | None) -> None:
+        if isinstance(error, PendingStray):  # a huge token's stray error, built late
+            error = error.now()
         out.append(error.desc if error is not None else list(tokens or []))
 
     streamer = Streamer(emit, **limits)
