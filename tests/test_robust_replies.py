@@ -273,3 +273,32 @@ async def test_a_value_that_fails_in_a_later_step_drops_that_peer_not_the_server
         victim.writer.close()
         other.writer.close()
         await qmp.close()
+
+
+# -- keys holding U+0000: QEMU hashes them as it stores them, C0 80 ---------------------------
+
+NUL_KEY_COMMANDS = [
+    b'{"execute": "no-such-command", "id": {"b\\u0000": 1, "al": 2}}\n',
+    b'{"execute": "no-such-command", "id": {"\\u0000": 1, "a\\u0000b": 2, "k": 3, "zz": 4}}\n',
+    b'{"execute": "query-status", "arguments": {"b\\u0000": 1, "al": 2, "x\\u0000y": 3},'
+    b' "id": 3}\n',
+    b'{"execute": "query-status", "arguments": {"\\u0000\\u0000": 1, "q": 2, "r": 3}, "id": 4}\n',
+]
+
+
+def test_a_key_holding_nul_takes_the_bucket_of_its_c0_80_bytes() -> None:
+    # QEMU's writer gives {"al": 2, "b\u0000": 1} (witnessed below); hashing 00 gave
+    # the reverse order.
+    assert encode_message({"b\x00": 1, "al": 2}) == b'{"al": 2, "b\\u0000": 1}\r\n'
+
+
+@pytest.mark.qemu
+@requires_qemu
+async def test_keys_holding_nul_are_ordered_and_named_as_real_qemu_does() -> None:
+    async with QemuProcess() as qemu:
+        expected = await replies_of(qemu.socket_path, NUL_KEY_COMMANDS, False)
+    path = f"/tmp/qmpev-replies-nul-{os.getpid()}.sock"
+    async with SimulatedVM(qmp=[f"unix:{path}"], profile="qemu-7.2", start_paused=True):
+        got = await replies_of(path, NUL_KEY_COMMANDS, False)
+    assert got == expected
+    assert b"is unexpected" in expected[3] and b"is unexpected" in expected[4]

@@ -40,8 +40,14 @@ def qdict_bucket(key: str) -> int:
     return _cached_bucket(key) if len(key) <= _CACHED_KEY else _bucket(key)
 
 
+def qemu_bytes(text: str) -> bytes:
+    """*text* as QEMU stores a string: UTF-8, but U+0000 as ``C0 80`` (its parser's
+    modified UTF-8), which is what its hashes of a key see."""
+    return text.encode("utf-8", "surrogatepass").replace(b"\x00", b"\xc0\x80")
+
+
 def _bucket(key: str) -> int:
-    data = key.encode("utf-8", "surrogatepass")
+    data = qemu_bytes(key)
     return _bucket_of(len(data), _byte_sums(data, 0))
 
 
@@ -66,8 +72,8 @@ def _bucket_of(size: int, sums: int) -> int:
 class _LongKeyBucket:
     """The bucket of a key too long to hash in one step, a slice of it per step.
 
-    Sliced by characters: each encodes to UTF-8 on its own ("surrogatepass"
-    too), so the slices' bytes are the key's bytes."""
+    Sliced by characters: each encodes on its own (:func:`qemu_bytes`), so the
+    slices' bytes are the key's bytes."""
 
     __slots__ = ("_at", "_key", "_size", "_sums")
 
@@ -79,7 +85,7 @@ class _LongKeyBucket:
         """Hash up to *characters* more; the bucket once the whole key is hashed."""
         key = self._key
         end = min(len(key), self._at + max(1, characters))
-        data = key[self._at:end].encode("utf-8", "surrogatepass")
+        data = qemu_bytes(key[self._at:end])
         self._sums += _byte_sums(data, self._size)
         self._size += len(data)
         self._at = end

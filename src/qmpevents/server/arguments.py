@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from qmpevents.codec import qdict_order
+from qmpevents.codec.encoder import qemu_bytes
 from qmpevents.protocol import CommandFailure
 
 ArgType = Literal["string", "integer", "boolean", "number", "object", "array"]
@@ -194,7 +195,7 @@ _MASK32 = 0xFFFFFFFF
 
 def _g_str_hash(key: str) -> int:
     value = 5381
-    for byte in key.encode():
+    for byte in qemu_bytes(key):
         signed = byte - 256 if byte > 127 else byte  # GLib hashes (signed) chars
         value = (value * 33 + signed) & _MASK32
     return value if value > 1 else 2  # 0 and 1 mark unused and tombstone slots
