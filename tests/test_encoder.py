@@ -215,8 +215,10 @@ def test_encoded_line_is_ascii_and_parses_back(value: Any) -> None:
 # --- a peer's huge strings and keys --------------------------------------------------------
 
 def _tdb_hash_bucket(key: str) -> int:
-    """QEMU's tdb_hash as written (util/qdict.c), byte by byte, modulo the buckets."""
-    data = key.encode("utf-8", "surrogatepass")
+    """QEMU's tdb_hash as written (util/qdict.c), byte by byte, modulo the buckets,
+    over the key as QEMU holds it: U+0000 as C0 80 (witnessed against real QEMU in
+    test_robust_replies)."""
+    data = key.encode("utf-8", "surrogatepass").replace(b"\x00", b"\xc0\x80")
     value = (0x238F13AF * len(data)) & 0xFFFFFFFF
     for i, byte in enumerate(data):
         value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
