@@ -693,7 +693,9 @@ def plain_string_command(size: int) -> bytes:
 def test_big_message_is_decoded_in_bounded_steps_with_the_one_step_result() -> None:
     # 16 MiB: well over the sliced threshold, in-process (seconds of CPU for 64 MiB,
     # which the slow test below sends to a server).
-    for data in (big_command(16 << 20), plain_string_command(15 << 20)):
+    # ... and a 20 MiB key (was one step of about 90 ms: matched and decoded at once).
+    key_command = b'{"execute": "big", "arguments": {"' + b"k" * (20 << 20) + b'": 1}, "id": 1}\n'
+    for data in (big_command(16 << 20), plain_string_command(15 << 20), key_command):
         stalls: list[float] = []
         out = feed_as_a_server(value_framer(), plain_slices(data), stalls)
         assert out == [msgspec.json.decode(data)]
