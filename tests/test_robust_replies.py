@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
+import random
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
@@ -35,7 +37,8 @@ from test_robust_framing import (
 from qmpevents.codec import encode_message
 from qmpevents.codec.encoder import STEP_WORK, MessageSteps
 from qmpevents.protocol import Command
-from qmpevents.server import QMPServer, UnixAddress
+from qmpevents.server import QMPServer, UnixAddress, arguments
+from qmpevents.server.arguments import LongKeys, first_unexpected
 from qmpevents.sim import SimulatedVM
 from qmpevents.testing import RawQMP
 
@@ -302,3 +305,75 @@ async def test_keys_holding_nul_are_ordered_and_named_as_real_qemu_does() -> Non
         got = await replies_of(path, NUL_KEY_COMMANDS, False)
     assert got == expected
     assert b"is unexpected" in expected[3] and b"is unexpected" in expected[4]
+
+
+# -- several long unexpected keys: hashed ahead in steps, then named as QEMU names one ----------
+
+def _named(keys: list[str], visited: list[str]) -> str | None:
+    """first_unexpected as the monitor runs it: long keys hashed ahead, then the check."""
+    try:
+        return first_unexpected(keys, visited)
+    except LongKeys as long_keys:
+        for _ in long_keys.steps():
+            pass
+        try:
+            return first_unexpected(keys, visited)
+        finally:
+            long_keys.release()
+
+
+def test_long_unexpected_keys_hashed_ahead_are_named_as_when_hashed_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(11)
+    long = arguments.HASH_AHEAD + 1
+    for _ in range(40):
+        sizes = [3, 40, long, long + 7]
+        keys = ["".join(rng.choices("ab\x00\u20ac\U0001f600", k=rng.choice(sizes))) + str(i)
+                for i in range(rng.randrange(2, 6))]
+        visited = keys[:rng.randrange(0, 2)]
+        ahead = _named(keys, visited)
+        with monkeypatch.context() as at_once:
+            at_once.setattr(arguments, "HASH_AHEAD", 1 << 40)  # every key hashed in the check
+            assert first_unexpected(keys, visited) == ahead
+    assert not arguments._HASHED  # released
+
+
+@pytest.mark.subprocess
+async def test_second_monitor_waits_little_while_long_unexpected_keys_are_hashed(
+        figures: Figures) -> None:
+    # Naming one of several unexpected keys takes QEMU's GLib hash of each: 1.5 s in
+    # one step for two keys of 10 MiB, now hashed a slice per loop iteration.
+    keys = [b"k" * (10 << 20) + b"%d" % i for i in range(2)]
+    command = (b'{"execute": "query-status", "arguments": {"' + b'": 1, "'.join(keys)
+               + b'": 1}, "id": "key"}\n')
+    expected = _named([key.decode() for key in keys], [])
+    async with sim_process() as (path, server):
+        wait, trips, reply = await second_monitor_waits(path, plain_slices(command), _reply)
+    stall = server[0]
+    figures("two 10 MiB unexpected keys (one named, as QEMU names it): second monitor's "
+            "worst wait / server loop stall",
+            f"{wait * 1000:.0f} ms wall / {stall * 1000:.0f} ms CPU over {trips} round trips")
+    assert expected is not None and reply.endswith(
+        b"Parameter '" + expected.encode() + b"' is unexpected\"}}\r\n")
+    assert stall < 0.050, stall  # was 1.5 s
+
+
+@pytest.mark.qemu
+@requires_qemu
+async def test_long_unexpected_keys_are_named_as_real_qemu_does() -> None:
+    # Keys just over the hash-ahead bound, with NUL and astral characters.
+    rng = random.Random(3)
+    commands = []
+    for n in range(3):
+        keys = ["".join(rng.choices("ab\x00\u20ac\U0001f600", k=arguments.HASH_AHEAD // 3 + 9))
+                + str(i) for i in range(3)]
+        arguments_text = ", ".join(json.dumps(key) + ": 1" for key in keys)
+        commands.append(('{"execute": "query-status", "arguments": {' + arguments_text
+                         + f'}}, "id": {n}}}\n').encode())
+    async with QemuProcess() as qemu:
+        expected = await replies_of(qemu.socket_path, commands, False)
+    path = f"/tmp/qmpev-replies-long-{os.getpid()}.sock"
+    async with SimulatedVM(qmp=[f"unix:{path}"], profile="qemu-7.2", start_paused=True):
+        got = await replies_of(path, commands, False)
+    assert got == expected
+    assert all(b"is unexpected" in reply for reply in expected[1:])

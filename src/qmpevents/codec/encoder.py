@@ -56,7 +56,7 @@ def _byte_sums(data: bytes, offset: int) -> int:
 
     tdb_hash adds each byte shifted by (i * 5 % 24): the shift repeats every 24
     bytes, so the sum is 24 sums of every 24th byte, shifted -- at C speed, for
-    a peer's megabytes-long key too, and in pieces (:class:`_LongKeyBucket`).
+    a peer's megabytes-long key too, and in pieces (:class:`LongKeyBucket`).
     """
     value = 0
     for start in range(24):
@@ -69,7 +69,7 @@ def _bucket_of(size: int, sums: int) -> int:
     return ((1103515243 * (value & 0xFFFFFFFF) + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
 
 
-class _LongKeyBucket:
+class LongKeyBucket:
     """The bucket of a key too long to hash in one step, a slice of it per step.
 
     Sliced by characters: each encodes on its own (:func:`qemu_bytes`), so the
@@ -180,7 +180,7 @@ class _KeyOrder:
         self.keys = list(value)
         self.buckets: list[list[str]] = [[] for _ in range(QDICT_BUCKETS)]
         self.index = 0
-        self.long_key: _LongKeyBucket | None = None  # the key being hashed in steps
+        self.long_key: LongKeyBucket | None = None  # the key being hashed in steps
 
     def order(self) -> list[str]:
         return [key for bucket in self.buckets for key in reversed(bucket)]
@@ -306,7 +306,7 @@ def _encode(todo: list[Any], out: list[str], budget: int) -> None:
                 key = keys[index]
                 if len(key) > _CACHED_KEY:  # a peer's long key: hashed a slice per step
                     if value.long_key is None:
-                        value.long_key = _LongKeyBucket(key)
+                        value.long_key = LongKeyBucket(key)
                     bucket = value.long_key.advance(budget - work)
                     work += min(len(key), budget - work)
                     if bucket is None:

@@ -8,12 +8,12 @@ same so a client sees exactly the error real QEMU would give it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from qmpevents.codec import qdict_order
-from qmpevents.codec.encoder import qemu_bytes
+from qmpevents.codec.encoder import LongKeyBucket, qdict_bucket, qemu_bytes
 from qmpevents.protocol import CommandFailure
 
 ArgType = Literal["string", "integer", "boolean", "number", "object", "array"]
@@ -193,12 +193,64 @@ _MIN_SHIFT = 3
 _MASK32 = 0xFFFFFFFF
 
 
-def _g_str_hash(key: str) -> int:
-    value = 5381
-    for byte in qemu_bytes(key):
+def _djb2(data: bytes, value: int) -> int:
+    """g_str_hash's loop over *data*, from *value* (5381 for a whole key)."""
+    for byte in data:
         signed = byte - 256 if byte > 127 else byte  # GLib hashes (signed) chars
         value = (value * 33 + signed) & _MASK32
+    return value
+
+
+def _g_str_hash(key: str) -> int:
+    ahead = _HASHED.get(key) if len(key) > HASH_AHEAD else None
+    value = ahead[0] if ahead is not None else _djb2(qemu_bytes(key), 5381)
     return value if value > 1 else 2  # 0 and 1 mark unused and tombstone slots
+
+
+#: Keys longer than this are hashed ahead of the check, in steps (:class:`LongKeys`).
+HASH_AHEAD: Final = 64 * 1024
+#: Characters of a long key hashed per step (both hashes: a few ms).
+_HASH_STEP: Final = 16 * 1024
+#: Long keys hashed ahead: (g_str_hash before its 0/1 fix-up, QDict bucket).
+_HASHED: dict[str, tuple[int, int]] = {}
+
+
+class LongKeys(Exception):
+    """The check must order keys too long to hash in one step (a peer's MiBs-long
+    keys: 1.5 s for two of 10 MiB): hash them with :meth:`steps`, a slice per
+    step, then run the check again; :meth:`release` forgets them after it."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"{len(keys)} long keys to hash ahead")
+        self.keys = keys
+
+    def steps(self) -> Generator[None, None, None]:
+        for key in self.keys:
+            bucket = LongKeyBucket(key)
+            value = 5381
+            found: int | None = None
+            for start in range(0, len(key), _HASH_STEP):
+                piece = key[start:start + _HASH_STEP]
+                value = _djb2(qemu_bytes(piece), value)
+                found = bucket.advance(len(piece))
+                yield
+            assert found is not None
+            _HASHED[key] = (value, found)
+
+    def release(self) -> None:
+        for key in self.keys:
+            _HASHED.pop(key, None)
+
+
+def _qdict_order(keys: list[str]) -> list[str]:
+    """:func:`~qmpevents.codec.qdict_order`, with the buckets of long keys hashed ahead."""
+    if not any(len(key) > HASH_AHEAD for key in keys):
+        return qdict_order(keys)
+    position = {key: index for index, key in enumerate(keys)}
+
+    def bucket(key: str) -> int:
+        return _HASHED[key][1] if len(key) > HASH_AHEAD else qdict_bucket(key)
+    return sorted(keys, key=lambda key: (bucket(key), -position[key]))
 
 
 class _GHashKeys:
@@ -278,8 +330,11 @@ def first_unexpected(keys: list[str], visited: list[str]) -> str | None:
         # The table's layout only orders several: one key left over is the answer
         # without hashing it (a peer's 20 MiB key took 2 s of g_str_hash here).
         return left_over[0] if left_over else None
+    unhashed = [key for key in keys if len(key) > HASH_AHEAD and key not in _HASHED]
+    if unhashed:
+        raise LongKeys(unhashed)
     table = _GHashKeys()
-    for key in qdict_order(keys):
+    for key in _qdict_order(keys):
         table.insert(key)
     for key in visited:
         table.remove(key)

@@ -56,13 +56,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import select
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, Protocol
 
 from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, HeldInputBudget
 from qmpevents.codec.encoder import PrettyLayout
 from qmpevents.errors import CommandFailure
 from qmpevents.protocol import QUEUE_DEPTH, Command, ConnectionClosed, ServerConnection
+from qmpevents.server.arguments import LongKeys
 from qmpevents.server.broadcaster import Broadcaster
 
 _log = logging.getLogger(__name__)
@@ -133,6 +134,10 @@ class Monitor(asyncio.Protocol):
         self._writing_paused = False  # the transport is above its high-water mark
         self._layout = PrettyLayout() if pretty else None  # QEMU's pretty=on layout
         self._close_when_written = False  # closed while a reply was still being encoded
+        #: A command waiting while its long keys are hashed ahead, a step per iteration,
+        #: and every batch of keys hashed for it (forgotten once it has run).
+        self._hashing: tuple[Command, Generator[None, None, None]] | None = None
+        self._hashed: list[LongKeys] = []
         self.closed = False
         self.peer = "?"
 
@@ -273,8 +278,9 @@ class Monitor(asyncio.Protocol):
 
     def _pump_one(self) -> None:
         conn = self._conn
-        if conn is None or self.closed or self._writing_paused or conn.output_pending:
-            return  # resume_writing, or the end of the reply being encoded, pumps again
+        if (conn is None or self.closed or self._writing_paused or conn.output_pending
+                or self._hashing is not None):
+            return  # resume_writing, the reply's end or the hashing's end pumps again
         request = conn.next_event()
         if conn.accepts_events:
             self._broadcaster.add(self)  # negotiated: events flow from now on
@@ -293,6 +299,10 @@ class Monitor(asyncio.Protocol):
     def _run(self, conn: ServerConnection, command: Command) -> None:
         try:
             value = self._executor.execute(command)
+        except LongKeys as long_keys:  # checked before any effect: run it again after
+            self._hashing = (command, long_keys.steps())
+            self._hashed.append(long_keys)
+            asyncio.get_running_loop().call_soon(self._hash_on)
         except CommandFailure as failure:
             conn.send_failure(command, failure)
         except Exception as exc:  # a bug: answer anyway, so the client is not left waiting
@@ -302,6 +312,37 @@ class Monitor(asyncio.Protocol):
             if self.closed:
                 return  # the command ended the session (quit)
             conn.send_return(command, value)
+
+    def _hash_on(self) -> None:
+        """One step of hashing a command's long keys; the command once they are hashed."""
+        hashing = self._hashing
+        conn = self._conn
+        if hashing is None or conn is None:
+            return
+        command, steps = hashing
+        try:
+            if self.closed:
+                raise StopIteration
+            next(steps)
+        except StopIteration:
+            self._hashing = None
+            if not self.closed:
+                self._run(conn, command)  # may find more long keys (nested): hashed next
+            if self._hashing is None:
+                self._forget_hashed()
+                self._queue_flush()
+                self._schedule_pump()
+        except Exception:  # a bug below: drop this client, keep serving the others
+            self._hashing = None
+            self._forget_hashed()
+            self._internal_error()
+        else:
+            asyncio.get_running_loop().call_soon(self._hash_on)
+
+    def _forget_hashed(self) -> None:
+        for long_keys in self._hashed:
+            long_keys.release()
+        self._hashed.clear()
 
     # -- output --------------------------------------------------------------
 
