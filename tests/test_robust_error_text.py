@@ -12,18 +12,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
 from qemu_support import QemuProcess, requires_qemu
 from test_protocol_server import error_line, fresh, run
 from test_robust_framing import (
+    GREETING,
+    LoopStalls,
     feed_as_a_server,
     plain_slices,
     qmp_server_process,
+    raw_server,
     second_monitor_waits,
 )
 
+import qmpevents
 from qmpevents.codec import value_framer
 from qmpevents.codec.errors import ParseError
 from qmpevents.codec.stray import stray_steps
@@ -160,3 +165,24 @@ async def test_second_monitor_waits_little_while_a_huge_tokens_error_is_answered
                 f"round trips, {int(got) >> 20} MiB of replies")
         assert stalls[0] < 0.050, (name, stalls[0])  # was 117 / 111 / 71 ms
         assert wait < 1.0, (name, wait)  # wall time: loose, for a loaded machine
+
+
+@pytest.mark.subprocess
+async def test_a_client_reports_a_huge_stray_at_once_and_its_timeouts_hold(
+        figures: Figures, caplog: pytest.LogCaptureFixture) -> None:
+    # A server's 32 MiB string, then a control byte: the client's error text was the
+    # whole token, built in one step (130 ms for 60 MiB); it now shows its beginning.
+    line = b'"' + b"a" * (32 << 20) + b"\x01\n"
+    async with (raw_server(GREETING, after_negotiation=line) as path,
+                qmpevents.connect(f"unix:{path}", connect_timeout=5.0) as qmp):
+        with LoopStalls() as stalls:
+            began = time.perf_counter()
+            with pytest.raises(TimeoutError):
+                await qmp.execute("query-status", timeout=1.0)
+            late = time.perf_counter() - began - 1.0
+    figures("client: a 32 MiB string then a stray byte from the server",
+            f"execute(timeout=1) raised {late * 1000:+.0f} ms late; loop stall "
+            f"{stalls.worst * 1000:.0f} ms CPU")
+    assert stalls.worst < 0.050 and late < 0.25, (stalls.worst, late)
+    reports = [record.getMessage() for record in caplog.records if "stray" in record.getMessage()]
+    assert reports and all(len(report) < 1000 for report in reports), reports[:1]

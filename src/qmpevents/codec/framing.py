@@ -779,11 +779,14 @@ class Framer(Generic[T]):
     def _emit_tokens(self, tokens: TokenRun | None,
                      error: ParseError | PendingStray | None) -> None:
         if isinstance(error, PendingStray):
-            if self._exact_left is not None and self._from_message is None:
+            if self._from_message is not None:
+                error = error.excerpt()  # a client reports it: its beginning is enough
+            elif self._exact_left is not None:
                 self._parse_job = error.steps()  # its text is built in steps, as a parse
                 self._job_tokens = error.steps_left * STEP_TOKENS
                 return
-            error = error.now()
+            else:
+                error = error.now()
         if self._from_message is not None:
             self._done.append((tokens, error))  # built with its text by _completed
             return
