@@ -381,18 +381,22 @@ class Streamer:
         return (_S.KEYWORD, None) if byte in _LOWER else (None, Tok.KEYWORD)
 
     def _finish(self, tok: Tok) -> None:
-        text: TokenText
-        if self._gathered is not None:
-            text = self._take_gathered()
-        elif len(self._token) >= BIG_TOKEN:
-            # Handed over, not copied: a copy of a 30 MiB string token was one
-            # step of up to 84 ms (30 MiB written to memory never touched).
-            text, self._token = self._token, bytearray()
-        else:
-            text = bytes(self._token)
-            self._token.clear()
+        text = self._take_text()
         self._state = _S.START
         self._process(tok, text)
+
+    def _take_text(self) -> TokenText:
+        """The token's bytes; a big one's are handed over, not copied (a copy of a
+        30 MiB string token was one step of up to 84 ms: 30 MiB written to memory
+        never touched)."""
+        if self._gathered is not None:
+            return self._take_gathered()
+        if len(self._token) >= BIG_TOKEN:
+            text, self._token = self._token, bytearray()
+            return text
+        copied = bytes(self._token)
+        self._token.clear()
+        return copied
 
     def _take_gathered(self) -> mmap.mmap:
         """The huge token's bytes (its last ones with them), as one ``mmap``."""
@@ -406,14 +410,7 @@ class Streamer:
     def _error(self) -> None:
         """QEMU's stray byte error: its text holds the token so far, whose bytes are
         handed over, not copied; a huge one's text is built later, in steps."""
-        text: TokenText
-        if self._gathered is not None:
-            text = self._take_gathered()
-        elif len(self._token) >= BIG_TOKEN:
-            text, self._token = self._token, bytearray()
-        else:
-            text = bytes(self._token)
-            self._token.clear()
+        text = self._take_text()
         self._state = _S.RECOVERY
         self._deliver(None, PendingStray(text) if len(text) >= STRAY_STEP else stray_error(text))
 

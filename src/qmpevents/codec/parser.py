@@ -15,6 +15,7 @@ from typing import Any
 
 from qmpevents.codec.errors import JSONParseError, ParseError, ParseErrorKind
 from qmpevents.codec.lexer import Tok, TokenText
+from qmpevents.codec.steps import run_to_end
 from qmpevents.codec.strfill import join_steps
 
 _INT64_MIN = -(2**63)
@@ -65,13 +66,7 @@ def _hex4(text: TokenText, at: int) -> int:
 
 def parse_string(text: TokenText) -> str:
     """A quoted string token (either quote) to its value."""
-    steps = string_steps(text)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            value: str = done.value
-            return value
+    return run_to_end(string_steps(text))
 
 
 STRING_SEGMENT = 256 * 1024

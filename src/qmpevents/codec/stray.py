@@ -24,6 +24,7 @@ from collections.abc import Generator
 from typing import Final, NoReturn
 
 from qmpevents.codec.errors import JSONParseError, ParseError, ParseErrorKind
+from qmpevents.codec.steps import run_to_end
 from qmpevents.codec.strfill import StringFill, widest
 
 #: Bytes of the token one step decodes (about 1-3 ms).
@@ -70,13 +71,7 @@ class PendingStray:
 
 def stray_error(text: Buffer) -> ParseError:
     """The error for *text*, the token the lexer stopped at, in one go."""
-    steps = stray_steps(text)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            error: ParseError = done.value
-            return error
+    return run_to_end(stray_steps(text))
 
 
 def stray_steps(text: Buffer, step: int = STRAY_STEP) -> Generator[None, None, ParseError]:
