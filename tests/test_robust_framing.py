@@ -558,7 +558,8 @@ async def test_clients_that_send_over_the_limit_and_leave_are_let_go_soon(
         figures("4 clients that send a message over the 64 MiB limit and leave: freed after "
                 "/ server loop stall", f"{gone * 1000:.0f} ms after the last byte "
                 f"(sent in {sent - began:.1f} s) / {stalls.worst * 1000:.0f} ms CPU")
-        assert qmp.held_input.held == 0 and open_fds() == fds
+        # No fd of theirs kept (one an earlier test left may close meanwhile: <=).
+        assert qmp.held_input.held == 0 and open_fds() <= fds
         assert stalls.worst < 0.050, stalls.worst
         assert gone < 5.0, gone  # was minutes (30 s of CPU each)
     finally:
