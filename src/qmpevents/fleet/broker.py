@@ -109,7 +109,10 @@ async def connect(options: BrokerOptions, *, deadline: float | None = CONNECT_DE
         log.debug("nats: %s", reason)
         if reason != last_error[0] and on_error is not None:
             on_error(reason)
-        last_error[0] = reason
+        # The broker's refusal explains the resets that follow it: the error said at
+        # the deadline stays the refusal (a reset can beat its -ERR line to us).
+        if not _is_refusal(last_error[0]) or _is_refusal(reason):
+            last_error[0] = reason
 
     connecting = nats.connect(
         **options.connect_kwargs(), allow_reconnect=True, max_reconnect_attempts=-1,
@@ -123,6 +126,11 @@ async def connect(options: BrokerOptions, *, deadline: float | None = CONNECT_DE
                           f"{last_error[0]}") from None
     install_header_parser(client)
     return client
+
+
+def _is_refusal(reason: str) -> bool:
+    """Whether *reason* is the broker refusing this client's credentials."""
+    return "authorization" in reason.lower() or "authentication" in reason.lower()
 
 
 def describe(exc: BaseException) -> str:
