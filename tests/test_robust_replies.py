@@ -36,9 +36,9 @@ from test_robust_framing import (
 
 from qmpevents.codec import encode_message
 from qmpevents.codec.encoder import STEP_WORK, MessageSteps
-from qmpevents.protocol import Command
-from qmpevents.server import QMPServer, UnixAddress, arguments
-from qmpevents.server.arguments import LongKeys, first_unexpected
+from qmpevents.protocol import Command, unexpected
+from qmpevents.protocol.unexpected import LongKeys, first_unexpected
+from qmpevents.server import QMPServer, UnixAddress
 from qmpevents.sim import SimulatedVM
 from qmpevents.testing import RawQMP
 
@@ -325,7 +325,7 @@ def _named(keys: list[str], visited: list[str]) -> str | None:
 def test_long_unexpected_keys_hashed_ahead_are_named_as_when_hashed_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(11)
-    long = arguments.HASH_AHEAD + 1
+    long = unexpected.HASH_AHEAD + 1
     for _ in range(40):
         sizes = [3, 40, long, long + 7]
         keys = ["".join(rng.choices("ab\x00\u20ac\U0001f600", k=rng.choice(sizes))) + str(i)
@@ -333,9 +333,9 @@ def test_long_unexpected_keys_hashed_ahead_are_named_as_when_hashed_at_once(
         visited = keys[:rng.randrange(0, 2)]
         ahead = _named(keys, visited)
         with monkeypatch.context() as at_once:
-            at_once.setattr(arguments, "HASH_AHEAD", 1 << 40)  # every key hashed in the check
+            at_once.setattr(unexpected, "HASH_AHEAD", 1 << 40)  # every key hashed in the check
             assert first_unexpected(keys, visited) == ahead
-    assert not arguments._HASHED  # released
+    assert not unexpected._HASHED  # released
 
 
 @pytest.mark.subprocess
@@ -365,7 +365,7 @@ async def test_long_unexpected_keys_are_named_as_real_qemu_does() -> None:
     rng = random.Random(3)
     commands = []
     for n in range(3):
-        keys = ["".join(rng.choices("ab\x00\u20ac\U0001f600", k=arguments.HASH_AHEAD // 3 + 9))
+        keys = ["".join(rng.choices("ab\x00\u20ac\U0001f600", k=unexpected.HASH_AHEAD // 3 + 9))
                 + str(i) for i in range(3)]
         arguments_text = ", ".join(json.dumps(key) + ": 1" for key in keys)
         commands.append(('{"execute": "query-status", "arguments": {' + arguments_text
@@ -377,3 +377,48 @@ async def test_long_unexpected_keys_are_named_as_real_qemu_does() -> None:
         got = await replies_of(path, commands, False)
     assert got == expected
     assert all(b"is unexpected" in reply for reply in expected[1:])
+
+
+# -- qmp_capabilities: 'enable' checked first, then the unexpected key QEMU names ------------
+
+CAPABILITIES_ARGUMENTS = [
+    b'{"' + b"a" * 1000 + b'": 1, "' + b"b" * 1000 + b'": 1}',
+    b'{"x": 1, "enable": 5}',
+    b'{"x": 1, "y": 2, "z": 3, "w": 4}',
+    b'{"enable": [], "k": 1, "l\\u0000": 2}',
+]
+
+
+async def capabilities_replies(path: str) -> list[bytes]:
+    """Each bad ``qmp_capabilities`` before negotiation (a client each), then after."""
+    replies = []
+    for arguments_text in CAPABILITIES_ARGUMENTS:
+        command = b'{"execute": "qmp_capabilities", "arguments": ' + arguments_text + b'}\n'
+        qmp = await RawQMP.unix(path, retry=True)
+        try:
+            await qmp.line(timeout=60)  # the greeting
+            await qmp.send(command)
+            replies.append(await qmp.line(timeout=60))  # before negotiation
+            await qmp.send(b'{"execute": "qmp_capabilities"}\n')
+            await qmp.line(timeout=60)
+            await qmp.send(command)
+            replies.append(await qmp.line(timeout=60))  # after
+            qmp.writer.write_eof()  # QEMU serves the next client once this one is gone
+            await qmp.eof()
+        finally:
+            qmp.writer.close()
+    return replies
+
+
+@pytest.mark.qemu
+@requires_qemu
+async def test_qmp_capabilities_arguments_are_checked_as_real_qemu_checks_them() -> None:
+    # Attacker: 'x' was named before enable's type was checked, and the first key in
+    # input order instead of the one QEMU's hash table puts first.
+    async with QemuProcess() as qemu:
+        expected = await capabilities_replies(qemu.socket_path)
+    path = f"/tmp/qmpev-replies-caps-{os.getpid()}.sock"
+    async with SimulatedVM(qmp=[f"unix:{path}"], profile="qemu-7.2", start_paused=True):
+        got = await capabilities_replies(path)
+    assert got == expected
+    assert b"expected: array" in expected[2]

@@ -61,6 +61,7 @@ from qmpevents.protocol.states import (
     ServerState,
     StateMachine,
 )
+from qmpevents.protocol.unexpected import LongKeys, first_unexpected
 
 QUEUE_DEPTH: Final = 8
 """QEMU's ``QMP_REQ_QUEUE_LEN_MAX``: requests parsed but not yet run, per monitor."""
@@ -409,10 +410,11 @@ class ServerConnection:
         return None
 
     def _capabilities_problem(self, arguments: dict[str, Any]) -> str | None:
-        """QEMU's argument check of ``qmp_capabilities``: its error text, or None."""
-        for key in arguments:
-            if key != "enable":
-                return f"Parameter '{key}' is unexpected"
+        """QEMU's argument check of ``qmp_capabilities``: its error text, or None.
+
+        As QEMU's visitor: ``enable`` first, then the unexpected member it names
+        (several: the one first in its hash table's layout, see
+        :mod:`~qmpevents.protocol.unexpected`)."""
         enable = arguments.get("enable", [])
         if not isinstance(enable, list):
             return "Invalid parameter type for 'enable', expected: array"
@@ -421,7 +423,17 @@ class ServerConnection:
                 return f"Invalid parameter type for 'enable[{index}]', expected: string"
             if item not in _CAPABILITY_VALUES or item not in self._capabilities:
                 return f"Parameter 'null' does not accept value '{item}'"
-        return None
+        keys = list(arguments)
+        visited = ["enable"] if "enable" in arguments else []
+        try:
+            unexpected = first_unexpected(keys, visited)
+        except LongKeys as long_keys:  # keys over 64 KiB: hashed here, in one go
+            long_keys.hash_now()
+            try:
+                unexpected = first_unexpected(keys, visited)
+            finally:
+                long_keys.release()
+        return None if unexpected is None else f"Parameter '{unexpected}' is unexpected"
 
     def _negotiate(self, arguments: dict[str, Any], request_id: Any) -> None:
         problem = self._capabilities_problem(arguments)

@@ -63,7 +63,7 @@ from qmpevents.codec import DEFAULT_MAX_MESSAGE_SIZE, HeldInputBudget
 from qmpevents.codec.encoder import PrettyLayout
 from qmpevents.errors import CommandFailure
 from qmpevents.protocol import QUEUE_DEPTH, Command, ConnectionClosed, ServerConnection
-from qmpevents.server.arguments import LongKeys
+from qmpevents.protocol.unexpected import LongKeys
 from qmpevents.server.broadcaster import Broadcaster
 
 _log = logging.getLogger(__name__)
