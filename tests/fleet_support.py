@@ -22,7 +22,7 @@ import msgspec
 from cli_process import Cli, short_dir
 
 from qmpevents.fleet import FleetEvent, fleet_events
-from qmpevents.fleet.broker import BrokerOptions
+from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, ensure_stream
 from qmpevents.recording import read_recording
 from qmpevents.sim import SimulatedVM
 
@@ -233,3 +233,20 @@ async def until_stored(servers: list[str], count: int, timeout: float = 30) -> N
             raise TimeoutError(f"{stored} of {count} events stored")
         await asyncio.sleep(0.05)
     assert stored == count
+
+
+@contextlib.asynccontextmanager
+async def jetstream(tmp_path: Path) -> AsyncIterator[tuple[NatsServer, Any, Any]]:
+    """A nats-server with the QMP stream, and a connection to it; both ended on exit."""
+    broker = NatsServer(tmp_path / "nats")
+    await broker.start()
+    try:
+        nc = await connect(BrokerOptions([broker.url]))
+        try:
+            js = nc.jetstream()
+            await ensure_stream(js, StreamSettings("QMP"))
+            yield broker, nc, js
+        finally:
+            await nc.close()
+    finally:
+        await broker.stop()

@@ -4,38 +4,18 @@ happens to its consumer (deleted by someone, lost with a broker restart)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_support import NatsServer
+from fleet_support import jetstream
 
 from qmpevents.fleet import ordered
-from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, ensure_stream
 from qmpevents.fleet.ordered import BATCH, EXPIRES, OrderedReader, Unroutable
 
 pytestmark = pytest.mark.service  # starts nats-server
 
 COUNT = 3 * BATCH + 17
-
-
-@asynccontextmanager
-async def jetstream(tmp_path: Path) -> AsyncIterator[tuple[NatsServer, Any, Any]]:
-    """A nats-server with the QMP stream, and a connection to it; both ended on exit."""
-    broker = NatsServer(tmp_path / "nats")
-    await broker.start()
-    try:
-        nc = await connect(BrokerOptions([broker.url]))
-        try:
-            js = nc.jetstream()
-            await ensure_stream(js, StreamSettings("QMP"))
-            yield broker, nc, js
-        finally:
-            await nc.close()
-    finally:
-        await broker.stop()
 
 
 async def publish(js: object, first: int, count: int) -> None:

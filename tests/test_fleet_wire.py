@@ -15,11 +15,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from fleet_support import NatsServer
+from fleet_support import jetstream
 from nats.aio.msg import Msg
 
 from qmpevents.fleet.acks import Acks, reply_error
-from qmpevents.fleet.broker import BrokerOptions, StreamSettings, connect, ensure_stream
 from qmpevents.fleet.publisher import Wire
 from qmpevents.fleet.spool import Position, SpoolRecord
 from qmpevents.fleet.subjects import message_id
@@ -41,25 +40,16 @@ def records() -> list[SpoolRecord]:
 
 
 async def test_frames_and_publish_send_the_same(tmp_path: Path) -> None:
-    broker = NatsServer(tmp_path / "nats")
-    await broker.start()
-    try:
-        nc = await connect(BrokerOptions([broker.url]))
-        try:
-            await ensure_stream(nc.jetstream(), StreamSettings("QMP"))
-            acks = await nc.subscribe("_ACKS.*")
-            seen = await nc.subscribe("qmp.>")  # what reaches the server, both ways
-            for frames in (True, False):
-                wire = Wire(nc, "QMP", frames=frames)
-                for n, record in enumerate(records()):
-                    await wire.publish(record, f"_ACKS.{n}")
-                await wire.flush()
-            got = [await seen.next_msg(timeout=5) for _ in range(2 * len(NAMES))]
-            answers = [(await acks.next_msg(timeout=5)).data for _ in range(2 * len(NAMES))]
-        finally:
-            await nc.close()
-    finally:
-        await broker.stop()
+    async with jetstream(tmp_path) as (_broker, nc, _js):
+        acks = await nc.subscribe("_ACKS.*")
+        seen = await nc.subscribe("qmp.>")  # what reaches the server, both ways
+        for frames in (True, False):
+            wire = Wire(nc, "QMP", frames=frames)
+            for n, record in enumerate(records()):
+                await wire.publish(record, f"_ACKS.{n}")
+            await wire.flush()
+        got = [await seen.next_msg(timeout=5) for _ in range(2 * len(NAMES))]
+        answers = [(await acks.next_msg(timeout=5)).data for _ in range(2 * len(NAMES))]
     stored = [msgspec.json.decode(a) for a in answers[:len(NAMES)]]
     assert [a.get("seq") for a in stored] == list(range(1, len(NAMES) + 1))
     # The same Nats-Msg-Id: JetStream takes the publish()ed copies for duplicates.
@@ -83,58 +73,48 @@ async def test_acks_follow_the_acknowledged_prefix_then_a_missing_stream(
         tmp_path: Path, routed: bool) -> None:
     """Acks (taken from the wire or through the subscription) move the prefix; a 503
     (no stream) is an error either way."""
-    broker = NatsServer(tmp_path / "nats")
-    await broker.start()
-    try:
-        nc = await connect(BrokerOptions([broker.url]))
-        try:
-            js = nc.jetstream()
-            await ensure_stream(js, StreamSettings("QMP"))
-            inbox = f"{nc.new_inbox()}."
-            acks = Acks(16, inbox)
-            delivered: list[Msg] = []  # what came the subscription's way
+    async with jetstream(tmp_path) as (_broker, nc, js):
+        inbox = f"{nc.new_inbox()}."
+        acks = Acks(16, inbox)
+        delivered: list[Msg] = []  # what came the subscription's way
 
-            async def via_subscription(msg: Msg) -> None:
-                delivered.append(msg)
-                await acks.on_reply(msg)
+        async def via_subscription(msg: Msg) -> None:
+            delivered.append(msg)
+            await acks.on_reply(msg)
 
-            sub = await nc.subscribe(f"{inbox}*", cb=via_subscription)
-            restore = acks.route(nc, sub._id) if routed else (lambda: None)
-            wire = Wire(nc, "QMP")
-            sent = records()
-            for n, record in enumerate(sent):
-                await wire.publish(record, f"{inbox}{n}")
-                acks.positions.append(Position(1, n + 1))
-                acks.sent = n + 1
-            await wire.flush()
-            taken: list[Position] = []
-            while len(taken) < len(sent):
-                await wait_progress(acks)
-                taken += acks.take()
-            assert taken == [Position(1, n + 1) for n in range(len(sent))]
-            assert acks.error is None
-            assert len(delivered) == (0 if routed else len(sent))
-
-            await js.delete_stream("QMP")  # now nothing answers: a 503 status
-            await wire.publish(sent[0], f"{inbox}{len(sent)}")
-            acks.positions.append(Position(1, 99))
-            acks.sent += 1
-            await wire.flush()
+        sub = await nc.subscribe(f"{inbox}*", cb=via_subscription)
+        restore = acks.route(nc, sub._id) if routed else (lambda: None)
+        wire = Wire(nc, "QMP")
+        sent = records()
+        for n, record in enumerate(sent):
+            await wire.publish(record, f"{inbox}{n}")
+            acks.positions.append(Position(1, n + 1))
+            acks.sent = n + 1
+        await wire.flush()
+        taken: list[Position] = []
+        while len(taken) < len(sent):
             await wait_progress(acks)
-            assert acks.error is not None and "no stream" in acks.error
-            assert acks.take() == []
-            if not routed:
-                assert delivered[-1].headers == {"Status": "503"}
-            restore()  # the subscription gets them again
-            await wire.publish(sent[0], f"{inbox}{len(sent) + 1}")
-            await wire.flush()
-            async with asyncio.timeout(5):
-                while not delivered or delivered[-1].subject != f"{inbox}{len(sent) + 1}":
-                    await asyncio.sleep(0.01)  # polling what the subscription's task appends
-        finally:
-            await nc.close()
-    finally:
-        await broker.stop()
+            taken += acks.take()
+        assert taken == [Position(1, n + 1) for n in range(len(sent))]
+        assert acks.error is None
+        assert len(delivered) == (0 if routed else len(sent))
+
+        await js.delete_stream("QMP")  # now nothing answers: a 503 status
+        await wire.publish(sent[0], f"{inbox}{len(sent)}")
+        acks.positions.append(Position(1, 99))
+        acks.sent += 1
+        await wire.flush()
+        await wait_progress(acks)
+        assert acks.error is not None and "no stream" in acks.error
+        assert acks.take() == []
+        if not routed:
+            assert delivered[-1].headers == {"Status": "503"}
+        restore()  # the subscription gets them again
+        await wire.publish(sent[0], f"{inbox}{len(sent) + 1}")
+        await wire.flush()
+        async with asyncio.timeout(5):
+            while not delivered or delivered[-1].subject != f"{inbox}{len(sent) + 1}":
+                await asyncio.sleep(0.01)  # polling what the subscription's task appends
 
 
 def test_an_error_answer_and_a_stream_named_error() -> None:
