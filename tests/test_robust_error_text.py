@@ -103,18 +103,13 @@ async def answers(path: str) -> dict[str, list[bytes]]:
     """Per input: its reply lines, before the reply to a command sent after it."""
     out = {}
     for name, data in WITNESSED.items():
-        qmp = await RawQMP.unix(path, retry=True)
-        try:
+        async with await RawQMP.unix(path, retry=True) as qmp:  # it closes as QEMU needs
             await qmp.negotiate()
             await qmp.send(data + b'{"execute": "no-such-cmd", "id": "end"}\n')
             lines = [await qmp.line(timeout=5.0)]
             while b'"id": "end"' not in lines[-1]:
                 lines.append(await qmp.line(timeout=5.0))
             out[name] = lines[:-1]  # (the simulated machine answers anything)
-            qmp.writer.write_eof()  # QEMU serves the next client once this one is gone
-            await qmp.eof()
-        finally:
-            qmp.writer.close()
     return out
 
 

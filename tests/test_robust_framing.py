@@ -658,18 +658,13 @@ async def replies_at_once(path: str) -> list[bytes]:
     """Per input: the reply line received with no byte sent after the input."""
     lines = []
     for data in STRAY_INSIDE:
-        qmp = await RawQMP.unix(path, retry=True)
-        try:
+        async with await RawQMP.unix(path, retry=True) as qmp:  # it closes as QEMU needs
             await qmp.negotiate()
             await qmp.send(data)
             lines.append(await qmp.line(timeout=5.0))  # nothing more is sent
             # ... and the monitor goes on (qmp-test.c's assert_recovered).
             await qmp.send(b"{ 'execute': 'no-such-cmd', 'id': 'next' }\n")
             assert b'"id": "next"' in await qmp.line(timeout=5.0)
-            qmp.writer.write_eof()  # QEMU serves the next client once this one is gone
-            await qmp.eof()
-        finally:
-            qmp.writer.close()
     return lines
 
 

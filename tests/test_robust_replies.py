@@ -394,8 +394,7 @@ async def capabilities_replies(path: str) -> list[bytes]:
     replies = []
     for arguments_text in CAPABILITIES_ARGUMENTS:
         command = b'{"execute": "qmp_capabilities", "arguments": ' + arguments_text + b'}\n'
-        qmp = await RawQMP.unix(path, retry=True)
-        try:
+        async with await RawQMP.unix(path, retry=True) as qmp:  # it closes as QEMU needs
             await qmp.line(timeout=60)  # the greeting
             await qmp.send(command)
             replies.append(await qmp.line(timeout=60))  # before negotiation
@@ -403,10 +402,6 @@ async def capabilities_replies(path: str) -> list[bytes]:
             await qmp.line(timeout=60)
             await qmp.send(command)
             replies.append(await qmp.line(timeout=60))  # after
-            qmp.writer.write_eof()  # QEMU serves the next client once this one is gone
-            await qmp.eof()
-        finally:
-            qmp.writer.close()
     return replies
 
 
