@@ -19,7 +19,7 @@ import functools
 import json
 import os
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from unittest import mock
 
@@ -184,66 +184,73 @@ async def test_huge_reply_is_written_as_real_qemu_writes_it(pretty: bool) -> Non
     assert b"\\uD83D\\uDE00" in expected[1] and b"Parameter 'a\\u20AC\\u00E9" in expected[2]
 
 
+@contextlib.asynccontextmanager
+async def server_in_process(name: str, executor: Any) -> AsyncIterator[tuple[QMPServer, str]]:
+    """A QMP server on a socket of this test's own (*name*), closed on exit."""
+    path = f"/tmp/qmpev-replies-{name}-{os.getpid()}.sock"
+    qmp = QMPServer([UnixAddress(path)], executor, version={})
+    await qmp.start()
+    try:
+        yield qmp, path
+    finally:
+        await qmp.close()
+
+
 # -- a peer that does not read its reply ------------------------------------------------------
 
 async def test_reply_to_a_peer_that_does_not_read_waits_for_it_and_holds_little() -> None:
     """The reply is encoded only as fast as its peer reads: while the transport is
     over its high-water mark no step is taken (memory: about the transport's
     buffer plus one step), requests wait, and the other monitors are served."""
-    path = f"/tmp/qmpev-replies-slow-{os.getpid()}.sock"
-    qmp = QMPServer([UnixAddress(path)], _Echo(), version={})
-    await qmp.start()
-    reader = await RawQMP.unix(path)
-    try:
-        await reader.negotiate()
-        (monitor,) = qmp._monitors
-        reader.writer.write(huge_id_command(1 << 20) + b'{"execute": "after", "id": 3}\n')
-        await reader.writer.drain()
-        conn = monitor._conn
-        assert conn is not None
-        await eventually(lambda: monitor._writing_paused, what="the transport paused")
-        assert conn.output_pending  # the reply waits, half-encoded
-        transport = monitor._transport
-        assert transport is not None
-        held = transport.get_write_buffer_size()
-        assert held < 1 << 20, held  # of a 6 MiB reply: the high-water mark and a step (768 KiB)
-        for n in range(20):  # events wait behind the reply: they take no steps of it
-            qmp.publish({"event": "TICK", "data": {"n": n},
-                         "timestamp": {"seconds": 1, "microseconds": n}})
-        flusher = monitor._flusher
-        await eventually(lambda: not flusher._scheduled, what="the events' flush ran")
-        # ... and wrote no step: the peer still reads nothing (was +600 KiB per event).
-        assert transport.get_write_buffer_size() <= held
-        other = await RawQMP.unix(path)
-        await other.negotiate()  # the others are served meanwhile
-        await other.send(b'{"execute": "x", "id": 1}\n')
-        assert await other.line() == b'{"return": {}, "id": 1}\r\n'
-        other.writer.close()
-        assert conn.output_pending and conn.pending_requests == 1  # still waiting
-        reply = await reader.line(timeout=60)
-        assert reply == encode_message({"return": {}, "id": EURO * (1 << 20)})
-        for n in range(20):  # the events, in order, after the reply
-            assert b'"n": %d}' % n in await reader.line()
-        assert await reader.line() == b'{"return": {}, "id": 3}\r\n'
-    finally:
-        reader.writer.close()
-        await qmp.close()
+    async with server_in_process("slow", _Echo()) as (qmp, path):
+        reader = await RawQMP.unix(path)
+        try:
+            await reader.negotiate()
+            (monitor,) = qmp._monitors
+            reader.writer.write(huge_id_command(1 << 20) + b'{"execute": "after", "id": 3}\n')
+            await reader.writer.drain()
+            conn = monitor._conn
+            assert conn is not None
+            await eventually(lambda: monitor._writing_paused, what="the transport paused")
+            assert conn.output_pending  # the reply waits, half-encoded
+            transport = monitor._transport
+            assert transport is not None
+            held = transport.get_write_buffer_size()
+            # Of a 6 MiB reply: the high-water mark and a step (768 KiB).
+            assert held < 1 << 20, held
+            for n in range(20):  # events wait behind the reply: they take no steps of it
+                qmp.publish({"event": "TICK", "data": {"n": n},
+                             "timestamp": {"seconds": 1, "microseconds": n}})
+            flusher = monitor._flusher
+            await eventually(lambda: not flusher._scheduled, what="the events' flush ran")
+            # ... and wrote no step: the peer still reads nothing (was +600 KiB per event).
+            assert transport.get_write_buffer_size() <= held
+            other = await RawQMP.unix(path)
+            await other.negotiate()  # the others are served meanwhile
+            await other.send(b'{"execute": "x", "id": 1}\n')
+            assert await other.line() == b'{"return": {}, "id": 1}\r\n'
+            other.writer.close()
+            assert conn.output_pending and conn.pending_requests == 1  # still waiting
+            reply = await reader.line(timeout=60)
+            assert reply == encode_message({"return": {}, "id": EURO * (1 << 20)})
+            for n in range(20):  # the events, in order, after the reply
+                assert b'"n": %d}' % n in await reader.line()
+            assert await reader.line() == b'{"return": {}, "id": 3}\r\n'
+        finally:
+            reader.writer.close()
 
 
 async def test_reply_being_encoded_is_written_whole_before_a_half_closed_peer_is_closed(
         ) -> None:
-    path = f"/tmp/qmpev-replies-eof-{os.getpid()}.sock"
-    qmp = QMPServer([UnixAddress(path)], _Echo(), version={})
-    await qmp.start()
-    reader = await RawQMP.unix(path)
-    try:
-        await reader.negotiate()
-        reader.writer.write(huge_id_command(1 << 20) + b'{"execute": "x", "id": 2}\n')
-        reader.writer.write_eof()  # QEMU answers every request, then closes
-        rest = await asyncio.wait_for(reader.reader.read(), 60)
-    finally:
-        reader.writer.close()
-        await qmp.close()
+    async with server_in_process("eof", _Echo()) as (_qmp, path):
+        reader = await RawQMP.unix(path)
+        try:
+            await reader.negotiate()
+            reader.writer.write(huge_id_command(1 << 20) + b'{"execute": "x", "id": 2}\n')
+            reader.writer.write_eof()  # QEMU answers every request, then closes
+            rest = await asyncio.wait_for(reader.reader.read(), 60)
+        finally:
+            reader.writer.close()
     assert rest == (encode_message({"return": {}, "id": EURO * (1 << 20)})
                     + b'{"return": {}, "id": 2}\r\n')
 
@@ -259,23 +266,21 @@ class _NotJSONLate:
 
 async def test_a_value_that_fails_in_a_later_step_drops_that_peer_not_the_server(
         caplog: pytest.LogCaptureFixture) -> None:
-    path = f"/tmp/qmpev-replies-bad-{os.getpid()}.sock"
-    qmp = QMPServer([UnixAddress(path)], _NotJSONLate(), version={})
-    await qmp.start()
-    victim = await RawQMP.unix(path)
-    other = await RawQMP.unix(path)
-    try:
-        await victim.negotiate()
-        await other.negotiate()
-        await victim.send(b'{"execute": "bad", "id": 1}\n')
-        await asyncio.wait_for(victim.reader.read(), 30)  # disconnected (it hung, half a line out)
-        await other.send(b'{"execute": "x", "id": 2}\n')
-        assert await other.line() == b'{"return": {}, "id": 2}\r\n'
-        assert "internal error; disconnecting it" in caplog.text
-    finally:
-        victim.writer.close()
-        other.writer.close()
-        await qmp.close()
+    async with server_in_process("bad", _NotJSONLate()) as (_qmp, path):
+        victim = await RawQMP.unix(path)
+        other = await RawQMP.unix(path)
+        try:
+            await victim.negotiate()
+            await other.negotiate()
+            await victim.send(b'{"execute": "bad", "id": 1}\n')
+            # Disconnected (it hung, half a line out).
+            await asyncio.wait_for(victim.reader.read(), 30)
+            await other.send(b'{"execute": "x", "id": 2}\n')
+            assert await other.line() == b'{"return": {}, "id": 2}\r\n'
+            assert "internal error; disconnecting it" in caplog.text
+        finally:
+            victim.writer.close()
+            other.writer.close()
 
 
 # -- keys holding U+0000: QEMU hashes them as it stores them, C0 80 ---------------------------
