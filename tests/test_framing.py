@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import tracemalloc
 from typing import Any, Literal
 
 import msgspec
@@ -505,7 +506,7 @@ def test_typed_framer_block_and_line_paths_agree() -> None:
     EVENT + b"\n" + EVENT + b"\n",  # LF only
 ])
 def test_block_decode_never_shifts_raw_lines(stream: bytes) -> None:
-    """The block decode takes only one message per line: the raw text stays each event's own."""
+    """However the values sit on the lines, the raw text stays each event's own."""
     whole = client_framer().feed(stream)
     line_path = Framer(messages.decode_line, messages.from_value).feed(stream)
     assert whole == line_path
@@ -514,6 +515,57 @@ def test_block_decode_never_shifts_raw_lines(stream: bytes) -> None:
     for item in whole:
         if isinstance(item, Event) and item.raw is not None:
             assert messages.decode_line(item.raw) == item
+
+
+def stamped_stop(microseconds: int) -> bytes:
+    return (b'{"timestamp": {"seconds": 1267041730, "microseconds": %d}, "event": "STOP"}'
+            % microseconds)
+
+
+def read_events(framer: Framer[Any], data: bytes) -> list[Event]:
+    """What *framer* makes of *data*, which must be catalog events only."""
+    items = framer.feed(data)
+    events = [item for item in items if isinstance(item, Event)]
+    assert len(events) == len(items)
+    return events
+
+
+def test_each_event_of_a_read_gets_its_own_raw_in_any_order() -> None:
+    """``raw`` is cut out of the read when asked for: each event finds its own
+    text even after the read's other events are gone and new events took
+    their memory."""
+    lines = [stamped_stop(index) for index in range(300)]
+    survivors = read_events(client_framer(), b"\r\n".join(lines) + b"\r\n")[::7]
+    later = read_events(client_framer(), b"\r\n".join(lines) + b"\r\n")
+    assert [event.raw for event in reversed(survivors)] == lines[::7][::-1]
+    assert [event.raw for event in later] == lines
+
+
+def test_equal_events_in_one_read_keep_their_own_texts() -> None:
+    first_text = b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}'
+    second_text = b'{"event": "STOP", "timestamp": {"microseconds": 2, "seconds": 1}}'
+    first, second = read_events(client_framer(), first_text + b"\n" + second_text + b"\n")
+    assert first == second
+    assert (second.raw, first.raw) == (second_text, first_text)
+
+
+def test_an_event_keeps_its_read_only_until_its_raw_is_read() -> None:
+    lines = [stamped_stop(index) for index in range(2000)]
+    tracemalloc.start()
+    try:
+        data = b"\r\n".join(lines) + b"\r\n"
+        size = len(data)
+        framer = client_framer()
+        events = read_events(framer, data)
+        kept = events[1000]
+        del data, events
+        framer.feed(b"")  # it holds its last output until the next feed
+        holding = tracemalloc.get_traced_memory()[0]
+        assert holding > size  # the read, for the one event left of it
+        assert kept.raw == lines[1000]
+        assert holding - tracemalloc.get_traced_memory()[0] > 0.9 * size
+    finally:
+        tracemalloc.stop()
 
 
 # --- hypothesis: chunking, exactness, garbage -----------------------------------------

@@ -241,11 +241,13 @@ class Subscription(Generic[E]):
                 if excess:
                     self._refill()
                 yield event
-            try:
-                event = await self.__anext__()
-            except StopAsyncIteration:
+            waited = await self._wait()  # what __anext__ does, two coroutines fewer
+            if waited is None:
+                self._detach()
+                if self._iter_raises:
+                    raise self._end_error()
                 return
-            yield event
+            yield waited
 
     async def __anext__(self) -> E:
         """Iteration ends normally at disconnect; a fatal error is raised."""

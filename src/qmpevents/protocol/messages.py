@@ -7,8 +7,6 @@ typed event classes, everything else to :class:`Envelope`, then to
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator
 from typing import Any, Final
 
 import msgspec
@@ -19,6 +17,7 @@ from qmpevents.catalog import (
     AnyEvent,
     Event,
     RawText,
+    ReadBlock,
     UnknownEvent,
     decode_event,
     event_from_value,
@@ -79,11 +78,8 @@ class Unrecognized(RawText, Struct, frozen=True, gc=False):
     def raw(self) -> bytes:
         """Its exact text (as an event's ``raw``, no part of equality): what a report
         shows, never the value's repr, which recurses once per level of nesting."""
-        try:
-            raw: bytes = self._raw
-        except AttributeError:  # parsed by the exact path without its text
-            return b""
-        return raw
+        raw = getattr(self, "_raw", None)  # unset: parsed by the exact path without its text
+        return raw if isinstance(raw, bytes) else b""
 
 
 def _unrecognized(value: Any, raw: bytes) -> Unrecognized:
@@ -128,40 +124,24 @@ def decode_line(line: bytes) -> ServerMessage:
     return message
 
 
-_EVENT_LIST = msgspec.json.Decoder(list[AnyEvent])
+_EVENTS = msgspec.json.Decoder(AnyEvent)
 
 
 def decode_event_block(block: bytes) -> list[Event]:
     """Whole lines that are all catalog events, decoded in one msgspec call.
 
     The framer's *decode_block*: a stream of events costs no interpreted work
-    per line but attaching its ``raw``.  The lines, joined by commas inside
-    ``[...]``, are one JSON array exactly when every line holds exactly one
-    value (a blank line gives ``,,``, a line cut inside a message an invalid
-    array, two messages on a line one more item than lines): one decode of
-    the array then validates every line at once.  Raises
-    ``msgspec.DecodeError`` unless every line holds exactly one event the
-    catalog knows (a reply, an unknown event, a blank line or two messages on
-    a line send the block line by line), so each event's ``raw`` is its line
-    without the terminator, as :func:`decode_line` gives (a line padded with
-    blanks keeps them here).
+    per event; each one's ``raw`` is cut out of the block only when asked for
+    (:class:`~qmpevents.catalog.ReadBlock`).  ``decode_lines`` takes JSON
+    values separated by whitespace, as QEMU's parser does, so a blank line, two
+    events on a line or one over several lines decode as the exact path
+    decodes them, and each ``raw`` is its value's exact text either way.
+    Raises ``msgspec.DecodeError`` unless the block is all events the catalog
+    knows (a reply or an unknown event sends it line by line).
     """
-    lines = block.lstrip(b" \t\r\n").splitlines()  # not \x0b/\x0c: stray to QEMU
-    if not lines:
-        return []
-    parts = lines.copy()
-    parts[0] = b"[" + parts[0]
-    parts[-1] += b"]"
-    events: list[Event] = _EVENT_LIST.decode(b",".join(parts))
-    if len(events) != len(lines):  # "a, b" on one line: two values, one line
-        raise msgspec.DecodeError("not one message per line")
-    _consume(map(set_raw, events, lines))  # at C speed: no Python step per event
+    events: list[Event] = _EVENTS.decode_lines(block)
+    ReadBlock.attach(block, events)
     return events
-
-
-def _consume(steps: Iterator[None]) -> None:
-    """Run an iterator to its end, keeping nothing (itertools' ``consume`` recipe)."""
-    deque(steps, maxlen=0)
 
 
 def from_value(value: Any, raw: bytes | None = None) -> ServerMessage:
