@@ -12,6 +12,8 @@ import json
 import math
 import os
 import random
+import sys
+import threading
 import tracemalloc
 from typing import Any, Literal
 
@@ -547,6 +549,34 @@ def test_equal_events_in_one_read_keep_their_own_texts() -> None:
     first, second = read_events(client_framer(), first_text + b"\n" + second_text + b"\n")
     assert first == second
     assert (second.raw, first.raw) == (second_text, first_text)
+
+
+def test_threads_reading_raw_of_one_read_at_once_each_get_their_own() -> None:
+    lines = [stamped_stop(index) for index in range(400)]
+    reads = [read_events(client_framer(), b"\n".join(lines) + b"\n") for _ in range(30)]
+    start = threading.Barrier(4)
+    seen: list[list[bytes | None]] = []
+
+    def read_all(offset: int) -> None:
+        start.wait()
+        for events in reads:  # every thread reads every read, each from another event
+            seen.append([events[(index + offset * 97) % len(events)].raw
+                         for index in range(len(events))])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=read_all, args=(offset,)) for offset in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    expected = {offset: [lines[(index + offset * 97) % len(lines)] for index in range(len(lines))]
+                for offset in range(4)}
+    assert len(seen) == 4 * len(reads)
+    assert all(texts in expected.values() for texts in seen)
 
 
 def test_an_event_keeps_its_read_only_until_its_raw_is_read() -> None:

@@ -162,10 +162,9 @@ class ReadBlock:
     def text_of(self, event: RawText) -> bytes | None:
         """The exact text *event* was decoded from (None for one not decoded from it)."""
         where = self._where
-        if where is None:
+        if where is None:  # threads that get here at once each build the same, whole
             self._values = _VALUES.decode_lines(self._text)
             where = self._where = dict(zip(self._ids, range(len(self._ids)), strict=True))
-            self._ids = []
         index = where.get(id(event))
         return None if index is None else bytes(self._values[index])
 
