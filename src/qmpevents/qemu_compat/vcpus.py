@@ -101,7 +101,9 @@ class VcpuThreads:
         self._state = threading.Condition()
         self._arrived = 0  # threads waiting for the stop: their id is known
         self._running = 0  # threads inside _run
-        self._failed: int | None = None  # a thread that failed as it started
+        self._started = 0  # threads the host accepted
+        self._failures = 0  # of those, how many failed as they started
+        self._failed: int | None = None  # the first of them
         self._previous_hook = sys.unraisablehook  # what other failures go to meanwhile
         self.thread_ids: list[int] = [0] * topology.cpus
 
@@ -110,18 +112,27 @@ class VcpuThreads:
         count = self.topology.cpus
         previous = self._previous_hook = sys.unraisablehook
         sys.unraisablehook = self._unraisable
+        refused: str | None = None
         try:
             for index in range(count):
                 try:
                     _thread.start_new_thread(_ThreadStart(self, index), ())
                 except RuntimeError as exc:  # "can't start new thread"
-                    self._abort(f"cannot start vCPU thread {index} of {count}: {exc}")
+                    refused = f"cannot start vCPU thread {index} of {count}: {exc}"
+                    break
+                self._started += 1
+                with self._state:
+                    # One thread starting at a time: at the edge of the host's
+                    # memory the refusal then comes as the next start's error,
+                    # never as a thread failing after the watch below has ended.
+                    if not self._state.wait_for(self._settled, timeout=START_DEADLINE):
+                        break
             with self._state:
-                self._state.wait_for(lambda: self._arrived == count or self._failed is not None,
-                                     timeout=START_DEADLINE)
                 failed, arrived = self._failed, self._arrived
         finally:
             sys.unraisablehook = previous
+        if refused is not None:
+            self._abort(refused)
         if failed is not None:
             self._abort(f"cannot start vCPU thread {failed} of {count}: "
                         "it failed as it started (out of memory)")
@@ -129,11 +140,16 @@ class VcpuThreads:
             self._abort(f"cannot start vCPU threads: {count - arrived} of {count} "
                         f"not started after {START_DEADLINE:g} s")
 
+    def _settled(self) -> bool:
+        """Every thread started has arrived or failed."""
+        return self._arrived + self._failures == self._started
+
     def _unraisable(self, unraisable: Any) -> None:
         """A thread's start-up failed (its MemoryError is not raised anywhere): say which."""
         start = unraisable.object
         if isinstance(start, _ThreadStart) and start.owner is self:
             with self._state:
+                self._failures += 1
                 if self._failed is None:
                     self._failed = start.index
                 self._state.notify_all()
