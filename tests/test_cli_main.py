@@ -21,6 +21,7 @@ async def test_help_has_examples_and_exit_statuses(command: str) -> None:
     assert "examples:\n  qmpevents " in out
     assert "exit status" in out
     assert "-v, --verbose" in out
+    assert all(char.isprintable() or char == "\n" for char in out)  # help is text too
 
 
 async def test_top_level_help_version_and_no_command() -> None:

@@ -279,6 +279,20 @@ async def test_message_too_large_is_loud(server: FakeQMP, caplog: pytest.LogCapt
             await qmp.execute("query-status")
 
 
+async def test_async_for_gives_the_queued_events_then_raises_the_fatal_error(
+        server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address, max_message_size=4096) as qmp:
+        stream = qmp.events()
+        await emit(qmp, ev("STOP"), ev("RESET"))
+        with pytest.raises(MessageTooLarge):
+            await qmp.execute("big", {"size": 100_000}, timeout=5)
+        names = []
+        with pytest.raises(MessageTooLarge):
+            async for event in stream:  # the iterator's own wait, not __anext__
+                names.append(event.name)
+        assert names == ["STOP", "RESET"]
+
+
 async def test_event_before_capabilities_reply() -> None:
     async with FakeQMP(event_before_reply=True) as fake:
         qmp = qmpevents.connect(fake.address)

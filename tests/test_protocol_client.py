@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from qmpevents.catalog import BlockIoError, Reset, Stop, Timestamp, UnknownEvent
+from qmpevents.catalog import BlockIoError, Event, Reset, Stop, Timestamp, UnknownEvent
 from qmpevents.errors import LocalProtocolError, MessageTooLarge
 from qmpevents.protocol import (
     NEED_DATA,
@@ -260,6 +260,29 @@ def test_bulk_path_only_for_reads_of_events_alone() -> None:
     assert [type(item) for item in items] == [Stop, Reset, Stop, Reply]
     assert items[-1].value == {"status": "paused"}
     assert conn.only_events_ready and conn.next_events() == []
+
+
+def test_a_reused_read_buffer_leaves_the_events_raw_alone() -> None:
+    conn = ready()
+    buffer = bytearray(b"\r\n".join([STOP, RESET]) + b"\r\n")
+    conn.receive_data(buffer)  # type: ignore[arg-type]  # what a recv_into loop passes
+    events = conn.next_events()
+    buffer[:] = b"x" * len(buffer)
+    assert [event.raw for event in events if isinstance(event, Event)] == [STOP, RESET]
+
+
+def test_a_pretty_printed_event_alone_in_its_read_is_parsed_as_qemu_does() -> None:
+    """Over several lines a message is the exact parser's, alone in its read or not."""
+    pretty = (b'{"timestamp": {"seconds": 1, "microseconds": 2},\r\n "event": "RTC_CHANGE",'
+              b'\r\n "data": {"offset": 1, "offset": 666}}\r\n')
+    alone = ready()
+    alone.receive_data(pretty)
+    shared = ready()
+    shared.receive_data(pretty + STOP + b"\r\n")
+    first = alone.next_events()
+    assert [type(item).__name__ for item in first] == ["ProtocolViolation"]
+    assert [type(item).__name__ for item in shared.next_events()] == [
+        "ProtocolViolation", "Stop"]
 
 
 def test_event_split_over_reads_and_without_newline() -> None:

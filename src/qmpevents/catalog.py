@@ -20,20 +20,18 @@ derives the strict per-profile validators, the shaping of outgoing event data
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Mapping
-from itertools import repeat
 from typing import TYPE_CHECKING, Any, Final, Literal, Union
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
-from msgspec.structs import force_setattr
 
 from qmpevents.catalog_schema import SchemaEvent, build_schema_events
 from qmpevents.codec.deep import parse_json_text
 from qmpevents.codec.encoder import encode_json
 from qmpevents.errors import EventValidationError
 from qmpevents.qapi import qemu72_schema
+from qmpevents.rawtext import RawText, set_raw
 
 Profile = Literal["seed", "qemu-7.2"]
 PROFILES: Final[tuple[Profile, ...]] = ("seed", "qemu-7.2")
@@ -122,63 +120,12 @@ NoData = dict[str, Any] | None
 added (as 4.0 did to RESET and SHUTDOWN), kept as a dict -- the event stays
 known whatever it carries."""
 
-class RawText:
-    """The slot that holds an event's received text: a slot, not a field, so it
-    is no part of equality, ``repr`` or encoding, and costs no per-event
-    ``__dict__``: an event held takes a quarter less memory (616 bytes with its
-    raw line instead of 823, for QEMU's usual events)."""
-
-    __slots__ = ("_raw",)
-    _raw: bytes | ReadBlock | None
-
-
-class ReadBlock:
-    """The text of one read, shared by the events decoded from it until each
-    one's ``raw`` is asked for.
-
-    Cutting every line out at decode time cost a sixth of a fast stream's
-    per-event time, for a text most consumers never read.  The first ``raw``
-    asked for of a read finds where each of its values ends (one msgspec
-    pass, into zero-copy ``Raw`` views) and which value is whose by identity:
-    the read's events were all alive, their ids distinct, when it was
-    decoded.  Until its ``raw`` is read, an event keeps its whole read alive
-    (at most the client's read size, shared with that read's other events).
-    """
-
-    __slots__ = ("__weakref__", "_ids", "_text", "_values", "_where")
-
-    def __init__(self, text: bytes, events: list[Any]) -> None:
-        self._text = text
-        self._ids: list[int] = list(map(id, events))
-        self._where: dict[int, int] | None = None
-        self._values: list[msgspec.Raw] = []
-
-    @classmethod
-    def attach(cls, text: bytes, events: list[Any]) -> None:
-        """Make *text*, which decoded to *events* (one JSON value each, in
-        order, with only whitespace between), their shared raw text."""
-        deque(map(force_setattr, events, repeat("_raw"), repeat(cls(text, events))), maxlen=0)
-
-    def text_of(self, event: RawText) -> bytes | None:
-        """The exact text *event* was decoded from (None for one not decoded from it)."""
-        where = self._where
-        if where is None:  # threads that get here at once each build the same, whole
-            self._values = _VALUES.decode_lines(self._text)
-            where = self._where = dict(zip(self._ids, range(len(self._ids)), strict=True))
-        index = where.get(id(event))
-        return None if index is None else bytes(self._values[index])
-
-
-set_raw: Final[Callable[[RawText, bytes | None], None]] = RawText.__dict__["_raw"].__set__
-"""``set_raw(event, text)``: attach the text an event was decoded from (frozen
-events refuse attribute assignment; the slot's own setter is the one way in)."""
-
-
 class _Received(RawText, Struct, kw_only=True, frozen=True, gc=False):
     """What every event has, known to the catalog or not.
 
     ``stamp`` keeps QMP's exact seconds/microseconds; :attr:`raw` is the exact
-    line it was decoded from (None for an event built locally).  Frozen, so
+    text it was decoded from (None for an event built locally, and for a copy
+    or an unpickled one: the text is no field).  Frozen, so
     that :attr:`raw` can never disagree with the fields.  A plain-dict
     ``data`` (an unknown event's, or members a newer QEMU added to an event
     that has none) is shared by every subscriber and not copied: treat it as
@@ -199,15 +146,17 @@ class _Received(RawText, Struct, kw_only=True, frozen=True, gc=False):
     def raw(self) -> bytes | None:
         """The exact JSON text received (without the line terminator or blanks).
 
-        An event decoded with the rest of its read gets its own copy the first
-        time this is read, and lets go of the read (see :class:`ReadBlock`).
+        An event decoded with others from one block gets its own copy the
+        first time this is read, and lets go of the block (see
+        :mod:`qmpevents.rawtext`).
         """
         try:
             raw = self._raw
         except AttributeError:  # never set: built locally
             return None
-        if isinstance(raw, ReadBlock):
-            raw = raw.text_of(self)
+        if isinstance(raw, tuple):
+            shared, index = raw
+            raw = shared.value(index)
             set_raw(self, raw)
         return raw
 
@@ -540,7 +489,6 @@ def _decode_any(text: bytes) -> Any:
         return parse_json_text(text)
 
 _TYPED = msgspec.json.Decoder(AnyEvent)
-_VALUES = msgspec.json.Decoder(msgspec.Raw)
 _UNKNOWN = msgspec.json.Decoder(UnknownEvent)
 
 
@@ -561,6 +509,22 @@ def decode_event(line: bytes) -> Event | UnknownEvent:
         return event_from_value(value, line)
     set_raw(event, line)
     return event
+
+
+decode_catalog_event: Final[Callable[[bytes], Event]] = _TYPED.decode
+"""One JSON text as a catalog event (``msgspec.ValidationError`` for any other
+event), with no ``raw`` attached."""
+
+
+def decode_event_lines(text: bytes) -> list[Event]:
+    """Every JSON value of *text* (separated by JSON whitespace) as a catalog event.
+
+    Raises ``msgspec.DecodeError`` (a ``ValidationError`` for an unknown event)
+    unless every value is one.  msgspec's ``decode_lines`` takes any JSON
+    whitespace between values, not only newlines, as QEMU's parser does.
+    """
+    events: list[Event] = _TYPED.decode_lines(text)
+    return events
 
 
 def event_from_value(value: Mapping[str, Any], raw: bytes | None = None) -> Event | UnknownEvent:

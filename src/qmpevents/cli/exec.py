@@ -36,7 +36,7 @@ true, null, [..]) and as a string otherwise.  --wait listens before the
 command is sent, so the event it causes cannot be missed; the event is
 printed (one JSON line, as received) after the reply.  What the server sent
 is printed terminal-safe: a character that is not printable is written as its
-JSON escape (\u001b, \u202e), the same JSON to jq; a number beyond a double's
+JSON escape (\\u001b, \\u202e), the same JSON to jq; a number beyond a double's
 range (1e400) is written 1e999.
 exit status: 0 success, 1 QMP error reply (class and description on stderr),
 no reply or no --wait event within --timeout, 2 usage error, 3 target unreachable

@@ -243,9 +243,7 @@ class Subscription(Generic[E]):
                 yield event
             waited = await self._wait()  # what __anext__ does, two coroutines fewer
             if waited is None:
-                self._detach()
-                if self._iter_raises:
-                    raise self._end_error()
+                self._finish_iteration()
                 return
             yield waited
 
@@ -259,11 +257,15 @@ class Subscription(Generic[E]):
             return event
         waited = await self._next(None)
         if waited is None:
-            self._detach()
-            if self._iter_raises:
-                raise self._end_error()
+            self._finish_iteration()
             raise StopAsyncIteration
         return waited
+
+    def _finish_iteration(self) -> None:
+        """No more events: unsubscribe, and raise the fatal error if one ended it."""
+        self._detach()
+        if self._iter_raises:
+            raise self._end_error()
 
     async def _next(self, timeout: float | None) -> E | None:
         """Wait for an event; None when the subscription has ended."""

@@ -9,8 +9,9 @@ Two paths give the same result (a property the tests check on random input):
   in one call (no Python loop per line either), falling back to line by line
   when that call refuses them;
 * anything the fast path cannot decode with certainty (a syntax error, single
-  quotes, a message over several lines, a byte QEMU's lexer refuses, or what
-  QEMU's parser treats differently from msgspec) goes through the exact port of QEMU's lexer and
+  quotes, a message over several lines that no block decode took, a byte
+  QEMU's lexer refuses, or what QEMU's parser treats differently from
+  msgspec) goes through the exact port of QEMU's lexer and
   streamer, from the start of that message until the stream is back at a
   clean message boundary and a newline.
 
@@ -187,6 +188,7 @@ class Framer(Generic[T]):
         self._scan: MessageScan | None = None
         self._deferred = False  # held without a scan yet (see _tail)
         self._held_exact_only = False  # what is held is certainly the exact path's
+        self._held_lines = False  # what is held spans lines: no block decode takes it
         self._skipping = False  # the rest of a message over the limit (see _skip_on)
         self._out: list[T | ParseError] = []
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
@@ -486,6 +488,7 @@ class Framer(Generic[T]):
             part = buf[pos:] if pos else buf
             if self._qemu_exact and not self._held_exact_only:
                 self._held_exact_only = self._exact_only(part)
+            self._held_lines = self._held_lines or b"\n" in part
             self._parts.append(part)
             self._held += len(buf) - pos
             self._charge()
@@ -631,9 +634,10 @@ class Framer(Generic[T]):
         """The held message and the complete lines after it in one block decode,
         as if the read had not cut the line (the usual case of an event stream):
         where the block ends, or 0 if refused.  Taken whole, the block held no
-        stray byte and no message ended before its line, so nothing is late."""
-        if self._decode_block is None or not self._block_ok:
-            return 0
+        stray byte and every message in it was complete in this read, so
+        nothing is late."""
+        if self._decode_block is None or not self._block_ok or self._held_lines:
+            return 0  # a message held over several lines: retried per read, it was quadratic
         cut = buf.rfind(b"\n", pos) + 1
         if not cut or self._held + cut - pos > self._max_fast_line:
             return 0
@@ -651,6 +655,7 @@ class Framer(Generic[T]):
         self._parts = []
         self._held = 0
         self._held_exact_only = False
+        self._held_lines = False
         self._scan = None
         self._deferred = False
 

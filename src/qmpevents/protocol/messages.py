@@ -14,16 +14,15 @@ from msgspec import Struct, field
 
 from qmpevents.catalog import (
     EVENT_TYPES,
-    AnyEvent,
     Event,
-    RawText,
-    ReadBlock,
     UnknownEvent,
+    decode_catalog_event,
     decode_event,
+    decode_event_lines,
     event_from_value,
-    set_raw,
 )
 from qmpevents.codec.deep import qemu_text_is_json
+from qmpevents.rawtext import RawDemand, RawText, attach_each, set_raw, share_text
 
 
 class Greeting(Struct, frozen=True):
@@ -78,8 +77,12 @@ class Unrecognized(RawText, Struct, frozen=True, gc=False):
     def raw(self) -> bytes:
         """Its exact text (as an event's ``raw``, no part of equality): what a report
         shows, never the value's repr, which recurses once per level of nesting."""
-        raw = getattr(self, "_raw", None)  # unset: parsed by the exact path without its text
-        return raw if isinstance(raw, bytes) else b""
+        try:
+            raw = self._raw
+        except AttributeError:  # parsed by the exact path without its text
+            return b""
+        assert isinstance(raw, bytes)  # only events share a block's text
+        return raw
 
 
 def _unrecognized(value: Any, raw: bytes) -> Unrecognized:
@@ -110,7 +113,7 @@ def decode_line(line: bytes) -> ServerMessage:
     Raises ``msgspec.DecodeError`` only for invalid JSON (the framer then takes
     the exact path); valid JSON of no known shape is :class:`Unrecognized`.
     """
-    if b'"event"' in line:
+    if b'"event"' in line or b"\\u" in line:  # the key may be escaped
         try:
             return decode_event(line)
         except msgspec.ValidationError:
@@ -124,23 +127,35 @@ def decode_line(line: bytes) -> ServerMessage:
     return message
 
 
-_EVENTS = msgspec.json.Decoder(AnyEvent)
+def decode_event_block(block: bytes, demand: RawDemand | None = None) -> list[Event]:
+    """Whole lines that are all catalog events, decoded with no interpreted work
+    per event: the framer's *decode_block*.
 
-
-def decode_event_block(block: bytes) -> list[Event]:
-    """Whole lines that are all catalog events, decoded in one msgspec call.
-
-    The framer's *decode_block*: a stream of events costs no interpreted work
-    per event; each one's ``raw`` is cut out of the block only when asked for
-    (:class:`~qmpevents.catalog.ReadBlock`).  ``decode_lines`` takes JSON
-    values separated by whitespace, as QEMU's parser does, so a blank line, two
-    events on a line or one over several lines decode as the exact path
-    decodes them, and each ``raw`` is its value's exact text either way.
     Raises ``msgspec.DecodeError`` unless the block is all events the catalog
-    knows (a reply or an unknown event sends it line by line).
+    knows, one per line (a reply, an unknown event, a blank line, two events
+    on a line or one over several lines send it line by line, where QEMU's
+    parser decides what a message over several lines is).  Until *demand*
+    (the connection's, see :class:`~qmpevents.rawtext.RawDemand`) says that
+    ``raw`` is read, one msgspec call decodes the block, and each event's
+    ``raw``, its value's exact text, is cut out of it when asked for (the
+    count of values and lines agreeing, a value can span lines only if
+    another shares one: its text is still exact).  Once ``raw`` is read, each
+    line is decoded alone and keeps its text at once.
     """
-    events: list[Event] = _EVENTS.decode_lines(block)
-    ReadBlock.attach(block, events)
+    if demand is not None and demand.seen:
+        return _decode_each_line(block)
+    events = decode_event_lines(block)
+    if len(events) != len(block) - len(block.replace(b"\n", b"")):  # faster than count
+        raise msgspec.DecodeError("not one message per line")
+    share_text(block, events, RawDemand() if demand is None else demand)
+    return events
+
+
+def _decode_each_line(block: bytes) -> list[Event]:
+    """Each line exactly one event (else ``msgspec.DecodeError``), its ``raw`` attached."""
+    lines = block.lstrip(b" \t\r\n").splitlines()  # not \x0b/\x0c: stray to QEMU
+    events = list(map(decode_catalog_event, lines))
+    attach_each(events, map(bytes.strip, lines))  # only JSON blanks: it decoded
     return events
 
 
