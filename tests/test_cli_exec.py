@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from cli_process import one_line_error, run, run_on_pty
@@ -87,6 +89,19 @@ async def test_unreachable_exits_3(tmp_path: object) -> None:
     status, _, err = await run("exec", "tcp:127.0.0.1:1", "query-status")
     assert status == 3
     one_line_error(err)
+
+
+async def test_a_busy_monitor_is_named_once(tmp_path: Path) -> None:
+    """A socket that accepts and stays silent, as QEMU's does for a second client."""
+    path = str(tmp_path / "busy.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        status, out, err = await run("exec", path, "query-status")
+    assert status == 3 and out == ""
+    one_line_error(err)
+    assert err.startswith(f"qmpevents exec: unix:{path}: connected, but no QMP greeting")
+    assert err.count(path) == 1
 
 
 async def test_quit_gets_its_reply(vm: SimulatedVM) -> None:

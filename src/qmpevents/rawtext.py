@@ -88,7 +88,9 @@ def _value_texts(text: bytes) -> list[bytes]:
             pos += 1
         if pos == end:
             return texts
-        stop = MessageScan(max_nesting=end).feed(text, pos)  # JSON: its end is found
+        stop = MessageScan(max_nesting=end).feed(text, pos)
+        if stop < 0:  # not for what msgspec decoded; never loop on it
+            raise RuntimeError("a shared text is not whole JSON values")
         texts.append(text[pos:stop + 1])
         pos = stop + 1
 

@@ -22,7 +22,7 @@ from qmpevents.cli.targets import (
     expand,
 )
 from qmpevents.client import QMPClient
-from qmpevents.errors import QMPError, QMPEventsError
+from qmpevents.errors import MonitorBusy, QMPError, QMPEventsError
 
 EXAMPLES = """\
 examples:
@@ -106,6 +106,9 @@ async def _exec(address: Address, command: str, arguments: dict[str, Any], timeo
     client = QMPClient(address, connect_timeout=timeout, **options)
     try:
         await client.connect()
+    except MonitorBusy as exc:  # reached, and it says which address
+        _say(str(exc))
+        return 3
     except (OSError, TimeoutError, QMPEventsError) as exc:
         _say(f"cannot reach {address}: {describe_error(exc)}")
         return 3
