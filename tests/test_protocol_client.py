@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -269,6 +270,28 @@ def test_a_reused_read_buffer_leaves_the_events_raw_alone() -> None:
     events = conn.next_events()
     buffer[:] = b"x" * len(buffer)
     assert [event.raw for event in events if isinstance(event, Event)] == [STOP, RESET]
+
+
+def test_once_raw_is_read_later_events_keep_only_their_own_text() -> None:
+    """A consumer that reads ``raw`` (watch --json, record) gets every text cut at once."""
+    lines = [b'{"timestamp": {"seconds": 1, "microseconds": %d}, "event": "STOP"}' % index
+             for index in range(800)]
+    conn = ready()
+    conn.receive_data(b"\r\n".join(lines) + b"\r\n")
+    first = [event for event in conn.next_events() if isinstance(event, Event)]
+    assert first[5].raw == lines[5]
+    tracemalloc.start()
+    try:
+        conn.receive_data(b"\r\n".join(lines) + b"\r\n")
+        second = [event for event in conn.next_events() if isinstance(event, Event)]
+        kept = second[400]
+        del first, second
+        conn.receive_data(STOP + b"\r\n")
+        conn.next_events()  # the framer lets go of its last output
+        assert tracemalloc.get_traced_memory()[0] < 16 * 1024  # not the 60 KB read
+        assert kept.raw == lines[400]
+    finally:
+        tracemalloc.stop()
 
 
 def test_a_pretty_printed_event_alone_in_its_read_is_parsed_as_qemu_does() -> None:
