@@ -8,6 +8,7 @@ every byte through the exact path alone (QEMU's lexer + streamer + parser,
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from qmpevents.codec.lexer import Streamer, TokenRun
 from qmpevents.codec.parser import JSONParseError, parse_tokens
 from qmpevents.codec.stray import PendingStray
 from qmpevents.protocol import messages
+from qmpevents.rawtext import RawDemand
 
 SURROGATES: tuple[Literal["Cs"]] = ("Cs",)  # no lone surrogates: not UTF-8
 
@@ -468,9 +470,18 @@ def test_a_framer_takes_exactly_one_way_to_build_messages(builders: dict[str, An
 
 # --- the client's typed framer --------------------------------------------------------
 
-def client_framer(**kwargs: Any) -> Framer[Any]:
+def client_framer(*, raw_read: bool = False, **kwargs: Any) -> Framer[Any]:
+    """The client's framer; *raw_read*: as once its consumer has read a ``raw``."""
+    demand = RawDemand()
+    demand.seen = raw_read
     return Framer(messages.decode_line, messages.from_value,
-                  decode_block=messages.decode_event_block, **kwargs)
+                  decode_block=functools.partial(messages.decode_event_block, demand=demand),
+                  **kwargs)
+
+
+def line_framer() -> Framer[Any]:
+    """The client's framer with no block decode: every line on its own."""
+    return Framer(messages.decode_line, messages.from_value)
 
 
 EVENT = (b'{"timestamp": {"seconds": 1267041730, "microseconds": 281295}, '
@@ -507,9 +518,10 @@ def test_typed_framer_block_and_line_paths_agree() -> None:
     EVENT + b"\r\n" + EVENT + b"\n" + EVENT + b"\r\n",  # an LF line among CRLF ones
     EVENT + b"\n" + EVENT + b"\n",  # LF only
 ])
-def test_block_decode_never_shifts_raw_lines(stream: bytes) -> None:
+@pytest.mark.parametrize("raw_read", [False, True])
+def test_block_decode_never_shifts_raw_lines(stream: bytes, raw_read: bool) -> None:
     """However the values sit on the lines, the raw text stays each event's own."""
-    whole = client_framer().feed(stream)
+    whole = client_framer(raw_read=raw_read).feed(stream)
     line_path = Framer(messages.decode_line, messages.from_value).feed(stream)
     assert whole == line_path
     assert [getattr(item, "raw", None) for item in whole] == [
@@ -806,15 +818,18 @@ def test_garbage_never_raises_and_buffer_stays_bounded(chunks: list[bytes], limi
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("raw_read", [False, True])
 @EXACT
 @given(st.lists(message_text(ascii_only=True), min_size=1, max_size=5),
        st.lists(st.integers(min_value=0), max_size=8))
-def test_typed_framer_equals_exact_path_on_valid_streams(texts: list[bytes],
+def test_typed_framer_equals_exact_path_on_valid_streams(raw_read: bool, texts: list[bytes],
                                                          cuts: list[int]) -> None:
     data = b"\r\n".join(texts) + b"\r\n"
-    got = feed_all(client_framer(), split_at(data, cuts))
+    got = feed_all(client_framer(raw_read=raw_read), split_at(data, cuts))
     want = [messages.from_value(value) for value in reference(data)]
     assert got == want
+    assert [getattr(item, "raw", None) for item in got] == [
+        getattr(item, "raw", None) for item in feed_all(line_framer(), split_at(data, cuts))]
 
 
 # --- C-speed runs of the exact path: the same as byte by byte -----------------------------
