@@ -667,8 +667,8 @@ class QMPClient:
 
         Listening starts when this is called, not when it is awaited, so
         ``w = qmp.wait_for(...)``, then a command, then ``await w`` cannot
-        miss the event.  ``wait_for(Reset)`` returns a Reset.  Raises
-        TimeoutError or ConnectionLost.
+        miss the event; *timeout* counts from the await.  ``wait_for(Reset)``
+        returns a Reset.  Raises TimeoutError or ConnectionLost.
         """
         waiter: FirstMatch[Any] = FirstMatch(EventFilter(names, match, predicate))
         self._subscribe(waiter)
