@@ -293,6 +293,19 @@ async def test_async_for_gives_the_queued_events_then_raises_the_fatal_error(
         assert names == ["STOP", "RESET"]
 
 
+@pytest.mark.parametrize("names", [(), ("RTC_CHANGE",)])
+async def test_only_a_filtered_subscription_has_raws_cut_at_decode(
+        server: FakeQMP, names: tuple[str, ...]) -> None:
+    """Sparse in its queue, each event would keep its whole read alive (see rawtext)."""
+    async with qmpevents.connect(server.address) as qmp:
+        stream = qmp.listen(*names)
+        await qmp.execute("blast", {"count": 2000})  # reads of events alone
+        queued = [stream.get_nowait() for _ in range(stream.qsize())]
+        assert len(queued) == 2000
+        cut = sum(isinstance(event._raw, bytes) for event in queued)  # not a shared read
+        assert cut == 2000 if names else cut < 1000
+
+
 async def test_event_before_capabilities_reply() -> None:
     async with FakeQMP(event_before_reply=True) as fake:
         qmp = qmpevents.connect(fake.address)

@@ -647,10 +647,60 @@ def test_a_message_held_over_many_lines_and_reads_is_block_decoded_once_at_most(
     assert sum(offered) < 2 * len(pretty)
 
 
+class ScanCountingBytes(bytes):
+    """Bytes that count how far the framer's newline searches on them reach."""
+
+    reached = 0
+
+    def find(self, sub: Any, start: Any = None, end: Any = None) -> int:
+        found = super().find(sub, start, end)
+        stop = len(self) if end is None else min(end, len(self))
+        ScanCountingBytes.reached += (stop if found < 0 else found) - (start or 0)
+        return found
+
+    def rfind(self, sub: Any, start: Any = None, end: Any = None) -> int:
+        stop = len(self) if end is None else min(end, len(self))
+        ScanCountingBytes.reached += stop - (start or 0)
+        return super().rfind(sub, start, end)
+
+    def rstrip(self, chars: Any = None) -> bytes:
+        ScanCountingBytes.reached += len(self)
+        return super().rstrip(chars)
+
+
+@pytest.mark.parametrize("separator", [b" ", b"\r"])
+def test_many_messages_and_no_newline_in_one_feed_cost_linear_time(separator: bytes) -> None:
+    """Each message searched the rest of the buffer for a newline (quadratic)."""
+    events = [stamped_stop(index) for index in range(2000)]
+    data = ScanCountingBytes(separator.join(events) + separator)
+    ScanCountingBytes.reached = 0
+    out = client_framer().feed(data)
+    assert len(out) == 2000
+    assert ScanCountingBytes.reached <= 8 * len(data)  # linear: not 1000 times it
+
+
+def test_many_messages_on_one_line_are_offered_to_the_block_decoder_once() -> None:
+    """Each message of a line refused whole was offered with the rest of the
+    line to the block decoder, which decoded it all again: quadratic."""
+    offered: list[int] = []
+
+    def counting(block: bytes) -> list[Any]:
+        offered.append(len(block))
+        return messages.decode_event_block(block)
+
+    data = b"".join(stamped_stop(index) for index in range(4000)) + b"\n"
+    framer = Framer(messages.decode_line, from_message=messages.from_value,
+                    decode_block=counting)
+    assert len(framer.feed(data)) == 4000
+    assert sum(offered) <= 2 * len(data)
+
+
 def test_raw_asked_for_deep_in_the_stack_of_an_event_nested_deep() -> None:
     text = (b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": '
-            b'{"x": ' + b"[" * 600 + b"]" * 600 + b'}}')
-    (event,) = read_events(client_framer(), text + b"\n")
+            b'{"x": ' + b"[" * 600 + b"]" * 600 + b', "s": "[{\\"}"}}')
+    odd = (b'{"timestamp": {"seconds": 1, "microseconds": 3}, "event": "RESUME", '
+           b'"data": {"y": 0e1}}')  # a number QEMU's lexer splits: valid JSON all the same
+    event, other = read_events(client_framer(), text + b"\n" + odd + b"\n")
 
     def raw_at_depth(depth: int) -> bytes | None:
         return event.raw if depth == 0 else raw_at_depth(depth - 1)
@@ -661,6 +711,7 @@ def test_raw_asked_for_deep_in_the_stack_of_an_event_nested_deep() -> None:
         here, frame = here + 1, frame.f_back
     # 600 levels asked for 560 frames short of the limit: msgspec's pass needs 600.
     assert raw_at_depth(sys.getrecursionlimit() - 560 - here) == text
+    assert other.raw == odd
 
 
 def test_an_escaped_event_key_is_an_event_whatever_shares_its_read() -> None:

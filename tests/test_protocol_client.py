@@ -294,6 +294,12 @@ def test_once_raw_is_read_later_events_keep_only_their_own_text() -> None:
         tracemalloc.stop()
 
 
+@pytest.mark.parametrize("data", [8, [123, 125, 10]])
+def test_only_bytes_like_input_is_taken(data: Any) -> None:
+    with pytest.raises(TypeError):
+        ready().receive_data(data)
+
+
 def test_a_pretty_printed_event_alone_in_its_read_is_parsed_as_qemu_does() -> None:
     """Over several lines a message is the exact parser's, alone in its read or not."""
     pretty = (b'{"timestamp": {"seconds": 1, "microseconds": 2},\r\n "event": "RTC_CHANGE",'

@@ -16,6 +16,7 @@ decoder cut every later line of it at once.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
@@ -24,8 +25,6 @@ from typing import Any, Final
 import msgspec
 from msgspec.structs import force_setattr
 
-from qmpevents.codec.scan import MessageScan
-
 SHARED_TEXT_MAX: Final = 128 * 1024
 """The biggest block whose events share its text: a client read (64 KiB)
 plus the line the read before it cut, with room to spare.  A bigger block
@@ -33,7 +32,7 @@ holds a big message carried over several reads; its events get their own
 copies at once, so that a small event never keeps a big neighbour alive."""
 
 _VALUES = msgspec.json.Decoder(msgspec.Raw)
-_BLANKS: Final = b" \t\r\n"
+_STRUCTURE: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[][{}]')
 
 
 class RawText:
@@ -79,20 +78,27 @@ class SharedText:
 
 
 def _value_texts(text: bytes) -> list[bytes]:
-    """Each JSON value's text, found without recursion, however deep it nests."""
+    """Each JSON value's text, found without recursion, however deep it nests.
+
+    *text* is whole JSON objects that msgspec decoded, so counting the
+    brackets outside strings finds where each one ends.
+    """
     texts: list[bytes] = []
-    end = len(text)
-    pos = 0
-    while True:
-        while pos < end and text[pos] in _BLANKS:
-            pos += 1
-        if pos == end:
-            return texts
-        stop = MessageScan(max_nesting=end).feed(text, pos)
-        if stop < 0:  # not for what msgspec decoded; never loop on it
-            raise RuntimeError("a shared text is not whole JSON values")
-        texts.append(text[pos:stop + 1])
-        pos = stop + 1
+    depth = 0
+    start = 0
+    for token in _STRUCTURE.finditer(text):
+        byte = text[token.start()]
+        if byte == 0x22:  # a string: skipped whole
+            continue
+        if byte in b"[{":
+            if depth == 0:
+                start = token.start()
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                texts.append(text[start:token.end()])
+    return texts
 
 
 set_raw: Final[Callable[[RawText, bytes], None]] = RawText.__dict__["_raw"].__set__

@@ -456,6 +456,9 @@ class QMPClient:
         self.reconnects = 0
         self._link: _Link | None = None
         self._sinks: dict[int, weakref.ref[Sink]] = {}
+        # A filtered subscription queues events sparsely: each would keep its
+        # whole read alive until its raw is read, so raws are cut at decode.
+        self._cut_raw_at_decode = False
         self._blocked: set[int] = set()
         self._closing = False
         self._ended: BaseException | None = None  # why subscribers were ended for good
@@ -492,6 +495,7 @@ class QMPClient:
     async def _open(self, *, hold: bool = False) -> _Link:
         loop = asyncio.get_running_loop()
         link = _Link(self, resync=self.reconnect, hold=hold)
+        link.proto.raw_demand.seen |= self._cut_raw_at_decode
         address = self.address
         async with deadline(self.clock, self.connect_timeout, f"{address}: not connected"):
             try:
@@ -690,6 +694,10 @@ class QMPClient:
     # -- the hub: subscribers and flow control --------------------------------
 
     def _subscribe(self, sink: Sink) -> None:
+        if isinstance(sink, Subscription) and not sink.filter.passes_all:
+            self._cut_raw_at_decode = True
+            if self._link is not None:
+                self._link.proto.raw_demand.seen = True
         key = id(sink)
         self._sinks[key] = weakref.ref(sink, lambda _ref: self._forget(key))
         if self._ended is not None:

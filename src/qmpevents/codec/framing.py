@@ -191,6 +191,12 @@ class Framer(Generic[T]):
         self._held_lines = False  # what is held spans lines: no block decode takes it
         self._skipping = False  # the rest of a message over the limit (see _skip_on)
         self._out: list[T | ParseError] = []
+        # Where the buffer being worked through has its last newline and its
+        # last byte that is not a blank: found once per buffer, not per message
+        # (a buffer of many messages and no newline was quadratic).
+        self._facts_of: bytes | None = None
+        self._last_newline = -1
+        self._last_solid = -1
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
         self._slow = False
@@ -264,6 +270,7 @@ class Framer(Generic[T]):
             queue.popleft()
             self._queued -= len(buf)
             self._head = 0
+            self._facts_of = None  # not kept alive for its facts
             if self._slow and self._streamer.idle:
                 # The next chunk starts afresh on the fast path.
                 self._slow = False
@@ -337,6 +344,10 @@ class Framer(Generic[T]):
         """Work through *buf* from *pos*: where it stopped (before the end: out of budget),
         or -1 when held input went back to the head of the queue."""
         end = len(buf)
+        if buf is not self._facts_of:
+            self._facts_of = buf
+            self._last_newline = buf.rfind(b"\n")
+            self._last_solid = len(buf.rstrip(_WS)) - 1
         block = self._decode_block is not None and self._block_ok
         if block and not self._slow and self._scan is None and not self._deferred:
             pos = self._try_block(buf, pos)
@@ -361,7 +372,8 @@ class Framer(Generic[T]):
                 continue
             # A line refused whole holds several messages (or is the exact path's):
             # its messages are taken one by one, never the line's rest again.
-            newline = refused if pos <= refused else buf.find(b"\n", pos)
+            newline = (refused if pos <= refused else -1 if pos > self._last_newline
+                       else buf.find(b"\n", pos))
             if newline < 0:
                 pos = self._tail(buf, pos)
             elif newline != refused and self._try_fast(buf[pos:newline]):
@@ -374,7 +386,7 @@ class Framer(Generic[T]):
     def _try_block(self, buf: bytes, pos: int) -> int:
         """Decode all complete lines of *buf* in one call; where they end, or *pos* if refused."""
         assert self._decode_block is not None
-        cut = buf.rfind(b"\n", pos) + 1
+        cut = self._last_newline + 1 if self._last_newline >= pos else 0
         if cut == 0 or cut - pos > self._max_fast_line:
             return pos
         try:
@@ -436,7 +448,7 @@ class Framer(Generic[T]):
             return len(buf)
         if (self._decode_block is not None and self._block_ok and first in _MESSAGE_START
                 and len(buf) - pos <= min(_DEFER_MAX, self._max_fast_line - 1)
-                and buf.rstrip(_WS)[-1:] not in _ENDS):
+                and buf[self._last_solid:self._last_solid + 1] not in _ENDS):
             # A line of an event stream cut by the read: the next read's block
             # decode almost always takes it with the lines after it, so it is
             # held unscanned (it cannot be complete: it does not end a message).
@@ -636,9 +648,13 @@ class Framer(Generic[T]):
         where the block ends, or 0 if refused.  Taken whole, the block held no
         stray byte and every message in it was complete in this read, so
         nothing is late."""
-        if self._decode_block is None or not self._block_ok or self._held_lines:
-            return 0  # a message held over several lines: retried per read, it was quadratic
-        cut = buf.rfind(b"\n", pos) + 1
+        if (self._decode_block is None or not self._block_ok or self._held_lines
+                or not self._parts):
+            # Nothing held from an earlier read (a message of a line refused
+            # whole: retried per message, it was quadratic), or a message held
+            # over several lines (retried per read).
+            return 0
+        cut = self._last_newline + 1 if self._last_newline >= pos else 0
         if not cut or self._held + cut - pos > self._max_fast_line:
             return 0
         try:

@@ -103,7 +103,9 @@ class ClientConnection:
                                            decode_block=self._decode_events,
                                            from_message=from_value)
         self._block_events = 0  # events the block decoder gave in the current feed
-        self._raw_demand = RawDemand()
+        #: Set ``raw_demand.seen`` to have every event's ``raw`` cut out at
+        #: decode (see :mod:`qmpevents.rawtext`); reading one ``raw`` sets it.
+        self.raw_demand = RawDemand()
         self._inbox: deque[Any] = deque()
         self._non_events = 0  # inbox items that are not events: 0 = hand out in bulk
         self._pending: dict[str, str] = {}
@@ -179,7 +181,7 @@ class ClientConnection:
         if self._input_ended:
             raise LocalProtocolError("the client cannot receive data after the end of input")
         if type(data) is not bytes:  # a caller's buffer: events may keep its text
-            data = bytes(data)
+            data = bytes(memoryview(data))  # (and no int or list of ints passes)
         self._machine.fire(ClientInput.RECEIVE_DATA)
         if not data:
             self._input_ended = True
@@ -198,7 +200,7 @@ class ClientConnection:
 
     def _decode_events(self, block: bytes) -> list[Event]:
         """The framer's block decoder, counting: a read it took whole needs no type test."""
-        events = decode_event_block(block, self._raw_demand)
+        events = decode_event_block(block, self.raw_demand)
         self._block_events += len(events)
         return events
 
