@@ -104,6 +104,7 @@ async def test_a_busy_monitor_is_named_once(tmp_path: Path) -> None:
     assert err.count(path) == 1
 
 
+
 async def test_quit_gets_its_reply(vm: SimulatedVM) -> None:
     status, out, err = await run("exec", vm.socket_path, "quit")
     assert (status, out, err) == (0, "{}\n", "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,15 @@ async def test_a_tls_server_that_requires_a_client_certificate_says_so(
             assert "lost" not in message
         async with qmpevents.connect(where, ssl=client_context(pki["client"])) as qmp:
             assert (await qmp.execute("query-status"))["status"] == "running"
+
+
+async def test_a_busy_monitor_is_a_connect_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "busy.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        with pytest.raises(qmpevents.ConnectError) as caught:
+            await qmpevents.connect(f"unix:{path}", greeting_timeout=0.2)
+    assert isinstance(caught.value, qmpevents.MonitorBusy)
+    assert caught.value.address == f"unix:{path}"
+    assert str(caught.value).startswith(f"unix:{path}: connected, but no QMP greeting")

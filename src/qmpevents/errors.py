@@ -117,11 +117,12 @@ class ConnectError(QMPEventsError, ConnectionError):
         return f"{self.address}: {self.reason}"
 
 
-class MonitorBusy(QMPEventsError, ConnectionError):
+class MonitorBusy(ConnectError):
     """The socket accepted the connection but no greeting came.
 
     QEMU serves one client per QMP socket: a second client waits in the
     backlog, silently, until the first leaves.  Add another ``-qmp`` socket.
+    A :class:`ConnectError`: ``except ConnectError`` covers a busy monitor too.
     """
 
 

@@ -537,7 +537,7 @@ class QMPClient:
             if link.received_any:
                 raise  # something that is not a greeting: the usual timeout
             raise MonitorBusy(
-                f"{self.address}: connected, but no QMP greeting within "
+                str(self.address), f"connected, but no QMP greeting within "
                 f"{self.greeting_timeout:g} s: the monitor is busy (QEMU serves one client "
                 f"per socket; add another -qmp socket), it expects TLS (--tls-creds), "
                 f"or this is not a QMP server") from None
