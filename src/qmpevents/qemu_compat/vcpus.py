@@ -125,8 +125,9 @@ class VcpuThreads:
                     # One thread starting at a time: at the edge of the host's
                     # memory the refusal then comes as the next start's error,
                     # never as a thread failing after the watch below has ended.
-                    if not self._state.wait_for(self._settled, timeout=START_DEADLINE):
-                        break
+                    if (not self._state.wait_for(self._settled, timeout=START_DEADLINE)
+                            or self._failed is not None):
+                        break  # no more threads once one did not start
             with self._state:
                 failed, arrived = self._failed, self._arrived
         finally:
