@@ -695,6 +695,15 @@ def test_many_messages_on_one_line_are_offered_to_the_block_decoder_once() -> No
     assert sum(offered) <= 2 * len(data)
 
 
+def test_blanks_before_a_message_are_no_part_of_its_size_wherever_the_read_cuts() -> None:
+    head = b'{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}, "data": {"x": "'
+    message = head + b"y" * (298 - len(head) - 3) + b'"}}'  # under the limit of 300
+    data = b"  " + message + b" \n"
+    for cut in range(1, len(data)):
+        out = feed_all(client_framer(max_message_size=300), [data[:cut], data[cut:]])
+        assert [type(item).__name__ for item in out] == ["Stop"], cut
+
+
 def test_raw_asked_for_deep_in_the_stack_of_an_event_nested_deep() -> None:
     text = (b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": '
             b'{"x": ' + b"[" * 600 + b"]" * 600 + b', "s": "[{\\"}"}}')

@@ -120,11 +120,13 @@ SLICED_ABOVE = 2 * 1024 * 1024
 _NOT_BLANK: Final = re.compile(rb"[^ \t\r\n]")
 
 
-def _first_byte(buf: bytes, pos: int, end: int) -> bytes:
-    """The first byte of ``buf[pos:end]`` that is not QEMU's whitespace (or b""),
-    without copying what follows: a line of many messages asks once per message."""
+def _solid_start(buf: bytes, pos: int, end: int) -> int:
+    """Where ``buf[pos:end]`` has its first byte that is not QEMU's whitespace
+    (*end* if none), without copying what follows: a line of many messages asks
+    once per message.  A message is held from there: blanks before it are no
+    part of its size."""
     found = _NOT_BLANK.search(buf, pos, end)
-    return b"" if found is None else buf[found.start():found.start() + 1]
+    return end if found is None else found.start()
 
 
 class Framer(Generic[T]):
@@ -380,7 +382,8 @@ class Framer(Generic[T]):
                 pos = newline + 1
             else:
                 refused = newline
-                pos = self._begin(buf, pos, _first_byte(buf, pos, newline))
+                pos = _solid_start(buf, pos, newline)
+                pos = self._begin(buf, pos, buf[pos:pos + 1])
         return pos
 
     def _try_block(self, buf: bytes, pos: int) -> int:
@@ -443,9 +446,10 @@ class Framer(Generic[T]):
 
     def _tail(self, buf: bytes, pos: int) -> int:
         """An unterminated last line: QEMU does not need the newline."""
-        first = _first_byte(buf, pos, len(buf))
-        if not first:
-            return len(buf)
+        pos = _solid_start(buf, pos, len(buf))
+        if pos == len(buf):
+            return pos
+        first = buf[pos:pos + 1]
         if (self._decode_block is not None and self._block_ok and first in _MESSAGE_START
                 and len(buf) - pos <= min(_DEFER_MAX, self._max_fast_line - 1)
                 and buf[self._last_solid:self._last_solid + 1] not in _ENDS):
