@@ -19,7 +19,7 @@ import functools
 import json
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from unittest import mock
 
@@ -165,6 +165,18 @@ async def replies_of(path: str, commands: list[bytes], pretty: bool) -> list[byt
         qmp.writer.close()
 
 
+async def on_qemu_and_simulator(name: str, ask: Callable[[str], Awaitable[list[bytes]]]
+                                ) -> tuple[list[bytes], list[bytes]]:
+    """What *ask* gets from a real QEMU 7.2 monitor, then from the simulator's
+    ``qemu-7.2`` profile (on a socket of this test's own, *name*)."""
+    async with QemuProcess() as qemu:
+        expected = await ask(qemu.socket_path)
+    path = f"/tmp/qmpev-replies-{name}-{os.getpid()}.sock"
+    async with SimulatedVM(qmp=[f"unix:{path}"], profile="qemu-7.2", start_paused=True):
+        got = await ask(path)
+    return expected, got
+
+
 @pytest.mark.qemu
 @requires_qemu
 @pytest.mark.parametrize("pretty", [False, True], ids=["compact", "pretty"])
@@ -303,11 +315,8 @@ def test_a_key_holding_nul_takes_the_bucket_of_its_c0_80_bytes() -> None:
 @pytest.mark.qemu
 @requires_qemu
 async def test_keys_holding_nul_are_ordered_and_named_as_real_qemu_does() -> None:
-    async with QemuProcess() as qemu:
-        expected = await replies_of(qemu.socket_path, NUL_KEY_COMMANDS, False)
-    path = f"/tmp/qmpev-replies-nul-{os.getpid()}.sock"
-    async with SimulatedVM(qmp=[f"unix:{path}"], profile="qemu-7.2", start_paused=True):
-        got = await replies_of(path, NUL_KEY_COMMANDS, False)
+    expected, got = await on_qemu_and_simulator(
+        "nul", lambda path: replies_of(path, NUL_KEY_COMMANDS, False))
     assert got == expected
     assert b"is unexpected" in expected[3] and b"is unexpected" in expected[4]
 
@@ -375,11 +384,8 @@ async def test_long_unexpected_keys_are_named_as_real_qemu_does() -> None:
         arguments_text = ", ".join(json.dumps(key) + ": 1" for key in keys)
         commands.append(('{"execute": "query-status", "arguments": {' + arguments_text
                          + f'}}, "id": {n}}}\n').encode())
-    async with QemuProcess() as qemu:
-        expected = await replies_of(qemu.socket_path, commands, False)
-    path = f"/tmp/qmpev-replies-long-{os.getpid()}.sock"
-    async with SimulatedVM(qmp=[f"unix:{path}"], profile="qemu-7.2", start_paused=True):
-        got = await replies_of(path, commands, False)
+    expected, got = await on_qemu_and_simulator(
+        "long", lambda path: replies_of(path, commands, False))
     assert got == expected
     assert all(b"is unexpected" in reply for reply in expected[1:])
 
@@ -415,10 +421,6 @@ async def capabilities_replies(path: str) -> list[bytes]:
 async def test_qmp_capabilities_arguments_are_checked_as_real_qemu_checks_them() -> None:
     # Attacker: 'x' was named before enable's type was checked, and the first key in
     # input order instead of the one QEMU's hash table puts first.
-    async with QemuProcess() as qemu:
-        expected = await capabilities_replies(qemu.socket_path)
-    path = f"/tmp/qmpev-replies-caps-{os.getpid()}.sock"
-    async with SimulatedVM(qmp=[f"unix:{path}"], profile="qemu-7.2", start_paused=True):
-        got = await capabilities_replies(path)
+    expected, got = await on_qemu_and_simulator("caps", capabilities_replies)
     assert got == expected
     assert b"expected: array" in expected[2]
