@@ -7,7 +7,9 @@ caused, so once ``execute`` returns those events are queued.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -291,6 +293,37 @@ async def test_async_for_gives_the_queued_events_then_raises_the_fatal_error(
             async for event in stream:  # the iterator's own wait, not __anext__
                 names.append(event.name)
         assert names == ["STOP", "RESET"]
+
+
+@pytest.mark.parametrize("subscribe_first", [True, False])
+async def test_events_read_with_a_too_large_message_come_before_its_error(
+        tmp_path: Path, subscribe_first: bool) -> None:
+    """Events in the same read as a message over the limit were lost with it,
+    whether subscribed to before connect() or after (they are held till then)."""
+    stop = b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}\r\n'
+    big = b'{"timestamp": {"seconds": 1, "microseconds": 3}, "event": "X", "data": "' \
+        + b"x" * 8192 + b'"}\r\n'
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+                     b'"package": ""}, "capabilities": []}}\r\n')
+        request_id = json.dumps(json.loads(await reader.readline())["id"]).encode()
+        writer.write(b'{"return": {}, "id": ' + request_id + b"}\r\n" + stop * 3 + big)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    path = str(tmp_path / "qmp.sock")
+    async with await asyncio.start_unix_server(serve, path):
+        qmp = qmpevents.connect(f"unix:{path}", max_message_size=4096)
+        early = qmp.events() if subscribe_first else None
+        async with qmp:
+            stream = early or qmp.events()
+            names = []
+            with pytest.raises(MessageTooLarge):
+                async for event in stream:
+                    names.append(event.name)
+    assert names == ["STOP"] * 3
 
 
 @pytest.mark.parametrize("names", [(), ("RTC_CHANGE",)])

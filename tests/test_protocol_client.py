@@ -215,6 +215,20 @@ def test_message_too_large() -> None:
     assert info.value.limit == 256
 
 
+def test_events_before_a_too_large_message_in_the_same_read_are_kept() -> None:
+    """They were dropped with the read when the limit was under its size."""
+    conn = ClientConnection(max_message_size=256)
+    conn.receive_data(GREETING)
+    drain(conn)
+    request_id = conn.send_command("qmp_capabilities")
+    conn.receive_data(b'{"return": {}, "id": "' + request_id.encode() + b'"}\r\n')
+    drain(conn)
+    big = b'{"event": "X", "data": "' + b"x" * 1000 + b'", "timestamp": {}}'
+    with pytest.raises(MessageTooLarge):
+        conn.receive_data(b"\r\n".join([STOP, RESET, big, STOP]) + b"\r\n")
+    assert [event.name for event in drain(conn)] == ["STOP", "RESET"]
+
+
 def test_message_too_large_in_small_reads() -> None:
     conn = ClientConnection(max_message_size=256)
     conn.receive_data(GREETING)

@@ -144,6 +144,9 @@ class _Link(asyncio.Protocol):
         self.quit_sent = False  # a connection lost after "quit" is an orderly end
         #: Events after negotiation, held until connect() returns (see the module doc).
         self.early: list[QMPEvent] | None = None
+        #: A fatal error that came while :attr:`early` was held: it ends the
+        #: subscribers once they have what was held.
+        self.fatal_while_held: BaseException | None = None
         self._hold = hold
         self._resync = resync
 
@@ -171,7 +174,7 @@ class _Link(asyncio.Protocol):
             else:
                 proto.continue_parsing(PARSE_SLICE)
         except MessageTooLarge as exc:
-            host.on_fatal(self, exc)
+            self._fail(exc)
             return
         if proto.parse_pending:
             self._parse_later()
@@ -186,6 +189,16 @@ class _Link(asyncio.Protocol):
         else:
             self._process(items)
         self.update_reading()
+
+    def _fail(self, error: BaseException) -> None:
+        """The connection cannot go on: what came before *error* is handed out first."""
+        self._process(self.proto.next_events())
+        if self.early is not None:  # connect()'s caller is subscribing now
+            self.fatal_while_held = error
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self.host.on_fatal(self, error)
 
     def update_reading(self) -> None:
         """Pause while the parser has work left, events are held or a subscriber is
@@ -204,10 +217,14 @@ class _Link(asyncio.Protocol):
         self.host.on_reader_held(pause and blocked)  # a full subscriber: for so long only
 
     def release_early(self) -> None:
-        """connect() has returned and its caller subscribed: hand over what was held."""
+        """connect() has returned and its caller subscribed: hand over what was held
+        (then the fatal error that came while it was held, if one did)."""
         early, self.early = self.early, None
         if early:
             self.host.on_events(early)
+        if self.fatal_while_held is not None:
+            self.host.on_fatal(self, self.fatal_while_held)
+            return
         self.update_reading()
 
     def _parse_later(self) -> None:
@@ -232,7 +249,7 @@ class _Link(asyncio.Protocol):
             try:
                 proto.receive_data(b"")
             except MessageTooLarge as exc:
-                self.host.on_fatal(self, exc)
+                self._fail(exc)
                 return False
             items = proto.next_events()
             if items:

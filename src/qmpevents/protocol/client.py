@@ -174,7 +174,8 @@ class ClientConnection:
         """Take bytes from the server, in any split; ``b""`` means the input ended.
 
         Raises :class:`MessageTooLarge` when a message exceeds the limit:
-        loudly, never by dropping the connection silently.  With *budget*, at
+        loudly, never by dropping the connection silently; what came before
+        that message is still handed out by :meth:`next_event`.  With *budget*, at
         most that many bytes go through the byte-by-byte parser now; the rest
         waits for :meth:`continue_parsing` (see :attr:`parse_pending`).
         """
@@ -206,13 +207,18 @@ class ClientConnection:
 
     def _take(self, items: list[Any]) -> None:
         from_blocks, self._block_events = self._block_events, 0
+        too_large = None
         if from_blocks != len(items) and not only_events(items):
-            for item in items:
+            for index, item in enumerate(items):
                 if isinstance(item, ParseError) and item.kind is ParseErrorKind.TOO_LARGE:
-                    raise MessageTooLarge(item.size or self._max_size + 1,
-                                          item.limit or self._max_size)
+                    too_large = MessageTooLarge(item.size or self._max_size + 1,
+                                                item.limit or self._max_size)
+                    del items[index:]  # what came before it is handed out, first
+                    break
             self._non_events += sum(type(item) not in EVENT_CLASSES for item in items)
         self._inbox.extend(items)
+        if too_large is not None:
+            raise too_large
 
     @property
     def parse_pending(self) -> bool:
