@@ -22,13 +22,16 @@ import pytest
 from cli_process import QMPEVENTS, plain, run, run_on_pty, running, short_dir
 
 from qmpevents.addresses import UnixAddress
-from qmpevents.catalog import decode_event, event_from_value
+from qmpevents.catalog import Timestamp, build_event, decode_event, event_from_value
 from qmpevents.cli.common import fail, make_note
 from qmpevents.cli.escape import json_safe, safe, value_text
 from qmpevents.cli.main import SafeFormatter
 from qmpevents.cli.output import Output
 from qmpevents.cli.render import json_line, text_line
 from qmpevents.client.targets import expand
+from qmpevents.codec import encode_message
+from qmpevents.codec.encoder import pretty_wire
+from qmpevents.testing.fake import VNC_CLIENT, VNC_SERVER
 
 GREETING = (b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
             b'"package": ""}, "capabilities": []}}\r\n')
@@ -128,7 +131,18 @@ def test_json_safe_keeps_the_same_json() -> None:
     shown = json_safe(text)
     assert shown.isprintable()
     assert json.loads(shown) == json.loads(text)
-    assert json_safe('{\r\n    "a": 1\r\n}') == '{      "a": 1  }'  # pretty=on: one line
+
+
+def test_json_safe_shows_a_pretty_on_message_as_qemus_compact_line() -> None:
+    """It showed each line break and its indentation as spaces."""
+    event = build_event("VNC_CONNECTED", {"server": VNC_SERVER, "client": VNC_CLIENT},
+                        Timestamp(1700000000, 5), "qemu-7.2")
+    compact = encode_message(event)
+    pretty = pretty_wire(compact)
+    assert b"\n    " in pretty.strip()  # laid out over lines, indented
+    assert json_safe(pretty.decode().strip()) == compact.decode().strip()
+    assert json_safe(', \r\n    "a": [\r\n        1,\r\n        2\r\n    ]\r\n}') \
+        == ', "a": [1, 2]}'  # a fragment too (watch --json puts the vm first)
 
 
 # -- event lines ---------------------------------------------------------------------------

@@ -62,13 +62,24 @@ def _json_escape(char: str) -> str:
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
+_LINE_BREAK: Final = re.compile(r"(,?) *[\t\r\n][\t\r\n ]*")
+"""A line break and the blanks around it: valid JSON has a tab, CR or LF only
+between tokens, so none of these is inside a string."""
+
+
+def _one_line(found: re.Match[str]) -> str:
+    return ", " if found.group(1) else ""
+
+
 def json_safe(text: str) -> str:
     """A valid JSON text, on one line, with no character a terminal would act on.
 
     A non-printable character inside a string becomes its ``\\uXXXX`` escape
-    (the same string to any JSON reader); a tab, CR or LF between tokens
-    (QEMU's ``pretty=on``) becomes a space.
+    (the same string to any JSON reader).  A message laid out over lines
+    (QEMU's ``pretty=on``) is joined into QEMU's compact layout: a line break
+    and its indentation go, a comma keeps the space QEMU writes after it.
     """
     if text.isprintable():
         return text
+    text = _LINE_BREAK.sub(_one_line, text)
     return "".join(char if char.isprintable() else _json_escape(char) for char in text)

@@ -34,7 +34,8 @@ examples:
 KEY=VALUE arguments are optional; VALUE is read as JSON when it parses (78,
 true, null, [..]) and as a string otherwise.  --wait listens before the
 command is sent, so the event it causes cannot be missed; the event is
-printed (one JSON line, as received) after the reply.  What the server sent
+printed (one JSON line, as received; one laid out over lines by pretty=on is
+joined in QEMU's compact layout) after the reply.  What the server sent
 is printed terminal-safe: a character that is not printable is written as its
 JSON escape (\\u001b, \\u202e), the same JSON to jq; a number beyond a double's
 range (1e400) is written 1e999.
