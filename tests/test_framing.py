@@ -531,6 +531,20 @@ def test_block_decode_never_shifts_raw_lines(stream: bytes, raw_read: bool) -> N
             assert messages.decode_line(item.raw) == item
 
 
+@pytest.mark.parametrize("tokens", [10, 60, 200])
+@pytest.mark.parametrize("raw_read", [False, True])
+def test_the_token_limit_holds_on_the_block_path_too(tokens: int, raw_read: bool) -> None:
+    """A line of more tokens than QEMU's limit was one event to the block
+    decoder, and the limit's error and resync line by line (attacker's finding)."""
+    data = b"0," * (tokens - 1) + b"0"
+    many = EVENT[:-1] + b', "data": {"a": [' + data + b"]}}"
+    stream = EVENT + b"\r\n" + many + b"\r\n" + EVENT + b"\r\n"
+    whole = client_framer(raw_read=raw_read, max_tokens=64).feed(stream)
+    line_path = Framer(messages.decode_line, messages.from_value, max_tokens=64).feed(stream)
+    assert whole == line_path
+    assert any(isinstance(item, ParseError) for item in whole) == (tokens > 10)
+
+
 def stamped_stop(microseconds: int) -> bytes:
     return (b'{"timestamp": {"seconds": 1267041730, "microseconds": %d}, "event": "STOP"}'
             % microseconds)

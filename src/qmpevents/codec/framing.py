@@ -129,6 +129,20 @@ def _solid_start(buf: bytes, pos: int, end: int) -> int:
     return end if found is None else found.start()
 
 
+def _may_hold_a_line_of(buf: bytes, start: int, end: int, size: int) -> bool:
+    """Whether ``buf[start:end]`` may hold a line of *size* bytes or more (as
+    many tokens need): it has a window of half that without a newline.
+
+    A line of *size* bytes holds a whole window of the aligned ones, so one
+    ``find`` per window, which stops at the window's first newline, decides.
+    """
+    window = max(size // 2, 1)
+    for at in range(start, end - window + 1, window):
+        if buf.find(b"\n", at, at + window) < 0:
+            return True
+    return False
+
+
 class Framer(Generic[T]):
     """Turns a byte stream into decoded messages (``T``) and :class:`ParseError`.
 
@@ -391,6 +405,11 @@ class Framer(Generic[T]):
         assert self._decode_block is not None
         cut = self._last_newline + 1 if self._last_newline >= pos else 0
         if cut == 0 or cut - pos > self._max_fast_line:
+            return pos
+        if cut - pos >= self._max_tokens and _may_hold_a_line_of(
+                buf, pos, cut, self._max_tokens):
+            # QEMU's token limit, which also bounds what decoding may build
+            # (``[{},{},...]``: 21 dicts per 64 bytes), is the line path's to apply.
             return pos
         try:
             block = buf if pos == 0 and cut == len(buf) else buf[pos:cut]
