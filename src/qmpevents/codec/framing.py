@@ -208,8 +208,9 @@ class Framer(Generic[T]):
         self._skipping = False  # the rest of a message over the limit (see _skip_on)
         self._out: list[T | ParseError] = []
         # Where the buffer being worked through has its last newline and its
-        # last byte that is not a blank: found once per buffer, not per message
-        # (a buffer of many messages and no newline was quadratic).
+        # last byte that is not a blank (-1: not looked for yet): found once per
+        # buffer, not per message (a buffer of many messages and no newline was
+        # quadratic).
         self._facts_of: bytes | None = None
         self._last_newline = -1
         self._last_solid = -1
@@ -363,7 +364,7 @@ class Framer(Generic[T]):
         if buf is not self._facts_of:
             self._facts_of = buf
             self._last_newline = buf.rfind(b"\n")
-            self._last_solid = len(buf.rstrip(_WS)) - 1
+            self._last_solid = -1  # found by _tail if it needs it: rstrip copies
         block = self._decode_block is not None and self._block_ok
         if block and not self._slow and self._scan is None and not self._deferred:
             pos = self._try_block(buf, pos)
@@ -471,7 +472,7 @@ class Framer(Generic[T]):
         first = buf[pos:pos + 1]
         if (self._decode_block is not None and self._block_ok and first in _MESSAGE_START
                 and len(buf) - pos <= min(_DEFER_MAX, self._max_fast_line - 1)
-                and buf[self._last_solid:self._last_solid + 1] not in _ENDS):
+                and self._last_solid_byte(buf, pos) not in _ENDS):
             # A line of an event stream cut by the read: the next read's block
             # decode almost always takes it with the lines after it, so it is
             # held unscanned (it cannot be complete: it does not end a message).
@@ -480,6 +481,13 @@ class Framer(Generic[T]):
             self._deferred = True
             return len(buf)
         return self._begin(buf, pos, first)
+
+    def _last_solid_byte(self, buf: bytes, pos: int) -> bytes:
+        """*buf*'s last byte that is not a blank, *pos* being one: found once per
+        buffer, from *pos* (only the short rest of a read is copied to strip it)."""
+        if self._last_solid < pos:
+            self._last_solid = pos + len(buf[pos:].rstrip(_WS)) - 1
+        return buf[self._last_solid:self._last_solid + 1]
 
     def _begin(self, buf: bytes, pos: int, first: bytes) -> int:
         """A message the fast path did not take whole starts at *pos*."""
