@@ -368,6 +368,16 @@ def test_sync_wait_for_keeps_subscribe_then_act(simulated_vm_thread: SimulatedVM
             assert_type(stops.get(timeout=5), Stop)
 
 
+def test_sync_batches(simulated_vm_thread: SimulatedVM) -> None:
+    with qmpevents.connect_sync(simulated_vm_thread.socket_path) as qmp:
+        events = qmp.listen(Stop, Reset)
+        qmp.execute("stop")
+        qmp.execute("system_reset")  # RESET before its reply: both queued
+        batch = next(events.batches())
+        assert_type(batch, list[Stop | Reset])
+        assert [event.name for event in batch] == ["STOP", "RESET"]
+
+
 def test_sync_exit_does_not_hang_when_the_server_stopped_reading(tmp_path: Path) -> None:
     path = str(tmp_path / "qmp.sock")
     listener = socket.socket(socket.AF_UNIX)

@@ -295,6 +295,48 @@ async def test_async_for_gives_the_queued_events_then_raises_the_fatal_error(
         assert names == ["STOP", "RESET"]
 
 
+async def test_batches_hand_out_every_event_in_order_then_end(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address) as qmp:
+        stream = qmp.events()
+        await emit(qmp, *(ev("RTC_CHANGE", {"offset": n}) for n in range(50)))
+        server.drop()
+        batches = [batch async for batch in stream.batches()]
+    assert batches and all(isinstance(batch, list) and batch for batch in batches)
+    offsets = [event.data.offset for batch in batches for event in batch
+               if isinstance(event, RtcChange)]
+    assert offsets == list(range(50))
+
+
+async def test_batches_raise_the_fatal_error_after_the_queued_events(server: FakeQMP) -> None:
+    async with qmpevents.connect(server.address, max_message_size=4096) as qmp:
+        stops = qmp.listen(Stop)
+        await emit(qmp, ev("STOP"), ev("RESET"), ev("STOP"))
+        with pytest.raises(MessageTooLarge):
+            await qmp.execute("big", {"size": 100_000}, timeout=5)
+        got: list[list[Stop]] = []
+        with pytest.raises(MessageTooLarge):
+            async for batch in stops.batches():
+                got.append(batch)
+    assert [event.name for batch in got for event in batch] == ["STOP", "STOP"]
+
+
+async def test_batches_take_the_events_parked_by_a_full_queue(server: FakeQMP) -> None:
+    """With room for 4, 40 events park beyond it; the batches get all, in order."""
+    async with qmpevents.connect(server.address) as qmp:
+        small = qmp.events(maxsize=4)
+        await emit(qmp, *(ev("RTC_CHANGE", {"offset": n}) for n in range(40)))
+        assert small.qsize() == 40
+        offsets: list[int] = []
+        async for batch in small.batches():
+            assert len(batch) <= 4
+            offsets += [event.data.offset for event in batch if isinstance(event, RtcChange)]
+            if len(offsets) == 40:
+                break
+        assert offsets == list(range(40))
+        assert small.qsize() == 0
+        assert await qmp.execute("query-status")  # the reader was let go
+
+
 @pytest.mark.parametrize("subscribe_first", [True, False])
 async def test_events_read_with_a_too_large_message_come_before_its_error(
         tmp_path: Path, subscribe_first: bool) -> None:

@@ -33,6 +33,7 @@ from qmpevents.codec import (
     lexer,
     value_framer,
 )
+from qmpevents.codec.framing import BLOCK_PIECE
 from qmpevents.codec.lexer import Streamer, TokenRun
 from qmpevents.codec.parser import JSONParseError, parse_tokens
 from qmpevents.codec.stray import PendingStray
@@ -707,6 +708,49 @@ def test_many_messages_on_one_line_are_offered_to_the_block_decoder_once() -> No
                     decode_block=counting)
     assert len(framer.feed(data)) == 4000
     assert sum(offered) <= 2 * len(data)
+
+
+def counting_client_framer() -> tuple[Framer[Any], list[int], list[int]]:
+    """The client's framer, with the sizes its block decoder and its line
+    decoder are offered."""
+    blocks: list[int] = []
+    lines: list[int] = []
+
+    def block_decoder(block: bytes) -> list[Any]:
+        blocks.append(len(block))
+        return messages.decode_event_block(block)
+
+    def line_decoder(line: bytes) -> Any:
+        lines.append(len(line))
+        return messages.decode_line(line)
+
+    framer = Framer(line_decoder, messages.from_value, decode_block=block_decoder)
+    return framer, blocks, lines
+
+
+def test_a_read_beginning_with_the_lf_of_a_crlf_is_decoded_as_a_block() -> None:
+    """Its first newline counted as a line without an event: the read's every
+    line then went one at a time (one read in about 180 of a fast stream)."""
+    framer, blocks, lines = counting_client_framer()
+    stops = [stamped_stop(index) for index in range(100)]
+    assert len(framer.feed(stops[0] + b"\r")) == 1
+    blocks.clear()
+    lines.clear()
+    out = framer.feed(b"\n" + b"\r\n".join(stops[1:]) + b"\r\n")
+    assert len(out) == 99
+    assert len(blocks) == 1 and not lines
+
+
+def test_a_big_read_is_decoded_in_pieces_each_event_keeping_only_its_own() -> None:
+    framer, blocks, _lines = counting_client_framer()
+    stops = [stamped_stop(index) + b"\r\n" for index in range(4000)]  # about 340 KiB
+    data = b"".join(stops)
+    out = read_events(framer, data)
+    assert len(out) == 4000
+    assert sum(blocks) == len(data) and max(blocks) <= BLOCK_PIECE
+    shared = out[-1]._raw  # the piece's text, until the raw is read
+    assert isinstance(shared, tuple) and len(shared[0]._text) <= BLOCK_PIECE
+    assert [event.raw for event in out] == [stop[:-2] for stop in stops]
 
 
 def test_blanks_before_a_message_are_no_part_of_its_size_wherever_the_read_cuts() -> None:

@@ -26,8 +26,9 @@ import msgspec
 from msgspec.structs import force_setattr
 
 SHARED_TEXT_MAX: Final = 128 * 1024
-"""The biggest block whose events share its text: a client read (64 KiB)
-plus the line the read before it cut, with room to spare.  A bigger block
+"""The biggest block whose events share its text: a piece of a client read
+(:data:`~qmpevents.codec.framing.BLOCK_PIECE`, 64 KiB) plus the line the read
+before it cut, with room to spare.  A bigger block
 holds a big message carried over several reads; its events get their own
 copies at once, so that a small event never keeps a big neighbour alive."""
 

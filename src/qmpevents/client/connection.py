@@ -69,10 +69,12 @@ from qmpevents.protocol import (
 logging.getLogger("qmpevents").addHandler(logging.NullHandler())
 logger = logging.getLogger("qmpevents.client")
 
-READ_SIZE: Final = 64 * 1024
-"""Bytes per socket read.  Large enough that per-read costs vanish (about 350
-events a read), small enough that a read's decoded events are still in the
-CPU cache when the consumer takes them: measured faster than 256 KiB reads."""
+READ_SIZE: Final = 256 * 1024
+"""Bytes per socket read, at most: the event loop's own cost per read (a
+wake-up, a ``recv``, callbacks) is about 20 us, 60 ns per event of a 64 KiB
+read of a fast stream.  A read is decoded in pieces of
+:data:`~qmpevents.codec.framing.BLOCK_PIECE` bytes, which bound what a kept
+event keeps alive of it."""
 PARSE_SLICE: Final = 4 * 1024
 """Bytes of the byte-by-byte parser's work per loop iteration (a message the
 fast path cannot take, such as an oversized one): about 5 ms, so timers

@@ -247,6 +247,31 @@ class Subscription(Generic[E]):
                 return
             yield waited
 
+    def batches(self) -> AsyncIterator[list[E]]:
+        """``async for events in sub.batches():`` -- what is queued at each step,
+        as one list of at least one event, in order; the end as ``async for``'s.
+
+        For consumers of fast streams: in CPython 3.11 the async-iterator
+        protocol alone costs about 1,000 CPU instructions per ``async for``
+        step, a tenth of what a typed event costs from socket to consumer; a
+        batch pays it once per read (``benchmarks/bench_client.py`` measures
+        both).  Interleaving with ``get()`` or ``async for`` on the same
+        subscription is allowed: each event goes to exactly one of them.
+        """
+        return self._batches()
+
+    async def _batches(self) -> AsyncIterator[list[E]]:
+        queue, excess = self._queue, self._excess  # both only ever changed in place
+        while True:
+            if not queue and not await self._ready():
+                self._finish_iteration()
+                return
+            batch = list(queue)
+            queue.clear()
+            if excess:
+                self._refill()  # the queue is empty: the parked ones move in
+            yield batch
+
     async def __anext__(self) -> E:
         """Iteration ends normally at disconnect; a fatal error is raised."""
         queue = self._queue
@@ -275,10 +300,14 @@ class Subscription(Generic[E]):
             return await self._wait()
 
     async def _wait(self) -> E | None:
+        return self.get_nowait() if await self._ready() else None
+
+    async def _ready(self) -> bool:
+        """Wait until an event is queued (True) or the subscription has ended (False)."""
         loop = asyncio.get_running_loop()
         while not self._queue:
             if self._end is not None:
-                return None
+                return False
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -286,7 +315,7 @@ class Subscription(Generic[E]):
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-        return self.get_nowait()
+        return True
 
     def _end_error(self) -> BaseException:
         """A fresh exception per raise, so concurrent readers do not share a traceback."""

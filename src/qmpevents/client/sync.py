@@ -80,6 +80,15 @@ class SyncSubscription(Generic[E]):
         except StopAsyncIteration:
             raise StopIteration from None
 
+    def batches(self) -> Iterator[list[E]]:
+        """``for events in sub.batches():`` -- see the async ``batches()``."""
+        batches = self.subscription.batches()
+        while True:
+            try:
+                yield self._runner.run(_await(batches.__anext__()))
+            except StopAsyncIteration:
+                return
+
     def close(self) -> None:
         if self._runner.loop.is_closed():
             return  # the client closed first: the subscription has ended with it

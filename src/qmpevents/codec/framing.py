@@ -117,6 +117,12 @@ _ENCODE = msgspec.json.encode
 SLICED_ABOVE = 2 * 1024 * 1024
 
 
+#: The most bytes of whole lines that one *decode_block* call gets (a longer
+#: line goes alone): a big read is decoded a piece at a time, and a client's
+#: events share the text of their piece (:mod:`qmpevents.rawtext`), so an
+#: event kept keeps at most this much of its read alive.
+BLOCK_PIECE: Final = 64 * 1024
+
 _NOT_BLANK: Final = re.compile(rb"[^ \t\r\n]")
 
 
@@ -166,6 +172,8 @@ class Framer(Generic[T]):
     With *feed_messages*, a feed under a budget hands out at most that many
     messages plus budget / :data:`MESSAGE_WEIGHT` (a server answers each: many
     tiny ones in one read were one long step); the rest waits for the next feed.
+    Those a block decode gives do not count: they cost a C-speed decode each,
+    and a read holds a bounded number of them.
     """
 
     def __init__(self, decode_line: Callable[[bytes], T],
@@ -222,6 +230,7 @@ class Framer(Generic[T]):
         self._feed_messages = feed_messages
         #: Under a budget, the most messages one feed hands out (the rest waits).
         self._message_cap: int | None = None
+        self._block_items = 0  # of this feed's messages, those block decodes gave (uncapped)
         # A huge message the exact path completed under a budget, parsed a step at a time.
         self._parse_job: Generator[None, None, Any] | None = None
         self._job_tokens = 0
@@ -236,6 +245,7 @@ class Framer(Generic[T]):
         # The block decoder relies on msgspec's own depth limit (< 1024) and
         # does none of the qemu_exact checks.
         self._block_ok = not qemu_exact and max_nesting >= MAX_NESTING
+        self._piece = min(BLOCK_PIECE, max_message_size)
 
     @property
     def buffered(self) -> int:
@@ -268,6 +278,7 @@ class Framer(Generic[T]):
             queue.append(data)
             self._queued += len(data)
         self._exact_left = budget
+        self._block_items = 0
         self._message_cap = (None if budget is None or self._feed_messages is None
                              else self._feed_messages + budget // MESSAGE_WEIGHT)
         while queue or self._parse_job is not None:
@@ -373,7 +384,7 @@ class Framer(Generic[T]):
         while pos < end:
             if self._parse_job is not None:
                 return pos  # a message decided in steps comes first
-            if cap is not None and len(self._out) >= cap:
+            if cap is not None and len(self._out) - self._block_items >= cap:
                 return pos  # many small messages on a line: the rest in the next step
             if self._slow:
                 pos = self._run_slow(buf, pos)
@@ -402,22 +413,45 @@ class Framer(Generic[T]):
         return pos
 
     def _try_block(self, buf: bytes, pos: int) -> int:
-        """Decode all complete lines of *buf* in one call; where they end, or *pos* if refused."""
-        assert self._decode_block is not None
+        """Decode the complete lines of *buf* a piece at a time (see
+        :data:`BLOCK_PIECE`): where the pieces taken end (*pos* if none was)."""
         cut = self._last_newline + 1 if self._last_newline >= pos else 0
-        if cut == 0 or cut - pos > self._max_fast_line:
-            return pos
-        if cut - pos >= self._max_tokens and _may_hold_a_line_of(
-                buf, pos, cut, self._max_tokens):
+        if pos < cut:  # blanks first: a read can begin with the LF of a CRLF the last one cut
+            pos = _solid_start(buf, pos, cut)
+        while pos < cut:
+            end = self._piece_end(buf, pos, cut)
+            if not self._decoded_block(buf, pos, end):
+                break
+            pos = end
+        return pos
+
+    def _piece_end(self, buf: bytes, pos: int, cut: int) -> int:
+        """The end of the whole lines from *pos* (up to *cut*) that make one piece:
+        the most that fit in :data:`BLOCK_PIECE` bytes, or one longer line alone."""
+        size = self._piece
+        if cut - pos <= size:
+            return cut
+        end = buf.rfind(b"\n", pos, pos + size) + 1
+        return end if end > pos else buf.find(b"\n", pos + size) + 1
+
+    def _decoded_block(self, buf: bytes, pos: int, end: int) -> bool:
+        """Decode the whole lines ``buf[pos:end]`` in one call: whether they were taken."""
+        assert self._decode_block is not None
+        if end - pos > self._max_fast_line:
+            return False
+        if end - pos >= self._max_tokens and _may_hold_a_line_of(
+                buf, pos, end, self._max_tokens):
             # QEMU's token limit, which also bounds what decoding may build
             # (``[{},{},...]``: 21 dicts per 64 bytes), is the line path's to apply.
-            return pos
+            return False
         try:
-            block = buf if pos == 0 and cut == len(buf) else buf[pos:cut]
-            self._out.extend(self._decode_block(block))
+            block = buf if pos == 0 and end == len(buf) else buf[pos:end]
+            items = self._decode_block(block)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-            return pos
-        return cut
+            return False
+        self._out.extend(items)
+        self._block_items += len(items)
+        return True
 
     def _try_fast(self, line: bytes, depth_checked: bool = False) -> bool:
         """Decode one message on the fast path; False hands it to the exact path.
@@ -686,16 +720,20 @@ class Framer(Generic[T]):
             # over several lines (retried per read).
             return 0
         cut = self._last_newline + 1 if self._last_newline >= pos else 0
-        if not cut or self._held + cut - pos > self._max_fast_line:
+        if not cut:
+            return 0
+        end = self._piece_end(buf, pos, cut)  # the rest of the read: the next pieces
+        if self._held + end - pos > self._max_fast_line:
             return 0
         try:
             # A view: the lines are copied once, by the join.
-            items = self._decode_block(b"".join([*self._parts, memoryview(buf)[pos:cut]]))
+            items = self._decode_block(b"".join([*self._parts, memoryview(buf)[pos:end]]))
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             return 0
         self._out.extend(items)
+        self._block_items += len(items)
         self._drop_held()
-        return cut
+        return end
 
     def _drop_held(self) -> None:
         self._skipping = False
