@@ -37,6 +37,7 @@ def test_async_client_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == "running"
     assert "BLOCK_IO_ERROR" in result.stdout and " stop\n" in result.stdout
+    assert "['STOP']\n" in result.stdout  # one batch
     assert '"event": "SHUTDOWN"' in result.stdout
 
 

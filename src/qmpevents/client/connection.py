@@ -70,11 +70,11 @@ logging.getLogger("qmpevents").addHandler(logging.NullHandler())
 logger = logging.getLogger("qmpevents.client")
 
 READ_SIZE: Final = 256 * 1024
-"""Bytes per socket read, at most: the event loop's own cost per read (a
-wake-up, a ``recv``, callbacks) is about 20 us, 60 ns per event of a 64 KiB
-read of a fast stream.  A read is decoded in pieces of
-:data:`~qmpevents.codec.framing.BLOCK_PIECE` bytes, which bound what a kept
-event keeps alive of it."""
+"""Bytes per socket read, at most: the event loop's work per read is paid
+once per 1,400 events of a fast stream instead of 350 (6-10 % more events/s
+than 64 KiB reads in ``benchmarks/bench_client.py``; 1 MiB gave no more).
+A read is decoded in pieces of :data:`~qmpevents.codec.framing.BLOCK_PIECE`
+bytes, which bound what a kept event keeps alive of it."""
 PARSE_SLICE: Final = 4 * 1024
 """Bytes of the byte-by-byte parser's work per loop iteration (a message the
 fast path cannot take, such as an oversized one): about 5 ms, so timers
