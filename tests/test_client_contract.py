@@ -15,7 +15,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, assert_type
 
@@ -376,6 +376,56 @@ def test_sync_batches(simulated_vm_thread: SimulatedVM) -> None:
         batch = next(events.batches())
         assert_type(batch, list[Stop | Reset])
         assert [event.name for event in batch] == ["STOP", "RESET"]
+
+
+@contextlib.contextmanager
+def negotiates_then_sends(path: str, lines: list[bytes]) -> Iterator[None]:
+    """A server thread that sends *lines* right after its negotiation reply, in the
+    same write, then waits for the client to leave."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+
+    def serve() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            peer.sendall(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, '
+                         b'"major": 7}, "package": ""}, "capabilities": []}}\r\n')
+            reader = peer.makefile("rb")
+            request = json.loads(reader.readline())
+            peer.sendall(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode()
+                         + b"".join(lines))
+            while reader.readline():  # the client's commands, unanswered, until it leaves
+                pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield
+    finally:
+        server.join(timeout=10)
+        listener.close()
+
+
+@pytest.mark.parametrize("first", ["events", "listen", "wait_for", "expect"])
+def test_sync_client_gets_the_events_sent_right_after_negotiation(
+        tmp_path: Path, first: str) -> None:
+    """connect_sync() let the loop thread hand them out before any subscription
+    could exist: the blocking facade lost them all (the async client does not)."""
+    lines = [b'{"timestamp": {"seconds": 1, "microseconds": %d}, "event": "STOP"}\r\n' % n
+             for n in range(50)]
+    path = str(tmp_path / "qmp.sock")
+    with negotiates_then_sends(path, lines), qmpevents.connect_sync(path) as qmp:
+        if first in ("events", "listen"):
+            stream = getattr(qmp, first)(Stop)
+            got = [stream.get(timeout=5).stamp.microseconds for _ in range(50)]
+            assert got == list(range(50))
+        elif first == "wait_for":
+            assert qmp.wait_for(Stop, timeout=5).wait().stamp.microseconds == 0
+        else:
+            with qmp.expect("STOP", "STOP", timeout=5) as expected:
+                pass  # both came already
+            assert [event.stamp.microseconds for event in expected.events] == [0, 1]
 
 
 def test_sync_exit_does_not_hang_when_the_server_stopped_reading(tmp_path: Path) -> None:

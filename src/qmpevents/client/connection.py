@@ -474,6 +474,7 @@ class QMPClient:
         #: How many times the connection has been re-established.
         self.reconnects = 0
         self._link: _Link | None = None
+        self._held_link: _Link | None = None  # connect(hold_events=True): until released
         self._sinks: dict[int, weakref.ref[Sink]] = {}
         # A filtered subscription queues events sparsely: each would keep its
         # whole read alive until its raw is read, so raws are cut at decode.
@@ -499,8 +500,14 @@ class QMPClient:
         link = self._link
         return link is not None and link.negotiated and not link.lost.done()
 
-    async def connect(self) -> Self:
-        """Connect and negotiate; raise OSError, TimeoutError or QMPError if that fails."""
+    async def connect(self, *, hold_events: bool = False) -> Self:
+        """Connect and negotiate; raise OSError, TimeoutError or QMPError if that fails.
+
+        The events that come right after negotiation wait until the caller's
+        code has run on (it subscribes now, in the same step); with
+        *hold_events*, until :meth:`release_events` instead: for a caller that
+        subscribes from another thread, such as the blocking facade.
+        """
         if self._link is not None:
             raise RuntimeError("already connected")
         self._closing = False
@@ -508,8 +515,17 @@ class QMPClient:
         self._fatal_error = None  # a new connection: an old one's fatal error is history
         self._lost_at = 0.0
         link = await self._open(hold=True)
-        asyncio.get_running_loop().call_soon(link.release_early)  # once the caller subscribed
+        if hold_events:
+            self._held_link = link
+        else:
+            asyncio.get_running_loop().call_soon(link.release_early)  # once the caller subscribed
         return self
+
+    def release_events(self) -> None:
+        """Hand over the events ``connect(hold_events=True)`` held (reading resumes)."""
+        link, self._held_link = self._held_link, None
+        if link is not None:
+            link.release_early()
 
     async def _open(self, *, hold: bool = False) -> _Link:
         loop = asyncio.get_running_loop()

@@ -9,8 +9,9 @@ async twin and never hangs on a dead connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Awaitable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, overload
 
@@ -139,16 +140,18 @@ class SyncWaiter(Generic[E]):
 class SyncExpectation:
     """Blocking ``with qmp.expect("A", "B", timeout=5):`` -- see :class:`Expectation`."""
 
-    def __init__(self, runner: _LoopThread, expectation: Expectation) -> None:
+    def __init__(self, runner: _LoopThread, expectation: Expectation,
+                 subscribe: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
         self._runner = runner
         self.expectation = expectation
+        self._subscribe = subscribe
 
     @property
     def events(self) -> list[QMPEvent]:
         return self.expectation.events
 
     def __enter__(self) -> Self:
-        self._runner.run(self.expectation.__aenter__())
+        self._subscribe(self.expectation.__aenter__())
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -168,6 +171,7 @@ class SyncQMPClient:
         self._address = address
         self._runner: _LoopThread | None = None
         self._client: QMPClient | None = None
+        self._holding = False  # events after negotiation wait for the first call
 
     @property
     def client(self) -> QMPClient:
@@ -176,23 +180,46 @@ class SyncQMPClient:
             raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
         return self._client
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], *, subscribes: bool = False) -> T:
         if self._runner is None:
             coro.close()
             raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
-        return self._runner.run(coro)
+        return self._runner.run(self._releasing(coro, subscribes=subscribes))
+
+    def _releasing(self, coro: Coroutine[Any, Any, T], *,
+                   subscribes: bool) -> Coroutine[Any, Any, T]:
+        """*coro*, which hands over the events held since connect() if it is the
+        first call: after it subscribes, or before it runs (a command's reply
+        must be read)."""
+        if not self._holding:
+            return coro
+        self._holding = False
+        client = self.client
+
+        async def released() -> T:
+            if not subscribes:
+                client.release_events()
+            try:
+                return await coro
+            finally:
+                client.release_events()  # (a no-op once done)
+        return released()
 
     def connect(self) -> Self:
+        """Connect and negotiate.  The events that come right after negotiation
+        wait for the first call (``listen()`` subscribes first), as the async
+        client's wait for its caller's next step: none is lost between."""
         if self._runner is not None:
             raise RuntimeError("already connected")
         runner = self._runner = _LoopThread()
         try:
             self._client = runner.run(self._make_client())
-            runner.run(self._client.connect())
+            runner.run(self._client.connect(hold_events=True))
         except BaseException:
             runner.stop()
             self._runner = None
             raise
+        self._holding = True
         return self
 
     async def _make_client(self) -> QMPClient:
@@ -246,7 +273,7 @@ class SyncQMPClient:
         async def subscribe() -> Subscription[Any]:
             return self.client.listen(*names, match=match, predicate=predicate,
                                       maxsize=maxsize, overflow=overflow)
-        subscription = self._run(subscribe())
+        subscription = self._run(subscribe(), subscribes=True)
         assert self._runner is not None
         return SyncSubscription(self._runner, subscription)
 
@@ -290,7 +317,7 @@ class SyncQMPClient:
         async def subscribe() -> Coroutine[Any, Any, Any]:
             return self.client.wait_for(*names, timeout=timeout, match=match,
                                         predicate=predicate)
-        pending = self._run(subscribe())
+        pending = self._run(subscribe(), subscribes=True)
         assert self._runner is not None
         return SyncWaiter(self._runner, pending)
 
@@ -299,7 +326,8 @@ class SyncQMPClient:
         if self._runner is None:
             raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
         return SyncExpectation(self._runner,
-                               self.client.expect(*names, timeout=timeout, match=match))
+                               self.client.expect(*names, timeout=timeout, match=match),
+                               functools.partial(self._run, subscribes=True))
 
 
 def connect_sync(address: AddressLike, **options: Any) -> SyncQMPClient:
