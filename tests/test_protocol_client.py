@@ -229,6 +229,25 @@ def test_events_before_a_too_large_message_in_the_same_read_are_kept() -> None:
     assert [event.name for event in drain(conn)] == ["STOP", "RESET"]
 
 
+def test_events_held_for_a_resync_come_out_at_a_too_large_message() -> None:
+    """Held until the resync's status reply, which can no longer come: they were lost."""
+    conn = ClientConnection(max_message_size=256, resync=True)
+    conn.receive_data(GREETING)
+    drain(conn)
+    request_id = conn.send_command("qmp_capabilities")
+    conn.receive_data(b'{"return": {}, "id": "' + request_id.encode() + b'"}\r\n')
+    assert [type(item) for item in drain(conn)] == [Reply]
+    assert conn.state is ClientState.RESYNCING  # a query-status is on its way
+    conn.receive_data(STOP + b"\r\n")  # held: its read before the status
+    assert drain(conn) == []
+    big = b'{"event": "X", "data": "' + b"x" * 1000 + b'", "timestamp": {}}'
+    with pytest.raises(MessageTooLarge):
+        conn.receive_data(RESET + b"\r\n" + big + b"\r\n")
+    marker, *events = drain(conn)
+    assert marker == Resynced(None)  # the status is given up
+    assert [event.name for event in events] == ["STOP", "RESET"]
+
+
 def test_message_too_large_in_small_reads() -> None:
     conn = ClientConnection(max_message_size=256)
     conn.receive_data(GREETING)

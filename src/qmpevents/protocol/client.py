@@ -104,6 +104,7 @@ class ClientConnection:
                                            from_message=from_value,
                                            feed_messages=LINE_MESSAGES_PER_FEED)
         self._block_events = 0  # events the block decoder gave in the current feed
+        self._resync_given_up = False  # a fatal error came while events were held for it
         #: Set ``raw_demand.seen`` to have every event's ``raw`` cut out at
         #: decode (see :mod:`qmpevents.rawtext`); reading one ``raw`` sets it.
         self.raw_demand = RawDemand()
@@ -219,6 +220,8 @@ class ClientConnection:
             self._non_events += sum(type(item) not in EVENT_CLASSES for item in items)
         self._inbox.extend(items)
         if too_large is not None:
+            # No status reply can come now: the events held for it go out too.
+            self._resync_given_up = self._machine.state is ClientState.RESYNCING
             raise too_large
 
     @property
@@ -243,6 +246,11 @@ class ClientConnection:
             if out:
                 self._ready.extend(out[1:])
                 return out[0]
+        if self._resync_given_up and self._machine.state is ClientState.RESYNCING:
+            self._resync_given_up = False
+            out = self._release(None)
+            self._ready.extend(out[1:])
+            return out[0]
         return NEED_DATA
 
     @property
