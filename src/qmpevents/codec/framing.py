@@ -229,6 +229,7 @@ class Framer(Generic[T]):
         self._facts_of: bytes | None = None
         self._last_newline = -1
         self._last_solid = -1
+        self._refused = -1
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
         self._slow = False
@@ -383,11 +384,15 @@ class Framer(Generic[T]):
             self._facts_of = buf
             self._last_newline = buf.rfind(b"\n")
             self._last_solid = -1  # found by _tail if it needs it: rstrip copies
+            self._refused = -1
+        # The newline of a line the fast path refused whole: kept from one feed
+        # to the next (a cap or a budget stops in a line), never tried again.
+        refused = self._refused
         block = self._decode_block is not None and self._block_ok
-        if block and not self._slow and self._scan is None and not self._deferred:
+        if (block and not self._slow and self._scan is None and not self._deferred
+                and pos > refused):
             pos = self._try_block(buf, pos)
         cap = self._message_cap
-        refused = -1  # the newline of a line the fast path refused whole
         while pos < end:
             if self._parse_job is not None:
                 return pos  # a message decided in steps comes first
@@ -414,7 +419,7 @@ class Framer(Generic[T]):
             elif newline != refused and self._try_fast(buf[pos:newline]):
                 pos = newline + 1
             else:
-                refused = newline
+                refused = self._refused = newline
                 pos = _solid_start(buf, pos, newline)
                 pos = self._begin(buf, pos, buf[pos:pos + 1])
         return pos
