@@ -716,9 +716,9 @@ def test_many_messages_on_one_line_are_offered_to_the_block_decoder_once() -> No
     assert sum(offered) <= 2 * len(data)
 
 
-def counting_client_framer() -> tuple[Framer[Any], list[int], list[int]]:
-    """The client's framer, with the sizes its block decoder and its line
-    decoder are offered."""
+def counting_client_framer(**options: Any) -> tuple[Framer[Any], list[int], list[int]]:
+    """The client's framer (with *options*), with the sizes its block decoder and
+    its line decoder are offered."""
     blocks: list[int] = []
     lines: list[int] = []
 
@@ -730,34 +730,8 @@ def counting_client_framer() -> tuple[Framer[Any], list[int], list[int]]:
         lines.append(len(line))
         return messages.decode_line(line)
 
-    framer = Framer(line_decoder, messages.from_value, decode_block=block_decoder)
+    framer = Framer(line_decoder, messages.from_value, decode_block=block_decoder, **options)
     return framer, blocks, lines
-
-
-def test_a_line_of_many_messages_cut_by_the_feed_cap_is_not_offered_again() -> None:
-    """Each step after the cap retried the block decoder and the line decoder on
-    the rest of the line: quadratic in the line (91 us per event at 64,000)."""
-    blocks: list[int] = []
-    lines: list[int] = []
-
-    def block_decoder(block: bytes) -> list[Any]:
-        blocks.append(len(block))
-        return messages.decode_event_block(block)
-
-    def line_decoder(line: bytes) -> Any:
-        lines.append(len(line))
-        return messages.decode_line(line)
-
-    framer = Framer(line_decoder, messages.from_value, decode_block=block_decoder,
-                    feed_messages=64)
-    data = b" ".join(stamped_stop(index) for index in range(4000)) + b"\r\n"
-    out = framer.feed(data, budget=4096)
-    steps = 1
-    while framer.pending:
-        out += framer.feed(b"", budget=4096)
-        steps += 1
-    assert len(out) == 4000 and steps > 10  # the cap cut the line many times
-    assert sum(blocks) + sum(lines) <= 3 * len(data)
 
 
 def test_a_read_beginning_with_the_lf_of_a_crlf_is_decoded_as_a_block() -> None:
@@ -771,6 +745,20 @@ def test_a_read_beginning_with_the_lf_of_a_crlf_is_decoded_as_a_block() -> None:
     out = framer.feed(b"\n" + b"\r\n".join(stops[1:]) + b"\r\n")
     assert len(out) == 99
     assert len(blocks) == 1 and not lines
+
+
+def test_a_line_of_many_messages_cut_by_the_feed_cap_is_not_offered_again() -> None:
+    """Each step after the cap retried the block decoder and the line decoder on
+    the rest of the line: quadratic in the line (91 us per event at 64,000)."""
+    framer, blocks, lines = counting_client_framer(feed_messages=64)
+    data = b" ".join(stamped_stop(index) for index in range(4000)) + b"\r\n"
+    out = framer.feed(data, budget=4096)
+    steps = 1
+    while framer.pending:
+        out += framer.feed(b"", budget=4096)
+        steps += 1
+    assert len(out) == 4000 and steps > 10  # the cap cut the line many times
+    assert sum(blocks) + sum(lines) <= 3 * len(data)
 
 
 def test_a_big_read_is_decoded_in_pieces_each_event_keeping_only_its_own() -> None:
