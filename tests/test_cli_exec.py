@@ -81,6 +81,13 @@ async def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     one_line_error(err.split("\n", 1)[1] if err.startswith("usage:") else err)
 
 
+async def test_a_missing_command_is_the_only_argument_named_required() -> None:
+    """The usage error said 'required: COMMAND, KEY=VALUE'; KEY=VALUE is optional."""
+    status, _, err = await run("exec", "/tmp/x.sock")
+    assert status == 2
+    assert err.rstrip().endswith("error: the following arguments are required: COMMAND")
+
+
 async def test_unreachable_exits_3(tmp_path: object) -> None:
     status, out, err = await run("exec", "/tmp/qmpev-no-such.sock", "query-status")
     assert status == 3 and out == ""

@@ -39,6 +39,18 @@ def test_connect_sync_names_the_path_too(short_tmp: str) -> None:
         pass
 
 
+async def test_a_refused_tcp_port_is_said_in_the_oss_words() -> None:
+    """strerror was asyncio's "Connect call failed ('127.0.0.1', PORT)"."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: refused
+        with pytest.raises(qmpevents.ConnectError) as caught:
+            await qmpevents.connect(f"tcp:127.0.0.1:{port}")
+    error = caught.value
+    assert (error.errno, error.strerror) == (errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
+    assert str(error) == f"tcp:127.0.0.1:{port}: Connection refused"
+
+
 async def test_a_regular_file_is_not_a_socket(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("not a VM\n")

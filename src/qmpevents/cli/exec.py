@@ -51,9 +51,11 @@ def register(subparsers: Any) -> None:
         description="Run one QMP command and print its reply: indented JSON on a "
                     "terminal, one JSON line when piped.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", help="unix:PATH, tcp:HOST:PORT or a socket path")
+    parser.add_argument("target", metavar="TARGET",
+                        help="unix:PATH, tcp:HOST:PORT or a socket path")
     parser.add_argument("qmp_command", metavar="COMMAND")
-    parser.add_argument("arguments", nargs="*", metavar="KEY=VALUE",
+    # A default: argparse then no longer names it as required when COMMAND is missing.
+    parser.add_argument("arguments", nargs="*", default=[], metavar="KEY=VALUE",
                         help="the command's arguments, if it takes any")
     parser.add_argument("--args", dest="json_args", metavar="JSON",
                         help="the arguments as one JSON object")

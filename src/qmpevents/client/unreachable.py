@@ -31,7 +31,10 @@ def connect_error(address: Address, exc: OSError, *, tls: bool) -> ConnectError:
     if tls and isinstance(exc, ConnectionResetError | BrokenPipeError):
         return ConnectError(where, f"the server refused the TLS handshake (connection "
                                    f"reset); {CLIENT_CERT_HINT}", exc.errno)
-    reason = exc.strerror or str(exc) or type(exc).__name__
+    # The OS's words: asyncio's TCP connect puts its own text in strerror
+    # ("Connect call failed ('127.0.0.1', 1)") where the OS says "Connection refused".
+    reason = (os.strerror(exc.errno) if exc.errno is not None
+              else exc.strerror or str(exc) or type(exc).__name__)
     if isinstance(address, UnixAddress) and exc.errno == _errno.ECONNREFUSED:
         what = _not_a_socket(address.path)
         if what is not None:
