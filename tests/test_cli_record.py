@@ -155,6 +155,26 @@ async def test_torn_last_line_is_skipped_on_read(vm: SimulatedVM, tmp_path: Path
     assert status == 0
     assert [json.loads(line)["data"]["offset"] for line in printed.splitlines()] == [1, 2]
     assert "torn" in err and "Traceback" not in err
+    assert err.startswith("qmpevents replay: ") and err.count("\n") == 1  # no log line
+
+
+async def test_malformed_lines_are_one_note_and_a_file_of_none_is_an_error(
+        tmp_path: Path) -> None:
+    """Each bad line was also a raw WARNING log record on stderr, and a file with
+    no record at all was replayed as an empty one, exit 0 (the new user's finding)."""
+    record = (b'{"vm": "qmp", "received": 1.0, "direction": "event", "message": '
+              b'{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}}\n')
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(record + b"garbage\n" + record + b"[1]\n")
+    status, printed, err = await run("replay", str(mixed), "--print")
+    assert status == 0 and len(printed.splitlines()) == 2
+    assert err == "qmpevents replay: 2 malformed lines skipped (the first: line 2)\n"
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_bytes(b"garbage\n")
+    status, printed, err = await run("replay", str(garbage), "--print")
+    assert (status, printed) == (2, "")
+    assert err == (f"qmpevents replay: error: {garbage} is not a recording: "
+                   "no line of it is a record\n")
 
 
 @pytest.mark.parametrize("args", [

@@ -158,6 +158,8 @@ class ReadReport:
 
     torn_tail: bool = False
     bad_lines: int = 0
+    #: The line number of the first malformed line (0: none).
+    first_bad_line: int = 0
 
 
 _MEMBER_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*+"|[{}\[\]]')
@@ -219,11 +221,13 @@ def read_recording(path: str, report: ReadReport | None = None) -> Iterator[Reco
             try:
                 record = decode_with_message(_DECODER, line)
             except msgspec.DecodeError:
+                # INFO, not WARNING: the report says what was skipped, once.
                 if not line.endswith(b"\n"):  # only a crash leaves a line unfinished
                     report.torn_tail = True
-                    log.warning("%s: torn last line skipped (%d bytes)", path, len(line))
+                    log.info("%s: torn last line skipped (%d bytes)", path, len(line))
                 else:
                     report.bad_lines += 1
-                    log.warning("%s:%d: malformed record skipped", path, number)
+                    report.first_bad_line = report.first_bad_line or number
+                    log.info("%s:%d: malformed record skipped", path, number)
                 continue
             yield record

@@ -57,7 +57,7 @@ event (a list, a string, no timestamp) raw, or with --json skips it; either
 way they are counted on stderr.
 
 exit status: 0 done, 1 --vm matched no event or cannot listen, 2 usage error
-(several VMs for one socket) or unreadable FILE
+(several VMs for one socket), unreadable FILE or one with no record in it
 """
 
 REPLAY_VERSION = {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "qmpevents replay"}
@@ -90,15 +90,25 @@ def register(subparsers: Any) -> None:
 
 def _load(args: argparse.Namespace) -> list[Record]:
     report = ReadReport()
-    records = [r for r in read_recording(args.file, report)
-               if r.direction == "event" and (not args.vm or r.vm in args.vm)]
+    records = []
+    read = 0
+    for record in read_recording(args.file, report):
+        read += 1
+        if record.direction == "event" and (not args.vm or record.vm in args.vm):
+            records.append(record)
     if report.torn_tail:
         print("qmpevents replay: the last line was torn (a crash while recording); skipped",
               file=sys.stderr)
+    if report.bad_lines and not read:
+        raise NotARecording(f"{args.file} is not a recording: no line of it is a record")
     if report.bad_lines:
-        print(f"qmpevents replay: {plural(report.bad_lines, 'malformed line')} skipped",
-              file=sys.stderr)
+        print(f"qmpevents replay: {plural(report.bad_lines, 'malformed line')} skipped "
+              f"(the first: line {report.first_bad_line})", file=sys.stderr)
     return records
+
+
+class NotARecording(ValueError):
+    """A file none of whose lines is a record."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"qmpevents replay: error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    except NotARecording as exc:
+        return fail("replay", exc)
     if args.vm and not records:
         make_note("replay")(f"no event of VM {', '.join(args.vm)} in {args.file}")
         return 1
