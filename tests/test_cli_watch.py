@@ -85,6 +85,17 @@ async def test_timeout_exits_1(vm: SimulatedVM) -> None:
     assert "timed out" in err
 
 
+async def test_a_misspelt_event_name_is_said_and_still_waited_for(vm: SimulatedVM) -> None:
+    """``--event STPO`` waited silently for ever (the new user's finding)."""
+    status, out, err = await run("watch", vm.socket_path, "--event", "stpo", "--event",
+                                 "VNC_*", "--until", "RTC_CHANGE", "--timeout", "0.3")
+    assert (status, out) == (1, "")
+    note, timed_out = err.splitlines()
+    assert note == ("qmpevents watch: STPO: no event QEMU 7.2 defines (a typo?); "
+                    "waiting for it anyway")  # VNC_* is a glob, RTC_CHANGE known
+    assert "timed out" in timed_out
+
+
 async def test_timeout_counts_in_the_singular_too(vm: SimulatedVM) -> None:
     async with running("watch", vm.socket_path, "--count", "2", "--timeout", "1") as cli:
         await joined(vm)

@@ -13,6 +13,7 @@ from qmpevents.addresses import Address
 from qmpevents.cli.argtypes import positive_float
 from qmpevents.cli.common import fail, make_note
 from qmpevents.cli.escape import json_safe
+from qmpevents.cli.filters import unknown_note
 from qmpevents.cli.render import encode_value, event_json
 from qmpevents.cli.targets import (
     TargetError,
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("exec", f"{args.target!r} must name exactly one VM")
     target = targets[0]
     wait = args.wait.upper() if args.wait else None
+    if (unknown := unknown_note([wait])) is not None:
+        make_note("exec")(unknown)
     return asyncio.run(_exec(target.connect_address, args.qmp_command, arguments, args.timeout,
                              options.for_address(target.address), wait))
 

@@ -15,9 +15,29 @@ from typing import Any
 
 import msgspec
 
-from qmpevents.client import EventFilter
+from qmpevents.catalog import EVENT_TYPES
+from qmpevents.client import RECONNECTED, EventFilter
 from qmpevents.client.filters import match_path
 from qmpevents.errors import FilterError as FilterError  # re-exported for the commands
+
+_GLOB = frozenset("*?[")
+
+
+def unknown_names(names: Sequence[str | None]) -> list[str]:
+    """The names (upper-cased) that are no glob and no event QEMU 7.2 defines: a
+    typo waits silently for ever, so the commands say so (a newer QEMU's event
+    is still waited for)."""
+    return [name.upper() for name in names if name and not _GLOB & set(name)
+            and name.upper() not in EVENT_TYPES and name.upper() != RECONNECTED]
+
+
+def unknown_note(names: Sequence[str | None]) -> str | None:
+    """The note for :func:`unknown_names`, or None if every name is known."""
+    unknown = unknown_names(names)
+    if not unknown:
+        return None
+    return (f"{', '.join(unknown)}: no event QEMU 7.2 defines (a typo?); "
+            "waiting for it anyway")
 
 
 class Loose:

@@ -23,7 +23,7 @@ import msgspec
 from qmpevents.catalog import Event, UnknownEvent
 from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note, plural
 from qmpevents.cli.escape import json_safe
-from qmpevents.cli.filters import FilterError, build_filter
+from qmpevents.cli.filters import FilterError, build_filter, unknown_note
 from qmpevents.cli.fleet_args import add_credentials_arguments, broker_options, since
 from qmpevents.cli.follow import finished_by, signals_resolve, until
 from qmpevents.cli.output import Output
@@ -220,6 +220,8 @@ def watch(args: argparse.Namespace) -> int:
         event_filter: EventFilter = build_filter(args.event, args.match)
     except (ValueError, FilterError) as exc:
         return fail("watch", exc)
+    if (unknown := unknown_note([*args.event, args.until])) is not None:
+        make_note("watch")(unknown)
     try:
         require("nats")
     except MissingDependency as exc:

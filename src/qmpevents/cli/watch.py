@@ -17,7 +17,7 @@ from typing import Any
 
 from qmpevents.cli.argtypes import positive_float, positive_int
 from qmpevents.cli.common import add_globs, colour_wanted, fail, make_note, plural
-from qmpevents.cli.filters import FilterError, build_filter
+from qmpevents.cli.filters import FilterError, build_filter, unknown_note
 from qmpevents.cli.follow import add_follower_command, check_targets, follow_vms, run_session
 from qmpevents.cli.output import Output
 from qmpevents.cli.render import json_line, raw_line, text_line
@@ -83,6 +83,8 @@ def _run_local(args: argparse.Namespace) -> int:
         event_filter = build_filter(args.event, args.match)
     except (TargetError, FilterError) as exc:
         return fail("watch", exc)
+    if (unknown := unknown_note([*args.event, args.until])) is not None:
+        make_note("watch")(unknown)
     return asyncio.run(_watch(args, event_filter, colour_wanted(args.color)))
 
 
