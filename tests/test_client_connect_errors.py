@@ -51,6 +51,13 @@ async def test_a_refused_tcp_port_is_said_in_the_oss_words() -> None:
     assert str(error) == f"tcp:127.0.0.1:{port}: Connection refused"
 
 
+async def test_a_host_name_that_does_not_resolve_is_said_in_the_resolvers_words() -> None:
+    """os.strerror(-2) said "Unknown error -2" for getaddrinfo's EAI_NONAME."""
+    with pytest.raises(qmpevents.ConnectError) as caught:
+        await qmpevents.connect("tcp:no-such-host.invalid:4444")
+    assert "Unknown error" not in str(caught.value) and caught.value.strerror
+
+
 async def test_a_regular_file_is_not_a_socket(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("not a VM\n")

@@ -461,6 +461,33 @@ def test_sync_exit_does_not_hang_when_the_server_stopped_reading(tmp_path: Path)
     listener.close()
 
 
+async def test_hold_events_until_released_and_execute_releases_them() -> None:
+    """connect(hold_events=True) then execute() was never answered: the held
+    events paused the reader (the reviewer's finding)."""
+    async with FakeQMP(events_after_negotiation=5) as fake:
+        qmp = QMPClient(fake.address)
+        await qmp.connect(hold_events=True)
+        try:
+            events = qmp.listen(RtcChange)  # subscribed after connect() returned
+            assert events.qsize() == 0  # still held
+            assert await qmp.execute("query-status", timeout=5)  # released first
+            assert [(await events.get(timeout=5)).data.offset for _ in range(5)] == [0, 1, 2,
+                                                                                       3, 4]
+        finally:
+            await qmp.close()
+        await qmp.connect(hold_events=True)
+        await qmp.close()  # what it held goes with it, not to the next connection
+        await qmp.connect()
+        try:
+            after = qmp.listen(RtcChange)
+            qmp.release_events()  # nothing held any more: a no-op
+            assert [(await after.get(timeout=5)).data.offset for _ in range(5)] == [0, 1, 2,
+                                                                                      3, 4]
+            assert after.qsize() == 0  # not twice
+        finally:
+            await qmp.close()
+
+
 async def test_events_after_negotiation_are_kept_with_reconnect_on_too() -> None:
     async with FakeQMP(events_after_negotiation=50) as fake, \
             qmpevents.connect(fake.address, reconnect=True) as qmp:

@@ -337,20 +337,29 @@ async def test_batches_take_the_events_parked_by_a_full_queue(server: FakeQMP) -
         assert await qmp.execute("query-status")  # the reader was let go
 
 
-@pytest.mark.parametrize("subscribe_first", [True, False])
+@pytest.mark.parametrize("late", [False, True], ids=["with-negotiation", "after-connect"])
 async def test_events_read_with_a_too_large_message_come_before_its_error(
-        tmp_path: Path, subscribe_first: bool) -> None:
-    """Events in the same read as a message over the limit were lost with it,
-    whether subscribed to before connect() or after (they are held till then)."""
+        tmp_path: Path, late: bool) -> None:
+    """Events in the same read as a message over the limit were lost with it.
+    Sent with the negotiation's reply, the error comes from connect() itself
+    (the connection is dead before it returns: the reviewer's finding), after
+    the events to a subscription made before; sent later, from the iteration."""
     stop = b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}\r\n'
     big = b'{"timestamp": {"seconds": 1, "microseconds": 3}, "event": "X", "data": "' \
         + b"x" * 8192 + b'"}\r\n'
+    go_on = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
                      b'"package": ""}, "capabilities": []}}\r\n')
         request_id = json.dumps(json.loads(await reader.readline())["id"]).encode()
-        writer.write(b'{"return": {}, "id": ' + request_id + b"}\r\n" + stop * 3 + big)
+        reply = b'{"return": {}, "id": ' + request_id + b"}\r\n"
+        if late:
+            writer.write(reply)
+            await go_on.wait()  # connect() has returned
+            writer.write(stop * 3 + big)
+        else:
+            writer.write(reply + stop * 3 + big)
         await writer.drain()
         await reader.read()
         writer.close()
@@ -358,13 +367,18 @@ async def test_events_read_with_a_too_large_message_come_before_its_error(
     path = str(tmp_path / "qmp.sock")
     async with await asyncio.start_unix_server(serve, path):
         qmp = qmpevents.connect(f"unix:{path}", max_message_size=4096)
-        early = qmp.events() if subscribe_first else None
-        async with qmp:
-            stream = early or qmp.events()
-            names = []
+        stream = qmp.events()
+        names = []
+        if late:
+            await qmp.connect()
+            go_on.set()
+        else:
             with pytest.raises(MessageTooLarge):
-                async for event in stream:
-                    names.append(event.name)
+                await qmp.connect()
+        with pytest.raises(MessageTooLarge):
+            async for event in stream:
+                names.append(event.name)
+        await qmp.close()
     assert names == ["STOP"] * 3
 
 

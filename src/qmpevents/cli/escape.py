@@ -76,8 +76,9 @@ def json_safe(text: str) -> str:
 
     A non-printable character inside a string becomes its ``\\uXXXX`` escape
     (the same string to any JSON reader).  A message laid out over lines
-    (QEMU's ``pretty=on``) is joined into QEMU's compact layout: a line break
-    and its indentation go, a comma keeps the space QEMU writes after it.
+    (QEMU's ``pretty=on``) is joined into QEMU's compact layout: a tab, CR or
+    LF between tokens and the blanks around it go, a comma keeps the space
+    QEMU writes after it.
     """
     if text.isprintable():
         return text

@@ -96,11 +96,11 @@ def _load(args: argparse.Namespace) -> list[Record]:
         read += 1
         if record.direction == "event" and (not args.vm or record.vm in args.vm):
             records.append(record)
+    if (report.bad_lines or report.torn_tail) and not read:  # whatever its last byte
+        raise NotARecording(f"{args.file} is not a recording: no line of it is a record")
     if report.torn_tail:
         print("qmpevents replay: the last line was torn (a crash while recording); skipped",
               file=sys.stderr)
-    if report.bad_lines and not read:
-        raise NotARecording(f"{args.file} is not a recording: no line of it is a record")
     if report.bad_lines:
         print(f"qmpevents replay: {plural(report.bad_lines, 'malformed line')} skipped "
               f"(the first: line {report.first_bad_line})", file=sys.stderr)

@@ -514,7 +514,11 @@ class QMPClient:
         self._ended = None
         self._fatal_error = None  # a new connection: an old one's fatal error is history
         self._lost_at = 0.0
+        self._held_link = None
         link = await self._open(hold=True)
+        if link.fatal_while_held is not None:  # it ended before connect() could return
+            link.release_early()  # what came before the error, to those subscribed already
+            raise link.fatal_while_held
         if hold_events:
             self._held_link = link
         else:
@@ -522,7 +526,8 @@ class QMPClient:
         return self
 
     def release_events(self) -> None:
-        """Hand over the events ``connect(hold_events=True)`` held (reading resumes)."""
+        """Hand over the events ``connect(hold_events=True)`` held (reading resumes;
+        ``execute()`` does it first, since a reply must be read)."""
         link, self._held_link = self._held_link, None
         if link is not None:
             link.release_early()
@@ -580,6 +585,7 @@ class QMPClient:
     async def close(self) -> None:
         """Close the connection; pending commands fail, iterators end.  Idempotent."""
         self._closing = True
+        self._held_link = None  # held events die with their connection
         if self._reconnector is not None:
             self._reconnector.cancel()
             self._reconnector = None
@@ -628,6 +634,7 @@ class QMPClient:
                                    f"string keys), not {type(arguments).__name__}")
         if link is None or not self.connected:
             raise ConnectionLost(f"not connected to {self.address}")
+        self.release_events()  # held events pause the reader: the reply must be read
         return await link.execute(command, arguments, timeout)
 
     # -- events ---------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import socket
 import ssl
 import stat
 
@@ -33,8 +34,9 @@ def connect_error(address: Address, exc: OSError, *, tls: bool) -> ConnectError:
                                    f"reset); {CLIENT_CERT_HINT}", exc.errno)
     # The OS's words: asyncio's TCP connect puts its own text in strerror
     # ("Connect call failed ('127.0.0.1', 1)") where the OS says "Connection refused".
-    reason = (os.strerror(exc.errno) if exc.errno is not None
-              else exc.strerror or str(exc) or type(exc).__name__)
+    reason = (os.strerror(exc.errno)
+              if exc.errno is not None and exc.errno > 0 and not isinstance(exc, socket.gaierror)
+              else exc.strerror or str(exc) or type(exc).__name__)  # (getaddrinfo's own codes)
     if isinstance(address, UnixAddress) and exc.errno == _errno.ECONNREFUSED:
         what = _not_a_socket(address.path)
         if what is not None:

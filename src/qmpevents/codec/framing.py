@@ -5,9 +5,9 @@ Two paths give the same result (a property the tests check on random input):
 * the fast path hands every complete line, and every one-line message that
   began with ``{`` or ``[`` as soon as it is complete, to a C-speed msgspec
   decoder, so ordinary traffic never costs a Python loop per byte; with a
-  *decode_block* function, all the complete lines of a chunk are first tried
-  in one call (no Python loop per line either), falling back to line by line
-  when that call refuses them;
+  *decode_block* function, the complete lines of a chunk are first tried in
+  one call per piece of up to :data:`BLOCK_PIECE` bytes (no Python loop per
+  line either), falling back to line by line when a call refuses them;
 * anything the fast path cannot decode with certainty (a syntax error, single
   quotes, a message over several lines that no block decode took, a byte
   QEMU's lexer refuses, or what QEMU's parser treats differently from
@@ -136,9 +136,13 @@ def _solid_start(buf: bytes, pos: int, end: int) -> int:
 
 
 def _structure(text: bytes) -> int:
-    """How many structural bytes *text* has: the scalars of a message sit between
-    them, so twice that, plus one, bounds its tokens."""
+    """How many structural bytes *text* has: each is a token, unless in a string."""
     return len(text.translate(None, NOT_STRUCTURAL))
+
+
+def _quoted(text: bytes) -> bool:
+    """Whether *text* may hold a string (QEMU also takes single quotes)."""
+    return b'"' in text or b"'" in text
 
 
 def _may_hold_a_line_of(buf: bytes, start: int, end: int, size: int) -> bool:
@@ -215,7 +219,10 @@ class Framer(Generic[T]):
         # The beginning of a message the fast path holds, as received, and its scan.
         self._parts: list[bytes] = []
         self._held = 0
-        self._held_structure = 0  # its structural bytes ({}[]:,), a client's framer's count
+        # A client's framer's count of its structural bytes ({}[]:,), and whether
+        # it has a quote (then some of them may be in a string).
+        self._held_structure = 0
+        self._held_quoted = False
         self._scan: MessageScan | None = None
         self._deferred = False  # held without a scan yet (see _tail)
         self._held_exact_only = False  # what is held is certainly the exact path's
@@ -561,13 +568,14 @@ class Framer(Generic[T]):
             size = self._held + len(piece)
             if size < self._max_fast_line and not (
                     self._parts and self._exact_only(piece)):
-                if not self._qemu_exact and size >= self._max_tokens and (
-                        2 * (self._held_structure + _structure(piece)) + 1
-                        >= self._max_tokens):
-                    # It may hold more tokens than QEMU's limit: refused as QEMU
-                    # refuses it, at once, with no join of what is held.  A client
-                    # need not take the rest token by token as QEMU does (a 4 MB
-                    # line: 25 s; 57 MiB held over reads: a 1.3 s step, +1.5 GiB).
+                if (not self._qemu_exact and size >= self._max_tokens
+                        and self._held_structure + _structure(piece) >= self._max_tokens
+                        and not self._held_quoted and not _quoted(piece)):
+                    # More structural tokens alone than QEMU's limit (none of them
+                    # in a string: there is none): refused as QEMU refuses it, at
+                    # once, with no join of what is held.  A client need not take
+                    # the rest token by token as QEMU does (a 4 MB line: 25 s;
+                    # 57 MiB held over reads: a 1.3 s step, +1.5 GiB).
                     self._out.append(ParseError(ParseErrorKind.TOO_MANY_TOKENS,
                                                 TOO_MANY_TOKENS_TEXT))
                     self._drop_held()
@@ -591,6 +599,7 @@ class Framer(Generic[T]):
             self._held_lines = self._held_lines or b"\n" in part
             if not self._qemu_exact:  # counted as it comes: no pass over all at its end
                 self._held_structure += _structure(part)
+                self._held_quoted = self._held_quoted or _quoted(part)
             self._parts.append(part)
             self._held += len(buf) - pos
             self._charge()
@@ -767,6 +776,7 @@ class Framer(Generic[T]):
         self._parts = []
         self._held = 0
         self._held_structure = 0
+        self._held_quoted = False
         self._held_exact_only = False
         self._held_lines = False
         self._scan = None
