@@ -780,6 +780,19 @@ def test_a_line_of_many_messages_cut_by_the_feed_cap_is_not_offered_again() -> N
     assert sum(blocks) + sum(lines) <= 3 * len(data)
 
 
+def test_a_reply_in_a_big_read_sends_only_its_piece_line_by_line() -> None:
+    """One reply near the start of a 256 KiB read sent all 3,300 lines of the
+    read down the line-by-line path (the reviewer's finding)."""
+    framer, blocks, lines = counting_client_framer()
+    stops = [stamped_stop(index) + b"\r\n" for index in range(3300)]
+    reply = b'{"return": {}, "id": "7"}\r\n'
+    data = b"".join([*stops[:10], reply, *stops[10:]])
+    out = framer.feed(data)
+    assert [type(item).__name__ for item in out].count("Stop") == 3300
+    assert sum(lines) <= BLOCK_PIECE + len(reply)  # the refused piece's lines, no more
+    assert sum(blocks) <= 2 * len(data)
+
+
 def test_a_big_read_is_decoded_in_pieces_each_event_keeping_only_its_own() -> None:
     framer, blocks, _lines = counting_client_framer()
     stops = [stamped_stop(index) + b"\r\n" for index in range(4000)]  # about 340 KiB

@@ -237,6 +237,7 @@ class Framer(Generic[T]):
         self._last_newline = -1
         self._last_solid = -1
         self._refused = -1
+        self._block_again = -1  # where a piece the block decoder refused ends
         self._streamer = Streamer(self._emit_tokens, max_message_size=max_message_size,
                                   max_nesting=max_nesting, max_tokens=max_tokens)
         self._slow = False
@@ -392,6 +393,7 @@ class Framer(Generic[T]):
             self._last_newline = buf.rfind(b"\n")
             self._last_solid = -1  # found by _tail if it needs it: rstrip copies
             self._refused = -1
+            self._block_again = -1
         # The newline of a line the fast path refused whole: kept from one feed
         # to the next (a cap or a budget stops in a line), never tried again.
         refused = self._refused
@@ -425,6 +427,8 @@ class Framer(Generic[T]):
                 pos = self._tail(buf, pos)
             elif newline != refused and self._try_fast(buf[pos:newline]):
                 pos = newline + 1
+                if block and pos == self._block_again and not self._slow:
+                    pos = self._try_block(buf, pos)  # past the piece a block refused
             else:
                 refused = self._refused = newline
                 pos = _solid_start(buf, pos, newline)
@@ -440,6 +444,7 @@ class Framer(Generic[T]):
         while pos < cut:
             end = self._piece_end(buf, pos, cut)
             if not self._decoded_block(buf, pos, end):
+                self._block_again = end  # this piece line by line, then pieces again
                 break
             pos = end
         return pos
