@@ -9,7 +9,6 @@ async twin and never hangs on a dead connection.
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from types import TracebackType
@@ -180,29 +179,26 @@ class SyncQMPClient:
             raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
         return self._client
 
-    def _run(self, coro: Coroutine[Any, Any, T], *, subscribes: bool = False) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._runner is None:
             coro.close()
             raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
-        return self._runner.run(self._releasing(coro, subscribes=subscribes))
+        return self._runner.run(self._releasing(coro))
 
-    def _releasing(self, coro: Coroutine[Any, Any, T], *,
-                   subscribes: bool) -> Coroutine[Any, Any, T]:
-        """*coro*, which hands over the events held since connect() if it is the
-        first call: after it subscribes, or before it runs (a command's reply
-        must be read)."""
+    def _releasing(self, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+        """*coro*, then, if it is the first call since connect(), the hand-over of
+        the events held since: after a subscription is made (``execute()`` hands
+        them over itself, before its command, whose reply must be read)."""
         if not self._holding:
             return coro
         self._holding = False
         client = self.client
 
         async def released() -> T:
-            if not subscribes:
-                client.release_events()
             try:
                 return await coro
             finally:
-                client.release_events()  # (a no-op once done)
+                client.release_events()
         return released()
 
     def connect(self) -> Self:
@@ -273,7 +269,7 @@ class SyncQMPClient:
         async def subscribe() -> Subscription[Any]:
             return self.client.listen(*names, match=match, predicate=predicate,
                                       maxsize=maxsize, overflow=overflow)
-        subscription = self._run(subscribe(), subscribes=True)
+        subscription = self._run(subscribe())
         assert self._runner is not None
         return SyncSubscription(self._runner, subscription)
 
@@ -317,7 +313,7 @@ class SyncQMPClient:
         async def subscribe() -> Coroutine[Any, Any, Any]:
             return self.client.wait_for(*names, timeout=timeout, match=match,
                                         predicate=predicate)
-        pending = self._run(subscribe(), subscribes=True)
+        pending = self._run(subscribe())
         assert self._runner is not None
         return SyncWaiter(self._runner, pending)
 
@@ -327,7 +323,7 @@ class SyncQMPClient:
             raise RuntimeError("not connected; use `with connect_sync(...)` or .connect()")
         return SyncExpectation(self._runner,
                                self.client.expect(*names, timeout=timeout, match=match),
-                               functools.partial(self._run, subscribes=True))
+                               self._run)
 
 
 def connect_sync(address: AddressLike, **options: Any) -> SyncQMPClient:

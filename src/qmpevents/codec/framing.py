@@ -574,8 +574,8 @@ class Framer(Generic[T]):
             if size < self._max_fast_line and not (
                     self._parts and self._exact_only(piece)):
                 if (not self._qemu_exact and size >= self._max_tokens
-                        and self._held_structure + _structure(piece) >= self._max_tokens
-                        and not self._held_quoted and not _quoted(piece)):
+                        and not self._held_quoted and not _quoted(piece)
+                        and self._held_structure + _structure(piece) >= self._max_tokens):
                     # More structural tokens alone than QEMU's limit (none of them
                     # in a string: there is none): refused as QEMU refuses it, at
                     # once, with no join of what is held.  A client need not take
@@ -602,9 +602,11 @@ class Framer(Generic[T]):
             if self._qemu_exact and not self._held_exact_only:
                 self._held_exact_only = self._exact_only(part)
             self._held_lines = self._held_lines or b"\n" in part
-            if not self._qemu_exact:  # counted as it comes: no pass over all at its end
+            if not self._qemu_exact and not self._held_quoted:
+                # Counted as it comes (no pass over all of it at its end), for as
+                # long as it may be refused at once (see the end found above).
+                self._held_quoted = _quoted(part)
                 self._held_structure += _structure(part)
-                self._held_quoted = self._held_quoted or _quoted(part)
             self._parts.append(part)
             self._held += len(buf) - pos
             self._charge()
