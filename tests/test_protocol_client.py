@@ -248,6 +248,29 @@ def test_events_held_for_a_resync_come_out_at_a_too_large_message() -> None:
     assert [event.name for event in events] == ["STOP", "RESET"]
 
 
+@pytest.mark.parametrize("end", ["too-large", "end-of-input"])
+def test_events_held_for_a_resync_come_out_whatever_ends_it_in_the_same_read(
+        end: str) -> None:
+    """With the negotiation's reply in the same read, a message over the limit
+    (or the end of input) left the events held for ever (the attacker's finding)."""
+    conn = ClientConnection(max_message_size=256, resync=True)
+    conn.receive_data(GREETING)
+    drain(conn)
+    request_id = conn.send_command("qmp_capabilities")
+    reply = b'{"return": {}, "id": "' + request_id.encode() + b'"}\r\n'
+    if end == "too-large":
+        big = b'{"event": "X", "data": "' + b"x" * 1000 + b'", "timestamp": {}}\r\n'
+        with pytest.raises(MessageTooLarge):
+            conn.receive_data(reply + STOP + b"\r\n" + RESET + b"\r\n" + big)
+    else:
+        conn.receive_data(reply + STOP + b"\r\n" + RESET + b"\r\n")
+        conn.receive_data(b"")
+    items = drain(conn)
+    assert isinstance(items[0], Reply) and items[1] == Resynced(None)
+    assert [getattr(item, "name", type(item).__name__) for item in items[2:]] == (
+        ["STOP", "RESET"] + (["ConnectionClosed"] if end == "end-of-input" else []))
+
+
 def test_message_too_large_in_small_reads() -> None:
     conn = ClientConnection(max_message_size=256)
     conn.receive_data(GREETING)

@@ -220,8 +220,9 @@ class ClientConnection:
             self._non_events += sum(type(item) not in EVENT_CLASSES for item in items)
         self._inbox.extend(items)
         if too_large is not None:
-            # No status reply can come now: the events held for it go out too.
-            self._resync_given_up = self._machine.state is ClientState.RESYNCING
+            # No status reply can come now: the events held for it go out too
+            # (next_event: the negotiation's reply may still be in the inbox).
+            self._resync_given_up = True
             raise too_large
 
     @property
@@ -279,8 +280,11 @@ class ClientConnection:
     def _classify(self, message: Any) -> list[ClientEvent]:
         """What one message that is not an event hands out (maybe nothing)."""
         if isinstance(message, ConnectionClosed):
+            # No status reply can come: the events held for it go out first.
+            held = (self._release(None) if self._machine.state is ClientState.RESYNCING
+                    else [])
             self._machine.fire(ClientInput.END_OF_INPUT)
-            return [message]
+            return [*held, message]
         if isinstance(message, Greeting):
             if self._machine.state is not ClientState.AWAITING_GREETING:
                 return [ProtocolViolation(
