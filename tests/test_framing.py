@@ -234,6 +234,27 @@ def test_thousands_of_brackets_at_depth_3_stay_on_the_fast_path() -> None:
     assert isinstance(first, dict) and first["return"][1998] == ["x" * 42]
 
 
+def test_deeply_nested_messages_on_one_line_end_where_qemu_ends_them() -> None:
+    # Strings holding brackets, both kinds of brackets, many messages on one
+    # line: the scan finds each end with C-speed counts, not the exact path.
+    unit = b'{"a": ' + b"[" * 200 + b'"]}[{", {"k": "[[["}' + b"]" * 200 + b"}"
+    data = unit * 40 + b"[1]"
+    for chunks in ([data], [data[i:i + 997] for i in range(0, len(data), 997)]):
+        framer = value_framer()
+        calls = 0
+        feed_byte = framer._streamer.feed_byte
+
+        def counting(byte: int, feed_byte: Any = feed_byte) -> None:
+            nonlocal calls
+            calls += 1
+            feed_byte(byte)
+
+        framer._streamer.feed_byte = counting  # type: ignore[method-assign]
+        out = feed_all(framer, chunks)
+        assert len(out) == 41 and calls == 0
+        assert [canon(v) for v in out] == [canon(v) for v in reference(data)]
+
+
 @pytest.mark.parametrize(("data", "kind"), [
     (b"\xff\n", ParseErrorKind.LEXICAL),
     (b'{"a" 1}\n', ParseErrorKind.SYNTAX),
