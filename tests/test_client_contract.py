@@ -72,6 +72,14 @@ async def test_events_after_negotiation_with_await_connect() -> None:
     assert got == list(range(50))
 
 
+async def test_an_event_before_the_capabilities_reply_reaches_the_obvious_loop() -> None:
+    async with FakeQMP(event_before_reply=True, events_after_negotiation=3) as fake, \
+            qmpevents.connect(fake.address) as qmp:
+        events = qmp.events()
+        names = [(await events.get(timeout=5)).name for _ in range(4)]
+    assert names == ["RESUME", "RTC_CHANGE", "RTC_CHANGE", "RTC_CHANGE"]
+
+
 # -- typed subscriptions --------------------------------------------------------
 
 async def test_typed_subscriptions_and_waits(server: FakeQMP) -> None:
@@ -379,9 +387,11 @@ def test_sync_batches(simulated_vm_thread: SimulatedVM) -> None:
 
 
 @contextlib.contextmanager
-def negotiates_then_sends(path: str, lines: list[bytes]) -> Iterator[None]:
+def negotiates_then_sends(path: str, lines: list[bytes],
+                          before: tuple[bytes, ...] | list[bytes] = ()) -> Iterator[None]:
     """A server thread that sends *lines* right after its negotiation reply, in the
-    same write, then waits for the client to leave."""
+    same write (and *before* in a write before the reply), then waits for the
+    client to leave."""
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen()
@@ -393,6 +403,7 @@ def negotiates_then_sends(path: str, lines: list[bytes]) -> Iterator[None]:
                          b'"major": 7}, "package": ""}, "capabilities": []}}\r\n')
             reader = peer.makefile("rb")
             request = json.loads(reader.readline())
+            peer.sendall(b"".join(before))  # a write of its own
             peer.sendall(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode()
                          + b"".join(lines))
             while reader.readline():  # the client's commands, unanswered, until it leaves
@@ -493,3 +504,13 @@ async def test_events_after_negotiation_are_kept_with_reconnect_on_too() -> None
             qmpevents.connect(fake.address, reconnect=True) as qmp:
         events = qmp.listen(RtcChange)
         assert [(await events.get(timeout=5)).data.offset for _ in range(50)] == list(range(50))
+
+
+def test_sync_client_gets_the_events_sent_before_the_capabilities_reply(tmp_path: Path) -> None:
+    stops = [b'{"timestamp": {"seconds": 1, "microseconds": %d}, "event": "STOP"}\r\n' % n
+             for n in range(10)]
+    path = str(tmp_path / "qmp.sock")
+    with negotiates_then_sends(path, stops[5:], before=stops[:5]), \
+            qmpevents.connect_sync(path) as qmp:
+        stream = qmp.events(Stop)
+        assert [stream.get(timeout=5).stamp.microseconds for _ in range(10)] == list(range(10))

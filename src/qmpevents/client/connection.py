@@ -11,8 +11,10 @@ Within a read, messages are processed in arrival order: events that came
 before a command's reply are in the subscribers' queues before ``execute``
 returns, which is what makes "subscribe, act, then wait" race-free.
 
-Events sent right after negotiation are held (the reader pauses) until the
-code that called ``connect()`` next yields to the event loop, so a
+Events of the first connect -- those a server sends between
+``qmp_capabilities`` and its reply too -- are held (once negotiated, the
+reader pauses) until the code that called ``connect()`` next yields to the
+event loop, so a
 subscription made straight after ``connect()`` -- ``async with connect(a) as
 qmp: async for ev in qmp.events():`` -- gets every one of them.
 
@@ -144,12 +146,13 @@ class _Link(asyncio.Protocol):
         self.paused = False
         self._parsing = False  # the parser's leftover work is scheduled
         self.quit_sent = False  # a connection lost after "quit" is an orderly end
-        #: Events after negotiation, held until connect() returns (see the module doc).
-        self.early: list[QMPEvent] | None = None
+        #: Events of the first connect, held until connect() returns (see the
+        #: module doc); those before negotiation's end too (a server may send
+        #: events between qmp_capabilities and its reply).
+        self.early: list[QMPEvent] | None = [] if hold else None
         #: A fatal error that came while :attr:`early` was held: it ends the
         #: subscribers once they have what was held.
         self.fatal_while_held: BaseException | None = None
-        self._hold = hold
         self._resync = resync
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -195,11 +198,12 @@ class _Link(asyncio.Protocol):
     def _fail(self, error: BaseException) -> None:
         """The connection cannot go on: what came before *error* is handed out first."""
         self._process(self.proto.next_events())
-        if self.early is not None:  # connect()'s caller is subscribing now
+        if self.early is not None and self.negotiated:  # connect()'s caller is subscribing now
             self.fatal_while_held = error
             if self.transport is not None:
                 self.transport.pause_reading()
             return
+        self.hand_over_early()  # a connect that fails: to those subscribed before it
         self.host.on_fatal(self, error)
 
     def update_reading(self) -> None:
@@ -209,7 +213,8 @@ class _Link(asyncio.Protocol):
         if self.transport is None or self.lost.done():
             return
         blocked = self.host.reading_blocked
-        pause = self._parsing or self.early is not None or (blocked and not self.pending)
+        holding = self.early is not None and self.negotiated  # the reply must be read first
+        pause = self._parsing or holding or (blocked and not self.pending)
         if pause != self.paused:
             self.paused = pause
             if pause:
@@ -221,13 +226,17 @@ class _Link(asyncio.Protocol):
     def release_early(self) -> None:
         """connect() has returned and its caller subscribed: hand over what was held
         (then the fatal error that came while it was held, if one did)."""
-        early, self.early = self.early, None
-        if early:
-            self.host.on_events(early)
+        self.hand_over_early()
         if self.fatal_while_held is not None:
             self.host.on_fatal(self, self.fatal_while_held)
             return
         self.update_reading()
+
+    def hand_over_early(self) -> None:
+        """What is held, to the subscribers there are now; nothing is held after."""
+        early, self.early = self.early, None
+        if early:
+            self.host.on_events(early)
 
     def _parse_later(self) -> None:
         """The parser has work left: go on in the next loop iteration, not reading meanwhile."""
@@ -323,9 +332,6 @@ class _Link(asyncio.Protocol):
 
     def _set_ready(self) -> None:
         self.negotiated = True
-        if self._hold:
-            self._hold = False
-            self.early = []  # the first connect: events wait for connect()'s caller
         if not self.ready.done():
             self.ready.set_result(None)
 
@@ -503,7 +509,7 @@ class QMPClient:
     async def connect(self, *, hold_events: bool = False) -> Self:
         """Connect and negotiate; raise OSError, TimeoutError or QMPError if that fails.
 
-        The events that come right after negotiation wait until the caller's
+        The events that come during and right after negotiation wait until the caller's
         code has run on (it subscribes now, in the same step); with
         *hold_events*, until :meth:`release_events` instead: for a caller that
         subscribes from another thread, such as the blocking facade.
@@ -560,6 +566,7 @@ class QMPClient:
                 await asyncio.shield(link.ready)
             except BaseException as exc:
                 self._link = None
+                link.hand_over_early()  # to those subscribed before connect()
                 if link.transport is not None:
                     link.transport.abort()
                 if isinstance(exc, ConnectionLost) and self.ssl is not None \

@@ -202,7 +202,7 @@ class SyncQMPClient:
         return released()
 
     def connect(self) -> Self:
-        """Connect and negotiate.  The events that come right after negotiation
+        """Connect and negotiate.  The events that come during and right after negotiation
         wait for the first call (``listen()`` subscribes first), as the async
         client's wait for its caller's next step: none is lost between."""
         if self._runner is not None:
