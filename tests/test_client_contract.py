@@ -30,7 +30,7 @@ from qmpevents import (
     Stop,
 )
 from qmpevents.catalog import PROFILE_FIELDS, decode_event
-from qmpevents.client import QMPClient
+from qmpevents.client import RECONNECTED, QMPClient
 from qmpevents.sim import SimulatedVM
 from qmpevents.testing.fake import FakeQMP, event_line
 
@@ -356,6 +356,72 @@ async def test_reconnect_backs_off_on_the_clock(server: FakeQMP) -> None:
         assert isinstance(marker, qmpevents.ConnectionResumed)
         assert marker.data is not None and marker.data["downtime"] == 5
         assert qmp.reconnects == 1
+
+
+class _MuteOnStatusServer:
+    """Answers qmp_capabilities and (on the first connection only) query-status;
+    each connection sends *resets* RESETs right after negotiating.  The second
+    connection's resync status never comes."""
+
+    def __init__(self, resets: int) -> None:
+        self.resets = resets
+        self.connections = 0
+        self._dir = tempfile.mkdtemp(prefix="qmpev-")
+        self.path = os.path.join(self._dir, "qmp.sock")
+        self.writers: list[asyncio.StreamWriter] = []
+        #: Set when a connection after the first asks for the status.
+        self.status_asked = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        self.writers.append(writer)
+        writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+                     b'"package": ""}, "capabilities": []}}\r\n')
+        while line := await reader.readline():
+            request = json.loads(line)
+            reply = b'{"return": %s, "id": "%s"}\r\n'
+            if request["execute"] == "qmp_capabilities":
+                writer.write(reply % (b"{}", request["id"].encode()) + event_line(
+                    "RESET", {"guest": True, "reason": "guest-reset"}) * self.resets)
+            elif first:
+                writer.write(reply % (b'{"status": "running", "running": true}',
+                                      request["id"].encode()))
+            else:
+                self.status_asked.set()
+        writer.close()
+
+    async def __aenter__(self) -> _MuteOnStatusServer:
+        self._server = await asyncio.start_unix_server(self._serve, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self.writers:
+            writer.close()
+        Path(self.path).unlink(missing_ok=True)
+        os.rmdir(self._dir)
+
+
+async def test_a_resync_status_that_never_comes_loses_no_event() -> None:
+    clock = ManualClock()
+    async with asyncio.timeout(10), _MuteOnStatusServer(resets=10) as server, qmpevents.connect(
+            server.path, reconnect=True, reconnect_delay=1, connect_timeout=10,
+            clock=clock) as qmp:
+        resets = qmp.listen(Reset)
+        markers = qmp.listen(RECONNECTED)
+        first = [await resets.get(timeout=None) for _ in range(10)]
+        assert len(first) == 10 and qmp.last_status == {"status": "running", "running": True}
+        server.writers[0].close()  # the first connection ends
+        await clock.advance_when_waiting(1)  # the back-off before reconnecting
+        await server.status_asked.wait()  # negotiated: only the status is missing
+        await clock.advance_when_waiting(10)  # not within connect_timeout
+        marker = await markers.get(timeout=None)
+        assert marker.data is not None and marker.data["status"] is None
+        again = [await resets.get(timeout=None) for _ in range(10)]
+        assert len(again) == 10 and server.connections == 2 and qmp.connected
 
 
 # -- the blocking facade ------------------------------------------------------------

@@ -141,6 +141,9 @@ class _Link(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()
         #: Resolved by the greeting: a socket that accepts and stays silent is busy.
         self.greeted: asyncio.Future[None] = loop.create_future()
+        #: qmp_capabilities was answered: what is left is the resync status,
+        #: which may be given up on.
+        self.answered = False
         self.received_any = False
         self.negotiated = False
         self.paused = False
@@ -232,6 +235,11 @@ class _Link(asyncio.Protocol):
             return
         self.update_reading()
 
+    def give_up_resync(self) -> None:
+        """No status came in time: the events held for it go out after ``Resynced(None)``."""
+        self.proto.give_up_resync()
+        self._take(b"")
+
     def hand_over_early(self) -> None:
         """What is held, to the subscribers there are now; nothing is held after."""
         early, self.early = self.early, None
@@ -318,6 +326,7 @@ class _Link(asyncio.Protocol):
 
     def _reply(self, reply: Reply) -> None:
         if reply.command == "qmp_capabilities":
+            self.answered = True
             if reply.error is not None:
                 self._fail_ready(QMPError(reply.error.error_class, reply.error.desc,
                                           command=reply.command, id=reply.id))
@@ -543,38 +552,62 @@ class QMPClient:
         link = _Link(self, resync=self.reconnect, hold=hold)
         link.proto.raw_demand.seen |= self._cut_raw_at_decode
         address = self.address
-        async with deadline(self.clock, self.connect_timeout, f"{address}: not connected"):
-            try:
-                if isinstance(address, UnixAddress):
-                    await loop.create_unix_connection(lambda: link, address.path)
-                else:
-                    assert isinstance(address, TcpAddress)
-                    if self.ssl is None:
-                        await loop.create_connection(lambda: link, address.host, address.port)
+        status_only = False  # negotiated: only the resync status is awaited
+        try:
+            async with deadline(self.clock, self.connect_timeout, f"{address}: not connected"):
+                try:
+                    if isinstance(address, UnixAddress):
+                        await loop.create_unix_connection(lambda: link, address.path)
                     else:
-                        await loop.create_connection(
-                            lambda: link, address.host, address.port, ssl=self.ssl,
-                            server_hostname=self.server_hostname or address.host,
-                            ssl_handshake_timeout=self.connect_timeout)
-            except _ssl.SSLError:  # says what failed; callers catch its classes
+                        assert isinstance(address, TcpAddress)
+                        if self.ssl is None:
+                            await loop.create_connection(lambda: link, address.host,
+                                                         address.port)
+                        else:
+                            await loop.create_connection(
+                                lambda: link, address.host, address.port, ssl=self.ssl,
+                                server_hostname=self.server_hostname or address.host,
+                                ssl_handshake_timeout=self.connect_timeout)
+                except _ssl.SSLError:  # says what failed; callers catch its classes
+                    raise
+                except OSError as exc:  # the OS's error does not say which address
+                    raise connect_error(address, exc, tls=self.ssl is not None) from exc
+                self._link = link
+                try:
+                    await self._await_greeting(link)
+                    await asyncio.shield(link.ready)
+                except asyncio.CancelledError:
+                    status_only = link.answered and not link.ready.done()
+                    if not status_only:
+                        self._abandon(link)
+                    raise
+                except BaseException as exc:
+                    self._abandon(link)
+                    if isinstance(exc, ConnectionLost) and self.ssl is not None \
+                            and not link.received_any:  # a TLS server that refused this client
+                        raise tls_refused(address, exc.__cause__) from exc
+                    raise
+        except TimeoutError:
+            if not status_only:
                 raise
-            except OSError as exc:  # the OS's error does not say which address
-                raise connect_error(address, exc, tls=self.ssl is not None) from exc
-            self._link = link
-            try:
-                await self._await_greeting(link)
-                await asyncio.shield(link.ready)
-            except BaseException as exc:
-                self._link = None
-                link.hand_over_early()  # to those subscribed before connect()
-                if link.transport is not None:
-                    link.transport.abort()
-                if isinstance(exc, ConnectionLost) and self.ssl is not None \
-                        and not link.received_any:  # a TLS server that refused this client
-                    raise tls_refused(address, exc.__cause__) from exc
-                raise
+            # A server that does not answer the resync query-status in time is
+            # used without it: its held events go out after Resynced(None).
+            logger.info("%s: no reply to query-status within %g s; going on without the "
+                        "status", address, self.connect_timeout)
+            link.give_up_resync()
+        except BaseException:
+            if status_only:  # cancelled from outside while the status was awaited
+                self._abandon(link)
+            raise
         logger.info("%s: connected", address)
         return link
+
+    def _abandon(self, link: _Link) -> None:
+        """A connect attempt failed: its held events go to those subscribed already."""
+        self._link = None
+        link.hand_over_early()  # to those subscribed before connect()
+        if link.transport is not None:
+            link.transport.abort()
 
     async def _await_greeting(self, link: _Link) -> None:
         try:

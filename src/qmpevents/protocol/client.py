@@ -225,6 +225,12 @@ class ClientConnection:
             self._resync_given_up = True
             raise too_large
 
+    def give_up_resync(self) -> None:
+        """The resync status is not coming (the caller's timeout): what is held
+        for it goes out after a ``Resynced(None)``, at the next :meth:`next_event`."""
+        if self._machine.state is ClientState.RESYNCING:
+            self._resync_given_up = True
+
     @property
     def parse_pending(self) -> bool:
         """Bytes received and not parsed yet (a ``budget`` ran out)."""
