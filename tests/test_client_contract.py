@@ -424,6 +424,36 @@ async def test_a_resync_status_that_never_comes_loses_no_event() -> None:
         assert len(again) == 10 and server.connections == 2 and qmp.connected
 
 
+async def test_quit_is_answered_by_the_end_of_the_connection() -> None:
+    """QEMU 7.2 over TLS: SHUTDOWN, then the connection ends, without quit's reply."""
+    directory = tempfile.mkdtemp(prefix="qmpev-")
+    path = os.path.join(directory, "qmp.sock")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+                     b'"package": ""}, "capabilities": []}}\r\n')
+        while line := await reader.readline():
+            request = json.loads(line)
+            if request["execute"] == "quit":
+                writer.write(event_line("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"}))
+                break
+            writer.write(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode())
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path)
+    try:
+        async with qmpevents.connect(path) as qmp:
+            stream = qmp.events()
+            assert await qmp.execute("quit", timeout=5) == {}
+            assert [event.name async for event in stream] == ["SHUTDOWN"]
+            with pytest.raises(qmpevents.ConnectionLost):  # other commands are not answered
+                await qmp.execute("query-status", timeout=5)
+    finally:
+        server.close()
+        os.unlink(path)
+        os.rmdir(directory)
+
+
 # -- the blocking facade ------------------------------------------------------------
 
 def test_sync_wait_for_keeps_subscribe_then_act(simulated_vm_thread: SimulatedVM) -> None:

@@ -149,6 +149,7 @@ class _Link(asyncio.Protocol):
         self.paused = False
         self._parsing = False  # the parser's leftover work is scheduled
         self.quit_sent = False  # a connection lost after "quit" is an orderly end
+        self._quit_id: str | None = None
         #: Events of the first connect, held until connect() returns (see the
         #: module doc); those before negotiation's end too (a server may send
         #: events between qmp_capabilities and its reply).
@@ -356,6 +357,7 @@ class _Link(asyncio.Protocol):
         request_id = self.proto.send_command(command, dict(arguments) if arguments else None)
         if command == "quit":
             self.quit_sent = True
+            self._quit_id = request_id
         self._write()
         return request_id
 
@@ -395,8 +397,14 @@ class _Link(asyncio.Protocol):
 
     def fail_pending(self, error: BaseException) -> None:
         pending, self.pending = self.pending, {}
-        for future in pending.values():
-            if not future.done():
+        for request_id, future in pending.items():
+            if future.done():
+                continue
+            if request_id == self._quit_id and isinstance(error, ConnectionLost):
+                # The end of the connection is quit's answer: QEMU 7.2 over TLS
+                # closes without writing the reply (its SHUTDOWN event comes).
+                future.set_result(Reply("quit", request_id, value={}))
+            else:
                 future.set_exception(error)
                 future.exception()  # a caller that gave up must not trigger a warning
         self._fail_ready(error)
