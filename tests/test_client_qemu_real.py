@@ -102,6 +102,20 @@ async def test_a_second_client_of_one_monitor_is_told_it_is_busy_fast() -> None:
         assert (await first.execute("query-status", timeout=10))["status"] == "prelaunch"
 
 
+async def test_a_second_client_of_one_tls_monitor_is_told_it_is_busy_fast(
+        pki: dict[str, Path]) -> None:
+    async with _tls_qemu(pki["server"], verify_peer=False) as vm:
+        address = f"tcp:127.0.0.1:{await _tls_port(vm)}"
+        context = client_context(pki["anonymous"])
+        async with qmpevents.connect(address, ssl=context, server_hostname="localhost") as first:
+            started = time.monotonic()
+            with pytest.raises(qmpevents.MonitorBusy, match="no TLS handshake within 1 s"):
+                await qmpevents.connect(address, ssl=context, server_hostname="localhost",
+                                        greeting_timeout=1.0)
+            assert time.monotonic() - started < 5  # not the 10 s connect timeout
+            assert (await first.execute("query-status", timeout=10))["status"] == "prelaunch"
+
+
 async def test_quit_ends_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     async with QemuProcess() as vm:
         with caplog.at_level(logging.DEBUG, logger="qmpevents"):

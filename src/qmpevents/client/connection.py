@@ -442,9 +442,10 @@ class QMPClient:
       (QEMU's ``tls-creds-x509``); :func:`qmpevents.tls.client_context`
       builds one from QEMU's credentials directory.  *server_hostname* is the
       name the server's certificate must carry (default: the address's host).
-    * *greeting_timeout* -- seconds to wait for the greeting once the socket
-      is connected: a socket that accepts and says nothing is a QEMU monitor
-      busy with another client (:class:`~qmpevents.errors.MonitorBusy`).
+    * *greeting_timeout* -- seconds to wait for the greeting (and, with
+      *ssl*, for the TLS handshake) once the socket is connected: a socket
+      that accepts and says nothing is a QEMU monitor busy with another
+      client (:class:`~qmpevents.errors.MonitorBusy`).
     * *stall_timeout* -- how long a full ``overflow="block"`` subscription may
       hold the reader before it is cut off
       (:class:`~qmpevents.errors.SubscriberStalled`); None: never.
@@ -572,12 +573,21 @@ class QMPClient:
                             await loop.create_connection(lambda: link, address.host,
                                                          address.port)
                         else:
+                            # A busy QEMU monitor leaves a second client in the backlog:
+                            # no handshake, as no greeting, within greeting_timeout.
                             await loop.create_connection(
                                 lambda: link, address.host, address.port, ssl=self.ssl,
                                 server_hostname=self.server_hostname or address.host,
-                                ssl_handshake_timeout=self.connect_timeout)
+                                ssl_handshake_timeout=min(self.connect_timeout,
+                                                          self.greeting_timeout))
                 except _ssl.SSLError:  # says what failed; callers catch its classes
                     raise
+                except ConnectionAbortedError as exc:
+                    if self.ssl is None or "handshake" not in str(exc):
+                        raise connect_error(address, exc, tls=self.ssl is not None) from exc
+                    # asyncio's handshake timeout (its only report of it is this text)
+                    raise MonitorBusy(str(address), self._silent_reason(
+                        "TLS handshake", "it does not speak TLS")) from None
                 except OSError as exc:  # the OS's error does not say which address
                     raise connect_error(address, exc, tls=self.ssl is not None) from exc
                 self._link = link
@@ -624,11 +634,14 @@ class QMPClient:
         except TimeoutError:
             if link.received_any:
                 raise  # something that is not a greeting: the usual timeout
-            raise MonitorBusy(
-                str(self.address), f"connected, but no QMP greeting within "
-                f"{self.greeting_timeout:g} s: the monitor is busy (QEMU serves one client "
-                f"per socket; add another -qmp socket), it expects TLS (--tls-creds), "
-                f"or this is not a QMP server") from None
+            raise MonitorBusy(str(self.address), self._silent_reason(
+                "QMP greeting", "it expects TLS (--tls-creds), or this is not a QMP server")
+            ) from None
+
+    def _silent_reason(self, missing: str, otherwise: str) -> str:
+        return (f"connected, but no {missing} within {self.greeting_timeout:g} s: the "
+                f"monitor is busy (QEMU serves one client per socket; add another -qmp "
+                f"socket), or {otherwise}")
 
     async def close(self) -> None:
         """Close the connection; pending commands fail, iterators end.  Idempotent."""
