@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from cli_process import short_dir
 
 import qmpevents
 from qmpevents import ManualClock, RtcChange
+from qmpevents.client import vms as vms_module
 from qmpevents.sim import SimulatedVM
 
 
@@ -227,3 +229,68 @@ async def test_a_burst_before_the_name_reply_loses_nothing() -> None:
         async with asyncio.timeout(30):
             offsets = [(await _offset(vms))[1] for _ in range(20_000)]
     assert offsets == list(range(20_000))
+
+
+class _NamelessVM:
+    """Negotiates, sends *events* STOPs (each with *pad* bytes of data), and never
+    answers query-name (nor anything else)."""
+
+    def __init__(self, path: str, events: int, pad: int = 0) -> None:
+        self.path, self.events, self.pad = path, events, pad
+        self.writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+                     b'"package": ""}, "capabilities": []}}\r\n')
+        request = json.loads(await reader.readline())
+        data = b', "data": {"pad": "%s"}' % (b"x" * self.pad) if self.pad else b""
+        stop = b'{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}%s}\r\n' % data
+        writer.write(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode()
+                     + stop * self.events)
+        while await reader.readline():
+            pass
+
+    async def __aenter__(self) -> _NamelessVM:
+        self._server = await asyncio.start_unix_server(self._serve, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self.writers:
+            writer.close()
+
+
+async def test_a_fixed_target_that_never_says_its_name_loses_no_event(directory: Path) -> None:
+    """watch --timeout 3 on such a VM printed 0 of its 5 events: start() waited for the
+    name, and the timeout cancelled it with the events it held."""
+    path = f"{directory}/vm.sock"
+    got: list[tuple[str, str]] = []
+
+    async def on_event(vm: str, event: qmpevents.QMPEvent) -> None:
+        got.append((vm, event.name))
+
+    async with asyncio.timeout(10), _NamelessVM(path, events=5):
+        vms = qmpevents.watch_vms(path, clock=ManualClock(), on_event=on_event)
+        assert await vms.start() == []  # connected: naming goes on in the follower
+        await vms.close()  # the name never came: what was held is delivered first
+    assert got == [("vm", "STOP")] * 5
+
+
+async def test_a_vm_that_floods_before_saying_its_name_is_shown_by_its_path(
+        directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events held while naming are bounded in bytes: past the bound the VM is
+    shown under its target's name and its events flow (1.5-2.6 GB were held)."""
+    monkeypatch.setattr(vms_module, "EARLY_BYTES", 1 << 20)
+    path = f"{directory}/vm.sock"
+    got: list[str] = []
+
+    async def on_event(vm: str, event: qmpevents.QMPEvent) -> None:
+        got.append(vm)
+
+    async with asyncio.timeout(10), _NamelessVM(path, events=40, pad=100_000), \
+            qmpevents.watch_vms(path, clock=ManualClock(), on_event=on_event):
+        await until(lambda: len(got) == 40)  # no name, no close: they flow
+    assert set(got) == {"vm"}

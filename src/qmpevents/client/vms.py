@@ -43,12 +43,17 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self
 
+import msgspec
+
 from qmpevents.client.connection import QMPClient
 from qmpevents.client.filters import EventSpec, Predicate, QMPEvent
 from qmpevents.client.subscriptions import DEFAULT_MAXSIZE, Subscription
 from qmpevents.client.targets import Target, display_name, expand, is_pattern, split_name
 from qmpevents.clock import REAL_CLOCK, Clock, deadline, sleep
 from qmpevents.errors import QMPEventsError
+
+Connected = tuple[QMPClient, Subscription[QMPEvent]]
+"""A follower's connection: the client, and its subscription made before connecting."""
 
 logger = logging.getLogger("qmpevents.client.vms")
 
@@ -165,14 +170,15 @@ class VMs:
         would lose the events sent in between.
         """
         fixed = [t for spec in self.specs if not is_pattern(spec) for t in expand(spec)]
-        results = await asyncio.gather(*(self._open(t) for t in fixed), return_exceptions=True)
+        results = await asyncio.gather(*(self._connect(t) for t in fixed),
+                                       return_exceptions=True)
         opened = [r for r in results if not isinstance(r, BaseException)]
         failures = [(t, r) for t, r in zip(fixed, results, strict=True)
                     if isinstance(r, BaseException)]
         unexpected = next((r for _, r in failures
                            if not isinstance(r, OSError | QMPEventsError | TimeoutError)), None)
         if failures:
-            for client, _, _ in opened:
+            for client, _ in opened:
                 await client.close()
             if unexpected is not None:
                 raise unexpected
@@ -237,7 +243,7 @@ class VMs:
 
     # -- following ----------------------------------------------------------------
 
-    async def _open(self, target: Target) -> tuple[QMPClient, AsyncIterator[QMPEvent], str]:
+    async def _connect(self, target: Target) -> Connected:
         """Subscribe, then connect: no event after negotiation can slip by."""
         options = dict(self._client_options)
         # The follower applies backpressure itself (a bounded hand-over): a busy
@@ -248,18 +254,28 @@ class VMs:
         trace = self._trace(target) if self._trace is not None else None
         client = QMPClient(target.connect_address, clock=self.clock, trace=trace, **options)
         events = client.events(*self._events, **self._filters)
-        follower = asyncio.current_task()
         try:
             await client.connect()
-            if follower is not None:
-                self._naming.add(follower)
+        except BaseException:
+            await client.close()
+            raise
+        return client, events
+
+    async def _name(self, target: Target, client: QMPClient,
+                    events: Subscription[QMPEvent]) -> tuple[AsyncIterator[QMPEvent], str]:
+        """Ask the VM's name from its follower's task, which close() waits for
+        (within :data:`CLOSE_GRACE`): the events taken meanwhile are not lost."""
+        follower = asyncio.current_task()
+        if follower is not None:
+            self._naming.add(follower)
+        try:
             name, early = await _name_while_draining(client, target, events, self._closing)
         except BaseException:
             await client.close()
             raise
         finally:
             self._naming.discard(follower)
-        return client, _chain(early, events, self._closing), name
+        return _chain(early, events, self._closing), name
 
     def _scan(self) -> None:
         for spec in self.specs:
@@ -273,9 +289,10 @@ class VMs:
             await sleep(self.clock, self._rescan)  # polling the file system
             self._scan()
 
-    def _attach(self, target: Target, *, pattern: bool,
-                first: tuple[QMPClient, AsyncIterator[QMPEvent], str] | None = None) -> None:
+    def _attach(self, target: Target, *, pattern: bool, first: Connected | None = None) -> None:
         task = asyncio.create_task(self._follow(target, pattern, first))
+        if first is not None:  # connected: it names the VM first (close() waits for that)
+            self._naming.add(task)
         self._tasks[target.address] = task
         task.add_done_callback(lambda _: self._tasks.pop(target.address, None))
 
@@ -293,17 +310,19 @@ class VMs:
         else:
             await self._queue.put(VMEvent(vm, event))
 
-    async def _follow(self, target: Target, pattern: bool,
-                      opened: tuple[QMPClient, AsyncIterator[QMPEvent], str] | None) -> None:
+    async def _follow(self, target: Target, pattern: bool, connected: Connected | None) -> None:
         """Stream one VM's events; say losses and returns; retry with back-off."""
         first_delay, max_delay = self._backoff
         delay = first_delay
         failing = False  # a failure has been said and nothing has worked since
+        named: str | None = None  # the VM's name once connected and named
         while True:
             try:
-                if opened is None:
-                    opened = await self._open(target)
-                client, events, name = opened
+                if connected is None:
+                    connected = await self._connect(target)
+                client = connected[0]
+                events, name = await self._name(target, *connected)
+                named = name
                 try:
                     if target.address in self._lost:
                         self._lost.discard(target.address)
@@ -328,9 +347,9 @@ class VMs:
                 self._status(VMState(name, "lost", "disconnected", target, pattern))
             except (OSError, QMPEventsError, TimeoutError) as exc:
                 detail = str(exc) or type(exc).__name__
-                if opened is not None:
+                if named is not None:
                     self._lost.add(target.address)
-                    self._status(VMState(opened[2], "lost", detail, target, pattern, exc))
+                    self._status(VMState(named, "lost", detail, target, pattern, exc))
                 elif not failing:
                     self._status(VMState(target.name, "unreachable", detail, target, pattern,
                                          exc))
@@ -342,7 +361,7 @@ class VMs:
                                      target, pattern, exc))
                 return
             failing = True
-            opened = None
+            connected = named = None
             path = target.path
             if pattern and path is not None and not os.path.exists(path):
                 self._status(VMState(target.name, "gone", "socket removed", target, pattern))
@@ -364,43 +383,56 @@ def watch_vms(*targets: str, **options: Any) -> VMs:
 
 EARLY_LIMIT = 1 << 16
 """Events taken while a VM's name is asked, at most: the burst QEMU may have queued."""
+EARLY_BYTES = 64 << 20
+"""Their encoded size, at most: a VM that sends more before it answers is shown
+under its target's name (memory stays bounded, whatever it sends)."""
 
 
 async def _name_while_draining(client: QMPClient, target: Target,
                                events: Subscription[QMPEvent], closing: asyncio.Event
                                ) -> tuple[str, list[QMPEvent]]:
-    """The VM's name, taking its events meanwhile (at most :data:`EARLY_LIMIT`).
+    """The VM's name, taking its events meanwhile (at most :data:`EARLY_LIMIT`
+    events and :data:`EARLY_BYTES`).
 
     A VM with a burst queued answers ``query-name`` after the burst: a
     subscription nobody reads until then would fill, and the client, which
-    must read on for the reply, would cut it off and lose the rest.  Once
-    *closing* is set, the name is the target's and the events taken so far
-    are returned (to be delivered before the end).
+    must read on for the reply, would cut it off and lose the rest.  Past
+    either limit, or once *closing* is set or the connection ends, the name
+    is the target's, and the events taken so far are returned (to be
+    delivered first).
     """
     asking = asyncio.ensure_future(display_name(client, target))
     ending = asyncio.ensure_future(closing.wait())
     early: list[QMPEvent] = []
+    size = 0
     taking: asyncio.Future[QMPEvent] | None = None
     try:
-        while not asking.done() and not closing.is_set() and len(early) < EARLY_LIMIT:
+        while not asking.done() and not closing.is_set():
+            if len(early) >= EARLY_LIMIT or size >= EARLY_BYTES:
+                logger.info("%s: %d events (%d bytes) before query-name was answered: "
+                            "shown as %s", target.address, len(early), size, target.name)
+                break
             taking = asyncio.ensure_future(events.get(timeout=None))
             await asyncio.wait((asking, taking, ending), return_when=asyncio.FIRST_COMPLETED)
             if taking.done():
                 if taking.exception() is not None:
                     break  # the connection ended: the follower hears of it from *events*
-                early.append(taking.result())
-                while events.qsize() and len(early) < EARLY_LIMIT:  # all of this read
-                    early.append(events.get_nowait())
+                taken = [taking.result()]
+                while events.qsize() and len(early) + len(taken) < EARLY_LIMIT:  # this read
+                    taken.append(events.get_nowait())
+                early += taken
+                size += len(_ENCODE(taken))
             else:
                 taking.cancel()
                 await asyncio.gather(taking, return_exceptions=True)
             taking = None
-        if not asking.done():  # the burst limit, the connection's end, or closing
-            await asyncio.wait((asking, ending), return_when=asyncio.FIRST_COMPLETED)
-        return (await asking if asking.done() else target.name), early
+        return (asking.result() if asking.done() else target.name), early
     finally:
         for pending in (asking, ending, taking):
             _discard(pending)
+
+
+_ENCODE: Final = msgspec.json.Encoder().encode
 
 
 def _discard(task: asyncio.Future[Any] | None) -> None:
@@ -415,7 +447,9 @@ async def _chain(early: list[QMPEvent], events: Subscription[QMPEvent],
                  closing: asyncio.Event) -> AsyncIterator[QMPEvent]:
     for event in early:
         yield event
-    if closing.is_set():  # closing: what was held is delivered, nothing more is awaited
+    if closing.is_set():  # closing: what was held and queued is delivered, nothing awaited
+        while events.qsize():
+            yield events.get_nowait()
         return
     async for event in events:
         yield event
