@@ -30,6 +30,7 @@ from qmpevents.cli.output import Output
 from qmpevents.cli.render import json_line, text_line
 from qmpevents.client.targets import expand
 from qmpevents.codec import encode_message
+from qmpevents.codec.deep import parse_json_text
 from qmpevents.codec.encoder import pretty_wire
 from qmpevents.testing.fake import VNC_CLIENT, VNC_SERVER
 
@@ -158,6 +159,19 @@ def test_json_line_vm_and_host_are_always_the_tools() -> None:
                                                        "microseconds": 5}}
     ordinary = b'{"event": "STOP", ' + STAMP + b', "data": {"host": "kept inside data"}}'
     assert json_line("real", decode_event(ordinary)) == '{"vm": "real", ' + ordinary[1:].decode()
+
+
+def test_json_line_of_an_event_with_a_number_beyond_a_double_is_json() -> None:
+    """msgspec refuses 1e400 where QEMU reads inf: the line dropping a forged "vm"
+    was "? vm (not an event) ..." (an attacker's finding: jq failed on it)."""
+    for extra in (b"", b', "vm": "forged"'):
+        raw = (b'{"event": "VNC_CONNECTED", ' + STAMP + b', "data": {"server": {"host": "h", '
+               b'"service": "1", "family": "ipv4"}, "client": {"host": 1e400, "service": "1", '
+               b'"family": "ipv4"}}' + extra + b"}")
+        event = event_from_value(parse_json_text(raw), raw)  # the client's exact path
+        line = json_line("vm1", event)
+        value = json.loads(line)
+        assert value["vm"] == "vm1" and value["data"]["client"]["host"] == float("inf")
 
 
 def test_json_line_of_an_event_whose_raw_is_not_utf8_is_json() -> None:

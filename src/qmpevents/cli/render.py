@@ -166,7 +166,9 @@ def _without_reserved(raw: bytes) -> str | None:
     """*raw* without its top-level ``vm``/``host`` members, or None if it has none."""
     try:
         members = msgspec.json.decode(raw)  # decoded once already: valid JSON
-    except RecursionError:  # nested deeper than msgspec goes (QEMU allows 1024 levels)
+    except (RecursionError, msgspec.DecodeError):
+        # Nested deeper than msgspec goes (QEMU allows 1024 levels), or a number
+        # beyond a double (1e400, which QEMU reads as inf): the exact parser's.
         members = parse_json_text(raw)
     if not isinstance(members, dict) or not any(name in members for name in RESERVED):
         return None
