@@ -258,6 +258,7 @@ def test_screendump_is_the_only_file_the_simulated_machine_opens() -> None:
                 "read_text", "write_text", "unlink", "rename", "remove", "execv", "spawn"}
     found = set()
     for package in (qmpevents.sim, qmpevents.server):
+        assert package.__file__ is not None
         for path in Path(package.__file__).parent.glob("*.py"):
             tree = ast.parse(path.read_text())
             for function in ast.walk(tree):
