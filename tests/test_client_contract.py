@@ -343,6 +343,36 @@ async def test_a_silent_monitor_is_reported_busy_fast() -> None:
         os.rmdir(directory)
 
 
+async def test_a_greeting_that_never_completes_is_said_with_the_address() -> None:
+    """Blanks, or a greeting cut short: a bare 'no result within 3 s' before."""
+    clock = ManualClock()
+    directory = tempfile.mkdtemp(prefix="qmpev-")
+    path = os.path.join(directory, "qmp.sock")
+    held: list[asyncio.StreamWriter] = []
+
+    async def blanks(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+        w.write(b'   \r\n{"QMP": {"version"')
+
+    server = await asyncio.start_unix_server(blanks, path)
+    try:
+        client = QMPClient(path, clock=clock, greeting_timeout=3)
+        connecting = asyncio.create_task(client.connect())
+        async with asyncio.timeout(10):  # the bytes are in (socket I/O, no timer)
+            while client._link is None or not client._link.received_any:
+                await asyncio.sleep(0)
+        await clock.advance_when_waiting(3, timers=2)  # connect_timeout and greeting_timeout
+        with pytest.raises(TimeoutError, match=f"{path}: bytes, but no complete QMP greeting "
+                                               "within 3 s"):
+            await connecting
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        os.unlink(path)
+        os.rmdir(directory)
+
+
 # -- reconnect back-off on the clock ----------------------------------------------
 
 async def test_reconnect_backs_off_on_the_clock(server: FakeQMP) -> None:

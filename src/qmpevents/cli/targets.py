@@ -25,7 +25,9 @@ from qmpevents.tls import TLSCredsError, client_context
 def describe_error(exc: BaseException) -> str:
     """Why a connection failed, in a few words (``No such file or directory``)."""
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        # "ADDRESS: what did not happen within N s": the what, not the address again
+        _, sep, what = str(exc).partition(": ")
+        return f"timed out ({what})" if sep and what else "timed out"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

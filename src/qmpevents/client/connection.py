@@ -629,7 +629,8 @@ class QMPClient:
 
     async def _await_greeting(self, link: _Link) -> None:
         try:
-            async with deadline(self.clock, self.greeting_timeout):
+            async with deadline(self.clock, self.greeting_timeout,
+                                f"{self.address}: bytes, but no complete QMP greeting"):
                 await asyncio.shield(link.greeted)
         except TimeoutError:
             if link.received_any:
