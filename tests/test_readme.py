@@ -81,6 +81,26 @@ def test_pytest_fixture_example_passes(tmp_path: Path, mode: str) -> None:
     assert "2 passed" in result.stdout
 
 
+SYNC_TEST_WITH_THE_ASYNC_FIXTURE = """
+import qmpevents
+
+def test_status(simulated_vm):
+    with qmpevents.connect_sync(simulated_vm.socket_path) as qmp:
+        qmp.execute("query-status")
+"""
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_a_sync_test_with_the_async_fixture_is_told_which_to_use(tmp_path: Path,
+                                                                  mode: str) -> None:
+    """It timed out as a busy monitor (the VM's loop does not run during a sync test)."""
+    (tmp_path / "test_wrong.py").write_text(SYNC_TEST_WITH_THE_ASYNC_FIXTURE)
+    result = _pytest(tmp_path / "test_wrong.py", "-o", f"asyncio_mode={mode}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is a sync test" in result.stdout and "use simulated_vm_thread" in result.stdout
+    assert "MonitorBusy" not in result.stdout
+
+
 NO_PYTEST_ASYNCIO = """
 import sys
 

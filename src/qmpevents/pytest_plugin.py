@@ -20,6 +20,7 @@ The plugin loads without pytest-asyncio; only ``simulated_vm`` needs it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -93,6 +94,11 @@ def _simulated_vm_fixture() -> Any:
 
     async def simulated_vm(request: pytest.FixtureRequest) -> AsyncIterator[SimulatedVM]:
         """A started :class:`SimulatedVM` on a private Unix socket (``.socket_path``)."""
+        function = getattr(request.node, "function", None)
+        if function is not None and not inspect.iscoroutinefunction(function):
+            # Its loop does not run during a sync test: a client would see a busy monitor.
+            pytest.fail(f"{request.node.name} is a sync test: the simulated_vm fixture runs "
+                        "on the test's event loop; use simulated_vm_thread", pytrace=False)
         async with SimulatedVM(**_options(request)) as vm:
             yield vm
     return pytest_asyncio.fixture(name="simulated_vm")(simulated_vm)
