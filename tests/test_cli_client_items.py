@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,20 @@ def test_name_equals_address_targets() -> None:
 def test_a_trailing_slash_is_a_directory_even_before_it_exists(tmp_path: object) -> None:
     missing = f"{tmp_path}/not-yet/"
     assert is_pattern(missing) and expand(missing) == []
+
+
+def test_a_directory_of_libvirt_domains_names_their_monitors() -> None:
+    """watch /var/lib/libvirt/qemu/ found no VM: the sockets are one level down."""
+    with short_dir("lv") as directory:
+        for name in ("domain-3-web1", "domain-7-db"):
+            os.mkdir(os.path.join(directory, name))
+            listener = socket.socket(socket.AF_UNIX)
+            listener.bind(os.path.join(directory, name, "monitor.sock"))
+            listener.close()  # a socket file stays: what the scan looks for
+        os.mkdir(os.path.join(directory, "channel"))  # no monitor.sock: not a VM
+        assert [(t.name, t.path) for t in expand(directory + "/")] == [
+            ("web1", f"{directory}/domain-3-web1/monitor.sock"),
+            ("db", f"{directory}/domain-7-db/monitor.sock")]
 
 
 async def test_watch_names_libvirt_vms_and_explicit_names() -> None:

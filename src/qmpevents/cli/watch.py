@@ -34,6 +34,7 @@ examples:
   qmpevents watch '/tmp/vms/*.sock' --rescan 0.2
   qmpevents watch web1=/var/lib/libvirt/qemu/domain-3-web1/monitor.sock --exit-on-disconnect
   qmpevents watch /run/qemu-server/      # a trailing / : a directory, waited for if missing
+  qmpevents watch /var/lib/libvirt/qemu/ # and each domain-N-NAME/monitor.sock in it
 
 VMs are named NAME (NAME=ADDRESS), else by their own query-name, else by the
 distinguishing part of the path (libvirt's domain-N-NAME directory for a

@@ -110,6 +110,10 @@ def is_pattern(spec: str) -> bool:
     return spec.endswith("/") or os.path.isdir(spec) or glob.has_magic(spec)
 
 
+LIBVIRT_MONITOR: Final = "monitor.sock"
+"""The QMP socket in each of libvirt's domain directories (``.../qemu/domain-N-NAME/``)."""
+
+
 def expand(spec: str) -> list[Target]:
     """The VMs *spec* names right now (none yet for a directory that does not exist)."""
     name, spec = split_name(spec)
@@ -131,8 +135,10 @@ def expand(spec: str) -> list[Target]:
             entries = os.listdir(spec)
         except OSError:
             return []  # not there yet: re-scanned
-        paths = sorted(os.path.join(spec, entry) for entry in entries)
-        return [_socket_target(p) for p in paths if _is_socket(p)]
+        # Its sockets, and libvirt's layout: DIR/domain-N-NAME/monitor.sock.
+        paths = [os.path.join(spec, entry) for entry in entries]
+        paths += [os.path.join(p, LIBVIRT_MONITOR) for p in paths if os.path.isdir(p)]
+        return [_socket_target(p) for p in sorted(paths) if _is_socket(p)]
     if glob.has_magic(spec):
         return [_socket_target(p) for p in sorted(glob.glob(spec)) if _is_socket(p)]
     return [_socket_target(spec)]
