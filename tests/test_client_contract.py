@@ -137,6 +137,15 @@ async def test_expect_takes_match(server: FakeQMP) -> None:
             await qmp.execute("emit", {"events": [IO_ERROR, other]})
         assert isinstance(seen.events[0], BlockIoError)
         assert seen.events[0].data.device == "d1"
+        clock = qmp.clock = ManualClock()  # a failure says what had to match
+        with pytest.raises(qmpevents.ExpectationFailed,
+                           match=r"expected BLOCK_IO_ERROR with data.device='d9'; "
+                                 r"received BLOCK_IO_ERROR$") as failed:
+            async with qmp.expect("BLOCK_IO_ERROR", match={"data.device": "d9"}, timeout=5):
+                await qmp.execute("emit", {"events": [IO_ERROR]})
+                waiting = asyncio.ensure_future(clock.advance_when_waiting(5))
+        await waiting
+        assert failed.value.match == {"data.device": "d9"}
 
 
 # -- received events --------------------------------------------------------------

@@ -7,6 +7,7 @@ travel on the wire carry QMP's error class and description verbatim.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -146,8 +147,13 @@ class EventValidationError(QMPEventsError):
 class ExpectationFailed(QMPEventsError):
     """An expected sequence of events did not arrive in time."""
 
-    def __init__(self, expected: list[str], received: list[str]) -> None:
+    def __init__(self, expected: list[str], received: list[str],
+                 match: Mapping[str, Any] | None = None) -> None:
         got = ", ".join(received) if received else "no events"
-        super().__init__(f"expected {' -> '.join(expected)}; received {got}")
+        where = (" with " + ", ".join(f"{key}={value!r}" for key, value in match.items())
+                 if match else "")
+        super().__init__(f"expected {' -> '.join(expected)}{where}; received {got}")
         self.expected = expected
         self.received = received
+        #: The ``match=`` every expected event had to pass (None: none).
+        self.match = dict(match) if match else None

@@ -69,6 +69,7 @@ class Expectation:
             raise ValueError("expect() needs at least one event name")
         self._hub = hub
         self._steps = [EventFilter((name,), match) for name in names]
+        self._match = match
         self.expected = [step.names[0] for step in self._steps]
         self.timeout = timeout
         #: The matched events, one per expected name, once complete.
@@ -116,7 +117,7 @@ class Expectation:
         hidden = self._received_total - len(received)
         if hidden > 0:
             received.insert(0, f"... {hidden} earlier")
-        return ExpectationFailed(self.expected, received)
+        return ExpectationFailed(self.expected, received, self._match)
 
     async def __aenter__(self) -> Self:
         self._done = asyncio.get_running_loop().create_future()
