@@ -175,6 +175,12 @@ async def test_serve_names_the_address_it_cannot_listen_on() -> None:
                            "No such file or directory")
 
 
+async def test_simulated_vm_names_the_path_it_cannot_listen_on() -> None:
+    with pytest.raises(FileNotFoundError, match=r"/nonexistent/x\.sock"):
+        async with SimulatedVM(qmp="unix:/nonexistent/x.sock"):
+            pass
+
+
 async def test_replay_vm_matching_nothing_says_so(tmp_path: Path) -> None:
     recording = tmp_path / "r.jsonl"
     async with SimulatedVM(qmp=f"unix:{tmp_path}/a.sock") as vm, \

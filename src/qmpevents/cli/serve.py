@@ -183,7 +183,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(vm))
     except OSError as exc:  # a bind that failed: say where (asyncio's error does not)
-        where = exc.filename or " or ".join(str(address) for address in vm.addresses)
+        named = [str(address) for address in vm.addresses
+                 if getattr(address, "path", None) == exc.filename]
+        where = (named[0] if named else exc.filename
+                 or " or ".join(str(address) for address in vm.addresses))
         return _fail(f"cannot listen on {where}: {exc.strerror or exc}", 1)
 
 

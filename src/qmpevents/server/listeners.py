@@ -93,7 +93,10 @@ class Listener:
         _remove_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(path)
+            try:
+                sock.bind(path)
+            except OSError as exc:  # bind's error does not name the path
+                raise type(exc)(exc.errno, exc.strerror, path) from None
             os.chmod(path, self._socket_mode)  # before listen(): nobody can connect yet
             info = os.stat(path)
             self._inode = (info.st_dev, info.st_ino)
