@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any, assert_type
 
 import pytest
+from socket_support import GREETING, Handler, serving
 
 import qmpevents
 from qmpevents import (
@@ -288,7 +287,7 @@ async def test_bad_messages_are_logged_rate_limited_and_counted(
         caplog: pytest.LogCaptureFixture) -> None:
     clock = ManualClock()
     bad = b'{"event": "STOP"}\n' * 20_000  # events without a timestamp
-    async with _OneShotServer(bad) as address, \
+    async with serving(_one_shot(bad)) as address, \
             qmpevents.connect(address, clock=clock) as qmp:
         with caplog.at_level(logging.WARNING, logger="qmpevents"):
             await qmp.execute("query-status", timeout=None)
@@ -296,75 +295,42 @@ async def test_bad_messages_are_logged_rate_limited_and_counted(
         assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 
-class _OneShotServer:
+def _one_shot(payload: bytes) -> Handler:
     """Greets, negotiates, then sends *payload* before the reply to the next command."""
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self._dir = tempfile.mkdtemp(prefix="qmpev-")
-        self.path = os.path.join(self._dir, "qmp.sock")
-        self._server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
-                     b'"package": ""}, "capabilities": []}}\r\n')
-        for reply in (b"", self.payload):
-            line = await reader.readline()
-            request_id = json.loads(line)["id"]
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
+        for reply in (b"", payload):
+            request_id = json.loads(await reader.readline())["id"]
             writer.write(reply + b'{"return": {}, "id": "%s"}\r\n' % request_id.encode())
         await reader.read()
         writer.close()
-
-    async def __aenter__(self) -> str:
-        self._server = await asyncio.start_unix_server(self._serve, self.path)
-        return self.path
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        Path(self.path).unlink(missing_ok=True)
-        os.rmdir(self._dir)
+    return serve
 
 
 # -- a socket that accepts and stays silent ---------------------------------------
 
 async def test_a_silent_monitor_is_reported_busy_fast() -> None:
     clock = ManualClock()
-    directory = tempfile.mkdtemp(prefix="qmpev-")
-    path = os.path.join(directory, "qmp.sock")
-    held: list[asyncio.StreamWriter] = []
 
-    async def accept_and_say_nothing(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        held.append(w)
+    async def accept_and_say_nothing(_r: asyncio.StreamReader, _w: asyncio.StreamWriter) -> None:
+        pass
 
-    silent = await asyncio.start_unix_server(accept_and_say_nothing, path)
-    try:
+    async with serving(accept_and_say_nothing) as path:
         client = QMPClient(path, clock=clock, greeting_timeout=3)
         connecting = asyncio.create_task(client.connect())
         await clock.advance_when_waiting(3, timers=2)  # connect_timeout and greeting_timeout
         with pytest.raises(qmpevents.MonitorBusy, match="QEMU serves one client per socket"):
             await connecting
-    finally:
-        for writer in held:
-            writer.close()
-        silent.close()
-        os.unlink(path)
-        os.rmdir(directory)
 
 
 async def test_a_greeting_that_never_completes_is_said_with_the_address() -> None:
     """Blanks, or a greeting cut short: a bare 'no result within 3 s' before."""
     clock = ManualClock()
-    directory = tempfile.mkdtemp(prefix="qmpev-")
-    path = os.path.join(directory, "qmp.sock")
-    held: list[asyncio.StreamWriter] = []
 
     async def blanks(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        held.append(w)
         w.write(b'   \r\n{"QMP": {"version"')
 
-    server = await asyncio.start_unix_server(blanks, path)
-    try:
+    async with serving(blanks) as path:
         client = QMPClient(path, clock=clock, greeting_timeout=3)
         connecting = asyncio.create_task(client.connect())
         async with asyncio.timeout(10):  # the bytes are in (socket I/O, no timer)
@@ -374,12 +340,6 @@ async def test_a_greeting_that_never_completes_is_said_with_the_address() -> Non
         with pytest.raises(TimeoutError, match=f"{path}: bytes, but no complete QMP greeting "
                                                "within 3 s"):
             await connecting
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        os.unlink(path)
-        os.rmdir(directory)
 
 
 # -- reconnect back-off on the clock ----------------------------------------------
@@ -397,27 +357,21 @@ async def test_reconnect_backs_off_on_the_clock(server: FakeQMP) -> None:
         assert qmp.reconnects == 1
 
 
-class _MuteOnStatusServer:
+class _MuteOnStatus:
     """Answers qmp_capabilities and (on the first connection only) query-status;
     each connection sends *resets* RESETs right after negotiating.  The second
     connection's resync status never comes."""
 
     def __init__(self, resets: int) -> None:
         self.resets = resets
-        self.connections = 0
-        self._dir = tempfile.mkdtemp(prefix="qmpev-")
-        self.path = os.path.join(self._dir, "qmp.sock")
         self.writers: list[asyncio.StreamWriter] = []
         #: Set when a connection after the first asks for the status.
         self.status_asked = asyncio.Event()
-        self._server: asyncio.Server | None = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        first = self.connections == 1
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.append(writer)
-        writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
-                     b'"package": ""}, "capabilities": []}}\r\n')
+        first = len(self.writers) == 1
+        writer.write(GREETING)
         while line := await reader.readline():
             request = json.loads(line)
             reply = b'{"return": %s, "id": "%s"}\r\n'
@@ -431,24 +385,12 @@ class _MuteOnStatusServer:
                 self.status_asked.set()
         writer.close()
 
-    async def __aenter__(self) -> _MuteOnStatusServer:
-        self._server = await asyncio.start_unix_server(self._serve, self.path)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self.writers:
-            writer.close()
-        Path(self.path).unlink(missing_ok=True)
-        os.rmdir(self._dir)
-
 
 async def test_a_resync_status_that_never_comes_loses_no_event() -> None:
     clock = ManualClock()
-    async with asyncio.timeout(10), _MuteOnStatusServer(resets=10) as server, qmpevents.connect(
-            server.path, reconnect=True, reconnect_delay=1, connect_timeout=10,
-            clock=clock) as qmp:
+    server = _MuteOnStatus(resets=10)
+    async with asyncio.timeout(10), serving(server) as path, qmpevents.connect(
+            path, reconnect=True, reconnect_delay=1, connect_timeout=10, clock=clock) as qmp:
         resets = qmp.listen(Reset)
         markers = qmp.listen(RECONNECTED)
         first = [await resets.get(timeout=None) for _ in range(10)]
@@ -460,17 +402,13 @@ async def test_a_resync_status_that_never_comes_loses_no_event() -> None:
         marker = await markers.get(timeout=None)
         assert marker.data is not None and marker.data["status"] is None
         again = [await resets.get(timeout=None) for _ in range(10)]
-        assert len(again) == 10 and server.connections == 2 and qmp.connected
+        assert len(again) == 10 and len(server.writers) == 2 and qmp.connected
 
 
 async def test_quit_is_answered_by_the_end_of_the_connection() -> None:
     """QEMU 7.2 over TLS: SHUTDOWN, then the connection ends, without quit's reply."""
-    directory = tempfile.mkdtemp(prefix="qmpev-")
-    path = os.path.join(directory, "qmp.sock")
-
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
-                     b'"package": ""}, "capabilities": []}}\r\n')
+        writer.write(GREETING)
         while line := await reader.readline():
             request = json.loads(line)
             if request["execute"] == "quit":
@@ -479,18 +417,12 @@ async def test_quit_is_answered_by_the_end_of_the_connection() -> None:
             writer.write(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode())
         writer.close()
 
-    server = await asyncio.start_unix_server(serve, path)
-    try:
-        async with qmpevents.connect(path) as qmp:
-            stream = qmp.events()
-            assert await qmp.execute("quit", timeout=5) == {}
-            assert [event.name async for event in stream] == ["SHUTDOWN"]
-            with pytest.raises(qmpevents.ConnectionLost):  # other commands are not answered
-                await qmp.execute("query-status", timeout=5)
-    finally:
-        server.close()
-        os.unlink(path)
-        os.rmdir(directory)
+    async with serving(serve) as path, qmpevents.connect(path) as qmp:
+        stream = qmp.events()
+        assert await qmp.execute("quit", timeout=5) == {}
+        assert [event.name async for event in stream] == ["SHUTDOWN"]
+        with pytest.raises(qmpevents.ConnectionLost):  # other commands are not answered
+            await qmp.execute("query-status", timeout=5)
 
 
 # -- the blocking facade ------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cli_process import short_dir
+from socket_support import GREETING, Handler, serving
 
 import qmpevents
 from qmpevents import ManualClock, RtcChange
@@ -231,36 +232,19 @@ async def test_a_burst_before_the_name_reply_loses_nothing() -> None:
     assert offsets == list(range(20_000))
 
 
-class _NamelessVM:
+def _nameless_vm(events: int, pad: int = 0) -> Handler:
     """Negotiates, sends *events* STOPs (each with *pad* bytes of data), and never
     answers query-name (nor anything else)."""
+    data = b', "data": {"pad": "%s"}' % (b"x" * pad) if pad else b""
+    stop = b'{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}%s}\r\n' % data
 
-    def __init__(self, path: str, events: int, pad: int = 0) -> None:
-        self.path, self.events, self.pad = path, events, pad
-        self.writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.append(writer)
-        writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
-                     b'"package": ""}, "capabilities": []}}\r\n')
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
         request = json.loads(await reader.readline())
-        data = b', "data": {"pad": "%s"}' % (b"x" * self.pad) if self.pad else b""
-        stop = b'{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}%s}\r\n' % data
-        writer.write(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode()
-                     + stop * self.events)
+        writer.write(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode() + stop * events)
         while await reader.readline():
             pass
-
-    async def __aenter__(self) -> _NamelessVM:
-        self._server = await asyncio.start_unix_server(self._serve, self.path)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self.writers:
-            writer.close()
+    return serve
 
 
 async def test_a_fixed_target_that_never_says_its_name_loses_no_event(directory: Path) -> None:
@@ -272,7 +256,7 @@ async def test_a_fixed_target_that_never_says_its_name_loses_no_event(directory:
     async def on_event(vm: str, event: qmpevents.QMPEvent) -> None:
         got.append((vm, event.name))
 
-    async with asyncio.timeout(10), _NamelessVM(path, events=5):
+    async with asyncio.timeout(10), serving(_nameless_vm(events=5), path):
         vms = qmpevents.watch_vms(path, clock=ManualClock(), on_event=on_event)
         assert await vms.start() == []  # connected: naming goes on in the follower
         await vms.close()  # the name never came: what was held is delivered first
@@ -290,7 +274,7 @@ async def test_a_vm_that_floods_before_saying_its_name_is_shown_by_its_path(
     async def on_event(vm: str, event: qmpevents.QMPEvent) -> None:
         got.append(vm)
 
-    async with asyncio.timeout(10), _NamelessVM(path, events=40, pad=100_000), \
+    async with asyncio.timeout(10), serving(_nameless_vm(events=40, pad=100_000), path), \
             qmpevents.watch_vms(path, clock=ManualClock(), on_event=on_event):
         await until(lambda: len(got) == 40)  # no name, no close: they flow
     assert set(got) == {"vm"}

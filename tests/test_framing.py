@@ -213,23 +213,28 @@ def test_message_held_over_many_reads_is_answered_with_its_last_byte() -> None:
     assert framer.feed(b'{"a": [1]}{"b": 2}  {"c"') == [{"a": [1]}, {"b": 2}]
 
 
+def count_exact_path_bytes(framer: Framer[Any]) -> list[int]:
+    """The bytes *framer* feeds its exact (byte by byte) path from now on, as they go."""
+    seen: list[int] = []
+    feed_byte = framer._streamer.feed_byte
+
+    def counting(byte: int) -> None:
+        seen.append(byte)
+        feed_byte(byte)
+
+    framer._streamer.feed_byte = counting  # type: ignore[method-assign]
+    return seen
+
+
 def test_thousands_of_brackets_at_depth_3_stay_on_the_fast_path() -> None:
     # An ordinary 95 KiB reply: 4,002 brackets, nested 3 deep.
     item = b'["' + b"x" * 42 + b'"]'
     reply = b'{"return": [' + b", ".join([item] * 1999) + b'], "id": "big"}\r\n'
     assert sum(map(reply.count, (b"[", b"]", b"{", b"}"))) == 4002 and len(reply) > 95_000
     for framer in (value_framer(), client_framer()):
-        calls = 0
-        feed_byte = framer._streamer.feed_byte
-
-        def counting(byte: int, feed_byte: Any = feed_byte) -> None:
-            nonlocal calls
-            calls += 1
-            feed_byte(byte)
-
-        framer._streamer.feed_byte = counting  # type: ignore[method-assign]
+        exact = count_exact_path_bytes(framer)
         out = feed_all(framer, [reply[i:i + 8192] for i in range(0, len(reply), 8192)])
-        assert len(out) == 1 and calls == 0
+        assert len(out) == 1 and exact == []
     (first,) = value_framer().feed(reply)
     assert isinstance(first, dict) and first["return"][1998] == ["x" * 42]
 
@@ -241,17 +246,9 @@ def test_deeply_nested_messages_on_one_line_end_where_qemu_ends_them() -> None:
     data = unit * 40 + b"[1]"
     for chunks in ([data], [data[i:i + 997] for i in range(0, len(data), 997)]):
         framer = value_framer()
-        calls = 0
-        feed_byte = framer._streamer.feed_byte
-
-        def counting(byte: int, feed_byte: Any = feed_byte) -> None:
-            nonlocal calls
-            calls += 1
-            feed_byte(byte)
-
-        framer._streamer.feed_byte = counting  # type: ignore[method-assign]
+        exact = count_exact_path_bytes(framer)
         out = feed_all(framer, chunks)
-        assert len(out) == 41 and calls == 0
+        assert len(out) == 41 and exact == []
         assert [canon(v) for v in out] == [canon(v) for v in reference(data)]
 
 
