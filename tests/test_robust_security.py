@@ -255,7 +255,8 @@ def test_screendump_is_the_only_file_the_simulated_machine_opens() -> None:
     import qmpevents.sim
 
     touching = {"open", "Popen", "run", "system", "popen", "read_bytes", "write_bytes",
-                "read_text", "write_text", "unlink", "rename", "remove", "execv", "spawn"}
+                "read_text", "write_text", "unlink", "rename", "remove", "execv", "spawn",
+                "rmtree", "mkdtemp", "chmod"}
     found = set()
     for package in (qmpevents.sim, qmpevents.server):
         assert package.__file__ is not None
@@ -274,7 +275,11 @@ def test_screendump_is_the_only_file_the_simulated_machine_opens() -> None:
     assert found == {("display.py", "screendump", "open"),
                      # the server's own unix socket files (chosen by whoever starts it)
                      ("listeners.py", "_remove_stale", "unlink"),
-                     ("listeners.py", "close", "unlink")}
+                     ("listeners.py", "_bind_unix", "chmod"),
+                     ("listeners.py", "close", "unlink"),
+                     # the VM's own temporary directory, for its default socket
+                     ("vm.py", "__init__", "mkdtemp"),
+                     ("vm.py", "close", "rmtree")}
 
 
 @pytest.mark.slow

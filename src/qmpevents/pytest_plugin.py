@@ -95,6 +95,8 @@ def _simulated_vm_fixture() -> Any:
     async def simulated_vm(request: pytest.FixtureRequest) -> AsyncIterator[SimulatedVM]:
         """A started :class:`SimulatedVM` on a private Unix socket (``.socket_path``)."""
         function = getattr(request.node, "function", None)
+        # Hypothesis wraps an async test in a sync one: its inner test says.
+        function = getattr(getattr(function, "hypothesis", None), "inner_test", function)
         if function is not None and not inspect.iscoroutinefunction(function):
             # Its loop does not run during a sync test: a client would see a busy monitor.
             pytest.fail(f"{request.node.name} is a sync test: the simulated_vm fixture runs "

@@ -90,6 +90,9 @@ record sits decrypted in GnuTLS's buffer, unseen, until more bytes arrive.
 A following record keeps the socket readable until the command is consumed;
 whitespace between JSON messages is ignored by every QMP server."""
 
+EARLY_HELD_LIMIT: Final = 4096
+"""Events held before the negotiation's reply, at most (see :meth:`_Link._events`)."""
+
 
 class LinkHost(Protocol):
     """What a link needs from the client that owns it (and nothing more)."""
@@ -313,10 +316,17 @@ class _Link(asyncio.Protocol):
             self._events(run)
 
     def _events(self, events: list[QMPEvent]) -> None:
-        if self.early is not None:
-            self.early.extend(events)  # at most the rest of this read: reading is paused
-        else:
+        early = self.early
+        if early is None:
             self.host.on_events(events)
+            return
+        early.extend(events)  # once negotiated, at most the rest of this read: reading pauses
+        if not self.negotiated and len(early) > EARLY_HELD_LIMIT:
+            # Before the negotiation's reply reading goes on (the reply must be
+            # read): a server that floods events there gets no unbounded hold;
+            # they go to the subscriptions there are, which bound them.
+            self.early = []
+            self.host.on_events(early)
 
     def _greeted(self) -> None:
         if not self.greeted.done():
@@ -395,12 +405,15 @@ class _Link(asyncio.Protocol):
                            id=request_id)
         return reply.value
 
-    def fail_pending(self, error: BaseException) -> None:
+    def fail_pending(self, error: BaseException, *, server_ended: bool = False) -> None:
+        """Fail every pending command with *error*; with *server_ended* (the
+        server closed or reset the connection, not our close()), a pending quit
+        is answered instead."""
         pending, self.pending = self.pending, {}
         for request_id, future in pending.items():
             if future.done():
                 continue
-            if request_id == self._quit_id and isinstance(error, ConnectionLost):
+            if request_id == self._quit_id and server_ended:
                 # The end of the connection is quit's answer: QEMU 7.2 over TLS
                 # closes without writing the reply (its SHUTDOWN event comes).
                 future.set_result(Reply("quit", request_id, value={}))
@@ -436,8 +449,9 @@ class QMPClient:
       :class:`~qmpevents.errors.MessageTooLarge` in every pending ``execute``
       and every event iterator, is logged, and closes the connection (no
       reconnect: it would recur).
-    * *connect_timeout* -- seconds for the greeting and negotiation (and the
-      TLS handshake).
+    * *connect_timeout* -- seconds for the greeting, the negotiation and (with
+      *reconnect*) the resync ``query-status``: a server that negotiates but
+      does not answer that is used without the status (``last_status`` None).
     * *ssl* -- an :class:`ssl.SSLContext` to talk TLS to a ``tcp:`` server
       (QEMU's ``tls-creds-x509``); :func:`qmpevents.tls.client_context`
       builds one from QEMU's credentials directory.  *server_hostname* is the
@@ -527,6 +541,10 @@ class QMPClient:
     async def connect(self, *, hold_events: bool = False) -> Self:
         """Connect and negotiate; raise OSError, TimeoutError or QMPError if that fails.
 
+        With *reconnect*, a server that negotiates but leaves the resync
+        ``query-status`` unanswered for ``connect_timeout`` is used without
+        it (``last_status`` None), not refused.
+
         The events that come during and right after negotiation wait until the caller's
         code has run on (it subscribes now, in the same step); with
         *hold_events*, until :meth:`release_events` instead: for a caller that
@@ -587,7 +605,8 @@ class QMPClient:
                         raise connect_error(address, exc, tls=self.ssl is not None) from exc
                     # asyncio's handshake timeout (its only report of it is this text)
                     raise MonitorBusy(str(address), self._silent_reason(
-                        "TLS handshake", "it does not speak TLS")) from None
+                        "TLS handshake", "it does not speak TLS (or its handshake is slow)",
+                        min(self.connect_timeout, self.greeting_timeout))) from None
                 except OSError as exc:  # the OS's error does not say which address
                     raise connect_error(address, exc, tls=self.ssl is not None) from exc
                 self._link = link
@@ -613,6 +632,9 @@ class QMPClient:
             logger.info("%s: no reply to query-status within %g s; going on without the "
                         "status", address, self.connect_timeout)
             link.give_up_resync()
+            if not link.ready.done():  # the release did not happen: never return half-open
+                self._abandon(link)
+                raise
         except BaseException:
             if status_only:  # cancelled from outside while the status was awaited
                 self._abandon(link)
@@ -636,11 +658,11 @@ class QMPClient:
             if link.received_any:
                 raise  # something that is not a greeting: the usual timeout
             raise MonitorBusy(str(self.address), self._silent_reason(
-                "QMP greeting", "it expects TLS (--tls-creds), or this is not a QMP server")
-            ) from None
+                "QMP greeting", "it expects TLS (--tls-creds), or this is not a QMP server",
+                self.greeting_timeout)) from None
 
-    def _silent_reason(self, missing: str, otherwise: str) -> str:
-        return (f"connected, but no {missing} within {self.greeting_timeout:g} s: the "
+    def _silent_reason(self, missing: str, otherwise: str, waited: float) -> str:
+        return (f"connected, but no {missing} within {waited:g} s: the "
                 f"monitor is busy (QEMU serves one client per socket; add another -qmp "
                 f"socket), or {otherwise}")
 
@@ -917,7 +939,7 @@ class QMPClient:
             logger.info("%s: connection closed", self.address)
         lost = ConnectionLost(f"connection to {self.address} lost")
         lost.__cause__ = exc
-        link.fail_pending(lost)
+        link.fail_pending(lost, server_ended=not self._closing)
         if not link.negotiated:
             return  # a failed (re)connect attempt: _open raises it to its caller
         if self._closing or not self.reconnect:

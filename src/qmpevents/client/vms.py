@@ -382,7 +382,9 @@ def watch_vms(*targets: str, **options: Any) -> VMs:
 
 
 EARLY_LIMIT = 1 << 16
-"""Events taken while a VM's name is asked, at most: the burst QEMU may have queued."""
+"""Events taken while a VM's name is asked, at most: the burst QEMU may have
+queued.  A VM that sends more before it answers is shown under its target's
+name (its query-name is not waited for any longer)."""
 EARLY_BYTES = 64 << 20
 """Their encoded size, at most: a VM that sends more before it answers is shown
 under its target's name (memory stays bounded, whatever it sends)."""

@@ -42,6 +42,7 @@ _KEYWORD = rb"[a-z]++(?=[^a-z])"
 _RUN: Final = re.compile(rb"(?:[ \t\r\n]++|[{}\[\]:,]|" + _STRING + rb"|" + _NUMBER + rb"|"
                          + _KEYWORD + rb")*+")
 _STRINGS: Final = re.compile(_STRING)
+_PAIRS: Final = re.compile(rb"\{\}|\[\]")
 # What may follow, up to the end of the data, as the beginning of one token.
 _UNFINISHED_SCALAR: Final = re.compile(
     rb"-|-?0(?:\.(?:[0-9]+(?:[eE][+-]?[0-9]*)?)?)?"
@@ -183,13 +184,19 @@ class MessageScan:
         brackets = (_STRINGS.sub(b"", text) if quoted else text).translate(None, _NOT_BRACKETS)
         if not brackets:
             return GOES_ON
-        # The counts after each bracket, at C speed (the interpreter stepping
-        # once per bracket made a read of ``[[[...]]]`` messages a 100 ms step).
-        braces = list(accumulate(map(_BRACE_STEP.__getitem__, brackets), initial=self._braces))
-        square = list(accumulate(map(_SQUARE_STEP.__getitem__, brackets), initial=self._brackets))
-        depth = list(map(add, braces, square))
-        ends = [run.index(value) for run, value in ((braces, -1), (square, -1), (depth, 0))
-                if value in run]  # steps of one: a count goes below zero through -1
+        # Removing an innermost pair moves no count across an end (both sides of
+        # the pair are at a count the message had already passed without ending)
+        # and lowers the deepest nesting by at most one: the reduced brackets,
+        # when far fewer, say whether the message ends in this window.
+        reduced = _PAIRS.sub(b"", brackets)
+        if 2 * len(reduced) <= len(brackets):
+            braces, square, depth, ends = self._runs(reduced)
+            if not ends:
+                if max(depth) + 1 > self._max_nesting:
+                    return SUSPECT  # maybe too deep: let the exact path say
+                self._braces, self._brackets = braces[-1], square[-1]
+                return GOES_ON
+        braces, square, depth, ends = self._runs(brackets)
         last = min(ends) if ends else len(depth) - 1
         if max(depth[:last + 1]) > self._max_nesting:
             return SUSPECT  # too deep: QEMU answers at once, let the exact path say
@@ -197,6 +204,18 @@ class MessageScan:
             self._braces, self._brackets = braces[-1], square[-1]
             return GOES_ON
         return pos + _bracket_offset(_STRINGS.sub(_blanked, text) if quoted else text, last)
+
+    def _runs(self, brackets: bytes) -> tuple[list[int], list[int], list[int], list[int]]:
+        """The brace, bracket and total counts after each of *brackets* (the
+        current ones first), and where an end is in them, at C speed: the
+        interpreter stepping once per bracket made a read of ``[[[...]]]``
+        messages a 100 ms step."""
+        braces = list(accumulate(map(_BRACE_STEP.__getitem__, brackets), initial=self._braces))
+        square = list(accumulate(map(_SQUARE_STEP.__getitem__, brackets), initial=self._brackets))
+        depth = list(map(add, braces, square))
+        ends = [run.index(value) for run, value in ((braces, -1), (square, -1), (depth, 0))
+                if value in run]  # steps of one: a count goes below zero through -1
+        return braces, square, depth, ends
 
 
 def _blanked(string: re.Match[bytes]) -> bytes:

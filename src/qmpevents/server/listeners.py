@@ -96,6 +96,8 @@ class Listener:
             try:
                 sock.bind(path)
             except OSError as exc:  # bind's error does not name the path
+                if exc.errno is None:  # e.g. "AF_UNIX path too long": its text says why
+                    raise
                 raise type(exc)(exc.errno, exc.strerror, path) from None
             os.chmod(path, self._socket_mode)  # before listen(): nobody can connect yet
             info = os.stat(path)
