@@ -9,17 +9,19 @@ read split) must produce the same messages, so the same replies.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-from qmpevents.codec import ParseError, encode_message
+from qmpevents.codec import ParseError, encode_message, value_framer
 from qmpevents.codec.lexer import Streamer
 from qmpevents.codec.parser import JSONParseError, parse_tokens
 from qmpevents.codec.stray import PendingStray
 from qmpevents.protocol import ServerConnection
+from qmpevents.protocol.server import EXACT_SLICE
 
 VERSION: dict[str, Any] = {}  # small: a fresh monitor per input encodes its greeting
 NEGOTIATE = b'{"execute": "qmp_capabilities"}\n'
@@ -217,3 +219,22 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.002)
+
+
+@functools.cache
+def stall_bound() -> float:
+    """The most loop-thread CPU seconds one loop iteration may take in these
+    tests: 50 ms, or ten slices of the exact parser's work measured on this
+    machine if more (a slice is about 5 ms where the bounds were set, 20 ms on
+    a slow 2-core VM).  What they guard against did a whole message in one
+    step: hundreds of slices, seconds."""
+    data = (b'{"execute": "big", "arguments": {"data": ["\xc3\xa9", ' + b"1, " * 8192
+            + b'1]}, "id": 1}\n')
+    best = float("inf")
+    for _ in range(5):
+        framer = value_framer()
+        began = time.process_time()
+        framer.feed(data, budget=EXACT_SLICE)
+        best = min(best, time.process_time() - began)
+        assert framer.pending, "one slice did not stop at its budget"
+    return max(0.050, 10 * best)

@@ -181,6 +181,23 @@ async def test_simulated_vm_names_the_path_it_cannot_listen_on() -> None:
             pass
 
 
+TOO_LONG = "/tmp/" + "x" * 120 + ".sock"  # beyond sun_path's 108 bytes
+
+
+async def test_serve_says_why_a_socket_path_is_refused() -> None:
+    """bind's error for a too-long path has no errno: its own text says why."""
+    status, _, err = await run("serve", "--qmp", f"unix:{TOO_LONG}")
+    assert status == 1
+    assert err.strip() == (f"qmpevents serve: error: cannot listen on unix:{TOO_LONG}: "
+                           "AF_UNIX path too long")
+
+
+async def test_simulated_vm_says_why_a_socket_path_is_refused() -> None:
+    with pytest.raises(OSError, match="AF_UNIX path too long"):
+        async with SimulatedVM(qmp=f"unix:{TOO_LONG}"):
+            pass
+
+
 async def test_replay_vm_matching_nothing_says_so(tmp_path: Path) -> None:
     recording = tmp_path / "r.jsonl"
     async with SimulatedVM(qmp=f"unix:{tmp_path}/a.sock") as vm, \

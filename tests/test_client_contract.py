@@ -30,6 +30,7 @@ from qmpevents import (
 )
 from qmpevents.catalog import PROFILE_FIELDS, decode_event
 from qmpevents.client import RECONNECTED, QMPClient
+from qmpevents.client.connection import EARLY_HELD_LIMIT
 from qmpevents.sim import SimulatedVM
 from qmpevents.testing.fake import FakeQMP, event_line
 
@@ -44,6 +45,7 @@ def ev(name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"name": name, "data": data}
 
 
+STOP_AT = b'{"timestamp": {"seconds": 1, "microseconds": %d}, "event": "STOP"}\r\n'
 IO_ERROR = ev("BLOCK_IO_ERROR", {"device": "d0", "node-name": "#b1", "operation": "write",
                                  "action": "stop", "reason": "Input/output error"})
 
@@ -78,6 +80,37 @@ async def test_an_event_before_the_capabilities_reply_reaches_the_obvious_loop()
         names = [(await events.get(timeout=5)).name for _ in range(4)]
     assert names == ["RESUME", "RTC_CHANGE", "RTC_CHANGE", "RTC_CHANGE"]
 
+
+
+async def test_a_flood_before_the_capabilities_reply_goes_on_to_the_subscribers() -> None:
+    """Reading goes on until the negotiation's reply: past EARLY_HELD_LIMIT
+    events the client hands them to the subscriptions there are instead of
+    holding a list that grows with whatever the server sends."""
+    count = EARLY_HELD_LIMIT + 1000
+    reply_now = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
+        capabilities = json.loads(await reader.readline())
+        writer.write(b"".join(STOP_AT % n for n in range(count)))
+        await reply_now.wait()
+        writer.write(b'{"return": {}, "id": "%s"}\r\n' % capabilities["id"].encode())
+        while line := await reader.readline():
+            writer.write(b'{"return": {}, "id": "%s"}\r\n' % json.loads(line)["id"].encode())
+
+    async with asyncio.timeout(20), serving(serve) as path:
+        qmp = QMPClient(path)
+        stops = qmp.listen(Stop, maxsize=2 * count)  # subscribed before connect()
+        connecting = asyncio.create_task(qmp.connect())
+        try:
+            first = await stops.get(timeout=5)  # before the reply: not held
+            reply_now.set()
+            await connecting
+            rest = [await stops.get(timeout=5) for _ in range(count - 1)]
+            assert [e.stamp.microseconds for e in [first, *rest]] == list(range(count))
+        finally:
+            connecting.cancel()
+            await qmp.close()
 
 # -- typed subscriptions --------------------------------------------------------
 
@@ -424,6 +457,29 @@ async def test_quit_is_answered_by_the_end_of_the_connection() -> None:
         with pytest.raises(qmpevents.ConnectionLost):  # other commands are not answered
             await qmp.execute("query-status", timeout=5)
 
+
+
+async def test_our_own_close_does_not_answer_a_pending_quit() -> None:
+    """Only the server's end of the connection answers quit: closing it
+    ourselves while quit is unanswered says the connection is gone."""
+    quit_seen = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
+        while line := await reader.readline():
+            request = json.loads(line)
+            if request["execute"] == "quit":
+                quit_seen.set()  # never answered, the connection stays open
+                continue
+            writer.write(b'{"return": {}, "id": "%s"}\r\n' % request["id"].encode())
+
+    async with asyncio.timeout(10), serving(serve) as path:
+        qmp = await qmpevents.connect(path)
+        quitting = asyncio.create_task(qmp.execute("quit"))
+        await quit_seen.wait()
+        await qmp.close()
+        with pytest.raises(qmpevents.ConnectionLost):
+            await quitting
 
 # -- the blocking facade ------------------------------------------------------------
 

@@ -101,6 +101,31 @@ def test_a_sync_test_with_the_async_fixture_is_told_which_to_use(tmp_path: Path,
     assert "MonitorBusy" not in result.stdout
 
 
+HYPOTHESIS_ASYNC_TEST = """
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import qmpevents
+
+@pytest.mark.asyncio
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(offset=st.integers(-100, 100))
+async def test_rtc(simulated_vm, offset):
+    async with qmpevents.connect(simulated_vm.socket_path) as qmp:
+        assert (await qmp.execute("query-status"))["status"] == "running"
+"""
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_an_async_hypothesis_test_keeps_the_async_fixture(tmp_path: Path, mode: str) -> None:
+    """Hypothesis wraps an async test in a sync function: not a sync test."""
+    (tmp_path / "test_hyp.py").write_text(HYPOTHESIS_ASYNC_TEST)
+    result = _pytest(tmp_path / "test_hyp.py", "-o", f"asyncio_mode={mode}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
 NO_PYTEST_ASYNCIO = """
 import sys
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 from qemu_support import QemuProcess, requires_qemu
+from robust_support import stall_bound
 from test_protocol_server import error_line, fresh, run
 from test_robust_framing import (
     execute_timeout_while_parsing,
@@ -154,7 +155,7 @@ async def test_second_monitor_waits_little_while_a_huge_tokens_error_is_answered
         figures(f"error reply to {name}: second monitor's worst wait / server loop stall",
                 f"{wait * 1000:.0f} ms wall / {stalls[0] * 1000:.0f} ms CPU over {trips} "
                 f"round trips, {int(got) >> 20} MiB of replies")
-        assert stalls[0] < 0.050, (name, stalls[0])  # was 117 / 111 / 71 ms
+        assert stalls[0] < stall_bound(), (name, stalls[0])  # was 117 / 111 / 71 ms
         assert wait < 1.0, (name, wait)  # wall time: loose, for a loaded machine
 
 
@@ -167,6 +168,6 @@ async def test_a_client_reports_a_huge_stray_at_once_and_its_timeouts_hold(
     figures("client: a 32 MiB string then a stray byte from the server",
             f"execute(timeout=1) raised {late * 1000:+.0f} ms late; loop stall "
             f"{stall * 1000:.0f} ms CPU")
-    assert stall < 0.050 and late < 0.25, (stall, late)
+    assert stall < stall_bound() and late < 0.25, (stall, late)
     reports = [record.getMessage() for record in caplog.records if "stray" in record.getMessage()]
     assert reports and all(len(report) < 1000 for report in reports), reports[:1]

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import msgspec
 import pytest
 from qemu_support import QemuProcess, requires_qemu
-from robust_support import answer_all, eventually, open_fds, server
+from robust_support import answer_all, eventually, open_fds, server, stall_bound
 
 import qmpevents
 from qmpevents.codec import Framer, HeldInputBudget, value_framer
@@ -105,25 +105,29 @@ def cost_per_byte(data: bytes, split: Callable[[bytes], list[bytes]], runs: int)
     return best * 1e9 / len(data)
 
 
-def check_flat_cost(figures: Figures, big: int, label: str) -> None:
+def check_flat_cost(figures: Figures, big: int, label: str, runs: int) -> None:
+    """The big message's cost per byte stays within 3x the small one's.  The
+    margin is for what a big buffer costs the caches (1.6x to 2.3x seen on 2
+    cores); re-scanning what is held at each read, the bug of old, costs a
+    factor of the number of reads (hundreds here)."""
     small = big_command(64 * 1024)
     large = big_command(big)
     for name, split in (("reads ending in ']'", slices_ending_in_bracket),
                         ("8 KiB reads", plain_slices)):
         base = cost_per_byte(small, split, runs=30)
-        cost = cost_per_byte(large, split, runs=2)
+        cost = cost_per_byte(large, split, runs=runs)
         figures(f"framing cost per byte, {name}: 64 KiB / {label}",
                 f"{base:.1f} / {cost:.1f} ns ({cost / base:.2f}x)")
-        assert cost <= 2 * base, (name, base, cost)
+        assert cost <= 3 * base, (name, base, cost)
 
 
 def test_big_message_costs_the_same_per_byte_as_a_small_one(figures: Figures) -> None:
-    check_flat_cost(figures, 4 << 20, "4 MiB")
+    check_flat_cost(figures, 4 << 20, "4 MiB", runs=5)
 
 
 @pytest.mark.slow
 def test_64_mib_message_costs_the_same_per_byte_as_a_small_one(figures: Figures) -> None:
-    check_flat_cost(figures, (64 << 20) - 4096, "64 MiB")
+    check_flat_cost(figures, (64 << 20) - 4096, "64 MiB", runs=2)
 
 
 # -- the exact path's memory, per monitor and in all --------------------------------
@@ -405,7 +409,7 @@ async def test_second_monitor_waits_little_during_one_big_message(figures: Figur
         figures(f"one big message ({name}): second monitor's worst wait / server loop stall",
                 f"{wait * 1000:.0f} ms wall / {stall * 1000:.0f} ms CPU over {trips} round trips")
         # CPU time: what the server does in one go, whatever the machine's load.
-        assert stall < 0.050, (name, stall)  # was 15 s (reads ending in ']'), 4.4 s
+        assert stall < stall_bound(), (name, stall)  # was 15 s (reads ending in ']'), 4.4 s
         assert wait < 1.0, (name, wait)  # wall time: loose, for a loaded machine
 
 
@@ -429,7 +433,7 @@ async def test_second_monitor_waits_little_during_one_huge_string_token(
             f" / {faults:.0f} / {cpu:.1f} s")
     # Was 3.6 s, then 20-100 ms: the token copied once complete (7,681 page faults
     # in one step), its bytearray moved as it grew (1,848).
-    assert stall < 0.050, stall
+    assert stall < stall_bound(), stall
     assert faults < FAULTS_PER_STEP, faults
     assert wait < 1.0, wait  # wall time: loose, for a loaded machine
 
@@ -560,7 +564,7 @@ async def test_clients_that_send_over_the_limit_and_leave_are_let_go_soon(
                 f"(sent in {sent - began:.1f} s) / {stalls.worst * 1000:.0f} ms CPU")
         # No fd of theirs kept (one an earlier test left may close meanwhile: <=).
         assert qmp.held_input.held == 0 and open_fds() <= fds
-        assert stalls.worst < 0.050, stalls.worst
+        assert stalls.worst < stall_bound(), stalls.worst
         assert gone < 5.0, gone  # was minutes (30 s of CPU each)
     finally:
         await qmp.close()
@@ -633,7 +637,7 @@ async def test_connect_timeout_holds_while_a_huge_greeting_is_parsed(figures: Fi
             late = time.perf_counter() - began - 1.0
         figures("client: connect_timeout=1 during a 3 MB greeting on the exact path",
                 f"raised {late * 1000:+.0f} ms late; loop stall {stalls.worst * 1000:.0f} ms CPU")
-        assert stalls.worst < 0.050 and late < 0.25, (stalls.worst, late)  # was 8 s late
+        assert stalls.worst < stall_bound() and late < 0.25, (stalls.worst, late)  # was 8 s late
 
 
 async def execute_timeout_while_parsing(line: bytes) -> tuple[float, float]:
@@ -654,7 +658,7 @@ async def test_execute_timeout_holds_while_a_huge_line_is_parsed(figures: Figure
         b"{'event': 'X', 'data': [" + TINY_MEMBERS + b"1]}\r\n")
     figures("client: execute(timeout=1) during a 3 MB line on the exact path",
             f"raised {late * 1000:+.0f} ms late; loop stall {stall * 1000:.0f} ms CPU")
-    assert stall < 0.050 and late < 0.25, (stall, late)
+    assert stall < stall_bound() and late < 0.25, (stall, late)
 
 
 # -- a stray byte inside a message: answered at once, as QEMU does --------------------
@@ -703,7 +707,7 @@ def test_big_message_is_decoded_in_bounded_steps_with_the_one_step_result() -> N
         stalls: list[float] = []
         out = feed_as_a_server(value_framer(), plain_slices(data), stalls)
         assert out == [msgspec.json.decode(data)]
-        assert max(stalls) < 0.050, max(stalls)  # was one step of about 110 ms
+        assert max(stalls) < stall_bound(), max(stalls)  # was one step of about 110 ms
         assert sum(stalls) > 5 * max(stalls)  # many steps, none of them the whole
 
 
@@ -723,7 +727,7 @@ async def test_second_monitor_waits_little_during_a_64_mib_message(figures: Figu
         # Was 0.45 s (small strings), 0.55 s (string), then 100-150 ms in a third of
         # the runs for the string: grown with +=, it was moved once (up to 12,161
         # page faults in one step).
-        assert stall < 0.050, (name, stall)
+        assert stall < stall_bound(), (name, stall)
         assert faults < FAULTS_PER_STEP, (name, faults)
         assert wait < 1.0, (name, wait)  # wall time: loose, for a loaded machine
 

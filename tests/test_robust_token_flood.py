@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from robust_support import stall_bound
 from test_robust_framing import (
     GREETING,
     LoopStalls,
@@ -69,7 +70,7 @@ async def test_second_monitor_waits_little_while_a_line_of_scalars_is_answered(
     figures("a line of 128 Ki scalars, a reply each: second monitor's worst wait / "
             "server loop stall",
             f"{wait * 1000:.0f} ms wall / {stalls[0] * 1000:.0f} ms CPU over {trips} round trips")
-    assert stalls[0] < 0.050, stalls[0]
+    assert stalls[0] < stall_bound(), stalls[0]
     assert wait < 1.0, wait  # wall time: loose, for a loaded machine
 
 
@@ -126,7 +127,7 @@ async def test_second_monitor_waits_little_during_many_small_messages(
     figures(f"20,000 messages '{{}}' {shape}, each answered: second monitor's worst wait / "
             "server loop stall",
             f"{wait * 1000:.0f} ms wall / {stalls[0] * 1000:.0f} ms CPU over {trips} round trips")
-    assert stalls[0] < 0.050, stalls[0]  # was 2.1-2.7 s on one line, 60 ms one per line
+    assert stalls[0] < stall_bound(), stalls[0]  # was 2.1-2.7 s on one line, 60 ms one per line
     assert wait < 1.0, wait  # wall time: loose, for a loaded machine
 
 
@@ -144,7 +145,7 @@ async def test_client_takes_many_events_on_one_line_in_linear_time(figures: Figu
             asking.cancel()
     figures("client: 20,000 events on one line (1.3 MB, no newline)",
             f"loop stall {stalls.worst * 1000:.0f} ms CPU")
-    assert stalls.worst < 0.050, stalls.worst  # was over 15 s
+    assert stalls.worst < stall_bound(), stalls.worst  # was over 15 s
 
 
 @pytest.mark.slow
@@ -160,5 +161,5 @@ async def test_second_monitor_waits_little_during_a_list_of_tiny_members(
     figures(f"a list of 900 k tiny members ({member.decode()}): second monitor's worst wait / "
             "server loop stall",
             f"{wait * 1000:.0f} ms wall / {stalls[0] * 1000:.0f} ms CPU over {trips} round trips")
-    assert stalls[0] < 0.050, stalls[0]  # was 66-70 ms
+    assert stalls[0] < stall_bound(), stalls[0]  # was 66-70 ms
     assert wait < 1.0, wait  # wall time: loose, for a loaded machine

@@ -79,7 +79,8 @@ A read is decoded in pieces of :data:`~qmpevents.codec.framing.BLOCK_PIECE`
 bytes, which bound what a kept event keeps alive of it."""
 PARSE_SLICE: Final = 4 * 1024
 """Bytes of the byte-by-byte parser's work per loop iteration (a message the
-fast path cannot take, such as an oversized one): about 5 ms, so timers
+fast path cannot take, such as an oversized one): about 5 ms (10 ms on a slow
+VM), so timers
 (``connect_timeout``, ``execute(timeout=)``) fire on time meanwhile."""
 MAX_UNSENT: Final = 1024 * 1024
 """Default bound on output the server has not read: ``execute`` raises beyond it."""

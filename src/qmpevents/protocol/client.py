@@ -346,11 +346,12 @@ class ClientConnection:
         return [Reply(name, request_id, value=message.value)]
 
 
-LINE_MESSAGES_PER_FEED: Final = 512
+LINE_MESSAGES_PER_FEED: Final = 128
 """Under a budget, the most messages one feed takes off the line-by-line path
-(each costs 10-30 us there; a server's 20,000 events on one line without a
-newline, 256 KiB of them in one read, were one 120 ms step): the rest waits
-for :meth:`ClientConnection.continue_parsing`."""
+(each costs 10-100 us there, by machine; a server's 20,000 events on one line
+without a newline, 256 KiB of them in one read, were one 120 ms step, and 512
+a feed still 160 ms on a slow 2-core VM): the rest waits for
+:meth:`ClientConnection.continue_parsing`."""
 
 EXCERPT_LIMIT: Final = 200
 """Bytes of a message's text a report shows at most."""

@@ -70,7 +70,8 @@ INPUT_SLICE: Final = 8 * 1024
 """Bytes parsed at a time: bounds the replies one burst of garbage produces at once."""
 
 EXACT_SLICE: Final = 4 * 1024
-"""Bytes of the exact (byte-by-byte) parser's work per refill, about 5 ms."""
+"""Bytes of the exact (byte-by-byte) parser's work per refill, about 5 ms (10 ms on a
+slow 2-core VM)."""
 
 READ_AHEAD: Final = INPUT_SLICE
 """Bytes received but not parsed beyond which reading stops while a parse is under way."""
