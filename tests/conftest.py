@@ -14,17 +14,21 @@ directory, and the figures are only printed.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from background import BackgroundRun
 from cli_process import short_dir
 from hypothesis.configuration import set_hypothesis_home_dir
 
 _figures: dict[str, str] = {}
 _temporary: list[str] = []
+_background: dict[str, BackgroundRun] = {}
 
 
 def _cache_dir(config: pytest.Config) -> Path | None:
@@ -42,7 +46,24 @@ def pytest_configure(config: pytest.Config) -> None:
         set_hypothesis_home_dir(str(cache / "hypothesis"))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the selected tests' background runs (see :mod:`background`)."""
+    for item in session.items:
+        marker = item.get_closest_marker("background")
+        skipped = any(m.args and m.args[0] for m in item.iter_markers("skipif"))
+        if marker is not None and not skipped:
+            _background[item.nodeid] = BackgroundRun(marker.args[0])
+
+
+@pytest.fixture
+async def background(request: pytest.FixtureRequest) -> Any:
+    """What the test's ``@pytest.mark.background(make)`` run returned."""
+    return await asyncio.wrap_future(_background[request.node.nodeid].result)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    for run in _background.values():
+        run.cancel()
     for path in _temporary:
         shutil.rmtree(path, ignore_errors=True)
 

@@ -13,10 +13,12 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import threading
 import tracemalloc
 from typing import Any, Literal
+from unittest import mock
 
 import msgspec
 import pytest
@@ -31,6 +33,7 @@ from qmpevents.codec import (
     ParseError,
     ParseErrorKind,
     lexer,
+    scan,
     value_framer,
 )
 from qmpevents.codec.framing import BLOCK_PIECE
@@ -237,6 +240,50 @@ def test_thousands_of_brackets_at_depth_3_stay_on_the_fast_path() -> None:
         assert len(out) == 1 and exact == []
     (first,) = value_framer().feed(reply)
     assert isinstance(first, dict) and first["return"][1998] == ["x" * 42]
+
+
+def _scan_results(chunks: list[bytes], max_nesting: int) -> list[int]:
+    """What one MessageScan says of each chunk, up to its first answer."""
+    message = scan.MessageScan(max_nesting)
+    results = []
+    for chunk in chunks:
+        results.append(message.feed(chunk))
+        if results[-1] != scan.GOES_ON:
+            break
+    return results
+
+
+_BRACKETY = st.lists(st.sampled_from([b"{", b"}", b"[", b"]", b'"a]"', b"1", b",", b" "]),
+                     max_size=40).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(first=st.sampled_from([b"{", b"["]), body=_BRACKETY, cuts=st.lists(st.integers(1, 40),
+                                                                         max_size=3),
+       max_nesting=st.sampled_from([1, 2, 3, 1024]))
+def test_the_scan_shortcut_for_inner_pairs_finds_the_same_end(
+        first: bytes, body: bytes, cuts: list[int], max_nesting: int) -> None:
+    """Counting the brackets with innermost pairs removed first (the shortcut for
+    many of them) ends the message where counting them all does.  At the
+    nesting limit it may say SUSPECT where the full count goes on: the exact
+    path then decides, as it does whenever the scan is unsure."""
+    message = first + body
+    points = sorted({c for c in cuts if c < len(message)})
+    chunks = [message[a:b] for a, b in zip([0, *points], [*points, len(message)], strict=True)]
+    with_shortcut = _scan_results(chunks, max_nesting)
+    with mock.patch.object(scan, "_PAIRS", re.compile(rb"(?!)")):  # no pair: all counted
+        counted = _scan_results(chunks, max_nesting)
+    if with_shortcut != counted:
+        at = next(i for i, (a, b) in enumerate(zip(with_shortcut, counted, strict=False))
+                  if a != b)
+        assert (with_shortcut[at], counted[at]) == (scan.SUSPECT, scan.GOES_ON), (
+            chunks, with_shortcut, counted)
+
+
+def test_the_scan_shortcut_may_be_unsure_only_at_the_nesting_limit() -> None:
+    """The reviewer's case: the shortcut's bound on the depth is one above it."""
+    assert _scan_results([b"{{}{"], 2) == [scan.SUSPECT]
+    assert _scan_results([b"{{}{"], 3) == [scan.GOES_ON]
 
 
 def test_deeply_nested_messages_on_one_line_end_where_qemu_ends_them() -> None:

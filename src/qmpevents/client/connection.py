@@ -93,6 +93,8 @@ whitespace between JSON messages is ignored by every QMP server."""
 
 EARLY_HELD_LIMIT: Final = 4096
 """Events held before the negotiation's reply, at most (see :meth:`_Link._events`)."""
+EARLY_HELD_BYTES: Final = 64 << 20
+"""Bytes received while events are held before the negotiation's reply, at most."""
 
 
 class LinkHost(Protocol):
@@ -153,11 +155,14 @@ class _Link(asyncio.Protocol):
         self.paused = False
         self._parsing = False  # the parser's leftover work is scheduled
         self.quit_sent = False  # a connection lost after "quit" is an orderly end
+        #: The server ended the connection (EOF or an error), not our close().
+        self.server_ended = False
         self._quit_id: str | None = None
         #: Events of the first connect, held until connect() returns (see the
         #: module doc); those before negotiation's end too (a server may send
         #: events between qmp_capabilities and its reply).
         self.early: list[QMPEvent] | None = [] if hold else None
+        self._early_bytes = 0  # received while self.early was filled before negotiation's end
         #: A fatal error that came while :attr:`early` was held: it ends the
         #: subscribers once they have what was held.
         self.fatal_while_held: BaseException | None = None
@@ -181,6 +186,8 @@ class _Link(asyncio.Protocol):
     def _take(self, data: bytes) -> None:
         host = self.host
         proto = self.proto
+        if self.early is not None and not self.negotiated:
+            self._early_bytes += len(data)  # what the held events can take, at most
         try:
             if data:
                 proto.receive_data(data, budget=PARSE_SLICE)
@@ -268,6 +275,7 @@ class _Link(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The server ended its output: hand out what it sent before, then close our side."""
+        self.server_ended = True
         proto = self.proto
         if proto.state not in (ClientState.CLOSED, ClientState.ERROR):
             try:
@@ -281,6 +289,8 @@ class _Link(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:  # a reset, or the TLS stream cut: the server's end too
+            self.server_ended = True
         if self.proto.state not in (ClientState.CLOSED, ClientState.ERROR):
             self.proto.close()
         if not self.lost.done():
@@ -322,11 +332,16 @@ class _Link(asyncio.Protocol):
             self.host.on_events(events)
             return
         early.extend(events)  # once negotiated, at most the rest of this read: reading pauses
-        if not self.negotiated and len(early) > EARLY_HELD_LIMIT:
+        if self.negotiated:
+            return
+        if len(early) > EARLY_HELD_LIMIT or self._early_bytes > EARLY_HELD_BYTES:
             # Before the negotiation's reply reading goes on (the reply must be
             # read): a server that floods events there gets no unbounded hold;
             # they go to the subscriptions there are, which bound them.
-            self.early = []
+            logger.warning("%s: %d events (%d bytes) before the qmp_capabilities reply: "
+                           "handed to the subscriptions made before connect(), not held",
+                           self.host.address, len(early), self._early_bytes)
+            self.early, self._early_bytes = [], 0
             self.host.on_events(early)
 
     def _greeted(self) -> None:
@@ -940,7 +955,7 @@ class QMPClient:
             logger.info("%s: connection closed", self.address)
         lost = ConnectionLost(f"connection to {self.address} lost")
         lost.__cause__ = exc
-        link.fail_pending(lost, server_ended=not self._closing)
+        link.fail_pending(lost, server_ended=link.server_ended or not self._closing)
         if not link.negotiated:
             return  # a failed (re)connect attempt: _open raises it to its caller
         if self._closing or not self.reconnect:

@@ -187,7 +187,9 @@ class MessageScan:
         # Removing an innermost pair moves no count across an end (both sides of
         # the pair are at a count the message had already passed without ending)
         # and lowers the deepest nesting by at most one: the reduced brackets,
-        # when far fewer, say whether the message ends in this window.
+        # when far fewer, say whether the message ends in this window.  At the
+        # nesting limit that bound may say SUSPECT where the full count would
+        # not: the exact path decides then, correctly, only slower.
         reduced = _PAIRS.sub(b"", brackets)
         if 2 * len(reduced) <= len(brackets):
             braces, square, depth, ends = self._runs(reduced)

@@ -97,7 +97,9 @@ class Listener:
                 sock.bind(path)
             except OSError as exc:  # bind's error does not name the path
                 if exc.errno is None:  # e.g. "AF_UNIX path too long": its text says why
-                    raise
+                    named = type(exc)(f"{exc}: {path!r}")
+                    named.strerror = str(exc)  # what went wrong, as with an errno
+                    raise named from None
                 raise type(exc)(exc.errno, exc.strerror, path) from None
             os.chmod(path, self._socket_mode)  # before listen(): nobody can connect yet
             info = os.stat(path)
