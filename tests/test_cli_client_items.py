@@ -129,8 +129,22 @@ async def test_exec_wait_prints_the_event_the_command_causes() -> None:
         status, out, err = await run("exec", vm.socket_path, "query-status",
                                      "--wait", "RESET", "--timeout", "0.3")
     assert status == 1
-    assert "no RESET event: timed out" in err
+    assert "no RESET event within 0.3 s" in err
     assert json.loads(out)["status"] == "running"  # the reply was still printed
+
+
+async def test_exec_takes_key_value_arguments_after_its_options() -> None:
+    """argparse took them for unknown arguments, said by 'qmpevents' (the
+    newcomer's finding)."""
+    async with SimulatedVM(drives=["ide0-hd1,werror=stop"]) as vm:
+        status, out, err = await run("exec", vm.socket_path, "x-sim-io-error", "device=ide0-hd1",
+                                     "--wait", "BLOCK_IO_ERROR", "operation=write")
+        assert status == 0, err
+        event = json.loads(out.splitlines()[1])
+        assert event["data"]["operation"] == "write"
+        status, out, err = await run("exec", vm.socket_path, "query-status", "--bogus")
+    assert (status, out) == (2, "")
+    assert err == "qmpevents exec: error: unrecognized arguments: --bogus\n"
 
 
 async def test_exec_usage_says_arguments_are_optional() -> None:

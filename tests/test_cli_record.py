@@ -178,6 +178,31 @@ async def test_malformed_lines_are_one_note_and_a_file_of_none_is_an_error(
                        "no line of it is a record\n")
 
 
+async def test_a_file_with_no_line_is_not_a_recording(tmp_path: Path) -> None:
+    """An empty file (record against a busy monitor leaves one) was replayed as
+    nothing, exit 0 (the newcomer's finding)."""
+    empty = tmp_path / "empty.jsonl"
+    for text in (b"", b"\n\n  \n"):
+        empty.write_bytes(text)
+        for mode in (("--print",), ("--serve", f"unix:{tmp_path}/e.sock")):
+            status, printed, err = await run("replay", str(empty), *mode)
+            assert (status, printed) == (2, "")
+            assert err == f"qmpevents replay: error: {empty} holds no record\n"
+
+
+async def test_replay_serve_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """It exited 143 and left its socket (the newcomer's finding); serve exits 0."""
+    recording = tmp_path / "r.jsonl"
+    write_recording(recording, gap=0.0)
+    sock = f"{tmp_path}/r.sock"
+    async with running("replay", str(recording), "--serve", f"unix:{sock}") as cli:
+        await cli.wait_line("waiting for a client", "err")
+        assert os.path.exists(sock)
+        cli.proc.send_signal(signal.SIGTERM)
+        assert await cli.wait() == 0
+    assert not os.path.exists(sock)
+
+
 @pytest.mark.parametrize("args", [
     ("record", "x.sock"),                                  # no -o
     ("record", "x.sock", "-o", "/nonexistent-dir/f.jsonl"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import subprocess
 import sys
@@ -99,6 +100,25 @@ async def test_a_second_client_of_one_monitor_is_told_it_is_busy_fast() -> None:
         with pytest.raises(qmpevents.MonitorBusy, match="QEMU serves one client per socket"):
             await qmpevents.connect(vm.socket_path, greeting_timeout=1.0)
         assert time.monotonic() - started < 5  # not the 10 s connect timeout
+        assert (await first.execute("query-status", timeout=10))["status"] == "prelaunch"
+
+
+async def test_a_client_beyond_the_monitors_backlog_is_told_it_is_busy_at_once() -> None:
+    """QEMU's backlog is full once two clients wait: the next one's connect() fails
+    with EAGAIN (asyncio took that for a connection, which then failed with
+    EINVAL as a ConnectionLost: the newcomer's finding)."""
+    async with QemuProcess() as vm, qmpevents.connect(vm.socket_path) as first:
+        waiting = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+        try:
+            for sock in waiting:  # Linux queues backlog + 1: two clients given up on
+                sock.connect(vm.socket_path)  # stay queued until QEMU accepts them
+            for _ in range(2):  # and again: a busy client leaves nothing behind
+                with pytest.raises(qmpevents.MonitorBusy, match="backlog of waiting clients "
+                                                                "is full"):
+                    await qmpevents.connect(vm.socket_path, greeting_timeout=30)
+        finally:
+            for sock in waiting:
+                sock.close()
         assert (await first.execute("query-status", timeout=10))["status"] == "prelaunch"
 
 

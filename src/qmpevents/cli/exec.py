@@ -130,7 +130,10 @@ async def _exec(address: Address, command: str, arguments: dict[str, Any], timeo
         if waiter is not None:
             try:
                 event = await waiter
-            except (OSError, TimeoutError, QMPEventsError) as exc:
+            except TimeoutError:
+                _say(f"no {wait} event within {timeout:g} s")
+                return 1
+            except (OSError, QMPEventsError) as exc:
                 _say(f"no {wait} event: {describe_error(exc)}")
                 return 1
             print(json_safe(event_json(event).strip()), flush=True)

@@ -15,6 +15,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -99,12 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _take_late_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                         extra: list[str]) -> None:
+    """``exec``'s KEY=VALUE arguments after an option (``--wait EVENT a=1``) are
+    its arguments too: argparse takes positionals only before; anything else
+    left over is a usage error of the command it was given to."""
+    if args.command == "exec" and all(_KEY_VALUE.match(word) for word in extra):
+        args.arguments += extra
+        return
+    command = next((action.choices[args.command] for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction)
+                    and args.command in action.choices), parser)
+    command.error(f"unrecognized arguments: {' '.join(extra)}")
+
+
+_KEY_VALUE = re.compile(r"[^-=][^=]*=")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports every command: Ctrl-C may land here
     except KeyboardInterrupt:
         return 130
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _take_late_arguments(parser, args, extra)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from qmpevents.addresses import Address, AddressError
 from qmpevents.catalog import decode_event
 from qmpevents.cli.argtypes import positive_float
 from qmpevents.cli.common import fail, make_note, plural
+from qmpevents.cli.follow import SIGNALS
 from qmpevents.cli.render import json_line, raw_line, text_line
 from qmpevents.recording import ReadReport, Record, read_recording
 from qmpevents.server import CommandSpec, CommandTable, QMPServer, parse_address
@@ -56,8 +57,9 @@ on stderr and skipped.  --print shows a recorded message that is not an
 event (a list, a string, no timestamp) raw, or with --json skips it; either
 way they are counted on stderr.
 
-exit status: 0 done, 1 --vm matched no event or cannot listen, 2 usage error
-(several VMs for one socket), unreadable FILE or one with no record in it
+exit status: 0 done, or SIGINT/SIGTERM (the sockets are removed); 1 --vm matched
+no event or cannot listen; 2 usage error (several VMs for one socket),
+unreadable FILE or one with no record in it
 """
 
 REPLAY_VERSION = {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "qmpevents replay"}
@@ -98,6 +100,8 @@ def _load(args: argparse.Namespace) -> list[Record]:
             records.append(record)
     if (report.bad_lines or report.torn_tail) and not read:  # whatever its last byte
         raise NotARecording(f"{args.file} is not a recording: no line of it is a record")
+    if not read:  # empty, or blank lines only (record against a busy monitor leaves one)
+        raise NotARecording(f"{args.file} holds no record")
     if report.torn_tail:
         print("qmpevents replay: the last line was torn (a crash while recording); skipped",
               file=sys.stderr)
@@ -238,10 +242,24 @@ class _Audience:
 
 
 async def _serve(addresses: dict[str, Address], records: list[Record], scale: float) -> int:
+    """Serve until the recording has played (exit 0), or SIGINT/SIGTERM (exit 0,
+    as ``serve``): either way the sockets are removed."""
+    loop = asyncio.get_running_loop()
+    serving = asyncio.current_task()
+    assert serving is not None
+    signalled = False
+
+    def stop() -> None:
+        nonlocal signalled
+        signalled = True
+        serving.cancel()
+
     servers = {vm: QMPServer([address], _commands(vm), version=REPLAY_VERSION)
                for vm, address in addresses.items()}
     audience = _Audience(list(servers.values()))
     started: list[QMPServer] = []
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, stop)
     try:
         for server in servers.values():
             await server.start()
@@ -262,7 +280,12 @@ async def _serve(addresses: dict[str, Address], records: list[Record], scale: fl
             audience.changed()  # for the next audience, which may be there already
         print("qmpevents replay: done", file=sys.stderr)
         await asyncio.sleep(LINGER)  # commands sent with the last events still get replies
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
     finally:
+        for signum in SIGNALS:
+            loop.remove_signal_handler(signum)
         for server in started:
             await server.close()
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl as _ssl
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Mapping
@@ -95,6 +96,32 @@ EARLY_HELD_LIMIT: Final = 4096
 """Events held before the negotiation's reply, at most (see :meth:`_Link._events`)."""
 EARLY_HELD_BYTES: Final = 64 << 20
 """Bytes received while events are held before the negotiation's reply, at most."""
+
+
+BUSY_HINT: Final = ("QEMU serves one client per socket; add another -qmp socket, or "
+                    "--multi-client to qmpevents serve")
+
+
+def _unix_socket(address: UnixAddress) -> socket.socket:
+    """A socket connected to *address*, or MonitorBusy if its backlog is full.
+
+    A full backlog (QEMU's is one client beyond the one it serves) makes a
+    non-blocking connect() fail with EAGAIN, which asyncio would take for a
+    connect under way and report as done: the socket, never connected, then
+    fails at its first read with EINVAL.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(address.path)
+    except BlockingIOError:
+        sock.close()
+        raise MonitorBusy(str(address), f"its backlog of waiting clients is full: the "
+                                        f"monitor is busy ({BUSY_HINT})") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class LinkHost(Protocol):
@@ -600,7 +627,8 @@ class QMPClient:
             async with deadline(self.clock, self.connect_timeout, f"{address}: not connected"):
                 try:
                     if isinstance(address, UnixAddress):
-                        await loop.create_unix_connection(lambda: link, address.path)
+                        await loop.create_unix_connection(lambda: link,
+                                                          sock=_unix_socket(address))
                     else:
                         assert isinstance(address, TcpAddress)
                         if self.ssl is None:
@@ -623,6 +651,8 @@ class QMPClient:
                     raise MonitorBusy(str(address), self._silent_reason(
                         "TLS handshake", "it does not speak TLS (or its handshake is slow)",
                         min(self.connect_timeout, self.greeting_timeout))) from None
+                except MonitorBusy:
+                    raise
                 except OSError as exc:  # the OS's error does not say which address
                     raise connect_error(address, exc, tls=self.ssl is not None) from exc
                 self._link = link
@@ -678,9 +708,8 @@ class QMPClient:
                 self.greeting_timeout)) from None
 
     def _silent_reason(self, missing: str, otherwise: str, waited: float) -> str:
-        return (f"connected, but no {missing} within {waited:g} s: the "
-                f"monitor is busy (QEMU serves one client per socket; add another -qmp "
-                f"socket), or {otherwise}")
+        return (f"connected, but no {missing} within {waited:g} s: the monitor is busy "
+                f"({BUSY_HINT}), or {otherwise}")
 
     async def close(self) -> None:
         """Close the connection; pending commands fail, iterators end.  Idempotent."""
