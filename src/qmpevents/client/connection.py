@@ -81,8 +81,8 @@ bytes, which bound what a kept event keeps alive of it."""
 PARSE_SLICE: Final = 4 * 1024
 """Bytes of the byte-by-byte parser's work per loop iteration (a message the
 fast path cannot take, such as an oversized one): about 5 ms (10 ms on a slow
-VM), so timers
-(``connect_timeout``, ``execute(timeout=)``) fire on time meanwhile."""
+VM), so timers (``connect_timeout``, ``execute(timeout=)``) fire on time
+meanwhile."""
 MAX_UNSENT: Final = 1024 * 1024
 """Default bound on output the server has not read: ``execute`` raises beyond it."""
 TLS_NUDGE: Final = b"\n"
@@ -105,7 +105,8 @@ BUSY_HINT: Final = ("QEMU serves one client per socket; add another -qmp socket,
 def _unix_socket(address: UnixAddress) -> socket.socket:
     """A socket connected to *address*, or MonitorBusy if its backlog is full.
 
-    A full backlog (QEMU's is one client beyond the one it serves) makes a
+    A full backlog (QEMU listens with a backlog of 1: Linux queues two clients
+    beyond the one it serves) makes a
     non-blocking connect() fail with EAGAIN, which asyncio would take for a
     connect under way and report as done: the socket, never connected, then
     fails at its first read with EINVAL.
@@ -365,9 +366,10 @@ class _Link(asyncio.Protocol):
             # Before the negotiation's reply reading goes on (the reply must be
             # read): a server that floods events there gets no unbounded hold;
             # they go to the subscriptions there are, which bound them.
-            logger.warning("%s: %d events (%d bytes) before the qmp_capabilities reply: "
-                           "handed to the subscriptions made before connect(), not held",
-                           self.host.address, len(early), self._early_bytes)
+            self.host.warnings.warning(  # counted, and said at most once a second
+                "early", f"{self.host.address}: {len(early)} events ({self._early_bytes} "
+                f"bytes) before the qmp_capabilities reply: handed to the subscriptions "
+                f"made before connect(), not held")
             self.early, self._early_bytes = [], 0
             self.host.on_events(early)
 
