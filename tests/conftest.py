@@ -57,7 +57,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.fixture
 async def background(request: pytest.FixtureRequest) -> Any:
-    """What the test's ``@pytest.mark.background(make)`` run returned."""
+    """What the test's ``@pytest.mark.background.with_args(make)`` run returned."""
     return await asyncio.wrap_future(_background[request.node.nodeid].result)
 
 

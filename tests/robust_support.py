@@ -226,10 +226,11 @@ def stall_bound() -> float:
     """The most loop-thread CPU seconds one loop iteration may take in these
     tests: 50 ms, or ten slices of the exact parser's work measured on this
     machine if more (a slice is about 5 ms where the bounds were set, 10-20 ms
-    on a slow 2-core VM).  The best of nine (noise only adds), in this thread's
-    CPU time as the stalls are: other threads' work does not inflate it.  What these tests
-    guard against did a whole message in one step (seconds); regressions of
-    12-23 slices (60-117 ms where the bounds were set) show on fast machines."""
+    on a slow 2-core VM).  The best of nine (noise only adds), in this
+    thread's CPU time as the stalls are: other threads' work does not inflate
+    it.  What these tests guard against did a whole message in one step
+    (seconds); regressions of 12-23 slices (60-117 ms where the bounds were
+    set) show on fast machines only."""
     data = (b'{"execute": "big", "arguments": {"data": ["\xc3\xa9", ' + b"1, " * 8192
             + b'1]}, "id": 1}\n')
     times = []

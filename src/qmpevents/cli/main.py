@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(subparsers)
     for command in subparsers.choices.values():  # also after the command: watch -v
+        command.set_defaults(command_parser=command)  # says its own usage errors
         if "-v" in command._option_string_actions:
             continue
         command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
@@ -108,9 +109,7 @@ def _take_late_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
     if args.command == "exec" and all(_KEY_VALUE.match(word) for word in extra):
         args.arguments += extra
         return
-    command = next((action.choices[args.command] for action in parser._actions
-                    if isinstance(action, argparse._SubParsersAction)
-                    and args.command in action.choices), parser)
+    command: argparse.ArgumentParser = getattr(args, "command_parser", parser)
     command.error(f"unrecognized arguments: {' '.join(extra)}")
 
 
