@@ -32,8 +32,10 @@ examples:
   qmpevents exec tcp:127.0.0.1:4444 x-sim-rtc-change --args '{"offset": 78}'
   qmpevents exec /tmp/vm.sock system_powerdown --wait SHUTDOWN --timeout 60
 
-KEY=VALUE arguments are optional; VALUE is read as JSON when it parses (78,
-true, null, [..]) and as a string otherwise.  --wait listens before the
+KEY=VALUE arguments are optional and are the command's, also after an option
+(--wait EVENT takes no filter; a repeated KEY: the last wins); VALUE is read as
+JSON when it parses (78, true, null, [..]) and as a string otherwise.  --wait
+listens before the
 command is sent, so the event it causes cannot be missed; the event is
 printed (one JSON line, as received; one laid out over lines by pretty=on is
 joined in QEMU's compact layout) after the reply.  What the server sent

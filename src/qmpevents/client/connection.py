@@ -117,7 +117,8 @@ def _unix_socket(address: UnixAddress) -> socket.socket:
         sock.connect(address.path)
     except BlockingIOError:
         sock.close()
-        raise MonitorBusy(str(address), f"its backlog of waiting clients is full: the "
+        raise MonitorBusy(str(address), f"its backlog is full (connections given up on "
+                                        f"stay in it until the server takes them): the "
                                         f"monitor is busy ({BUSY_HINT})") from None
     except BaseException:
         sock.close()
