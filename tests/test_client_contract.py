@@ -127,6 +127,33 @@ async def test_names_and_globs_keep_working(server: FakeQMP) -> None:
         assert [(await sub.get(timeout=5)).name for _ in range(2)] == ["BLOCK_IO_ERROR", "STOP"]
 
 
+
+async def test_a_flood_past_a_full_subscription_before_the_reply_does_not_stall_connect(
+        ) -> None:
+    """A full blocking subscription paused reading before the negotiation's
+    reply, which was never read: connect() timed out and the events past the
+    subscription were lost without a word (the attacker's finding).  Replies
+    are always read: the subscription takes the excess until negotiation's end."""
+    count = 2 * EARLY_HELD_LIMIT + 1000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
+        capabilities = json.loads(await reader.readline())
+        writer.write(b"".join(STOP_AT % n for n in range(count)))
+        writer.write(b'{"return": {}, "id": "%s"}\r\n' % capabilities["id"].encode())
+        while await reader.readline():
+            pass
+
+    async with asyncio.timeout(20), serving(serve) as path:
+        qmp = QMPClient(path, connect_timeout=10)
+        stops = qmp.listen(Stop)  # the defaults: 4096, overflow="block"
+        try:
+            await qmp.connect()
+            got = [(await stops.get(timeout=5)).stamp.microseconds for _ in range(count)]
+            assert got == list(range(count))
+        finally:
+            await qmp.close()
+
 # -- one match syntax -----------------------------------------------------------
 
 @pytest.mark.parametrize("key", ["action", "data.action"])

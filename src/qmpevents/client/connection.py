@@ -252,13 +252,13 @@ class _Link(asyncio.Protocol):
 
     def update_reading(self) -> None:
         """Pause while the parser has work left, events are held or a subscriber is
-        full -- but never for a full subscriber while a command waits for its reply:
-        replies are always read."""
+        full -- but never for a full subscriber while a command waits for its reply
+        or before negotiation's end (its replies too): replies are always read."""
         if self.transport is None or self.lost.done():
             return
         blocked = self.host.reading_blocked
         holding = self.early is not None and self.negotiated  # the reply must be read first
-        pause = self._parsing or holding or (blocked and not self.pending)
+        pause = self._parsing or holding or (blocked and self.negotiated and not self.pending)
         if pause != self.paused:
             self.paused = pause
             if pause:
